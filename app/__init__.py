@@ -1,0 +1,1 @@
+"""The live exploration app: `create_app(config)`, routes, sessions and the command line."""

@@ -1,0 +1,43 @@
+"""Benchmarks. Each target prints its figures (medians of several runs, measured in one run, the
+machine named) and, with --write-docs, replaces its section of docs/benchmarks.md.
+
+Targets:
+  model   our bidirectional forward vs diffusers' reference; streaming per-chunk time at chunk 5 and 300
+  gdn     the gated delta rule paths (naive, chunked torch, Triton)
+  stream  the live app: fps, chunk ms, time to first frame, motion-to-photon, drops (1 and 4 sessions)
+  ae      the tiny video autoencoder's encode and decode speed
+  sim     the procedural renderer's frames per second
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# target -> module exposing add_arguments(parser) and main(args) -> int
+TARGETS: dict[str, str] = {
+    "model": "model.bench",
+    "gdn": "model.ops.bench",
+    "stream": "streaming.bench",
+    "ae": "model.vae.bench",
+    "sim": "sim.bench",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, module_name in TARGETS.items():
+        sub = targets.add_parser(name, help=f"benchmark {name}")
+        sub.add_argument("--write-docs", action="store_true", help="write the results into docs/benchmarks.md")
+        sub.set_defaults(bench_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+            continue
+        module.add_arguments(sub)
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(args.bench_module)
+    return int(module.main(args) or 0)

@@ -1,0 +1,1 @@
+"""Small helpers every room may import (it imports no other room)."""
