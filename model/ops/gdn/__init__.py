@@ -7,15 +7,36 @@ Backends share one keyword signature and return `(out, final_state)`:
     "naive"   the per-frame fp32 loop (`naive.py`): the spec every other path is tested against;
     "chunk"   the vectorised torch path (`chunk.py`): the CPU production path, autograd-friendly;
     "triton"  the CUDA kernel (`triton_fwd.py`), imported only when asked so CPU-only imports work.
+
+The GDN block's attention core and the camera branch are built on it (`bidirectional.py`):
+
+    bidirectional_frame_gdn(q_num, k_num, q_den, k_den, v, beta, decay, *, initial_kv=None, initial_z=None,
+                            chunk_sizes=None, eps=1e-8, output_final_state=False, backend="chunk")
+        -> (out, final_kv, final_z)
+    bidirectional_frame_delta_rule(q, k, v, beta, decay, *, initial_state=None, chunk_sizes=None,
+                                   output_final_state=False, backend="chunk") -> (out, final_state)
+    ucpe_beta_discount(beta, k_before, k_after) -> beta_cam
+
+Shapes: q, k [B, H, F, S, K]; v [B, H, F, S, V]; beta [B, H, F, S]; decay [B, H, F]; states fp32
+[B, H, K, V] (the z state is [B, H, K, 1]). Bad shapes, ranks or dtypes raise ValueError.
 """
 from __future__ import annotations
 
 import torch
 
+from model.ops.gdn.bidirectional import bidirectional_frame_delta_rule, bidirectional_frame_gdn, ucpe_beta_discount
 from model.ops.gdn.checks import check_backend
+from model.ops.gdn.chunk import chunk_frame_gated_delta_rule
 from model.ops.gdn.naive import naive_frame_gated_delta_rule
 
-__all__ = ["frame_gated_delta_rule", "naive_frame_gated_delta_rule"]
+__all__ = [
+    "bidirectional_frame_delta_rule",
+    "bidirectional_frame_gdn",
+    "chunk_frame_gated_delta_rule",
+    "frame_gated_delta_rule",
+    "naive_frame_gated_delta_rule",
+    "ucpe_beta_discount",
+]
 
 
 def frame_gated_delta_rule(
@@ -46,7 +67,7 @@ def frame_gated_delta_rule(
     if backend == "naive":
         fn = naive_frame_gated_delta_rule
     elif backend == "chunk":
-        from model.ops.gdn.chunk import chunk_frame_gated_delta_rule as fn
+        fn = chunk_frame_gated_delta_rule
     else:
         from model.ops.gdn.triton_fwd import frame_gated_delta_rule_triton as fn
     return fn(q, k, v, beta, decay, initial_state=initial_state, reverse=reverse, output_final_state=output_final_state)
