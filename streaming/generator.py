@@ -1,0 +1,255 @@
+"""The chunk generator: one live walk as a sequence of few-step denoised, committed, decoded chunks.
+
+Chunk layout (latent frames; temporal stride s, `chunk_latents` = Tc):
+- chunk 0 = the clean start-image latent + Tc noisy latents, denoised jointly; the image latent's
+  timestep is forced to 0 and its value re-imposed after every Euler step. It decodes to
+  1 + s·Tc raw frames (the start image is frame 0).
+- chunk i > 0 = Tc noisy latents, decoding to s·Tc raw frames.
+
+One `step` is: camera conditioning for the chunk's raw frames, K Euler steps over the distilled σ
+list against the read-only `StreamState` (x_σ = (1−σ)x₀ + σε, v = ε − x₀, x ← x + (σ' − σ)·v, the
+model sees timestep σ·1000 per latent frame), one commit pass at t = 0 on the clean chunk that
+returns the next state, then the VAE's own causal stream decoder. Everything random comes from
+one seeded `torch.Generator`, so a walk is reproducible, and `snapshot()`/`restore()` capture all of
+it (state, decoder cache, RNG, counters) for rewind.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+DISTILLED_SIGMAS: tuple[float, ...] = (1.0, 0.96, 0.889, 0.727, 0.0)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """How the generator lays out and denoises chunks."""
+
+    chunk_latents: int = 2
+    sigmas: tuple[float, ...] = DISTILLED_SIGMAS
+    kv_window_chunks: int = 2
+    sink: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be >= 1, got {self.chunk_latents}")
+        if self.kv_window_chunks < 1:
+            raise ValueError(f"kv_window_chunks must be >= 1, got {self.kv_window_chunks}")
+        s = self.sigmas
+        if len(s) < 2 or s[-1] != 0.0 or any(not 0.0 <= x <= 1.0 for x in s) or any(a <= b for a, b in zip(s, s[1:])):
+            raise ValueError(f"sigmas must decrease strictly within [0, 1] and end at 0, got {s}")
+
+
+@dataclass(frozen=True)
+class ChunkTimings:
+    """Wall-clock milliseconds of one chunk's phases."""
+
+    denoise_ms: float
+    commit_ms: float
+    decode_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.denoise_ms + self.commit_ms + self.decode_ms
+
+
+@dataclass
+class GeneratorSnapshot:
+    """Everything `restore` needs to continue a walk exactly from a past chunk boundary."""
+
+    state: Any
+    decoder: Any
+    conditioner: Any
+    rng_state: torch.Tensor
+    chunk_index: int
+    latent_index: int
+    frame_index: int
+
+
+def _default_conditioner_factory(first_world_T_cam: np.ndarray, intrinsics: np.ndarray, target_size: tuple[int, int], vae_stride: tuple[int, int]):
+    from controls.camera import ChunkCameraConditioner
+
+    return ChunkCameraConditioner(first_world_T_cam, intrinsics, target_size, vae_stride)
+
+
+def image_to_video_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [1, 3, 1, H, W] in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # [3, H, W]
+    return (t / 127.5 - 1.0)[None, :, None]  # [1, 3, 1, H, W]
+
+
+def video_tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """float [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
+    v = ((video[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)  # [3, F, H, W]
+    return v.permute(1, 2, 3, 0).cpu().numpy()  # [F, H, W, 3]
+
+
+class ChunkGenerator:
+    """Generates one walk chunk by chunk. Not thread-safe: one worker thread drives it.
+
+    Args:
+        model: a `model.WorldModel` (stream API: init_stream_state, stream_forward, stream_commit,
+            null_text).
+        vae: a video autoencoder (encode, stream_decoder, temporal_stride, spatial_stride).
+        config: chunk layout, σ list, KV window and seed.
+        intrinsics: (fx, fy, cx, cy) in pixels at the frame size.
+        device: where the model runs; frames come back to the CPU once per chunk.
+        conditioner_factory: builds the camera conditioner; defaults to
+            `controls.camera.ChunkCameraConditioner`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        vae: Any,
+        config: GeneratorConfig,
+        intrinsics: tuple[float, float, float, float],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        conditioner_factory: Callable[..., Any] | None = None,
+    ):
+        if len(intrinsics) != 4 or not all(np.isfinite(intrinsics)) or min(intrinsics[:2]) <= 0:
+            raise ValueError(f"intrinsics must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intrinsics}")
+        self.model = model
+        self.vae = vae
+        self.config = config
+        self.intrinsics = np.asarray(intrinsics, dtype=np.float32)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._conditioner_factory = conditioner_factory or _default_conditioner_factory
+        self.temporal_stride = int(vae.temporal_stride)
+        self.spatial_stride = int(vae.spatial_stride)
+        self.rng = torch.Generator(device="cpu")
+        self.last_timings: ChunkTimings | None = None
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def frames_for_next_chunk(self) -> int:
+        """Raw frames the next `step` needs poses for (and returns)."""
+        if not self._started:
+            raise RuntimeError("ChunkGenerator.start() must be called first")
+        n = self.temporal_stride * self.config.chunk_latents
+        return n + 1 if self.chunk_index == 0 else n
+
+    @torch.inference_mode()
+    def start(self, start_image: np.ndarray, world_T_cam0: np.ndarray) -> None:
+        """Begin a walk at `start_image` (uint8 [H, W, 3]) seen from `world_T_cam0` ([4, 4])."""
+        if start_image.dtype != np.uint8 or start_image.ndim != 3 or start_image.shape[2] != 3:
+            raise ValueError(f"start_image must be uint8 [H, W, 3], got {start_image.dtype} {start_image.shape}")
+        height, width = start_image.shape[:2]
+        if height % self.spatial_stride or width % self.spatial_stride:
+            raise ValueError(f"start_image size {width}x{height} must be a multiple of the VAE stride {self.spatial_stride}")
+        world_T_cam0 = np.asarray(world_T_cam0, dtype=np.float64)
+        if world_T_cam0.shape != (4, 4) or not np.isfinite(world_T_cam0).all():
+            raise ValueError(f"world_T_cam0 must be a finite [4, 4] matrix, got shape {world_T_cam0.shape}")
+        self.height, self.width = height, width
+        self.rng.manual_seed(self.config.seed)
+        video = image_to_video_tensor(start_image).to(self.device, self.dtype)  # [1, 3, 1, H, W]
+        self.image_latent = self.vae.encode(video).to(self.dtype)  # [1, C, 1, h, w]
+        latent_hw = tuple(self.image_latent.shape[-2:])
+        self.state = self.model.init_stream_state(1, latent_hw=latent_hw, kv_window_chunks=self.config.kv_window_chunks, sink=self.config.sink)
+        self.text, self.text_mask = self.model.null_text(1)
+        self.decoder = self.vae.stream_decoder(1)
+        self.conditioner = self._conditioner_factory(
+            first_world_T_cam=world_T_cam0,
+            intrinsics=self.intrinsics,
+            target_size=(height, width),
+            vae_stride=(self.temporal_stride, self.spatial_stride),
+        )
+        self.chunk_index = 0
+        self.latent_index = 0
+        self.frame_index = 0
+        self._started = True
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.rng).to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def step(self, world_T_cams: np.ndarray) -> np.ndarray:
+        """Generate the next chunk for these raw-frame poses ([n, 4, 4], n = frames_for_next_chunk()).
+
+        Returns uint8 frames [n, H, W, 3]; `last_timings` holds the chunk's phase timings.
+        """
+        n = self.frames_for_next_chunk()
+        world_T_cams = np.asarray(world_T_cams, dtype=np.float64)
+        if world_T_cams.shape != (n, 4, 4) or not np.isfinite(world_T_cams).all():
+            raise ValueError(f"step needs finite poses of shape ({n}, 4, 4), got {world_T_cams.shape}")
+        first = self.chunk_index == 0
+        tc = self.config.chunk_latents
+        lat_start = self.latent_index
+        lat_end = lat_start + tc + (1 if first else 0)
+
+        # 1. Camera conditioning for the chunk's latents.
+        self.conditioner.add_frames(world_T_cams)
+        cond = self.conditioner.latent_chunk(lat_start, lat_end)
+        camera = torch.as_tensor(cond["camera_conditions"])[None].to(self.device, self.dtype)  # [1, Tc', 20]
+        plucker = torch.as_tensor(cond["chunk_plucker"])[None].to(self.device, self.dtype)  # [1, 6s, Tc', h, w]
+
+        # 2. Few-step Euler denoising against the read-only state.
+        t0 = time.perf_counter()
+        _, channels, _, h, w = self.image_latent.shape
+        x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
+        if first:
+            x = torch.cat([self.image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
+        sigmas = self.config.sigmas
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            timestep = torch.full((1, 1, x.shape[2]), sigma * 1000.0, device=self.device, dtype=self.dtype)  # [1, 1, Tc']
+            if first:
+                timestep[:, :, 0] = 0.0
+            velocity = self.model.stream_forward(x, timestep, self.text, self.text_mask, camera, plucker, self.state)
+            x = x + (sigma_next - sigma) * velocity
+            if first:
+                x[:, :, :1] = self.image_latent
+        t1 = time.perf_counter()
+
+        # 3. Commit the clean chunk (t = 0) into the next state.
+        self.state = self.model.stream_commit(x, self.text, self.text_mask, camera, plucker, self.state)
+        t2 = time.perf_counter()
+
+        # 4. Stream-decode with the VAE's causal cache.
+        video = self.decoder.decode_chunk(x)  # [1, 3, n, H, W]
+        frames = video_tensor_to_frames(video)  # [n, H, W, 3]
+        t3 = time.perf_counter()
+        if frames.shape[0] != n:
+            raise RuntimeError(f"decoder returned {frames.shape[0]} frames for a chunk of {n}")
+
+        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        self.chunk_index += 1
+        self.latent_index = lat_end
+        self.frame_index += n
+        return frames
+
+    def snapshot(self) -> GeneratorSnapshot:
+        """A copy of the walk at the current chunk boundary (cheap relative to a chunk)."""
+        if not self._started:
+            raise RuntimeError("ChunkGenerator.start() must be called first")
+        decoder = self.decoder.clone() if hasattr(self.decoder, "clone") else copy.deepcopy(self.decoder)
+        return GeneratorSnapshot(
+            state=self.state.clone(),
+            decoder=decoder,
+            conditioner=copy.deepcopy(self.conditioner),
+            rng_state=self.rng.get_state(),
+            chunk_index=self.chunk_index,
+            latent_index=self.latent_index,
+            frame_index=self.frame_index,
+        )
+
+    def restore(self, snap: GeneratorSnapshot) -> None:
+        """Continue from `snap`; the snapshot stays valid for another restore."""
+        self.state = snap.state.clone()
+        self.decoder = snap.decoder.clone() if hasattr(snap.decoder, "clone") else copy.deepcopy(snap.decoder)
+        self.conditioner = copy.deepcopy(snap.conditioner)
+        self.rng.set_state(snap.rng_state)
+        self.chunk_index = snap.chunk_index
+        self.latent_index = snap.latent_index
+        self.frame_index = snap.frame_index

@@ -1,0 +1,287 @@
+"""The generation worker: one thread per device that runs every session's chunks, fairly.
+
+Sessions register a `StreamJob` (generator, pose integrator, frame buffer, input mailbox). The
+worker loops round-robin over the jobs, and for the next job that is ready runs one chunk:
+newest input snapshot -> integrator poses for the chunk's raw frames -> `generator.step` ->
+frames (each with its pose, chunk id, input seq and frame id) into the job's `FrameBuffer`.
+The event loop never runs model work; it only posts inputs into mailboxes (thread-safe).
+
+A job is ready when it is started, not paused and its buffer has room for one more chunk
+without overflowing (so a fast model cannot run ahead of playout; latency stays ~one chunk).
+
+Idle policy: when the camera has stood still (pose unchanged) for `idle_chunks` chunks in a row
+and no new movement input arrived, the job pauses: the last frame stays on screen and nothing is
+generated, so a standing camera cannot drift into noise over time and the device is free for
+other sessions. Any snapshot that moves the camera (keys held or look angles changed), a reset or
+new settings resume it.
+
+Batching sessions into one forward pass is not done: on CPU a batch-of-B forward costs about B
+single forwards (measured by `python run.py bench stream`), and batching would couple the
+sessions' chunk boundaries; on a GPU it would pay and is the next step.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streaming.buffer import FrameBuffer, StreamFrame
+
+log = logging.getLogger("roam.worker")
+
+
+@dataclass(frozen=True)
+class InputEnvelope:
+    """One accepted input snapshot with the fields the worker compares for idleness."""
+
+    seq: int
+    snapshot: Any  # controls.integrator.InputSnapshot
+    keys: int
+    look: tuple[float, float, float]  # yaw, pitch, roll in degrees
+
+
+class StreamJob:
+    """One session's stream as the worker sees it.
+
+    Args:
+        session_id: for logs.
+        generator: a `ChunkGenerator` (or anything with start/step/frames_for_next_chunk).
+        make_integrator: builds a fresh pose integrator at the start pose (called at start and reset).
+        buffer: where frames go.
+        start_image: uint8 [H, W, 3].
+        world_T_cam0: [4, 4] start pose.
+        standing_input: the envelope used before the first input arrives (no keys, start angles).
+        idle_chunks: standing chunks before the job pauses (0 = never pause).
+        on_failure: called (from the worker thread) with the exception if a chunk fails.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        generator: Any,
+        make_integrator: Callable[[], Any],
+        buffer: FrameBuffer,
+        start_image: np.ndarray,
+        world_T_cam0: np.ndarray,
+        standing_input: InputEnvelope,
+        idle_chunks: int = 4,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ):
+        self.session_id = session_id
+        self.generator = generator
+        self.make_integrator = make_integrator
+        self.buffer = buffer
+        self.start_image = start_image
+        self.world_T_cam0 = np.asarray(world_T_cam0, dtype=np.float64)
+        self.idle_chunks = idle_chunks
+        self.on_failure = on_failure
+        self._lock = threading.Lock()
+        self._input = standing_input
+        self._applied_input: InputEnvelope | None = None
+        self._reset_pending = True
+        self._settings_pending: Any = None
+        self.integrator: Any = None
+        self.paused = False
+        self.failed: BaseException | None = None
+        self.closed = False
+        self.standing_chunks = 0
+        self.chunks_done = 0
+        self.frames_done = 0
+        self.last_pose = self.world_T_cam0.copy()
+        self.last_chunk_ms = 0.0
+        self.chunk_ms_history: list[float] = []
+        self.first_frame_t: float | None = None
+
+    def submit_input(self, envelope: InputEnvelope) -> bool:
+        """Offer a snapshot (any thread). Returns False if its seq is not newer than the last one."""
+        with self._lock:
+            if envelope.seq <= self._input.seq:
+                return False
+            if self.paused and self._moves(envelope, self._input):
+                self.paused = False
+            self._input = envelope
+            return True
+
+    @staticmethod
+    def _moves(new: InputEnvelope, old: InputEnvelope) -> bool:
+        return new.keys != 0 or new.look != old.look
+
+    def request_reset(self) -> None:
+        """Go back to the start image and pose before the next chunk (any thread)."""
+        with self._lock:
+            self._reset_pending = True
+            self.paused = False
+
+    def submit_settings(self, settings: Any) -> None:
+        """New control settings, applied to the integrator before the next chunk (any thread)."""
+        with self._lock:
+            self._settings_pending = settings
+            self.paused = False
+
+    @property
+    def latest_input(self) -> InputEnvelope:
+        with self._lock:
+            return self._input
+
+    @property
+    def applied_input(self) -> InputEnvelope | None:
+        return self._applied_input
+
+    def next_chunk_frames(self) -> int:
+        if self._reset_pending or not self.generator.started:
+            return self.generator.temporal_stride * self.generator.config.chunk_latents + 1
+        return self.generator.frames_for_next_chunk()
+
+    def ready(self) -> bool:
+        if self.closed or self.failed is not None or self.paused:
+            return False
+        return len(self.buffer) + self.next_chunk_frames() <= self.buffer.capacity
+
+    def run_chunk(self) -> list[StreamFrame]:
+        """Generate one chunk (worker thread only) and put its frames into the buffer."""
+        with self._lock:
+            reset, self._reset_pending = self._reset_pending, False
+            settings, self._settings_pending = self._settings_pending, None
+            envelope = self._input
+        if reset:
+            self.generator.start(self.start_image, self.world_T_cam0)
+            self.integrator = self.make_integrator()
+            self.buffer.clear()
+            self.last_pose = self.world_T_cam0.copy()
+            self.standing_chunks = 0
+        if settings is not None:
+            self.integrator.settings = settings
+        n = self.generator.frames_for_next_chunk()
+        first = self.generator.chunk_index == 0
+        if first:
+            poses = np.concatenate([self.world_T_cam0[None], np.asarray(self.integrator.advance(envelope.snapshot, n - 1))])
+        else:
+            poses = np.asarray(self.integrator.advance(envelope.snapshot, n))  # [n, 4, 4]
+        chunk_id = self.generator.chunk_index
+        start = time.perf_counter()
+        images = self.generator.step(poses)
+        chunk_ms = (time.perf_counter() - start) * 1e3
+        frame0 = self.generator.frame_index - n
+        frames = [
+            StreamFrame(image=images[i], frame_id=frame0 + i, chunk_id=chunk_id, input_seq=envelope.seq, world_T_cam=poses[i], chunk_ms=chunk_ms)
+            for i in range(n)
+        ]
+        standing = np.allclose(poses, self.last_pose[None], atol=1e-6) and not first
+        self.standing_chunks = self.standing_chunks + 1 if standing else 0
+        self.last_pose = poses[-1]
+        self._applied_input = envelope
+        self.last_chunk_ms = chunk_ms
+        self.chunk_ms_history.append(chunk_ms)
+        del self.chunk_ms_history[:-64]
+        self.chunks_done += 1
+        self.frames_done += n
+        if self.first_frame_t is None:
+            self.first_frame_t = time.monotonic()
+        with self._lock:
+            if self.idle_chunks and self.standing_chunks >= self.idle_chunks and self._input is envelope:
+                self.paused = True
+                log.info("[%s] idle: camera stood still for %d chunks, pausing until input", self.session_id, self.standing_chunks)
+        self.buffer.put_chunk(frames)
+        return frames
+
+
+class GenerationWorker:
+    """One thread that runs the chunks of every registered job, round-robin.
+
+    Args:
+        num_threads: torch intra-op threads for the worker (None leaves torch's setting alone).
+        poll_s: how often an idle worker re-checks readiness (buffers drain on the event loop).
+    """
+
+    def __init__(self, name: str = "roam-generation", num_threads: int | None = None, poll_s: float = 0.01):
+        self.name = name
+        self.num_threads = num_threads
+        self.poll_s = poll_s
+        self._jobs: list[StreamJob] = []
+        self._cursor = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.chunks_done = 0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("GenerationWorker already started")
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the chunk in progress; joins the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("generation worker did not stop within %.1f s", timeout)
+            self._thread = None
+
+    async def astop(self, timeout: float = 10.0) -> None:
+        await asyncio.to_thread(self.stop, timeout)
+
+    def add(self, job: StreamJob) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def remove(self, job: StreamJob) -> None:
+        """Unregister a job; a chunk already running for it finishes into its (closed) buffer."""
+        with self._cond:
+            job.closed = True
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def jobs(self) -> list[StreamJob]:
+        with self._cond:
+            return list(self._jobs)
+
+    def _next_ready(self) -> StreamJob | None:
+        with self._cond:
+            count = len(self._jobs)
+            for offset in range(count):
+                job = self._jobs[(self._cursor + offset) % count]
+                if job.ready():
+                    self._cursor = (self._cursor + offset + 1) % count
+                    return job
+        return None
+
+    def _run(self) -> None:
+        if self.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+            job = self._next_ready()
+            if job is None:
+                with self._cond:
+                    if not self._stop:
+                        self._cond.wait(self.poll_s)
+                continue
+            try:
+                job.run_chunk()
+                self.chunks_done += 1
+            except Exception as error:
+                log.exception("[%s] chunk failed; the session is closed", job.session_id)
+                job.failed = error
+                self.remove(job)
+                if job.on_failure is not None:
+                    job.on_failure(error)
