@@ -1,0 +1,307 @@
+"""A tiny causal video autoencoder: the latent space roam's embedded world model lives in.
+
+Layout of time (as in LTX-2): a clip of F = stride·k + 1 frames has T = k + 1 latents. Latent 0
+encodes frame 0 alone; latent i ≥ 1 encodes frames stride·(i−1)+1 … stride·i.
+
+The network has two kinds of layers, and causality follows from their split:
+  * per-frame 2D convolutions (spatial down/up-sampling), which never mix frames;
+  * causal temporal convolutions at the latent rate, padded on the left only (with zeros, or in
+    streaming with the previous chunk's inputs), so latent i depends on latents ≤ i.
+Encoder: frames -> 2D encoder -> group `stride` frames into channels (frame 0's group is frame 0
+repeated) -> causal temporal blocks -> latents. Decoder: latents -> causal temporal blocks -> each
+latent expands into `stride` sub-frames (latent 0 keeps only its last) -> 2D decoder -> frames.
+
+Latents are normalised per channel, z = (e − mean) / std, with mean/std buffers measured on training
+clips, so the diffusion model sees roughly N(0, 1) latents.
+
+`StreamDecoder` decodes chunk by chunk carrying the left context of every temporal convolution;
+its concatenated output equals `TinyVAE.decode` of the whole sequence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TinyVAEConfig:
+    """Shape of the autoencoder.
+
+    widths[i] is the channel count of the 2D stage at resolution H / 2^(i+1); there are
+    log2(spatial_stride) stages, the last one at the latent resolution.
+    """
+
+    latent_channels: int = 32
+    spatial_stride: int = 8
+    temporal_stride: int = 4
+    widths: tuple[int, ...] = (32, 64, 128)
+    temporal_blocks: int = 2
+    temporal_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        s = self.spatial_stride
+        if s < 2 or s & (s - 1):
+            raise ValueError(f"spatial_stride must be a power of two >= 2, got {s}")
+        if len(self.widths) != int(math.log2(s)):
+            raise ValueError(f"widths needs log2(spatial_stride)={int(math.log2(s))} entries, got {self.widths}")
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive, got {self.widths}")
+        if self.temporal_stride < 1:
+            raise ValueError(f"temporal_stride must be >= 1, got {self.temporal_stride}")
+        if self.latent_channels < 1:
+            raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")
+        if self.temporal_blocks < 0 or self.temporal_kernel < 1:
+            raise ValueError(
+                f"need temporal_blocks >= 0 and temporal_kernel >= 1, got {self.temporal_blocks}, {self.temporal_kernel}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResBlock2d(nn.Module):
+    """Per-frame residual block: x + conv(relu(conv(x))), then ReLU. Input [N, C, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class CausalTemporalBlock(nn.Module):
+    """Residual block at the latent rate: a (k, 3, 3) convolution causal in time, then a per-frame 3×3.
+
+    Input [B, C, T, h, w]. `context` holds the k − 1 inputs before the first one (zeros at the
+    start of a sequence); the block returns its output and the context for the next chunk.
+    """
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv_t = nn.Conv3d(channels, channels, (kernel, 3, 3), padding=(0, 1, 1))
+        self.conv_s = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def initial_context(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, h, w = x.shape
+        return x.new_zeros(b, c, self.kernel - 1, h, w)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, t, h, w = x.shape
+        padded = torch.cat([context, x], dim=2)  # [B, C, k-1+T, h, w]
+        y = F.relu(self.conv_t(padded))  # [B, C, T, h, w]
+        y = self.conv_s(y.transpose(1, 2).reshape(b * t, c, h, w))
+        y = y.reshape(b, t, c, h, w).transpose(1, 2)
+        new_context = padded[:, :, padded.shape[2] - (self.kernel - 1) :]
+        return F.relu(x + y), new_context
+
+
+def _frames_to_2d(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B·T, C, H, W]."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def _frames_from_2d(x: torch.Tensor, b: int) -> torch.Tensor:
+    """[B·T, C, H, W] -> [B, C, T, H, W]."""
+    n, c, h, w = x.shape
+    return x.reshape(b, n // b, c, h, w).transpose(1, 2)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TinyVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = cfg.widths
+        # The first ×2 is a space-to-depth, so no convolution runs at full resolution.
+        self.stem = nn.Conv2d(3 * 4, widths[0], 3, padding=1)
+        stages = []
+        for i, w in enumerate(widths):
+            layers: list[nn.Module] = [ResBlock2d(w)]
+            if i + 1 < len(widths):
+                layers += [nn.Conv2d(w, widths[i + 1], 3, stride=2, padding=1), nn.ReLU()]
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        c = widths[-1]
+        self.group = nn.Conv2d(c * cfg.temporal_stride, c, 1)
+        self.temporal = nn.ModuleList(CausalTemporalBlock(c, cfg.temporal_kernel) for _ in range(cfg.temporal_blocks))
+        self.out = nn.Conv2d(c, cfg.latent_channels, 3, padding=1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, F, H, W] with F = stride·k + 1 -> unnormalised latents [B, C, k + 1, h, w]."""
+        b, _, f, _, _ = video.shape
+        s = self.cfg.temporal_stride
+        # 1. Per-frame spatial encoder.
+        x = F.pixel_unshuffle(_frames_to_2d(video), 2)  # [B·F, 12, H/2, W/2]
+        x = self.stages(F.relu(self.stem(x)))  # [B·F, c, h, w]
+        x = _frames_from_2d(x, b)  # [B, c, F, h, w]
+        # 2. Frame 0 forms a group of its own by repetition; then stride frames become one latent.
+        x = torch.cat([x[:, :, :1].expand(-1, -1, s - 1, -1, -1), x], dim=2)  # [B, c, s·T, h, w]
+        _, c, _, h, w = x.shape
+        t = (f - 1) // s + 1
+        x = x.reshape(b, c, t, s, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b * t, s * c, h, w)
+        x = _frames_from_2d(F.relu(self.group(x)), b)  # [B, c, T, h, w]
+        # 3. Causal mixing across latents.
+        for block in self.temporal:
+            x, _ = block(x, block.initial_context(x))
+        return _frames_from_2d(self.out(_frames_to_2d(x)), b)  # [B, C, T, h, w]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TinyVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        widths = cfg.widths
+        c = widths[-1]
+        self.inp = nn.Conv2d(cfg.latent_channels, c, 3, padding=1)
+        self.temporal = nn.ModuleList(CausalTemporalBlock(c, cfg.temporal_kernel) for _ in range(cfg.temporal_blocks))
+        self.expand = nn.Conv2d(c, c * cfg.temporal_stride, 1)
+        stages = []
+        for i in reversed(range(len(widths))):
+            w = widths[i]
+            out = widths[i - 1] if i > 0 else 3
+            # Upsampling by depth-to-space: a conv at the low resolution makes 4× the channels.
+            stages.append(nn.Sequential(ResBlock2d(w), nn.Conv2d(w, out * 4, 3, padding=1), nn.PixelShuffle(2)))
+            if i > 0:
+                stages.append(nn.ReLU())
+        self.stages = nn.Sequential(*stages)
+
+    def forward(
+        self, z: torch.Tensor, contexts: list[torch.Tensor] | None, first: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Unnormalised latents [B, C, T, h, w] -> (frames [B, 3, F, H, W], contexts for the next chunk).
+
+        contexts=None starts a sequence (zero left context); `first` says latent 0 is in this chunk,
+        so it yields 1 frame instead of stride.
+        """
+        b = z.shape[0]
+        s = self.cfg.temporal_stride
+        # 1. Causal mixing across latents, carrying each block's left context.
+        x = _frames_from_2d(F.relu(self.inp(_frames_to_2d(z))), b)  # [B, c, T, h, w]
+        new_contexts = []
+        for i, block in enumerate(self.temporal):
+            x, ctx = block(x, block.initial_context(x) if contexts is None else contexts[i])
+            new_contexts.append(ctx)
+        # 2. Each latent becomes stride sub-frames; latent 0 keeps only its last one.
+        _, c, t, h, w = x.shape
+        x = F.relu(self.expand(_frames_to_2d(x)))  # [B·T, s·c, h, w]
+        x = x.reshape(b, t * s, c, h, w)  # [B, T·s, c, h, w]
+        if first:
+            x = x[:, s - 1 :]
+        # 3. Per-frame spatial decoder.
+        n = x.shape[1]
+        y = self.stages(x.reshape(b * n, c, h, w))  # [B·F, 3, H, W]
+        return _frames_from_2d(y, b), new_contexts
+
+
+class TinyVAE(nn.Module):
+    """encode(video [B,3,F,H,W] in [-1,1]) -> latents [B,C,T,h,w]; decode(latents) -> video in [-1,1]."""
+
+    def __init__(self, cfg: TinyVAEConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or TinyVAEConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+        c = self.cfg.latent_channels
+        self.register_buffer("latents_mean", torch.zeros(c))
+        self.register_buffer("latents_std", torch.ones(c))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.cfg.latent_channels
+
+    @property
+    def temporal_stride(self) -> int:
+        return self.cfg.temporal_stride
+
+    @property
+    def spatial_stride(self) -> int:
+        return self.cfg.spatial_stride
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Raise ValueError unless video is [B, 3, F, H, W] with F = stride·k + 1 and H, W multiples of the spatial stride."""
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"video must be [B, 3, F, H, W], got {shape}")
+        f, h, w = video.shape[2:]
+        s, st = self.spatial_stride, self.temporal_stride
+        if (f - 1) % st != 0:
+            raise ValueError(f"frame count F={f} must be {st}·k + 1 (temporal stride {st})")
+        if h % s or w % s or h == 0 or w == 0:
+            raise ValueError(f"height and width ({h}, {w}) must be positive multiples of the spatial stride {s}")
+
+    def check_latents(self, z: torch.Tensor) -> None:
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != self.latent_channels or 0 in z.shape:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"latents must be [B, {self.latent_channels}, T, h, w] with T, h, w >= 1, got {shape}")
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1, 1)
+        return self.latents_mean.view(shape).to(z), self.latents_std.view(shape).to(z)
+
+    def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
+        """Unnormalised latents (the training path)."""
+        self.check_video(video)
+        return self.encoder(video)
+
+    def decode_raw(self, e: torch.Tensor) -> torch.Tensor:
+        """Frames from unnormalised latents, not clamped (the training path)."""
+        self.check_latents(e)
+        return self.decoder(e, None, first=True)[0]
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, F, H, W] in [-1, 1], F = stride·k + 1 -> normalised latents [B, C, k + 1, H/s, W/s]."""
+        mean, std = self._stats(video)
+        return (self.encode_raw(video) - mean) / std
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, T, h, w] -> video [B, 3, stride·(T−1) + 1, h·s, w·s] in [-1, 1]."""
+        self.check_latents(latents)
+        mean, std = self._stats(latents)
+        return self.decoder(latents * std + mean, None, first=True)[0].clamp(-1, 1)
+
+    def stream_decoder(self, batch_size: int) -> StreamDecoder:
+        return StreamDecoder(self, batch_size)
+
+
+class StreamDecoder:
+    """Chunk-by-chunk decoding with a causal cache of temporal_blocks × (kernel − 1) latent-rate features.
+
+    The first chunk (holding latent 0) yields 1 + stride·(Tc − 1) frames, later ones stride·Tc;
+    their concatenation equals `vae.decode` of all latents.
+    """
+
+    def __init__(self, vae: TinyVAE, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.vae = vae
+        self.batch_size = batch_size
+        self.contexts: list[torch.Tensor] | None = None
+        self.latents_seen = 0
+        self.grid: tuple[int, int] | None = None
+
+    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, Tc, h, w] -> frames [B, 3, F_c, H, W] in [-1, 1]."""
+        self.vae.check_latents(latents)
+        if latents.shape[0] != self.batch_size:
+            raise ValueError(f"chunk batch {latents.shape[0]} != stream decoder batch_size {self.batch_size}")
+        grid = tuple(latents.shape[3:])
+        if self.grid is not None and grid != self.grid:
+            raise ValueError(f"chunk latent grid {grid} differs from the stream's {self.grid}")
+        mean, std = self.vae._stats(latents)
+        frames, self.contexts = self.vae.decoder(latents * std + mean, self.contexts, first=self.latents_seen == 0)
+        self.grid = grid
+        self.latents_seen += latents.shape[2]
+        return frames.clamp(-1, 1)
+
+    def reset(self) -> None:
+        self.contexts = None
+        self.latents_seen = 0
+        self.grid = None

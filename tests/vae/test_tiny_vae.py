@@ -1,0 +1,150 @@
+"""TinyVAE: the T = (F−1)/stride + 1 rule, bad input, causality, and streaming == whole decode."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.vae import TinyVAE, TinyVAEConfig
+
+SMALL = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2)
+SMALL_S16_T8 = TinyVAEConfig(latent_channels=6, spatial_stride=16, temporal_stride=8, widths=(4, 4, 8, 8), temporal_blocks=1)
+
+
+def _vae(cfg: TinyVAEConfig) -> TinyVAE:
+    vae = TinyVAE(cfg).eval()
+    # Non-trivial normalisation so the tests also cover the (de)normalisation path.
+    vae.latents_mean.copy_(torch.randn(cfg.latent_channels) * 0.1)
+    vae.latents_std.copy_(torch.rand(cfg.latent_channels) + 0.5)
+    return vae
+
+
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_S16_T8], ids=["s8t4", "s16t8"])
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_shapes_follow_the_first_frame_alone_rule(cfg, k):
+    vae = _vae(cfg)
+    s, st = cfg.spatial_stride, cfg.temporal_stride
+    video = torch.rand(2, 3, st * k + 1, 2 * s, 3 * s) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(video)
+        assert z.shape == (2, cfg.latent_channels, k + 1, 2, 3)
+        out = vae.decode(z)
+    assert out.shape == video.shape
+    assert out.min() >= -1 and out.max() <= 1
+    assert (vae.latent_channels, vae.temporal_stride, vae.spatial_stride) == (cfg.latent_channels, st, s)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((1, 3, 4, 16, 16), "F=4"),
+        ((1, 3, 6, 16, 16), "F=6"),
+        ((1, 3, 0, 16, 16), "F=0"),
+        ((1, 4, 5, 16, 16), r"\[B, 3, F, H, W\]"),
+        ((1, 3, 5, 12, 16), r"\(12, 16\)"),
+        ((3, 5, 16, 16), r"\[B, 3, F, H, W\]"),
+    ],
+)
+def test_bad_video_raises(shape, match):
+    vae = _vae(SMALL)
+    with pytest.raises(ValueError, match=match):
+        vae.encode(torch.zeros(shape))
+
+
+def test_bad_latents_and_stream_use_raise():
+    vae = _vae(SMALL)
+    with pytest.raises(ValueError, match="latents must be"):
+        vae.decode(torch.zeros(1, 7, 2, 2, 2))
+    with pytest.raises(ValueError, match="latents must be"):
+        vae.decode(torch.zeros(1, 8, 0, 2, 2))
+    dec = vae.stream_decoder(2)
+    with pytest.raises(ValueError, match="batch 1"):
+        dec.decode_chunk(torch.zeros(1, 8, 1, 2, 2))
+    dec.decode_chunk(torch.zeros(2, 8, 1, 2, 2))
+    with pytest.raises(ValueError, match="grid"):
+        dec.decode_chunk(torch.zeros(2, 8, 1, 3, 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        vae.stream_decoder(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"spatial_stride": 12}, "power of two"),
+        ({"spatial_stride": 16}, r"widths needs log2\(spatial_stride\)=4"),
+        ({"temporal_stride": 0}, "temporal_stride"),
+        ({"latent_channels": 0}, "latent_channels"),
+        ({"widths": (4, 0, 8)}, "positive"),
+    ],
+)
+def test_bad_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TinyVAEConfig(**kwargs)
+
+
+@pytest.mark.parametrize("splits", [[1, 1, 1, 1, 1, 1], [1, 5], [2, 4], [3, 1, 2], [6]], ids=str)
+def test_stream_decode_equals_whole_decode(splits):
+    vae = _vae(SMALL)
+    z = torch.randn(2, 8, sum(splits), 3, 2)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        dec = vae.stream_decoder(2)
+        chunks, start = [], 0
+        for i, n in enumerate(splits):
+            frames = dec.decode_chunk(z[:, :, start : start + n])
+            expected = 1 + 4 * (n - 1) if i == 0 else 4 * n
+            assert frames.shape[2] == expected
+            chunks.append(frames)
+            start += n
+    torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=1e-5, rtol=0)
+    dec.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(dec.decode_chunk(z[:, :, :2]), whole[:, :, :5], atol=1e-5, rtol=0)
+
+
+def test_stream_decode_equals_whole_decode_s16_t8():
+    vae = _vae(SMALL_S16_T8)
+    z = torch.randn(1, 6, 4, 2, 2)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        dec = vae.stream_decoder(1)
+        parts = [dec.decode_chunk(z[:, :, :1]), dec.decode_chunk(z[:, :, 1:3]), dec.decode_chunk(z[:, :, 3:])]
+    assert [p.shape[2] for p in parts] == [1, 16, 8]
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("changed_frame", [1, 4, 5, 8, 12])
+def test_encoder_is_causal(changed_frame):
+    vae = _vae(SMALL)
+    video = torch.rand(1, 3, 13, 16, 16) * 2 - 1
+    edited = video.clone()
+    edited[:, :, changed_frame] = -edited[:, :, changed_frame]
+    with torch.no_grad():
+        z, z_edit = vae.encode(video), vae.encode(edited)
+    latent = (changed_frame + 3) // 4  # frame f (>= 1) belongs to latent ceil(f / 4)
+    torch.testing.assert_close(z_edit[:, :, :latent], z[:, :, :latent], atol=0, rtol=0)
+    assert not torch.allclose(z_edit[:, :, latent], z[:, :, latent])
+
+
+@pytest.mark.parametrize("changed_latent", [1, 2, 3])
+def test_decoder_is_causal(changed_latent):
+    vae = _vae(SMALL)
+    z = torch.randn(1, 8, 4, 2, 2)
+    edited = z.clone()
+    edited[:, :, changed_latent] += 3.0
+    with torch.no_grad():
+        out, out_edit = vae.decode(z), vae.decode(edited)
+    first_frame = 1 + 4 * (changed_latent - 1)
+    torch.testing.assert_close(out_edit[:, :, :first_frame], out[:, :, :first_frame], atol=0, rtol=0)
+    assert not torch.allclose(out_edit[:, :, first_frame:], out[:, :, first_frame:])
+
+
+def test_latent_normalisation_round_trips_through_buffers():
+    vae = _vae(SMALL)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        raw = vae.encode_raw(video)
+        z = vae.encode(video)
+        std = vae.latents_std.view(1, -1, 1, 1, 1)
+        mean = vae.latents_mean.view(1, -1, 1, 1, 1)
+        torch.testing.assert_close(z * std + mean, raw)
+        torch.testing.assert_close(vae.decode(z), vae.decode_raw(raw).clamp(-1, 1))
