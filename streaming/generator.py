@@ -73,7 +73,7 @@ class GeneratorSnapshot:
     frame_index: int
 
 
-def _default_conditioner_factory(first_world_T_cam: np.ndarray, intrinsics: np.ndarray, target_size: tuple[int, int], vae_stride: tuple[int, int]):
+def _default_conditioner_factory(first_world_T_cam: np.ndarray, intrinsics: np.ndarray, target_size: tuple[int, int], vae_stride: tuple[int, int, int]):
     from controls.camera import ChunkCameraConditioner
 
     return ChunkCameraConditioner(first_world_T_cam, intrinsics, target_size, vae_stride)
@@ -164,7 +164,7 @@ class ChunkGenerator:
             first_world_T_cam=world_T_cam0,
             intrinsics=self.intrinsics,
             target_size=(height, width),
-            vae_stride=(self.temporal_stride, self.spatial_stride),
+            vae_stride=(self.temporal_stride, self.spatial_stride, self.spatial_stride),
         )
         self.chunk_index = 0
         self.latent_index = 0

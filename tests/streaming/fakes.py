@@ -71,7 +71,7 @@ class FakeVAE:
 
 class FakeConditioner:
     def __init__(self, first_world_T_cam, intrinsics, target_size, vae_stride):
-        self.stride, self.spatial = vae_stride
+        self.stride, _, self.spatial = vae_stride
         self.h, self.w = target_size[0] // self.spatial, target_size[1] // self.spatial
         self.frames: list[np.ndarray] = []
 

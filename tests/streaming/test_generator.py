@@ -88,3 +88,17 @@ def test_bad_inputs_raise():
         GeneratorConfig(sigmas=(1.0, 0.5))
     with pytest.raises(ValueError, match="chunk_latents"):
         GeneratorConfig(chunk_latents=0)
+
+
+def test_real_camera_conditioner_drives_the_generator():
+    # The default conditioner (controls.camera) accepts the generator's layout chunk after chunk.
+    model = FakeModel()
+    gen = ChunkGenerator(model, FakeVAE(), GeneratorConfig(chunk_latents=2), (32.0, 32.0, 16.0, 16.0))
+    gen.start(np.zeros((32, 32, 3), np.uint8), np.eye(4))
+    for _ in range(3):
+        n = gen.frames_for_next_chunk()
+        poses = np.repeat(np.eye(4)[None], n, 0)
+        poses[:, 2, 3] = np.arange(gen.frame_index, gen.frame_index + n) * 0.1
+        gen.step(poses)
+    shapes = [(c[4], c[5]) for c in model.calls if c[0] == "forward"]
+    assert shapes[0] == ((1, 3, 20), (1, 24, 3, 4, 4)) and shapes[-1] == ((1, 2, 20), (1, 24, 2, 4, 4))
