@@ -1,0 +1,299 @@
+"""Training recipe for the tiny causal video autoencoder, on clips of the procedural world.
+
+    python -m train.vae --out model/vae/weights/tiny_vae.safetensors --minutes 60
+
+Recipe: clips of `clip_frames` frames at `resolution`² rendered by `sim.clips` from training-split
+scenes fill a replay pool (a few fresh clips replace old ones every step, so rendering costs little);
+each step takes random `crop`² windows with random horizontal flips. The loss is L1 + MSE + an L1 on
+image gradients (edges), with small relative Gaussian noise added to the latents so the decoder
+tolerates the imperfect latents a diffusion model produces. Adam, warm-up then cosine decay over the
+time budget. Every `checkpoint_every_s` the run directory gets a resumable checkpoint; every
+`eval_every_s` the PSNR on fixed eval-split clips at full resolution is logged. At the end the latent
+mean/std per channel are measured on training clips, stored as buffers, and the weights saved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.vae import TinyVAE, TinyVAEConfig, save_tiny_vae
+
+log = logging.getLogger("train.vae")
+
+# (split, index, n_frames, size) -> uint8 frames [F, H, W, 3]
+ClipFn = Callable[[str, int, int, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    out: str = "model/vae/weights/tiny_vae.safetensors"
+    run_dir: str = "runs/vae"
+    minutes: float = 60.0
+    model: TinyVAEConfig = field(default_factory=TinyVAEConfig)
+    resolution: int = 128
+    clip_frames: int = 9
+    crop: int = 64
+    batch_size: int = 4
+    pool_size: int = 192
+    fresh_per_step: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    mse_weight: float = 1.0
+    edge_weight: float = 0.5
+    latent_noise: float = 0.02
+    eval_clips: int = 4
+    eval_frames: int = 17
+    eval_every_s: float = 300.0
+    checkpoint_every_s: float = 120.0
+    stats_clips: int = 32
+    threads: int = 1
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        m = self.model
+        if self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if (self.clip_frames - 1) % m.temporal_stride or self.clip_frames < 1:
+            raise ValueError(f"clip_frames={self.clip_frames} must be {m.temporal_stride}·k + 1")
+        if (self.eval_frames - 1) % m.temporal_stride or self.eval_frames < 1:
+            raise ValueError(f"eval_frames={self.eval_frames} must be {m.temporal_stride}·k + 1")
+        if self.resolution % m.spatial_stride or self.crop % m.spatial_stride or not 0 < self.crop <= self.resolution:
+            raise ValueError(
+                f"resolution={self.resolution} and crop={self.crop} must be multiples of spatial stride {m.spatial_stride}, crop <= resolution"
+            )
+        if self.batch_size < 1 or self.pool_size < self.batch_size or self.fresh_per_step < 0:
+            raise ValueError(f"need 1 <= batch_size ({self.batch_size}) <= pool_size ({self.pool_size}), fresh_per_step >= 0")
+
+
+def sim_clip(split: str, index: int, n_frames: int, size: int) -> torch.Tensor:
+    """Clip `index` of the sim's `split` scenes: uint8 [F, H, W, 3]."""
+    from sim.clips import ClipDataset, sample_clip
+
+    scene_seed = ClipDataset.scene_seed(split, index)
+    clip = sample_clip(scene_seed, index, n_frames, size, size)
+    return torch.as_tensor(clip.frames)
+
+
+def to_video(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., F, H, W, 3] -> float [..., 3, F, H, W] in [-1, 1]."""
+    x = frames.float().div(127.5).sub(1.0)
+    return x.movedim(-1, -4)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.float().clamp(-1, 1) - b.float()).pow(2).mean().item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def reconstruction_loss(vae: TinyVAE, video: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    e = vae.encode_raw(video)  # [B, C, T, h, w]
+    if cfg.latent_noise > 0:
+        scale = e.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+        e = e + cfg.latent_noise * scale * torch.randn_like(e)
+    recon = vae.decode_raw(e)
+    l1 = (recon - video).abs().mean()
+    mse = (recon - video).pow(2).mean()
+    edge = sum((recon.diff(dim=d) - video.diff(dim=d)).abs().mean() for d in (-1, -2))
+    loss = l1 + cfg.mse_weight * mse + cfg.edge_weight * edge
+    return loss, {"l1": round(l1.detach().item(), 5), "mse": round(mse.detach().item(), 6), "edge": round(edge.detach().item(), 5)}
+
+
+@torch.no_grad()
+def evaluate(vae: TinyVAE, clips: list[torch.Tensor]) -> float:
+    """Mean PSNR (dB) of whole-clip reconstructions, latents normalised or not (the round trip is the same)."""
+    vae.eval()
+    scores = [psnr(vae.decode_raw(vae.encode_raw(to_video(c)[None])), to_video(c)[None]) for c in clips]
+    vae.train()
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def measure_latent_stats(vae: TinyVAE, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of unnormalised latents over clips."""
+    vae.eval()
+    e = torch.cat([vae.encode_raw(to_video(c)[None]).movedim(1, -1).reshape(-1, vae.latent_channels) for c in clips])
+    return e.mean(0), e.std(0).clamp_min(1e-6)
+
+
+def _lr(cfg: VAETrainConfig, step: int, fraction: float) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
+
+
+def _random_batch(pool: list[torch.Tensor], cfg: VAETrainConfig, rng: random.Random) -> torch.Tensor:
+    videos = []
+    for clip in rng.sample(pool, cfg.batch_size):
+        y = rng.randrange(cfg.resolution - cfg.crop + 1)
+        x = rng.randrange(cfg.resolution - cfg.crop + 1)
+        v = clip[:, y : y + cfg.crop, x : x + cfg.crop]
+        if rng.random() < 0.5:
+            v = v.flip(2)
+        videos.append(to_video(v))
+    return torch.stack(videos)  # [B, 3, F, crop, crop]
+
+
+def train_vae(cfg: VAETrainConfig, clip_fn: ClipFn = sim_clip) -> Path:
+    """Train for cfg.minutes (resuming from cfg.run_dir if a checkpoint is there); returns the weights path."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to(run_dir / "train.log")
+    ckpt_path = run_dir / "checkpoint.pt"
+    vae = TinyVAE(cfg.model)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    step, elapsed, next_clip = 0, 0.0, 0
+    rng = random.Random(cfg.seed)
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["model_config"] != cfg.model.to_dict():
+            raise ValueError(f"{ckpt_path} was made for model {ckpt['model_config']}, not {cfg.model.to_dict()}")
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        step, elapsed, next_clip = ckpt["step"], ckpt["elapsed"], ckpt["next_clip"]
+        rng.setstate(ckpt["rng"])
+        log.info("resumed from %s at step %d (%.1f min)", ckpt_path, step, elapsed / 60)
+    n_params = sum(p.numel() for p in vae.parameters())
+    log.info("config %s; %.2fM parameters", json.dumps(asdict(cfg)), n_params / 1e6)
+
+    eval_set = [clip_fn("eval", i, cfg.eval_frames, cfg.resolution) for i in range(cfg.eval_clips)]
+    pool = []
+    for _ in range(cfg.pool_size):
+        pool.append(clip_fn("train", next_clip, cfg.clip_frames, cfg.resolution))
+        next_clip += 1
+    budget = cfg.minutes * 60
+    last_ckpt = last_eval = time.perf_counter()
+    started = time.perf_counter() - elapsed
+    bar = _progress(cfg, budget, elapsed)
+    vae.train()
+    while elapsed < budget:
+        for _ in range(cfg.fresh_per_step):
+            pool[rng.randrange(cfg.pool_size)] = clip_fn("train", next_clip, cfg.clip_frames, cfg.resolution)
+            next_clip += 1
+        lr = _lr(cfg, step, elapsed / budget)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, parts = reconstruction_loss(vae, _random_batch(pool, cfg, rng), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        now = time.perf_counter()
+        if bar is not None:
+            bar.update(now - started - elapsed)
+            bar.set_postfix(step=step, loss=f"{loss.detach().item():.4f}", lr=f"{lr:.1e}")
+        elapsed = now - started
+        if step % 50 == 0:
+            log.info("step %d %.1f min loss %.4f %s lr %.2e", step, elapsed / 60, loss.detach().item(), parts, lr)
+        if now - last_eval >= cfg.eval_every_s:
+            log.info("step %d eval PSNR %.2f dB", step, evaluate(vae, eval_set))
+            last_eval = time.perf_counter()
+        if now - last_ckpt >= cfg.checkpoint_every_s:
+            _save_checkpoint(ckpt_path, vae, opt, cfg, step, elapsed, next_clip, rng)
+            last_ckpt = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    _save_checkpoint(ckpt_path, vae, opt, cfg, step, elapsed, next_clip, rng)
+
+    eval_psnr = evaluate(vae, eval_set)
+    stats_set = [clip_fn("train", next_clip + i, cfg.eval_frames, cfg.resolution) for i in range(cfg.stats_clips)]
+    mean, std = measure_latent_stats(vae, stats_set)
+    vae.latents_mean.copy_(mean)
+    vae.latents_std.copy_(std)
+    out = save_tiny_vae(
+        vae.eval(),
+        cfg.out,
+        {"train_steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "eval_psnr_db": f"{eval_psnr:.2f}", "resolution": str(cfg.resolution)},
+    )
+    log.info("done: %d steps, %.1f min, eval PSNR %.2f dB, weights %s", step, elapsed / 60, eval_psnr, out)
+    return out
+
+
+def _save_checkpoint(path: Path, vae, opt, cfg, step, elapsed, next_clip, rng) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": vae.state_dict(),
+            "opt": opt.state_dict(),
+            "model_config": cfg.model.to_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "next_clip": next_clip,
+            "rng": rng.getstate(),
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _progress(cfg: VAETrainConfig, budget: float, elapsed: float):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(budget), initial=round(elapsed), unit="s", desc="train vae", mininterval=5)
+
+
+def _log_to(path: Path) -> None:
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in log.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+
+
+def parse_args(argv: list[str] | None = None) -> VAETrainConfig:
+    d = VAETrainConfig()
+    m = d.model
+    p = argparse.ArgumentParser(prog="python -m train.vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--run-dir", default=d.run_dir)
+    p.add_argument("--minutes", type=float, default=d.minutes)
+    p.add_argument("--latent-channels", type=int, default=m.latent_channels)
+    p.add_argument("--spatial-stride", type=int, default=m.spatial_stride)
+    p.add_argument("--temporal-stride", type=int, default=m.temporal_stride)
+    p.add_argument("--widths", default=",".join(map(str, m.widths)), help="comma-separated channels per 2D stage")
+    p.add_argument("--temporal-blocks", type=int, default=m.temporal_blocks)
+    p.add_argument("--resolution", type=int, default=d.resolution)
+    p.add_argument("--clip-frames", type=int, default=d.clip_frames)
+    p.add_argument("--crop", type=int, default=d.crop)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--latent-noise", type=float, default=d.latent_noise)
+    p.add_argument("--eval-every-s", type=float, default=d.eval_every_s)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    model = TinyVAEConfig(
+        latent_channels=a.latent_channels,
+        spatial_stride=a.spatial_stride,
+        temporal_stride=a.temporal_stride,
+        widths=tuple(int(w) for w in a.widths.split(",")),
+        temporal_blocks=a.temporal_blocks,
+    )
+    return VAETrainConfig(
+        out=a.out, run_dir=a.run_dir, minutes=a.minutes, model=model, resolution=a.resolution, clip_frames=a.clip_frames,
+        crop=a.crop, batch_size=a.batch_size, lr=a.lr, latent_noise=a.latent_noise, eval_every_s=a.eval_every_s,
+        threads=a.threads, seed=a.seed, resume=not a.no_resume, progress=not a.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train_vae(parse_args())
