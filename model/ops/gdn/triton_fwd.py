@@ -12,8 +12,9 @@ All S tokens of a frame read the same decayed state gamma_t M_{t-1}, so the fram
 matrix step: M_t = gamma_t M_{t-1} + K^T diag(beta) (V - gamma_t K M_{t-1}).
 
 Triton is imported only when the kernel runs, so this module imports on machines with neither
-Triton nor a GPU. CPU tensors run under Triton's interpreter (TRITON_INTERPRET=1 set before Triton is
-first imported); without it the inputs must be CUDA tensors.
+Triton nor a GPU. CPU tensors run under Triton's interpreter: TRITON_INTERPRET=1 must be set before
+the first call in the process (the kernel is decorated then); without it the inputs must be CUDA
+tensors. Non-contiguous inputs are copied to contiguous ones first.
 
 Numerics: the state and every accumulation are fp32. fp32 inputs use exact fp32 dot products; bf16 and
 fp16 inputs use TF32 dot products (the inputs themselves are exact in TF32, the fp32 state operand is
@@ -95,7 +96,7 @@ def _launch(
     if not interpreting and q.device.type != "cuda":
         raise ValueError(
             f"frame_gated_delta_rule_triton needs CUDA tensors, got device {q.device}; on CPU set "
-            "TRITON_INTERPRET=1 before Triton is first imported, or use the chunked torch path"
+            "TRITON_INTERPRET=1 before this op's first call in the process, or use the chunked torch path"
         )
 
     B, H, F, S, K = q.shape
