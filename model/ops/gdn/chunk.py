@@ -12,10 +12,12 @@ Formulation: the per-frame affine ("transition matrix") form. One frame's update
 
 Why this form: inside a frame the update is already a parallel rank-S correction, so fla's
 WY/UT chunking (which parallelises *tokens* of a sequential recurrence) has nothing left to
-gather; what remains sequential is the frame-to-frame state, and F is small (3..21). A
-log-depth (Hillis-Steele) scan over the A_t was measured slower on CPU: it costs F·log F K³
-flops against F·K²V and its op count is no smaller at these F. Per-token work (S·K² for A_t, S·K·V
-for U_t and the outputs) is done in large batched matmuls, where CPU BLAS is efficient.
+gather; what remains sequential is the frame-to-frame state, and F is small (3..21). Two
+alternatives were timed on CPU and lost: a log-depth (Hillis-Steele) scan over the A_t (F·log F·K³
+flops against F·K²V, and no fewer ops at these F), and for the V = 1 denominator stream a
+matrix-vector scan that skips forming A_t (torch's batched matrix-vector products are far slower
+per flop than its matrix-matrix ones). Per-token work (S·K² for A_t, S·K·V for U_t and the outputs)
+is done in large batched matmuls, where CPU BLAS is efficient.
 
 `chunk_bidirectional_rule` shares A_t and U_t between the forward scan and the (segmented)
 backward scan and reads both with one output matmul Q_t (M_t + R_t).
