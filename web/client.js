@@ -38,12 +38,13 @@ const KEY = {
 
 const MOVE_CODES = {
   KeyW: KEY.FORWARD, KeyS: KEY.BACK, KeyA: KEY.LEFT, KeyD: KEY.RIGHT,
-  KeyQ: KEY.ROLL_LEFT, KeyE: KEY.ROLL_RIGHT,
   ControlLeft: KEY.SLOW, ControlRight: KEY.SLOW, AltLeft: KEY.SLOW, AltRight: KEY.SLOW,
 };
 const SHIFT_CODES = new Set(["ShiftLeft", "ShiftRight"]);
-const ARROW_CODES = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight"]);
-const HANDLED_CODES = new Set([...Object.keys(MOVE_CODES), ...SHIFT_CODES, ...ARROW_CODES, "Space"]);
+// Arrows and Q/E turn the page's absolute angles. Q/E are deliberately not sent as ROLL_LEFT/RIGHT bits:
+// the server's integrator would turn its roll target by those bits on top of the absolute roll we send.
+const ANGLE_CODES = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "KeyQ", "KeyE"]);
+const HANDLED_CODES = new Set([...Object.keys(MOVE_CODES), ...SHIFT_CODES, ...ANGLE_CODES, "Space"]);
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);

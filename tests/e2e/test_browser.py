@@ -6,11 +6,13 @@ heading and a motion-to-photon latency was measured. Once over WebRTC, once over
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
 
 import pytest
+from PIL import Image
 
 from tests.e2e.conftest import REPO
 
@@ -125,3 +127,42 @@ def test_walk_over_websocket(server, page):
     assert frames >= MIN_FRAMES
     print(f"\nwebsocket ({server.kind} server): {frames} frames drawn, walked {forward:.2f} m forward")
     _latency(page, "websocket")
+
+    # ArrowUp looks up at 90 deg/s but never past the pitch clamp, and the server follows; blur releases keys.
+    page.keyboard.down("ArrowUp")
+    page.wait_for_timeout(1000)
+    page.keyboard.down("d")
+    assert page.evaluate("window.__roam.state().keys") == 8
+    page.evaluate("window.dispatchEvent(new Event('blur'))")
+    state = page.evaluate("window.__roam.state()")
+    assert state["keys"] == 0
+    assert 59.5 <= state["pitch"] <= 60.0, state["pitch"]
+    page.wait_for_function("window.__roam.state().lastTelemetry.pitch > 30", timeout=FRAMES_TIMEOUT_MS)
+    assert page.evaluate("window.__roam.state().lastTelemetry.pitch") <= 60.0 + 1e-6
+
+
+def test_picker_checks_uploads(server, page, tmp_path):
+    """Non-images and files over 10 MB are refused in the page before any upload; a real photo starts a walk."""
+    page.goto(server.url)
+    page.locator(".scene-card").first.wait_for(timeout=30_000)
+    uploads: list[str] = []
+    page.on("request", lambda request: request.url.endswith("/api/upload") and uploads.append(request.url))
+
+    page.set_input_files("#upload-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.wait_for_selector("#picker-error:not([hidden])")
+    assert "not an image" in page.locator("#picker-error").inner_text()
+
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff\xd8" + b"\0" * (10 * 1024 * 1024))
+    page.set_input_files("#upload-input", str(big))
+    page.wait_for_function("document.querySelector('#picker-error').textContent.includes('limit is 10 MB')")
+    assert uploads == [], "an invalid file was sent to the server"
+
+    photo = io.BytesIO()
+    Image.new("RGB", (320, 200), (90, 140, 200)).save(photo, format="PNG")
+    page.set_input_files("#upload-input", files=[{"name": "photo.png", "mimeType": "image/png", "buffer": photo.getvalue()}])
+    page.wait_for_selector("#stage:not([hidden])", timeout=15_000)
+    assert len(uploads) == 1
+    assert page.evaluate("window.__roam.state().error") is None
+    page.click("#leave-button")
+    page.wait_for_selector("#picker:not([hidden])")
