@@ -29,7 +29,7 @@ REAL_SHAPES: list[tuple[int, int, int, int, int, int]] = [
 ]
 CUDA_HEADER = ["shape B,H,F,S,K,V", "dtype", "path", "median ms", "x vs chunk", "rel err vs naive"]
 # (block_v, block_s, num_warps) tried besides the kernel's default choice
-TRITON_SWEEP: list[tuple[int, int, int]] = [(16, 32, 4), (32, 64, 4), (64, 32, 8), (32, 32, 8)]
+TRITON_SWEEP: list[tuple[int, int, int]] = [(16, 16, 4), (16, 64, 4), (32, 32, 4), (32, 64, 8), (64, 32, 8)]
 
 
 def _inputs(shape, dtype: torch.dtype, device: str, seed: int = 0):

@@ -16,13 +16,14 @@ if not torch.cuda.is_available():
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch.nn.functional as F
 
 from model.ops.gdn import frame_gated_delta_rule
 from model.ops.gdn.naive import naive_frame_gated_delta_rule
-from model.ops.gdn.triton_fwd import _launch, frame_gated_delta_rule_triton
+from model.ops.gdn.triton_fwd import _default_block_v, _launch, frame_gated_delta_rule_triton
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +175,19 @@ def test_bad_inputs_raise():
         frame_gated_delta_rule_triton(wide, wide, torch.zeros(1, 1, 1, 1, 4), torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1))
     with pytest.raises(ValueError, match="block_v"):
         _launch(q, k, v, beta, decay, initial_state=None, reverse=False, output_final_state=False, block_v=24)
+
+
+def test_default_value_block_fills_the_gpu(monkeypatch):
+    """On an H100 (132 SMs) the real model's 20 heads of V = 112 get blocks of 16 (140 programs),
+    twice the heads get 32; wide keys cap the block at 32, narrow ones allow 64."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    assert _default_block_v(20, 112, 112, cuda) == 16
+    assert _default_block_v(40, 112, 112, cuda) == 32
+    assert _default_block_v(1000, 112, 112, cuda) == 32
+    assert _default_block_v(1000, 32, 64, cuda) == 64
+    assert _default_block_v(1, 16, 16, cuda) == 16
+    assert _default_block_v(20, 112, 112, torch.device("cpu")) == 32
 
 
 def test_imports_without_triton_and_refuses_cpu_without_interpreter():

@@ -103,9 +103,7 @@ def _launch(
     V = v.shape[-1]
     block_k = max(16, triton.next_power_of_2(K))
     if block_v is None:
-        # two [BK, BV] fp32 tiles (state and its update) stay in registers: narrower V blocks for wide
-        # keys, which also gives more programs to fill the GPU when B*H is small
-        block_v = min(max(16, triton.next_power_of_2(V)), 32 if block_k >= 128 else 64)
+        block_v = _default_block_v(B * H, K, V, q.device)
     if block_s is None:
         block_s = min(32, max(16, triton.next_power_of_2(S)))
     for name, size in (("block_v", block_v), ("block_s", block_s)):
@@ -133,6 +131,28 @@ def _launch(
         num_warps=num_warps,
     )
     return out, final_state
+
+
+def _default_block_v(programs_per_block: int, K: int, V: int, device: torch.device) -> int:
+    """The widest V block that still gives every streaming multiprocessor a program.
+
+    The frame loop is sequential inside a program, so the only parallelism is B*H*ceil(V/BV)
+    programs; at the real model's B*H = 20 that means narrow blocks (V = 112 in 7 blocks of 16 fills an
+    H100's 132 SMs, 4 blocks of 32 would not). Two [BK, BV] fp32 tiles (state and update) live in
+    registers, so BV is capped at 32 for keys of 128 and wider. The interpreter takes the widest block:
+    fewer programs run faster there.
+    """
+    import triton
+
+    widest = min(max(16, triton.next_power_of_2(V)), 32 if K > 64 else 64)
+    candidates = [b for b in (64, 32, 16) if b <= widest]
+    if device.type != "cuda":
+        return candidates[0]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for block_v in candidates:
+        if programs_per_block * triton.cdiv(V, block_v) >= sms:
+            return block_v
+    return candidates[-1]
 
 
 def _check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
