@@ -1,0 +1,121 @@
+"""Configuration of the live app: frozen dataclasses validated on construction.
+
+`AppConfig` = `ServerConfig` (network, limits, auth) + `StreamConfig` (video and generation) +
+the model choice. Only `app/serve_cmd.py` builds one from the command line.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streaming.generator import DISTILLED_SIGMAS, GeneratorConfig
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network side. A non-loopback `host` requires a `token`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_sessions: int = 4
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024
+    scene_count: int = 6
+    web_dir: Path = WEB_DIR
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError(f"token must be at least 8 characters, got {len(self.token)}")
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(f"binding {self.host!r} (not loopback) requires a token (--token)")
+        if self.max_upload_bytes < 1 or self.max_message_bytes < 64:
+            raise ValueError(f"bad limits: max_upload_bytes={self.max_upload_bytes} max_message_bytes={self.max_message_bytes}")
+        if not 1 <= self.scene_count <= 64:
+            raise ValueError(f"scene_count must be in [1, 64], got {self.scene_count}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Video and generation settings of every session."""
+
+    fps: float = 16.0
+    width: int = 256
+    height: int = 256
+    hfov_deg: float = 60.0
+    chunk_latents: int = 2
+    kv_window_chunks: int = 2
+    sink: bool = True
+    sigmas: tuple[float, ...] = DISTILLED_SIGMAS
+    seed: int = 0
+    # Buffer depth in chunks: beyond it the oldest frames are dropped.
+    buffer_chunks: float = 1.5
+    # Standing-camera chunks before a session pauses (0 = never).
+    idle_chunks: int = 4
+    # torch intra-op threads of the generation worker (None = torch's default).
+    torch_threads: int | None = None
+    jpeg_quality: int = 80
+    # Bitrates (bit/s) patched into aiortc's encoders: localhost can afford far more than its defaults.
+    video_bitrate: int = 3_000_000
+    video_bitrate_max: int = 8_000_000
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and 1.0 <= self.fps <= 60.0):
+            raise ValueError(f"fps must be in [1, 60], got {self.fps}")
+        if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
+            raise ValueError(f"width and height must be in [16, 4096], got {self.width}x{self.height}")
+        if not 1.0 <= self.hfov_deg <= 170.0:
+            raise ValueError(f"hfov_deg must be in [1, 170], got {self.hfov_deg}")
+        if self.buffer_chunks < 1.0:
+            raise ValueError(f"buffer_chunks must be >= 1, got {self.buffer_chunks}")
+        if self.idle_chunks < 0:
+            raise ValueError(f"idle_chunks must be >= 0, got {self.idle_chunks}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not 100_000 <= self.video_bitrate <= self.video_bitrate_max:
+            raise ValueError(f"need 100 kbit/s <= video_bitrate <= video_bitrate_max, got {self.video_bitrate}, {self.video_bitrate_max}")
+        self.generator_config()
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=tuple(self.sigmas), kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)
+
+    def buffer_capacity(self, temporal_stride: int) -> int:
+        """Frames a session's buffer keeps: `buffer_chunks` chunks, at least the first chunk."""
+        chunk = temporal_stride * self.chunk_latents
+        return max(math.ceil(self.buffer_chunks * chunk), chunk + 1)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything `create_app` needs. `model_path` None = the embedded tiny model."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    model_path: Path | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.model_path is not None and not Path(self.model_path).exists():
+            raise ValueError(f"model path {self.model_path} does not exist")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")

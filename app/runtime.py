@@ -1,0 +1,225 @@
+"""What the server runs: the model and VAE, start scenes, and per-session generator/integrator makers.
+
+`Runtime` is built once per server (`build_runtime(config)` loads the embedded tiny model and VAE,
+or the model at `--model`) and shared by every session; sessions get their own `ChunkGenerator`
+(state, decoder cache, RNG) and `PoseIntegrator`. Tests build a `Runtime` directly to swap parts.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import AppConfig, StreamConfig
+from streaming.generator import ChunkGenerator
+
+log = logging.getLogger("roam.runtime")
+
+TRAINED_TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "roam_tiny.safetensors"
+MAX_UPLOADS = 32
+
+
+@dataclass(frozen=True)
+class StartView:
+    """A start image at the stream size and the pose it is seen from."""
+
+    image: np.ndarray  # [H, W, 3] uint8
+    world_T_cam: np.ndarray  # [4, 4]
+    name: str
+
+
+class SimScenes:
+    """Start scenes rendered on the fly by the procedural world (`sim.world.Scene`), cached."""
+
+    def __init__(self, count: int, width: int, height: int, K: np.ndarray, first_seed: int = 1):
+        self.seeds = list(range(first_seed, first_seed + count))
+        self.width, self.height, self.K = width, height, K
+        self._lock = threading.Lock()
+
+    def ids(self) -> list[str]:
+        return [f"scene:{seed}" for seed in self.seeds]
+
+    def seed_of(self, scene_id: str) -> int | None:
+        prefix, _, number = scene_id.partition(":")
+        if prefix != "scene" or not number.isdigit() or int(number) not in self.seeds:
+            return None
+        return int(number)
+
+    def name(self, scene_id: str) -> str:
+        seed = self.seed_of(scene_id)
+        return f"Scene #{seed}"
+
+    def view(self, scene_id: str) -> StartView | None:
+        seed = self.seed_of(scene_id)
+        if seed is None:
+            return None
+        return self._view(seed)
+
+    @functools.lru_cache(maxsize=64)
+    def _view(self, seed: int) -> StartView:
+        from sim.world import Scene
+
+        with self._lock:
+            scene = Scene.from_seed(seed)
+            pose = scene.spawn_world_T_cam()
+            rgb = scene.render(pose, self.K, self.width, self.height).rgb[0]
+        theme = getattr(scene.theme, "name", None) or "Scene"
+        return StartView(image=np.ascontiguousarray(rgb), world_T_cam=pose, name=f"{str(theme).title()} #{seed}")
+
+
+class Uploads:
+    """Uploaded start images (resized and centre-cropped to the stream size), newest MAX_UPLOADS kept."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self._items: OrderedDict[str, StartView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes) -> str:
+        """Decode and store an image (any thread); ValueError if `data` is not a decodable image."""
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.verify()
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > 64_000_000:
+                    raise ValueError(f"image of {img.width}x{img.height} pixels is too large")
+                rgb = img.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"not a decodable image: {error}") from None
+        scale = max(self.width / rgb.width, self.height / rgb.height)
+        size = (max(self.width, round(rgb.width * scale)), max(self.height, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - self.width) // 2, (size[1] - self.height) // 2
+        rgb = rgb.crop((left, top, left + self.width, top + self.height))
+        upload_id = "upload:" + hashlib.sha256(data).hexdigest()[:12]
+        view = StartView(image=np.asarray(rgb, dtype=np.uint8).copy(), world_T_cam=np.eye(4), name="Upload")
+        with self._lock:
+            self._items[upload_id] = view
+            self._items.move_to_end(upload_id)
+            while len(self._items) > MAX_UPLOADS:
+                self._items.popitem(last=False)
+        return upload_id
+
+    def view(self, upload_id: str) -> StartView | None:
+        with self._lock:
+            return self._items.get(upload_id)
+
+
+@dataclass
+class Runtime:
+    """Shared model pieces and the makers of per-session objects."""
+
+    model: Any
+    vae: Any
+    model_name: str
+    stream: StreamConfig
+    device: str = "cpu"
+    scenes: Any = None
+    conditioner_factory: Callable[..., Any] | None = None
+    integrator_factory: Callable[[np.ndarray, float], Any] | None = None
+    uploads: Uploads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uploads = Uploads(self.stream.width, self.stream.height)
+        if self.scenes is None:
+            self.scenes = SimScenes(6, self.stream.width, self.stream.height, self.K)
+
+    @property
+    def K(self) -> np.ndarray:
+        """Intrinsics [3, 3] of the stream (horizontal FoV `hfov_deg`)."""
+        f = 0.5 * self.stream.width / math.tan(math.radians(self.stream.hfov_deg) / 2.0)
+        return np.array([[f, 0.0, self.stream.width / 2.0], [0.0, f, self.stream.height / 2.0], [0.0, 0.0, 1.0]])
+
+    @property
+    def temporal_stride(self) -> int:
+        return int(self.vae.temporal_stride)
+
+    def start_view(self, start_id: str) -> StartView | None:
+        if start_id.startswith("upload:"):
+            return self.uploads.view(start_id)
+        return self.scenes.view(start_id)
+
+    def make_generator(self) -> ChunkGenerator:
+        K = self.K
+        return ChunkGenerator(
+            self.model,
+            self.vae,
+            self.stream.generator_config(),
+            (K[0, 0], K[1, 1], K[0, 2], K[1, 2]),
+            device=self.device,
+            conditioner_factory=self.conditioner_factory,
+        )
+
+    def make_integrator(self, world_T_cam0: np.ndarray) -> Any:
+        if self.integrator_factory is not None:
+            return self.integrator_factory(world_T_cam0, self.stream.fps)
+        from controls.integrator import ControlSettings, PoseIntegrator
+
+        return PoseIntegrator(ControlSettings(), world_T_cam0, self.stream.fps)
+
+
+def build_runtime(config: AppConfig) -> Runtime:
+    """Load the model and VAE named by `config` (the embedded tiny ones by default)."""
+    import torch
+
+    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
+
+    device = config.device
+    if config.model_path is not None:
+        model, name = _load_official(Path(config.model_path), device)
+        vae = getattr(model, "vae", None)
+        if vae is None:
+            raise ValueError(f"{config.model_path}: no VAE found next to the model")
+    else:
+        model, name = _load_tiny_model(device)
+        if DEFAULT_WEIGHTS.exists():
+            vae = load_tiny_vae(device=device)
+        else:
+            log.warning("tiny VAE weights %s are not installed: using a random TinyVAE (pictures will be noise-like)", DEFAULT_WEIGHTS)
+            torch.manual_seed(config.stream.seed)
+            vae = TinyVAE(TinyVAEConfig(latent_channels=model.config.in_channels)).to(device)
+    model.eval()
+    vae.eval()
+    return Runtime(model=model, vae=vae, model_name=name, stream=config.stream, device=device, scenes=SimScenes(config.server.scene_count, config.stream.width, config.stream.height, _fov_K(config.stream)))
+
+
+def _fov_K(stream: StreamConfig) -> np.ndarray:
+    f = 0.5 * stream.width / math.tan(math.radians(stream.hfov_deg) / 2.0)
+    return np.array([[f, 0.0, stream.width / 2.0], [0.0, f, stream.height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def _load_tiny_model(device: str) -> tuple[Any, str]:
+    import torch
+
+    from model import ModelConfig, WorldModel
+
+    if TRAINED_TINY_WEIGHTS.exists():
+        from model.checkpoint import load_world_model
+
+        return load_world_model(TRAINED_TINY_WEIGHTS, device=device), "roam-tiny"
+    log.warning(
+        "trained tiny weights %s are not installed: serving ModelConfig.preset('tiny') with seeded random weights "
+        "(the stream shows noise-like pictures; train them with `python run.py train`)",
+        TRAINED_TINY_WEIGHTS,
+    )
+    torch.manual_seed(0)
+    return WorldModel(ModelConfig.preset("tiny")).to(device), "roam-tiny (random weights)"
+
+
+def _load_official(path: Path, device: str) -> tuple[Any, str]:
+    from model.checkpoint import load_official_streaming
+
+    return load_official_streaming(path, device=device), f"SANA-WM ({path.name})"

@@ -1,0 +1,426 @@
+"""The aiohttp application: page, start scenes, uploads, WebRTC signalling and the websocket fallback.
+
+`create_app(config, runtime=None)` keeps all state on `app[...]` keys (no module globals): the
+runtime (model, VAE, scenes), the generation worker, the live sessions. With `runtime=None` the
+model is loaded at startup (`app.runtime.build_runtime`). Routes and messages: docs/protocol.md.
+
+Limits: `max_sessions` live sessions per server (one more gets 503 with a message); uploads of at
+most `max_upload_bytes`, images only; JSON messages of at most `max_message_bytes`. A non-loopback
+bind needs a token, checked on /offer, /ws and /api/upload; websocket Origins must match the Host.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import secrets
+import struct
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from app import messages as m
+from app.config import AppConfig
+from app.runtime import Runtime, build_runtime
+from app.session import Session
+from app.tracks import GeneratedVideoTrack, patch_encoder_bitrates
+from streaming.buffer import BufferClosed
+from streaming.worker import GenerationWorker
+
+log = logging.getLogger("roam.server")
+
+CONFIG = web.AppKey("config", AppConfig)
+RUNTIME = web.AppKey("runtime", Runtime)
+WORKER = web.AppKey("worker", GenerationWorker)
+SESSIONS = web.AppKey("sessions", dict)
+STATS = web.AppKey("stats", dict)
+
+# Websocket frame header (docs/protocol.md): magic, version, header_len, frame_id, input_seq,
+# server_t, width, height, reserved; little-endian, 32 bytes.
+WS_HEADER = struct.Struct("<4sHHIIdHHI")
+WS_MAGIC = b"ROAM"
+WS_VERSION = 1
+WS_MAX_IN_FLIGHT = 2
+
+
+def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
+    """The roam web application (see the module docstring)."""
+    app = web.Application(client_max_size=config.server.max_upload_bytes + 1024)
+    app[CONFIG] = config
+    app[SESSIONS] = {}
+    app[STATS] = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0}
+    if runtime is not None:
+        app[RUNTIME] = runtime
+    app[WORKER] = GenerationWorker(num_threads=config.stream.torch_threads)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/", _index)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/api/scenes", _scenes)
+    app.router.add_get("/api/scenes/{scene_id}/thumbnail.jpg", _thumbnail)
+    app.router.add_post("/api/upload", _upload)
+    app.router.add_post("/offer", _offer)
+    app.router.add_get("/ws", _websocket)
+    if config.server.web_dir.is_dir():
+        app.router.add_static("/web/", config.server.web_dir)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    config = app[CONFIG]
+    patch_encoder_bitrates(config.stream.video_bitrate, config.stream.video_bitrate_max)
+    if RUNTIME not in app:
+        app[RUNTIME] = await asyncio.to_thread(build_runtime, config)
+    app[WORKER].start()
+    log.info("serving model %s at %dx%d, %.0f fps", app[RUNTIME].model_name, config.stream.width, config.stream.height, config.stream.fps)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    sessions = list(app[SESSIONS].values())
+    await asyncio.gather(*(s.close("server shutdown") for s in sessions), return_exceptions=True)
+    await app[WORKER].astop()
+    log.info("shut down (%d sessions closed)", len(sessions))
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _token_ok(request: web.Request, supplied: str | None = None) -> bool:
+    expected = request.app[CONFIG].server.token
+    if not expected:
+        return True
+    candidates = [supplied, request.query.get("token")]
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        candidates.append(auth[len("Bearer ") :])
+    return any(c is not None and hmac.compare_digest(c.encode(), expected.encode()) for c in candidates)
+
+
+def _origin_ok(request: web.Request) -> bool:
+    """Browsers always send Origin on websockets; it must name this server's Host."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def _reserve_slot(app: web.Application) -> str | None:
+    """A new session id if the server has room (the slot is held until the session closes)."""
+    config = app[CONFIG].server
+    sessions = app[SESSIONS]
+    if len(sessions) >= config.max_sessions:
+        app[STATS]["rejected_full"] += 1
+        return None
+    session_id = secrets.token_hex(4)
+    sessions[session_id] = None
+    return session_id
+
+
+def _full_message(app: web.Application) -> str:
+    n = app[CONFIG].server.max_sessions
+    return f"server full: {n} of {n} sessions in use"
+
+
+async def _forget(app: web.Application, session_id: str) -> None:
+    app[SESSIONS].pop(session_id, None)
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    index = request.app[CONFIG].server.web_dir / "index.html"
+    if not index.is_file():
+        return web.Response(status=404, text="the page (web/index.html) is not installed")
+    return web.FileResponse(index)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    app = request.app
+    runtime = app.get(RUNTIME)
+    return web.json_response(
+        {"ok": True, "sessions": sum(1 for s in app[SESSIONS].values() if s is not None), "max_sessions": app[CONFIG].server.max_sessions, "model": runtime.model_name if runtime else None}
+    )
+
+
+async def _scenes(request: web.Request) -> web.Response:
+    scenes = request.app[RUNTIME].scenes
+    return web.json_response([{"id": i, "name": scenes.name(i), "thumbnail": f"/api/scenes/{i}/thumbnail.jpg"} for i in scenes.ids()])
+
+
+def encode_jpeg(image, quality: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+async def _thumbnail(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    scene_id = request.match_info["scene_id"]
+    if runtime.scenes.seed_of(scene_id) is None:
+        return _json_error(404, f"unknown scene {scene_id!r}")
+    view = await asyncio.to_thread(runtime.scenes.view, scene_id)
+    data = await asyncio.to_thread(encode_jpeg, view.image, 85)
+    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _upload(request: web.Request) -> web.Response:
+    app = request.app
+    if not _token_ok(request):
+        app[STATS]["rejected_auth"] += 1
+        return _json_error(401, "bad or missing token")
+    limit = app[CONFIG].server.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _json_error(400, f"upload of {request.content_length} bytes exceeds the {limit}-byte limit")
+    if not request.content_type.startswith("image/"):
+        return _json_error(400, f"Content-Type must be image/*, got {request.content_type!r}")
+    data = bytearray()
+    async for block in request.content.iter_chunked(1 << 16):
+        data += block
+        if len(data) > limit:
+            return _json_error(400, f"upload exceeds the {limit}-byte limit")
+    try:
+        upload_id = await asyncio.to_thread(app[RUNTIME].uploads.add, bytes(data))
+    except ValueError as error:
+        return _json_error(400, str(error))
+    return web.json_response({"id": upload_id})
+
+
+def _parse_offer(body: bytes, max_bytes: int) -> dict:
+    try:
+        offer = m.decode_json(body.decode("utf-8", errors="strict"), max_bytes)
+    except (UnicodeDecodeError, m.MessageError) as error:
+        raise ValueError(f"offer must be a JSON object: {error}") from None
+    sdp, kind, start = offer.get("sdp"), offer.get("type"), offer.get("start")
+    if kind != "offer":
+        raise ValueError(f"type must be 'offer', got {kind!r}")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise ValueError("sdp must be an SDP string starting with 'v=0'")
+    if not isinstance(start, str):
+        raise ValueError(f"start must be a scene or upload id string, got {start!r}")
+    token = offer.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ValueError("token must be a string")
+    return offer
+
+
+async def _offer(request: web.Request) -> web.Response:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    app = request.app
+    config = app[CONFIG]
+    body = await request.read()
+    try:
+        offer = _parse_offer(body, config.server.max_message_bytes * 4)
+    except ValueError as error:
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(400, str(error))
+    if not _token_ok(request, offer.get("token")):
+        app[STATS]["rejected_auth"] += 1
+        return _json_error(401, "bad or missing token")
+    start = await asyncio.to_thread(app[RUNTIME].start_view, offer["start"])
+    if start is None:
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(400, f"unknown start {offer['start']!r}")
+    session_id = _reserve_slot(app)
+    if session_id is None:
+        return _json_error(503, _full_message(app))
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id))
+    except Exception:
+        await pc.close()
+        await _forget(app, session_id)
+        raise
+    session.peer = pc
+    session.closers.append(pc.close)
+    app[SESSIONS][session_id] = session
+    control_channels: list = []
+
+    def send_json(message: dict) -> None:
+        for channel in control_channels:
+            if channel.readyState == "open":
+                channel.send(json.dumps(message))
+
+    session.send_json = send_json
+
+    @pc.on("datachannel")
+    def on_datachannel(channel) -> None:
+        if channel.label == "control":
+            control_channels.append(channel)
+            channel.send(json.dumps(session.session_message()))
+
+        @channel.on("message")
+        def on_message(data) -> None:
+            if isinstance(data, (bytes, bytearray)):
+                session.handle_binary(data)
+            else:
+                session.handle_text(data)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        log.info("[%s] connection %s", session_id, pc.connectionState)
+        if pc.connectionState in ("failed", "closed"):
+            await session.close(f"connection {pc.connectionState}")
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        video = [t for t in pc.getTransceivers() if t.kind == "video"]
+        if not video:
+            raise ValueError("the offer has no video transceiver")
+        pc.addTrack(GeneratedVideoTrack(session.pacer, session.frame_sent))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as error:
+        await session.close(f"bad offer: {error}")
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(400, f"could not negotiate the offer: {error}")
+    session.begin()
+    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session_id})
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config = app[CONFIG]
+    if not _origin_ok(request):
+        app[STATS]["rejected_auth"] += 1
+        return _json_error(403, f"websocket Origin {request.headers.get('Origin')!r} does not match host {request.host!r}")
+    # Messages above max_message_bytes are dropped and counted by the session; only far larger
+    # ones make aiohttp close the socket.
+    ws = web.WebSocketResponse(max_msg_size=max(1 << 22, 16 * config.server.max_message_bytes), compress=False, heartbeat=20.0)
+    await ws.prepare(request)
+    session: Session | None = None
+    try:
+        hello = await _websocket_hello(ws, request)
+        if hello is None:
+            return ws
+        session = hello
+        await _websocket_session(ws, session)
+    finally:
+        if session is not None:
+            await session.close("websocket closed")
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> Session | None:
+    """Wait for the page's hello; returns the new session, or None after sending an error and closing."""
+    app = request.app
+    config = app[CONFIG]
+
+    async def refuse(message: str) -> None:
+        await ws.send_str(json.dumps({"type": "error", "message": message}))
+        await ws.close()
+
+    try:
+        msg = await ws.receive(timeout=10.0)
+    except asyncio.TimeoutError:
+        await refuse("no hello within 10 s")
+        return None
+    if msg.type != WSMsgType.TEXT:
+        await refuse("the first message must be a JSON hello")
+        return None
+    try:
+        hello = m.parse_message(msg.data, config.server.max_message_bytes)
+    except m.MessageError as error:
+        await refuse(f"bad hello: {error}")
+        return None
+    if not isinstance(hello, m.Hello):
+        await refuse(f"the first message must be hello, got {type(hello).__name__.lower()}")
+        return None
+    if not _token_ok(request, hello.token):
+        app[STATS]["rejected_auth"] += 1
+        await refuse("bad or missing token")
+        return None
+    runtime = app[RUNTIME]
+    start = await asyncio.to_thread(runtime.start_view, hello.start)
+    if start is None:
+        await refuse(f"unknown start {hello.start!r}")
+        return None
+    session_id = _reserve_slot(app)
+    if session_id is None:
+        await refuse(_full_message(app))
+        return None
+    try:
+        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id))
+    except Exception:
+        await _forget(app, session_id)
+        raise
+    app[SESSIONS][session_id] = session
+    return session
+
+
+async def _websocket_session(ws: web.WebSocketResponse, session: Session) -> None:
+    """Run one websocket session: a receiver (messages, acks) and a sender (frames, at most 2 in flight)."""
+    quality = session.runtime.stream.jpeg_quality
+    acked = asyncio.Event()
+    in_flight: dict[int, float] = {}
+    outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=256)
+
+    def send_json(message: dict) -> None:
+        try:
+            outbox.put_nowait(json.dumps(message))
+        except asyncio.QueueFull:
+            session.dropped["outbox_full"] += 1
+
+    session.send_json = send_json
+    send_json(session.session_message())
+    session.begin()
+
+    def on_ack(frame_id: int) -> None:
+        if in_flight.pop(frame_id, None) is None:
+            raise m.MessageError("invalid", f"ack of frame {frame_id}, which is not in flight")
+        acked.set()
+
+    session.on_ack = on_ack
+
+    async def receiver() -> None:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                session.handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                session.handle_binary(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                return
+
+    async def text_sender() -> None:
+        while True:
+            await ws.send_str(await outbox.get())
+
+    async def frame_sender() -> None:
+        while True:
+            behind = False
+            while len(in_flight) >= WS_MAX_IN_FLIGHT:
+                acked.clear()
+                behind = True
+                await acked.wait()
+            if behind:
+                # The page fell behind: show the newest frame, not the backlog.
+                await session.buffer.wait()
+                frame = session.buffer.newest_nowait()
+                if frame is None:
+                    continue
+            else:
+                frame, _ = await session.pacer.next_frame()
+            jpeg = await asyncio.to_thread(encode_jpeg, frame.image, quality)
+            height, width = frame.image.shape[:2]
+            header = WS_HEADER.pack(WS_MAGIC, WS_VERSION, WS_HEADER.size, frame.frame_id % 2**32, max(frame.input_seq, 0) % 2**32, time.time() * 1e3, width, height, 0)
+            in_flight[frame.frame_id % 2**32] = time.monotonic()
+            await ws.send_bytes(header + jpeg)
+            session.frame_sent(frame)
+
+    tasks = [asyncio.ensure_future(t()) for t in (receiver, text_sender, frame_sender)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if error is not None and not isinstance(error, (BufferClosed, ConnectionResetError)):
+                log.warning("[%s] websocket task ended: %r", session.id, error)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
