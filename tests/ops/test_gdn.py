@@ -68,6 +68,7 @@ SHAPES = [
     pytest.param(1, 2, 5, 9, 16, 12, id="F5-S9-K16-V12"),
     pytest.param(2, 2, 7, 3, 6, 10, id="F7-S3-K6-V10"),
     pytest.param(1, 2, 13, 11, 12, 8, id="F13-S11-K12-V8"),
+    pytest.param(2, 1, 5, 6, 7, 1, id="F5-S6-K7-V1"),
 ]
 
 

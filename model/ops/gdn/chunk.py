@@ -43,8 +43,21 @@ def _transitions(
     k_beta_t = (k * beta[..., None]).transpose(-1, -2)  # [BH, F, K, S]
     eye = torch.eye(key_dim, dtype=torch.float32, device=k.device)
     transition = decay[..., None, None] * (eye - k_beta_t @ k)  # [BH, F, K, K]
-    update = k_beta_t @ v  # [BH, F, K, V]
+    if v.shape[-1] == 1:
+        # the denominator stream: a weighted sum avoids torch's slow batched matrix-vector path
+        update = (k_beta_t * v.transpose(-1, -2)).sum(-1, keepdim=True)  # [BH, F, K, 1]
+    else:
+        update = k_beta_t @ v  # [BH, F, K, V]
     return list(transition.unbind(1)), list(update.unbind(1))
+
+
+def _read(q: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
+    """Outputs Q_t X_t for every frame: q [B, H, F, S, K], states F × [B·H, K, V] -> [B·H, F, S, V] fp32."""
+    q = q.float().flatten(0, 1)  # [BH, F, S, K]
+    stacked = torch.stack(states, dim=1)  # [BH, F, K, V]
+    if stacked.shape[-1] == 1:
+        return (q * stacked.transpose(-1, -2)).sum(-1, keepdim=True)  # [BH, F, S, 1]
+    return q @ stacked  # [BH, F, S, V]
 
 
 def _forward_states(
@@ -114,8 +127,7 @@ def chunk_frame_gated_delta_rule(
             init = q.new_zeros(batch * heads, key_dim, value_dim, dtype=torch.float32)
         states, last = _reverse_states(transition, update, init, 0, frames)
         final = torch.baddbmm(update[0], transition[0], last) if output_final_state else None
-    out = q.float().flatten(0, 1) @ torch.stack(states, dim=1)  # [BH, F, S, V]
-    out = out.unflatten(0, (batch, heads)).to(v.dtype)  # [B, H, F, S, V]
+    out = _read(q, states).unflatten(0, (batch, heads)).to(v.dtype)  # [B, H, F, S, V]
     if not output_final_state:
         return out, None
     return out, final.unflatten(0, (batch, heads))
@@ -162,8 +174,8 @@ def chunk_bidirectional_rule(
         states, _ = _reverse_states(transition, update, zero, start, start + size)
         backward.extend(states)
         start += size
-    total = torch.stack(forward, dim=1) + torch.stack(backward, dim=1)  # [BH, F, K, V]
-    out = (q.float().flatten(0, 1) @ total).unflatten(0, (batch, heads))  # [B, H, F, S, V]
+    total = [fwd + bwd for fwd, bwd in zip(forward, backward)]  # F × [BH, K, V]
+    out = _read(q, total).unflatten(0, (batch, heads))  # [B, H, F, S, V]
     if not output_final_state:
         return out, None
     return out, forward[-1].unflatten(0, (batch, heads))
