@@ -1,0 +1,121 @@
+"""Softmax self-attention of blocks 3, 7, 11, 15, 19, with its UCPE camera branch and KV caches.
+
+Main branch: q, k, v = W_qkv x → RMSNorm_C on q, k → 3D RoPE → SDPA. Camera branch: own
+projections and RMSNorms (no ReLU, no κ, no short conv) → UCPE → SDPA → decode with P →
+`out_proj_cam`. Sum → shared output gate → `proj`.
+
+Which tokens a query sees:
+    bidirectional  all tokens
+    chunk_causal   its own chunk and earlier chunks; with kv_window_chunks = N only the last N
+                   earlier chunks (+ chunk 0 when sink): exactly what the streaming cache holds
+    stream         the current chunk plus the cached sink and window (keys cached after RoPE at
+                   absolute positions; camera keys/values after UCPE)
+
+Softmax scale, per code path of the official code (sana_wm.md §4): its camera branch pads the head
+dim to a FlashAttention width (112 → 128) before SDPA without passing a scale, and so do its
+chunk-causal and cached streaming main branches; the bidirectional main branch does not pad. We
+never pad; we pass the scale the padding implies: 1/sqrt(sdpa_padded_width(D)) for the camera
+branch everywhere and for the main branch outside bidirectional mode, 1/sqrt(D) for the
+bidirectional main branch. For D = 32, 64, 128 the two coincide.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.layers import RunLayout, add_attention_parameters, gate_and_project, sdpa_padded_width, to_heads
+from model.rope import Rotary
+from model.state import KVCache, SoftmaxState
+from model.ucpe import CameraGeometry, apply_ucpe, clip_to_reference_rms
+
+
+def chunk_causal_mask(layout: RunLayout, device: torch.device) -> torch.Tensor | None:
+    """Boolean [N, N] (query, key) mask of chunk_causal mode, or None when every token sees every token."""
+    if layout.mode != "chunk_causal":
+        return None
+    chunk = layout.chunk_of_frame(device)  # [T]
+    cq, ck = chunk[:, None], chunk[None, :]
+    allowed = ck <= cq
+    if layout.kv_window_chunks is not None:
+        near = (cq - ck) <= layout.kv_window_chunks
+        if layout.sink:
+            near = near | (ck == 0)
+        allowed = allowed & near
+    if bool(allowed.all()):
+        return None
+    spatial = layout.spatial
+    return allowed.repeat_interleave(spatial, 0).repeat_interleave(spatial, 1)  # [N, N]
+
+
+class SoftmaxMixer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.heads = config.num_heads
+        self.head_dim = config.head_dim
+        add_attention_parameters(self, config.hidden_size, self.heads, config.qk_norm_eps)
+        self.padded_scale = sdpa_padded_width(config.head_dim) ** -0.5
+        self.plain_scale = config.head_dim ** -0.5
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+        cache: KVCache | None, scale: float,
+    ) -> torch.Tensor:
+        """q, k, v [B, N, H, D] (current tokens) -> [B, N, H, D], over cache ∪ current keys."""
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+        if cache is not None:
+            past_k, past_v = cache.keys_values()
+            k = torch.cat((past_k.to(k.dtype), k), dim=2)
+            v = torch.cat((past_v.to(v.dtype), v), dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return out.transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: RunLayout,
+        rope: Rotary,
+        camera: CameraGeometry | None,
+        state: SoftmaxState | None,
+        *,
+        want_state: bool = False,
+    ) -> tuple[torch.Tensor, SoftmaxState | None]:
+        """x [B, N, C] -> ([B, N, C], the new state (None unless want_state)); state is read, never changed."""
+        if state is not None and not isinstance(state, SoftmaxState):
+            raise TypeError(f"SoftmaxMixer expects a SoftmaxState, got {type(state).__name__}")
+        if want_state and state is None:
+            raise ValueError("want_state needs an incoming SoftmaxState to extend")
+        mask = chunk_causal_mask(layout, x.device)
+        main_scale = self.padded_scale if layout.main_scale_padded else self.plain_scale
+
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q = rope.apply(to_heads(self.q_norm(q), self.heads))  # [B, N, H, D]
+        k = rope.apply(to_heads(self.k_norm(k), self.heads))
+        v = to_heads(v, self.heads)
+        raw = self._attend(q, k, v, mask, None if state is None else state.main, main_scale).flatten(2)
+        new_main = None if not want_state else state.main.append(k.transpose(1, 2), v.transpose(1, 2))
+
+        new_cam = None if state is None else state.cam
+        if camera is not None:
+            qc = to_heads(self.q_norm_cam(self.q_proj_cam(x)), self.heads)
+            kc = to_heads(self.k_norm_cam(self.k_proj_cam(x)), self.heads)
+            vc = to_heads(self.v_proj_cam(x), self.heads)
+            qc_u = apply_ucpe(qc, camera.p_t, camera.rotary)
+            kc_u = apply_ucpe(kc, camera.p_inv, camera.rotary)
+            vc_u = apply_ucpe(vc, camera.p_inv, camera.rotary)
+            if self.config.ucpe_rms_clip:
+                qc_u = clip_to_reference_rms(qc, qc_u)
+                kc_u = clip_to_reference_rms(kc, kc_u)
+                vc_u = clip_to_reference_rms(vc, vc_u)
+            cam = self._attend(qc_u, kc_u, vc_u, mask, None if state is None else state.cam, self.padded_scale)
+            cam = apply_ucpe(cam, camera.p, camera.rotary, inverse_rope=True).flatten(2)
+            raw = raw + self.out_proj_cam(cam)
+            if want_state:
+                new_cam = state.cam.append(kc_u.transpose(1, 2), vc_u.transpose(1, 2))
+
+        out = gate_and_project(self, raw, x)
+        if not want_state:
+            return out, None
+        return out, SoftmaxState(main=new_main, cam=new_cam, ffn_context=state.ffn_context)
