@@ -5,6 +5,8 @@ dtypes; nothing is broadcast, cast or trimmed silently.
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 
 BACKENDS = ("naive", "chunk", "triton")
@@ -74,8 +76,8 @@ def check_chunk_sizes(chunk_sizes: list[int] | tuple[int, ...] | None, frames: i
     if chunk_sizes is None:
         return [frames]
     sizes = list(chunk_sizes)
-    if not sizes or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in sizes):
+    if not sizes or any(not isinstance(n, Integral) or isinstance(n, bool) or n <= 0 for n in sizes):
         raise ValueError(f"chunk_sizes must be a non-empty list of positive ints, got {chunk_sizes!r}")
     if sum(sizes) != frames:
         raise ValueError(f"chunk_sizes {sizes} sum to {sum(sizes)}, but there are F = {frames} frames")
-    return sizes
+    return [int(n) for n in sizes]

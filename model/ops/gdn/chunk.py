@@ -35,7 +35,7 @@ def _transitions(
     k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, decay: torch.Tensor
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-frame affine maps A_t [B·H, K, K] and U_t [B·H, K, V] as lists over frames, fp32."""
-    batch, heads, frames, _, key_dim = k.shape
+    key_dim = k.shape[-1]
     k = k.float().flatten(0, 1)  # [BH, F, S, K]
     v = v.float().flatten(0, 1)  # [BH, F, S, V]
     beta = beta.float().flatten(0, 1)  # [BH, F, S]
