@@ -121,12 +121,12 @@ class InputSnapshot:
         return cls(
             seq=seq,
             client_time_ms=obj["t"],
-            keys=obj.get("keys", 0),
+            keys=0 if obj.get("keys") is None else obj["keys"],
             yaw_deg=obj.get("yaw"),
             pitch_deg=obj.get("pitch"),
             roll_deg=obj.get("roll"),
-            look_dx_px=obj.get("dx", 0.0),
-            look_dy_px=obj.get("dy", 0.0),
+            look_dx_px=0.0 if obj.get("dx") is None else obj["dx"],
+            look_dy_px=0.0 if obj.get("dy") is None else obj["dy"],
         )
 
 
@@ -198,10 +198,24 @@ class PoseIntegrator:
         _finite("fps", fps, 1000.0)
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        self.settings = settings
+        self._settings = settings
         self.fps = float(fps)
         self.last_drop_reason: str | None = None
         self.reset(np.eye(4) if start_world_T_cam is None else start_world_T_cam)
+
+    @property
+    def settings(self) -> ControlSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ControlSettings) -> None:
+        """New settings take effect from the next frame; a tighter pitch clamp applies to the targets at once."""
+        if not isinstance(settings, ControlSettings):
+            raise ValueError(f"settings must be ControlSettings, got {type(settings).__name__}")
+        self._settings = settings
+        limit = math.radians(settings.pitch_limit_deg)
+        s = self._state
+        self._state = replace(s, target_pitch=min(limit, max(-limit, s.target_pitch)))
 
     def reset(self, world_T_cam=None) -> None:
         """Back to rest at `world_T_cam` (default: the start pose).

@@ -170,6 +170,18 @@ def test_from_message_parses_protocol_example():
     )
     assert snap == InputSnapshot(42, 1234.5, Key.FORWARD, 12.5, -3.0, 0.0)
     assert InputSnapshot.from_message({"type": "input", "seq": 1.0, "t": 0, "dx": 3, "dy": -2}).look_dx_px == 3
+    nulls = InputSnapshot.from_message({"type": "input", "seq": 2, "t": 0, "keys": None, "yaw": None, "dx": None})
+    assert nulls == InputSnapshot(2, 0.0)
+
+
+def test_settings_change_applies_new_clamp():
+    integ = PoseIntegrator(ControlSettings(smoothing_tau_s=0.0))
+    integ.advance(InputSnapshot(seq=1, client_time_ms=0.0, pitch_deg=55.0), 1)
+    integ.settings = ControlSettings(smoothing_tau_s=0.0, pitch_limit_deg=30.0)
+    integ.advance(None, 1)
+    assert integ.pitch_deg == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="ControlSettings"):
+        integ.settings = {"walk_speed_mps": 2.0}
 
 
 @pytest.mark.parametrize(
