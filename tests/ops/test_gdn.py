@@ -197,6 +197,27 @@ def test_bidirectional_gdn_equals_manual_composition(backend, chunk_sizes):
         assert_close(name, r, g, 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_bidirectional_gdn_streamed_chunks_equal_chunk_causal_whole(backend):
+    """The streaming invariant at the op level: chunks [4, 3, 3] in one chunk-causal call equal three
+    calls, each seeded with the forward states the previous one returned."""
+    sizes = [4, 3, 3]
+    streams, initial_kv, initial_z = make_gdn_inputs(1, 2, sum(sizes), 5, 6, 4)
+    whole, whole_kv, whole_z = bidirectional_frame_gdn(
+        **streams, initial_kv=initial_kv, initial_z=initial_z, chunk_sizes=sizes,
+        output_final_state=True, backend=backend,
+    )
+    outs, kv, z, start = [], initial_kv, initial_z, 0
+    for size in sizes:
+        part = {name: x[:, :, start : start + size] for name, x in streams.items()}
+        out, kv, z = bidirectional_frame_gdn(**part, initial_kv=kv, initial_z=z, output_final_state=True, backend=backend)
+        outs.append(out)
+        start += size
+    assert_close("out", whole, torch.cat(outs, dim=2), 1e-5)
+    assert_close("final_kv", whole_kv, kv, 1e-5)
+    assert_close("final_z", whole_z, z, 1e-5)
+
+
 def test_bidirectional_gdn_none_is_one_chunk_and_finals_only_on_request():
     streams, initial_kv, initial_z = make_gdn_inputs(1, 2, 5, 4, 4, 3)
     whole, kv, z = bidirectional_frame_gdn(**streams, initial_kv=initial_kv, initial_z=initial_z)
