@@ -22,7 +22,6 @@ const TELEMETRY_MATCH_SLACK_MS = 10;
 const ARROW_RATE_DEG_S = 90;
 const ROLL_RATE_DEG_S = 45;
 const DEFAULT_PITCH_LIMIT_DEG = 60;
-const SYNC_TIMEOUT_MS = 3000;
 const LATENCY_WINDOW = 60;
 const MAX_PENDING_INPUTS = 600;
 const MAX_PATH_POINTS = 5000;
@@ -63,12 +62,11 @@ const state = {
   pitchLimit: DEFAULT_PITCH_LIMIT_DEG,
   yaw: 0, pitch: 0, roll: 0,
   startAngles: { yaw: 0, pitch: 0, roll: 0 },
-  synced: false,
-  syncDeadline: 0,
+  synced: false, // angles adopted from the server's pose; until then snapshots carry look deltas instead
+  lookDx: 0, lookDy: 0,
   seq: 0,
   lastSentAt: -Infinity,
   lastSentKey: "",
-  dirty: false,
   pending: [], // [{seq, t}] input changes not yet seen on screen
   latencies: [],
   lastLatencyMs: null,
@@ -328,7 +326,6 @@ function onSession(message) {
     $("model-name").hidden = false;
   }
   if (message.transport && message.transport !== state.transport) setTransport(message.transport);
-  state.syncDeadline = performance.now() + SYNC_TIMEOUT_MS;
   setConnecting("Generating the first frames…");
 }
 
@@ -354,15 +351,17 @@ function onTelemetry(message) {
   $("connecting").hidden = true;
 }
 
-// The page's absolute angles start from the server's start pose, so the first snapshot does not snap
-// the camera to yaw 0.
+// The page's absolute angles start from the server's pose (the start pose, or where a rewind went), so
+// the first absolute snapshot does not snap the camera to yaw 0. Before that, snapshots carry keys and
+// look deltas only.
 function syncAngles(telemetry) {
   for (const axis of ["yaw", "pitch", "roll"]) {
     if (Number.isFinite(telemetry[axis])) state[axis] = telemetry[axis];
   }
-  state.startAngles = { yaw: state.yaw, pitch: state.pitch, roll: state.roll };
+  if (state.telemetryCount === 1) state.startAngles = { yaw: state.yaw, pitch: state.pitch, roll: state.roll };
   state.synced = true;
-  state.dirty = true;
+  state.lookDx = 0;
+  state.lookDy = 0;
 }
 
 function onFramePresented(inputSeq, shownAt) {
@@ -404,23 +403,21 @@ function keyMask() {
 }
 
 function sendInput(now) {
-  const snapshot = {
-    type: "input",
-    seq: state.seq + 1,
-    t: now,
-    keys: keyMask(),
-    yaw: round(state.yaw, 3),
-    pitch: round(state.pitch, 3),
-    roll: round(state.roll, 3),
-  };
-  const key = `${snapshot.keys}|${snapshot.yaw}|${snapshot.pitch}|${snapshot.roll}`;
+  const snapshot = { type: "input", seq: state.seq + 1, t: now, keys: keyMask() };
+  if (state.synced) {
+    Object.assign(snapshot, { yaw: round(state.yaw, 3), pitch: round(state.pitch, 3), roll: round(state.roll, 3) });
+  } else if (state.lookDx || state.lookDy) {
+    Object.assign(snapshot, { dx: round(state.lookDx, 2), dy: round(state.lookDy, 2) });
+  }
+  const key = `${snapshot.keys}|${snapshot.yaw}|${snapshot.pitch}|${snapshot.roll}|${snapshot.dx}|${snapshot.dy}`;
   const changed = key !== state.lastSentKey;
   if (!changed && now - state.lastSentAt < HEARTBEAT_MS) return;
   state.seq = snapshot.seq;
   sendJSON(snapshot, "input");
   state.lastSentAt = now;
   state.lastSentKey = key;
-  state.dirty = false;
+  state.lookDx = 0;
+  state.lookDy = 0;
   if (changed) {
     state.pending.push({ seq: snapshot.seq, t: now });
     if (state.pending.length > MAX_PENDING_INPUTS) state.pending.shift();
@@ -433,11 +430,7 @@ function tick(now) {
   state.lastTick = now;
   integrateHeldAngles(dt);
   if (state.transport !== "none" && state.session !== null) {
-    if (!state.synced && now > state.syncDeadline) {
-      state.synced = true;
-      state.startAngles = { yaw: state.yaw, pitch: state.pitch, roll: state.roll };
-    }
-    if (state.synced && now - state.lastSentAt >= SEND_INTERVAL_MS - 1) sendInput(now);
+    if (now - state.lastSentAt >= SEND_INTERVAL_MS - 1) sendInput(now);
   }
   renderHud(now);
   drawMinimap();
@@ -463,6 +456,10 @@ function addLook(dx, dy) {
   const s = state.settings.sensitivity;
   const sign = state.settings.invertY ? -1 : 1;
   setAngles(state.yaw + s * dx, state.pitch - sign * s * dy, state.roll);
+  if (!state.synced) {
+    state.lookDx += dx;
+    state.lookDy += sign * dy;
+  }
 }
 
 function keyDown(code) {
@@ -542,7 +539,11 @@ function bindButtons() {
     setAngles(yaw, pitch, roll);
     state.path = [];
   });
-  $("rewind-button").addEventListener("click", () => sendJSON({ type: "rewind", seconds: REWIND_SECONDS }, "control"));
+  $("rewind-button").addEventListener("click", () => {
+    sendJSON({ type: "rewind", seconds: REWIND_SECONDS }, "control");
+    // The server turns the camera back too: adopt its angles again instead of overriding them.
+    state.synced = false;
+  });
   $("record-toggle").addEventListener("change", (event) => {
     state.recording = event.target.checked;
     $("rec-badge").hidden = !state.recording;
@@ -638,7 +639,7 @@ function failSession(message) {
 
 function resetSessionState() {
   Object.assign(state, {
-    session: null, synced: false, syncDeadline: Infinity, seq: 0, lastSentAt: -Infinity, lastSentKey: "",
+    session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "",
     pending: [], latencies: [], lastLatencyMs: null, telemetryLog: [], lastTelemetry: null, telemetryCount: 0,
     framesDecoded: 0, framesPresented: 0, framesDroppedClient: 0, presentTimes: [], lastDrawnFrameId: -1,
     rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null,

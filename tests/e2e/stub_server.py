@@ -44,7 +44,9 @@ class StubSession:
         if obj.get("type") == "input" and obj.get("seq", 0) > self.input_seq:
             self.input_seq = int(obj["seq"])
             self.keys = int(obj.get("keys", 0))
-            self.yaw, self.pitch, self.roll = float(obj["yaw"]), float(obj["pitch"]), float(obj["roll"])
+            self.yaw = float(obj.get("yaw", self.yaw + 0.1 * obj.get("dx", 0.0)))
+            self.pitch = float(obj.get("pitch", self.pitch - 0.1 * obj.get("dy", 0.0)))
+            self.roll = float(obj.get("roll", self.roll))
         elif obj.get("type") == "reset":
             self.position[:] = 0
         elif obj.get("type") == "settings":
