@@ -85,7 +85,7 @@ def _launch(
     output_final_state: bool,
     block_v: int | None = None,
     block_s: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the kernel on validated inputs; the block sizes are exposed for tests and benchmarks."""
     import triton
@@ -106,6 +106,9 @@ def _launch(
         block_v = _default_block_v(B * H, K, V, q.device)
     if block_s is None:
         block_s = min(32, max(16, triton.next_power_of_2(S)))
+    if num_warps is None:
+        # exact fp32 dots run on FMA units and need more registers: with 4 warps ptxas spills at K=128
+        num_warps = 8 if q.dtype == torch.float32 else 4
     for name, size in (("block_v", block_v), ("block_s", block_s)):
         if size < 16 or size & (size - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {size}")
