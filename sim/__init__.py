@@ -1,1 +1,26 @@
+"""The procedural ground-truth world: scenes, a ray-casting renderer, clip sampling and datasets.
 
+The default camera is shared with `generate` and training, so videos of the world and of the
+model line up pixel for pixel.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_WIDTH = 128
+DEFAULT_HEIGHT = 128
+DEFAULT_HFOV_DEG = 80.0
+DEFAULT_FPS = 16
+
+
+def default_intrinsics(width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, hfov_deg: float = DEFAULT_HFOV_DEG) -> np.ndarray:
+    """K [3, 3] of a pinhole with square pixels, the principal point at the image centre and the
+    given horizontal field of view: fx = fy = W / (2 tan(hfov / 2))."""
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        raise ValueError(f"width and height must be positive ints, got {width!r}, {height!r}")
+    if not (isinstance(hfov_deg, (int, float)) and 0.0 < hfov_deg < 180.0):
+        raise ValueError(f"hfov_deg must be in (0, 180), got {hfov_deg!r}")
+    f = width / (2.0 * math.tan(math.radians(hfov_deg) / 2.0))
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
