@@ -127,15 +127,19 @@ class Runtime:
     model_name: str
     stream: StreamConfig
     device: str = "cpu"
-    scenes: Any = None
+    # A scene source, or the number of sim scenes to offer.
+    scenes: Any = 6
     conditioner_factory: Callable[..., Any] | None = None
     integrator_factory: Callable[[np.ndarray, float], Any] | None = None
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:
+        stride = int(self.vae.spatial_stride)
+        if self.stream.width % stride or self.stream.height % stride:
+            raise ValueError(f"stream size {self.stream.width}x{self.stream.height} must be a multiple of the VAE's spatial stride {stride}")
         self.uploads = Uploads(self.stream.width, self.stream.height)
-        if self.scenes is None:
-            self.scenes = SimScenes(6, self.stream.width, self.stream.height, self.K)
+        if isinstance(self.scenes, int):
+            self.scenes = SimScenes(self.scenes, self.stream.width, self.stream.height, self.K)
 
     @property
     def K(self) -> np.ndarray:
@@ -172,54 +176,53 @@ class Runtime:
 
 
 def build_runtime(config: AppConfig) -> Runtime:
-    """Load the model and VAE named by `config` (the embedded tiny ones by default)."""
-    import torch
-
-    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
-
-    device = config.device
-    if config.model_path is not None:
-        model, name = _load_official(Path(config.model_path), device)
-        vae = getattr(model, "vae", None)
-        if vae is None:
-            raise ValueError(f"{config.model_path}: no VAE found next to the model")
-    else:
-        model, name = _load_tiny_model(device)
-        if DEFAULT_WEIGHTS.exists():
-            vae = load_tiny_vae(device=device)
-        else:
-            log.warning("tiny VAE weights %s are not installed: using a random TinyVAE (pictures will be noise-like)", DEFAULT_WEIGHTS)
-            torch.manual_seed(config.stream.seed)
-            vae = TinyVAE(TinyVAEConfig(latent_channels=model.config.in_channels)).to(device)
-    model.eval()
-    vae.eval()
-    return Runtime(model=model, vae=vae, model_name=name, stream=config.stream, device=device, scenes=SimScenes(config.server.scene_count, config.stream.width, config.stream.height, _fov_K(config.stream)))
+    """Load the model and VAE named by `config`: the embedded tiny ones by default (random weights,
+    with a warning, where the trained ones are not installed), or the release folder `model_path`."""
+    model, name = _load_model(config)
+    vae = _load_vae(config, model.config.in_channels)
+    return Runtime(model=model, vae=vae, model_name=name, stream=config.stream, device=config.device, scenes=config.server.scene_count)
 
 
-def _fov_K(stream: StreamConfig) -> np.ndarray:
-    f = 0.5 * stream.width / math.tan(math.radians(stream.hfov_deg) / 2.0)
-    return np.array([[f, 0.0, stream.width / 2.0], [0.0, f, stream.height / 2.0], [0.0, 0.0, 1.0]])
-
-
-def _load_tiny_model(device: str) -> tuple[Any, str]:
+def _load_model(config: AppConfig) -> tuple[Any, str]:
     import torch
 
     from model import ModelConfig, WorldModel
 
+    if config.model_path is not None:
+        path = Path(config.model_path)
+        return WorldModel.from_pretrained(path, device=config.device), f"SANA-WM ({path.name})"
     if TRAINED_TINY_WEIGHTS.exists():
-        from model.checkpoint import load_world_model
+        from model.checkpoint import load_state_dict_exact, read_weights
 
-        return load_world_model(TRAINED_TINY_WEIGHTS, device=device), "roam-tiny"
+        model = WorldModel(ModelConfig.preset("tiny"))
+        load_state_dict_exact(model, read_weights(TRAINED_TINY_WEIGHTS), str(TRAINED_TINY_WEIGHTS))
+        return model.to(config.device).eval(), "roam-tiny"
     log.warning(
-        "trained tiny weights %s are not installed: serving ModelConfig.preset('tiny') with seeded random weights "
-        "(the stream shows noise-like pictures; train them with `python run.py train`)",
+        "the trained tiny model %s is not installed: serving ModelConfig.preset('tiny') with seeded random "
+        "weights, so the stream shows noise-like pictures (train it with `python run.py train`)",
         TRAINED_TINY_WEIGHTS,
     )
-    torch.manual_seed(0)
-    return WorldModel(ModelConfig.preset("tiny")).to(device), "roam-tiny (random weights)"
+    torch.manual_seed(config.stream.seed)
+    return WorldModel(ModelConfig.preset("tiny")).to(config.device).eval(), "roam-tiny (random weights)"
 
 
-def _load_official(path: Path, device: str) -> tuple[Any, str]:
-    from model.checkpoint import load_official_streaming
+def _load_vae(config: AppConfig, latent_channels: int) -> Any:
+    import torch
 
-    return load_official_streaming(path, device=device), f"SANA-WM ({path.name})"
+    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
+
+    if DEFAULT_WEIGHTS.exists():
+        vae = load_tiny_vae(device=config.device)
+        if vae.latent_channels != latent_channels:
+            if config.model_path is not None:
+                raise ValueError(
+                    f"the model at {config.model_path} works in {latent_channels} latent channels but the tiny VAE "
+                    f"has {vae.latent_channels}; its own VAE (LTX-2) is not available in this build"
+                )
+            log.warning("tiny VAE weights have %d latent channels, the tiny model %d: using a random TinyVAE", vae.latent_channels, latent_channels)
+        else:
+            return vae
+    else:
+        log.warning("tiny VAE weights %s are not installed: using a random TinyVAE (pictures will be noise-like)", DEFAULT_WEIGHTS)
+    torch.manual_seed(config.stream.seed)
+    return TinyVAE(TinyVAEConfig(latent_channels=latent_channels)).to(config.device).eval()

@@ -233,10 +233,9 @@ class ChunkGenerator:
         """A copy of the walk at the current chunk boundary (cheap relative to a chunk)."""
         if not self._started:
             raise RuntimeError("ChunkGenerator.start() must be called first")
-        decoder = self.decoder.clone() if hasattr(self.decoder, "clone") else copy.deepcopy(self.decoder)
         return GeneratorSnapshot(
             state=self.state.clone(),
-            decoder=decoder,
+            decoder=self._copy_decoder(self.decoder),
             conditioner=copy.deepcopy(self.conditioner),
             rng_state=self.rng.get_state(),
             chunk_index=self.chunk_index,
@@ -244,10 +243,16 @@ class ChunkGenerator:
             frame_index=self.frame_index,
         )
 
+    def _copy_decoder(self, decoder: Any) -> Any:
+        if hasattr(decoder, "clone"):
+            return decoder.clone()
+        # The decoder's cache is copied; the VAE (weights) it points to is shared.
+        return copy.deepcopy(decoder, memo={id(self.vae): self.vae})
+
     def restore(self, snap: GeneratorSnapshot) -> None:
         """Continue from `snap`; the snapshot stays valid for another restore."""
         self.state = snap.state.clone()
-        self.decoder = snap.decoder.clone() if hasattr(snap.decoder, "clone") else copy.deepcopy(snap.decoder)
+        self.decoder = self._copy_decoder(snap.decoder)
         self.conditioner = copy.deepcopy(snap.conditioner)
         self.rng.set_state(snap.rng_state)
         self.chunk_index = snap.chunk_index

@@ -262,10 +262,18 @@ class GenerationWorker:
         return None
 
     def _run(self) -> None:
-        if self.num_threads is not None:
-            import torch
+        import torch
 
+        # torch's thread count is process-wide: set it for the worker's life, then put it back.
+        previous = torch.get_num_threads()
+        if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
+        try:
+            self._loop()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 if self._stop:

@@ -9,7 +9,7 @@ import pytest
 
 from app.config import StreamConfig
 from app.server import SESSIONS, WORKER
-from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
+from tests.app.helpers import WebRTCClient, fake_runtime, serve, tiny_runtime, wait_for
 
 FORWARD = 1
 
@@ -46,8 +46,9 @@ async def _walk_forward(runtime, n_frames: int = 40):
         return client, frames
 
 
-async def test_walk_forward_over_webrtc_moves_the_pose_by_the_commanded_amount():
-    runtime = fake_runtime(StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0))
+@pytest.mark.parametrize("make_runtime", [pytest.param(fake_runtime, id="fake-model"), pytest.param(tiny_runtime, id="tiny-model")])
+async def test_walk_forward_over_webrtc_moves_the_pose_by_the_commanded_amount(make_runtime):
+    runtime = make_runtime(StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0, torch_threads=1))
     client, frames = await _walk_forward(runtime)
     assert len(frames) >= 30 and frames[0].width == 64 and frames[0].height == 48
     assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
