@@ -251,17 +251,23 @@ def plucker_rays(K, world_T_cam, height: int, width: int) -> np.ndarray:
     batch = np.broadcast_shapes(v4.shape[:-1], P.shape[:-2])
     v4 = np.broadcast_to(v4, batch + (4,))
     P = np.broadcast_to(P, batch + (4, 4))
-    vv, uu = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
+    vv = np.arange(height, dtype=np.float64)[:, None]  # [h, 1]
+    uu = np.arange(width, dtype=np.float64)[None, :]  # [1, w]
     fx, fy, cx, cy = (v4[..., i, None, None] for i in range(4))
-    x = (uu - cx) / fx  # [..., h, w]
-    y = (vv - cy) / fy  # [..., h, w]
-    cam_dirs = np.stack([x, y, np.ones_like(x)], axis=-1)  # [..., h, w, 3]
-    R = P[..., :3, :3]
-    d = np.einsum("...ij,...hwj->...hwi", R, cam_dirs)  # [..., h, w, 3]
-    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    o = np.broadcast_to(P[..., None, None, :3, 3], d.shape)
-    m = np.cross(o, d)  # [..., h, w, 3]
-    return np.moveaxis(np.concatenate([d, m], axis=-1), -1, -3)  # [..., 6, h, w]
+    x = (uu - cx) / fx  # [..., 1, w]
+    y = (vv - cy) / fy  # [..., h, 1]
+    R = P[..., :3, :3, None, None]  # [..., 3, 3, 1, 1]
+    o = P[..., :3, 3, None, None]  # [..., 3, 1, 1]
+    out = np.empty(batch + (6, height, width))  # [..., 6, h, w]
+    # d = R @ (x, y, 1), one component at a time: cheaper than einsum over [..., h, w, 3].
+    for i in range(3):
+        out[..., i, :, :] = R[..., i, 0, :, :] * x + R[..., i, 1, :, :] * y + R[..., i, 2, :, :]
+    d = out[..., :3, :, :]
+    d /= np.sqrt((d * d).sum(axis=-3, keepdims=True))
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        out[..., 3 + i, :, :] = o[..., j, :, :] * d[..., k, :, :] - o[..., k, :, :] * d[..., j, :, :]
+    return out
 
 
 def _check_stride(vae_stride: Sequence[int]) -> tuple[int, int]:
@@ -305,8 +311,8 @@ def _pack(first_T_cams, intr_latent, latents, t, h, w) -> dict[str, torch.Tensor
     win = _window_indices(latents, t, n)
     plucker = _chunk_plucker(first_T_cams[win], intr_latent[win], h, w)
     return {
-        "camera_conditions": torch.from_numpy(conds).float(),  # [T_lat, 20]
-        "chunk_plucker": torch.from_numpy(np.ascontiguousarray(plucker)).float(),  # [6t, T_lat, h, w]
+        "camera_conditions": torch.from_numpy(conds.astype(np.float32)),  # [T_lat, 20]
+        "chunk_plucker": torch.from_numpy(np.ascontiguousarray(plucker, dtype=np.float32)),  # [6t, T_lat, h, w]
     }
 
 
@@ -440,6 +446,6 @@ class ChunkCameraConditioner:
             self._offset += drop
         self.next_latent = latent_end
         return {
-            "camera_conditions": torch.from_numpy(conds).float(),  # [Tc, 20]
-            "chunk_plucker": torch.from_numpy(np.ascontiguousarray(plucker)).float(),  # [6t, Tc, h, w]
+            "camera_conditions": torch.from_numpy(conds.astype(np.float32)),  # [Tc, 20]
+            "chunk_plucker": torch.from_numpy(np.ascontiguousarray(plucker, dtype=np.float32)),  # [6t, Tc, h, w]
         }
