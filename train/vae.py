@@ -249,11 +249,14 @@ def _progress(cfg: VAETrainConfig, budget: float, elapsed: float):
 
 
 def _log_to(path: Path) -> None:
+    """Send this module's log to `path` (only: a previous run's file handler is closed)."""
     log.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in log.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
 
 
 def parse_args(argv: list[str] | None = None) -> VAETrainConfig:
