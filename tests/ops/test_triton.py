@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch.nn.functional as F
 
-from model.ops.gdn import frame_gated_delta_rule
+from model.ops.gdn import bidirectional_frame_gdn, frame_gated_delta_rule
 from model.ops.gdn.naive import naive_frame_gated_delta_rule
 from model.ops.gdn.triton_fwd import _default_block_v, _launch, frame_gated_delta_rule_triton
 
@@ -135,6 +135,36 @@ def test_dispatcher_backend_and_no_final_state(device):
     out, state = frame_gated_delta_rule(q, k, v, beta, decay, backend="triton")
     assert state is None
     assert_close("out", ref, out, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp32_values_beside_bf16_keys(device):
+    """Values may be wider than queries and keys: fp32 values give fp32 outputs (no bf16 rounding)."""
+    q, k, v, beta, decay, h0 = make_inputs((1, 2, 3, 11, 16, 1), dtype=torch.bfloat16, device=device,
+                                           initial_state=True)
+    v = torch.ones(*v.shape, device=device)
+    kwargs = dict(initial_state=h0, output_final_state=True)
+    ref_out, ref_state = naive_frame_gated_delta_rule(q, k, v, beta, decay, **kwargs)
+    out, state = frame_gated_delta_rule_triton(q, k, v, beta, decay, **kwargs)
+    assert out.dtype == torch.float32
+    assert_close("out", ref_out, out, 1e-5 if device == "cpu" else 5e-3)
+    assert_close("final_state", ref_state, state, 1e-5 if device == "cpu" else 5e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bidirectional_gdn_with_triton_backend(device):
+    """The GDN block core (numerator and denominator streams, forward scan seeded with a state,
+    backward scans inside each chunk) gives the naive result when its scans run on this kernel."""
+    q, k, v, beta, decay, h0 = make_inputs((1, 2, 5, 7, 16, 12), device=device, initial_state=True)
+    q_den, k_den = q.relu(), k.relu()
+    q, k = q.relu(), k.relu()
+    initial_z = torch.rand(1, 2, 16, 1, device=device)
+    kwargs = dict(initial_kv=h0.abs(), initial_z=initial_z, chunk_sizes=[2, 3], output_final_state=True)
+    ref = bidirectional_frame_gdn(q, k, q_den, k_den, v, beta, decay, **kwargs, backend="naive")
+    with torch.no_grad():
+        got = bidirectional_frame_gdn(q, k, q_den, k_den, v, beta, decay, **kwargs, backend="triton")
+    for name, r, g in zip(("out", "final_kv", "final_z"), ref, got):
+        assert_close(name, r, g, 1e-4)
 
 
 def test_delta_term_matters():

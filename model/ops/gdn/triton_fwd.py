@@ -16,9 +16,9 @@ Triton nor a GPU. CPU tensors run under Triton's interpreter: TRITON_INTERPRET=1
 the first call in the process (the kernel is decorated then); without it the inputs must be CUDA
 tensors. Non-contiguous inputs are copied to contiguous ones first.
 
-Numerics: the state and every accumulation are fp32. fp32 inputs use exact fp32 dot products; bf16 and
-fp16 inputs use TF32 dot products (the inputs themselves are exact in TF32, the fp32 state operand is
-truncated to TF32's 10-bit mantissa, finer than the inputs' own 7 or 10 bits).
+Numerics: the state and every accumulation are fp32. fp32 q and k use exact fp32 dot products; bf16 and
+fp16 ones use TF32 dot products (the inputs themselves are exact in TF32, the fp32 state operand is
+truncated to TF32's 10-bit mantissa: as fine as fp16's, finer than bf16's 7 bits).
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def frame_gated_delta_rule_triton(
     Args:
         q: queries [B, H, F, S, K], fp32, bf16 or fp16.
         k: keys [B, H, F, S, K], same dtype as q.
-        v: values [B, H, F, S, V], same dtype as q.
+        v: values [B, H, F, S, V], fp32, bf16 or fp16 (it may differ from q's: fp32 values give fp32
+            outputs, e.g. for the denominator stream v = 1 next to bf16 queries and keys).
         beta: per-token write strength [B, H, F, S], any float dtype (read as fp32).
         decay: per-frame decay gamma [B, H, F], any float dtype (read as fp32).
         initial_state: fp32 [B, H, K, V]: M_{-1} forward, R_{F-1} when `reverse`; zero when None.
@@ -160,9 +161,10 @@ def _default_block_v(programs_per_block: int, K: int, V: int, device: torch.devi
 
 def _check_kernel_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """What this kernel needs beyond the shared checks: one supported dtype and a key dim that fits."""
-    if q.dtype not in _INPUT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+    if q.dtype not in _INPUT_DTYPES or k.dtype != q.dtype or v.dtype not in _INPUT_DTYPES:
         raise ValueError(
-            f"q, k, v must share one dtype of {_INPUT_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
+            f"q and k must share one dtype of {_INPUT_DTYPES} and v must have one of them, "
+            f"got q {q.dtype}, k {k.dtype}, v {v.dtype}"
         )
     if q.shape[-1] > _MAX_KEY_DIM:
         raise ValueError(f"key dim K={q.shape[-1]} exceeds the Triton kernel's limit of {_MAX_KEY_DIM}")
