@@ -225,7 +225,8 @@ def read_nerfstudio(path: str | Path, *, scene_scale: float = 1.0, obj: dict | N
         raise ValueError(f"{where}: frames have different image sizes {sorted(sizes)}; one trajectory has one size")
     (width, height), = sizes
     c2w = opengl_to_opencv(np.stack(mats))
-    return TrajectoryData(_scaled(c2w, scene_scale), _array(intr, (4,), "intrinsics", where), width, height, obj.get("fps"))
+    intrinsics = _array(intr, (4,), "intrinsics", where)
+    return TrajectoryData(_scaled(c2w, scene_scale), intrinsics, width, height, obj.get("fps"))
 
 
 def write_nerfstudio(data: TrajectoryData, path: str | Path, *, scene_scale: float = 1.0) -> None:
@@ -253,8 +254,9 @@ def read_json(path: str | Path, *, scene_scale: float = 1.0, obj: dict | None = 
     _check_scale(scene_scale)
     where = str(path)
     obj = _read_json(path) if obj is None else obj
-    if not isinstance(obj, dict) or obj.get("format") != JSON_FORMAT_TAG:
-        raise ValueError(f"{where}: not a {JSON_FORMAT_TAG} file (its 'format' is {obj.get('format') if isinstance(obj, dict) else None!r})")
+    tag = obj.get("format") if isinstance(obj, dict) else None
+    if tag != JSON_FORMAT_TAG:
+        raise ValueError(f"{where}: not a {JSON_FORMAT_TAG} file (its 'format' is {tag!r})")
     if obj.get("version") != 1:
         raise ValueError(f"{where}: unsupported version {obj.get('version')!r} (this reader knows 1)")
     for key in ("width", "height", "world_T_cams", "intrinsics"):
@@ -265,9 +267,8 @@ def read_json(path: str | Path, *, scene_scale: float = 1.0, obj: dict | None = 
     fps = obj.get("fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))):
         raise ValueError(f"{where}: fps must be a number, got {fps!r}")
-    return TrajectoryData(
-        _scaled(poses, scene_scale), intr, _size(obj["width"], "width", where), _size(obj["height"], "height", where), fps
-    )
+    width, height = _size(obj["width"], "width", where), _size(obj["height"], "height", where)
+    return TrajectoryData(_scaled(poses, scene_scale), intr, width, height, fps)
 
 
 def write_json(data: TrajectoryData, path: str | Path, *, scene_scale: float = 1.0) -> None:
