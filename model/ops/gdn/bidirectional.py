@@ -43,9 +43,11 @@ def _bidirectional_stream(
 
     check_rule_inputs(q, k, v, beta, decay, initial_state)
     sizes = check_chunk_sizes(chunk_sizes, q.shape[2])
-    v32 = v.float()
+    # Outputs come back in the values' dtype: fp32 keeps the naive sums exact, while the Triton
+    # kernel takes q, k, v in one dtype (its outputs are then widened before they are summed).
+    values = v.to(q.dtype) if backend == "triton" else v.float()
     forward, final = frame_gated_delta_rule(
-        q, k, v32, beta, decay,
+        q, k, values, beta, decay,
         initial_state=initial_state, output_final_state=output_final_state, backend=backend,
     )
     backward = []
@@ -53,12 +55,12 @@ def _bidirectional_stream(
     for size in sizes:
         frames = slice(start, start + size)
         out, _ = frame_gated_delta_rule(
-            q[:, :, frames], k[:, :, frames], v32[:, :, frames], beta[:, :, frames], decay[:, :, frames],
+            q[:, :, frames], k[:, :, frames], values[:, :, frames], beta[:, :, frames], decay[:, :, frames],
             reverse=True, backend=backend,
         )
         backward.append(out)
         start += size
-    return forward + torch.cat(backward, dim=2), final
+    return forward.float() + torch.cat(backward, dim=2).float(), final
 
 
 def bidirectional_frame_gdn(
