@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from diffusers.pipelines.sana_wm import cam_utils
 
 from controls.camera import (
@@ -138,3 +140,21 @@ def test_chunk_conditioner_rejects_missing_or_dropped_frames():
     with pytest.raises(ValueError, match="already dropped"):
         cond.latent_chunk(0, 3)
     assert cond.latent_chunk(2, 3)["camera_conditions"].shape == (1, 20)
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=st.sampled_from([4, 8]), chunks=st.lists(st.integers(1, 4), min_size=1, max_size=5), seed=st.integers(0, 999))
+def test_chunk_conditioner_any_split_equals_whole_clip(t, chunks, seed):
+    rng = np.random.default_rng(seed)
+    # Latent 0 needs t raw frames in streaming, so a one-latent clip gets t frames.
+    poses = random_trajectory(rng, max(t * (sum(chunks) - 1) + 1, t))
+    intr = random_intrinsics(rng, 1, 32, 48)[0]
+    whole = prepare_camera(poses, intr, (32, 48), (t, 8, 8))
+    cond = ChunkCameraConditioner(poses[0], intr, (32, 48), (t, 8, 8))
+    start, parts = 0, []
+    for n in chunks:
+        cond.add_frames(poses[cond.n_frames : cond.frames_needed(start + n)])
+        parts.append(cond.latent_chunk(start, start + n))
+        start += n
+    np.testing.assert_allclose(torch.cat([p["camera_conditions"] for p in parts]), whole["camera_conditions"][:start], atol=1e-6)
+    np.testing.assert_allclose(torch.cat([p["chunk_plucker"] for p in parts], 1), whole["chunk_plucker"][:, :start], atol=1e-6)
