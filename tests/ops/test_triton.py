@@ -220,29 +220,24 @@ def test_default_value_block_fills_the_gpu(monkeypatch):
     assert _default_block_v(20, 112, 112, torch.device("cpu")) == 32
 
 
-def test_imports_without_triton_and_refuses_cpu_without_interpreter():
-    """The module imports with Triton unavailable; with Triton but no interpreter, CPU tensors are
-    refused with a message that says what to do."""
-    script = (
-        "import sys, torch\n"
-        "sys.modules['triton'] = None\n"
-        "import model.ops.gdn.triton_fwd\n"
-        "del sys.modules['triton']\n"
-        "from model.ops.gdn.triton_fwd import frame_gated_delta_rule_triton as f\n"
-        "x = torch.zeros(1, 1, 1, 1, 16)\n"
-        "try:\n"
-        "    f(x, x, x, torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1))\n"
-        "except ValueError as e:\n"
-        "    print('refused:', e)\n"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "0", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "refused:" in result.stdout and "TRITON_INTERPRET=1" in result.stdout, result.stdout
+# Run in a fresh process with the interpreter off, as on a GPU machine: the wrapper imports while
+# Triton is hidden; CPU tensors are then refused; the kernel is compiled ahead of time for real GPUs.
+COMPILED_PROCESS_SCRIPT = """
+import sys
+import torch
 
+sys.modules["triton"] = None
+import model.ops.gdn.triton_fwd
+del sys.modules["triton"]
+print("imported without triton")
 
-AOT_SCRIPT = """
+from model.ops.gdn.triton_fwd import frame_gated_delta_rule_triton
+x = torch.zeros(1, 1, 1, 1, 16)
+try:
+    frame_gated_delta_rule_triton(x, x, x, torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1))
+except ValueError as error:
+    print("refused:", error)
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -259,7 +254,7 @@ def compile_for(arch, dtype, precision, reverse, K, V, BK, BV, BS, warps):
     compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": warps})
     assert len(compiled.asm["cubin"]) > 0
-    print("compiled", arch, dtype, compiled.metadata.shared)
+    print("compiled", arch, dtype)
 
 compile_for(90, "bf16", "tf32", False, 112, 112, 128, 16, 32, 4)
 compile_for(90, "fp32", "ieee", True, 112, 112, 128, 32, 32, 8)
@@ -267,11 +262,23 @@ compile_for(80, "fp16", "tf32", False, 20, 40, 32, 64, 16, 4)
 """
 
 
-def test_kernel_compiles_for_hopper_and_ampere():
+@pytest.fixture(scope="module")
+def compiled_process():
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", COMPILED_PROCESS_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_imports_without_triton_and_refuses_cpu_without_interpreter(compiled_process):
+    """The module imports with Triton unavailable; with Triton but no interpreter, CPU tensors are
+    refused with a message that says what to do."""
+    assert "imported without triton" in compiled_process
+    assert "refused:" in compiled_process and "TRITON_INTERPRET=1" in compiled_process, compiled_process
+
+
+def test_kernel_compiles_for_hopper_and_ampere(compiled_process):
     """Triton's ahead-of-time compiler (with its bundled ptxas) builds cubins for sm_90 and sm_80 without a
     GPU: this catches what the interpreter accepts but the GPU compiler rejects (dot shapes, layouts)."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("compiled") == 3, result.stdout
+    assert compiled_process.count("compiled") == 3, compiled_process

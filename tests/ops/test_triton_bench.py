@@ -21,12 +21,12 @@ HOST = "cpu" if INTERPRETING else "cuda"
 
 
 def test_rows_cover_every_path_and_agree_with_naive():
-    rows = gpu_bench._rows([(1, 2, 3, 21, 20, 24)], HOST, torch.bfloat16, repeats=1, sweep=[(16, 16, 4)])
+    rows = gpu_bench._rows([(1, 1, 2, 5, 20, 24)], HOST, torch.bfloat16, repeats=1, sweep=[(16, 16, 4)])
     paths = [row[2] for row in rows]
     assert paths[:4] == ["naive (per-frame torch loop)", "chunk (torch transition form)", "triton (default blocks)",
                          "triton BV=16 BS=16 warps=4"]
     assert paths[4].startswith("fla chunk_gated_delta_rule")
-    assert all(len(row) == len(gpu_bench.CUDA_HEADER) and row[0] == "1,2,3,21,20,24" for row in rows)
+    assert all(len(row) == len(gpu_bench.CUDA_HEADER) and row[0] == "1,1,2,5,20,24" for row in rows)
     for row in rows[:4]:
         assert float(row[3]) > 0
         # bf16 outputs: within a couple of bf16 ulps of the naive reference
