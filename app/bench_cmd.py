@@ -7,6 +7,7 @@ Targets:
   stream  the live app: fps, chunk ms, time to first frame, motion-to-photon, drops (1 and 4 sessions)
   ae      the tiny video autoencoder's encode and decode speed
   sim     the procedural renderer's frames per second
+  controls  the per-chunk control path (integrator, camera conditioning)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ TARGETS: dict[str, str] = {
     "stream": "streaming.bench",
     "ae": "model.vae.bench",
     "sim": "sim.bench",
+    "controls": "controls.bench",
 }
 
 
