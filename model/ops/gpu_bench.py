@@ -5,7 +5,9 @@ the naive per-frame loop, the chunked torch path, our Triton kernel (its default
 sweep of block sizes) and, when the `fla-core` package is importable, flash-linear-attention's
 `chunk_gated_delta_rule`. fla's rule is token-wise (every token reads the state its predecessor wrote),
 not frame-wise, so its row is a timing at the same sizes (T = F*S tokens, the frame decay on each
-frame's first token), not the same maths; its error column says so.
+frame's first token), not the same maths; its error column says so. A second group of rows times
+the GDN block's whole core (`bidirectional_frame_gdn`: numerator and denominator, forward and
+backward scans) on each backend, its speed-up against the chunk backend.
 
 `python run.py bench gdn` calls `cuda_rows` when CUDA is present; `python -m model.ops.gpu_bench` runs
 it alone. Every figure is measured by this code: median of `repeats` timed calls after a warm-up.
@@ -124,13 +126,33 @@ def _rows(shapes, device: str, dtype: torch.dtype, repeats: int, sweep: list[tup
                                     "different maths"))
                 except Exception as error:  # an optional third-party kernel: its failure is reported in the table
                     results.append(("fla chunk_gated_delta_rule", f"failed: {type(error).__name__}: {error}", "-"))
-        chunk_ms = results[1][1]
-        for name, ms, err in results:
-            if isinstance(ms, str):
-                rows.append([label, dtype_name, name, ms, "-", err])
-            else:
-                rows.append([label, dtype_name, name, f"{ms:.3f}", f"{chunk_ms / ms:.2f}", err])
+        core = _core_results(q, k, v, beta, decay, device, repeats)
+        for group in (results, core):
+            chunk_ms = group[1][1]
+            for name, ms, err in group:
+                if isinstance(ms, str):
+                    rows.append([label, dtype_name, name, ms, "-", err])
+                else:
+                    rows.append([label, dtype_name, name, f"{ms:.3f}", f"{chunk_ms / ms:.2f}", err])
     return rows
+
+
+def _core_results(q, k, v, beta, decay, device: str, repeats: int) -> list[tuple[str, float, str]]:
+    """The GDN block's whole core as the model runs it (`bidirectional_frame_gdn`: numerator and
+    denominator streams, forward and backward scans) on each backend; its speed-up is against chunk."""
+    from model.ops.gdn import bidirectional_frame_gdn
+
+    q, k = q.relu(), k.relu()
+    inputs = dict(q_num=q, k_num=k, q_den=q, k_den=k, v=v, beta=beta, decay=decay, output_final_state=True)
+    results = []
+    with torch.no_grad():
+        reference = bidirectional_frame_gdn(**inputs, backend="naive")[0]
+        for backend in ("naive", "chunk", "triton"):
+            fn = lambda backend=backend: bidirectional_frame_gdn(**inputs, backend=backend)  # noqa: E731
+            out = fn()[0]
+            results.append((f"gdn core, {backend} (num+den, fwd+bwd)", _time_ms(fn, device, repeats),
+                            f"{_rel_err(reference, out):.2e}"))
+    return results
 
 
 def cuda_rows(

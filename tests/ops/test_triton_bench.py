@@ -26,8 +26,9 @@ def test_rows_cover_every_path_and_agree_with_naive():
     assert paths[:4] == ["naive (per-frame torch loop)", "chunk (torch transition form)", "triton (default blocks)",
                          "triton BV=16 BS=16 warps=4"]
     assert paths[4].startswith("fla chunk_gated_delta_rule")
+    assert [path.split(",")[1].split()[0] for path in paths[5:]] == ["naive", "chunk", "triton"]
     assert all(len(row) == len(gpu_bench.CUDA_HEADER) and row[0] == "1,1,2,5,20,24" for row in rows)
-    for row in rows[:4]:
+    for row in rows[:4] + rows[5:]:
         assert float(row[3]) > 0
         # bf16 outputs: within a couple of bf16 ulps of the naive reference
         assert float(row[5]) < 1e-2, row
