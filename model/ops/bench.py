@@ -7,8 +7,10 @@ the chunked torch path on three workloads:
               forward + backward scans), inference;
     gdn+grad  the same with a backward pass through every input, as in training.
 Each figure is the median of --repeats timed calls after one warm-up, measured by this run; the
-relative RMS error of chunk against naive is printed beside it. When CUDA is present the Triton
-kernel is timed too, via `model.ops.gpu_bench.cuda_rows` (imported only then).
+relative RMS error of chunk against naive is printed beside it. For the `gdn` workload the same
+computation through diffusers' reference scans (`torch_chunk_sana_gdn`, forward plus its
+flip-and-shift backward, as `SanaWMTransformer3DModel` runs it) is timed as well. When CUDA is
+present the Triton kernel is timed too, via `model.ops.gpu_bench.cuda_rows` (imported only then).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ CPU_SHAPES: list[tuple[int, int, int, int, int, int]] = [
     (2, 4, 21, 256, 64, 64),
 ]
 QUICK_SHAPES = CPU_SHAPES[:2]
-HEADER = ["shape B,H,F,S,K,V", "workload", "naive ms", "chunk ms", "speed-up", "rel err"]
+HEADER = ["shape B,H,F,S,K,V", "workload", "naive ms", "chunk ms", "chunk vs naive", "diffusers ms",
+          "chunk vs diffusers", "rel err chunk/naive"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,18 +75,59 @@ def _workloads(inputs: dict[str, torch.Tensor]):
     return {"scan": scan, "gdn": gdn, "gdn+grad": gdn_grad}
 
 
+def _diffusers_gdn(inputs: dict[str, torch.Tensor]):
+    """The `gdn` workload through diffusers' reference scans, or None where they do not apply."""
+    try:
+        from diffusers.models.transformers.transformer_sana_wm import flip_and_shift, torch_chunk_sana_gdn
+    except ImportError:
+        return None
+    B, H, F, S, K = inputs["q_num"].shape
+    if inputs["v"].shape[-1] != K:
+        return None
+
+    def layout(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 1, 4, 2, 3).reshape(B, H, K, F * S)  # [B, H, D, N]
+
+    def unflip(x: torch.Tensor) -> torch.Tensor:
+        return x.view(B, H, x.shape[2], F, S).flip(3).reshape(B, H, x.shape[2], F * S)
+
+    def scan(q_den, k_den, v, q_num, k_num, beta, decay):
+        return torch_chunk_sana_gdn(q_den, k_den, v, q_num, k_num, beta, decay, chunk_size=21, return_components=True)
+
+    def run() -> torch.Tensor:
+        names = ("q_den", "k_den", "v", "q_num", "k_num")
+        frames = {name: inputs[name].permute(0, 1, 4, 2, 3) for name in names}  # [B, H, D, F, S]
+        num_f, den_f = scan(*(layout(inputs[name]) for name in names), inputs["beta"], inputs["decay"])
+        flipped = [
+            (frames[name].flip(3) if name.startswith("q") else flip_and_shift(frames[name], dim=3)).reshape(B, H, K, F * S)
+            for name in names
+        ]
+        num_b, den_b = scan(
+            *flipped, flip_and_shift(inputs["beta"], dim=2), flip_and_shift(inputs["decay"], dim=2, shift_val=1.0)
+        )
+        return (num_f + unflip(num_b)) / (den_f + unflip(den_b) + 1e-8)
+
+    return run
+
+
 def cpu_rows(shapes: list[tuple[int, ...]], repeats: int) -> list[list]:
     rows = []
     for shape in shapes:
-        for name, fn in _workloads(_inputs(shape)).items():
+        inputs = _inputs(shape)
+        reference = _diffusers_gdn(inputs)
+        for name, fn in _workloads(inputs).items():
             with torch.inference_mode(mode=name != "gdn+grad"):
                 ref, got = fn("naive"), fn("chunk")
                 err = ((got - ref).square().mean().sqrt() / ref.square().mean().sqrt()).item()
                 naive_ms = 1e3 * median(time_call(lambda: fn("naive"), repeats=repeats))
                 chunk_ms = 1e3 * median(time_call(lambda: fn("chunk"), repeats=repeats))
+                diffusers = "-", "-"
+                if name == "gdn" and reference is not None:
+                    ref_ms = 1e3 * median(time_call(reference, repeats=repeats))
+                    diffusers = f"{ref_ms:.2f}", f"{ref_ms / chunk_ms:.2f}x"
             rows.append([
                 ",".join(map(str, shape)), name, f"{naive_ms:.2f}", f"{chunk_ms:.2f}",
-                f"{naive_ms / chunk_ms:.2f}x", f"{err:.1e}",
+                f"{naive_ms / chunk_ms:.2f}x", *diffusers, f"{err:.1e}",
             ])
     return rows
 
