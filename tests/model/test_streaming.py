@@ -1,0 +1,143 @@
+"""Streaming chunk by chunk through StreamState equals the chunk-causal forward of the whole clip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import GDNState, ModelConfig, SoftmaxState, StreamState, WorldModel
+from tests.model.helpers import SMALL_OFFICIAL, inputs, randomise
+
+
+def _model(config: ModelConfig, seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    model = WorldModel(config).eval()
+    randomise(model, seed)
+    return model
+
+
+def stream(model, x, t, text, mask, cam, plucker, chunk_sizes, *, kv_window_chunks, sink):
+    """Velocities of every chunk (denoise call against the state, then commit with the same timesteps)."""
+    state = model.init_stream_state(x.shape[0], tuple(x.shape[-2:]), kv_window_chunks=kv_window_chunks, sink=sink)
+    outs, start = [], 0
+    for size in chunk_sizes:
+        frames = slice(start, start + size)
+        chunk = (x[:, :, frames], text, mask, None if cam is None else cam[:, frames],
+                 None if plucker is None else plucker[:, :, frames])
+        before = state.clone()
+        outs.append(model.stream_forward(chunk[0], t[:, :, frames], *chunk[1:], state))
+        assert _states_equal(state, before), "stream_forward changed the state"
+        state = model.stream_commit(*chunk, state, timestep=t[:, :, frames])
+        assert _states_equal(state, state) and state.frame_index == start + size
+        start += size
+    return torch.cat(outs, dim=2), state
+
+
+def _states_equal(a: StreamState, b: StreamState) -> bool:
+    def tensors(state):
+        out = []
+        for layer in state.layers:
+            if isinstance(layer, GDNState):
+                out += [layer.kv, layer.z, layer.cam_kv, layer.conv_context, layer.cam_conv_context, layer.ffn_context]
+            else:
+                out += [layer.main.k, layer.main.v, layer.cam.k, layer.cam.v, layer.ffn_context]
+                out += [c for c in (layer.main.sink_k, layer.cam.sink_v) if c is not None]
+        return out
+    return all(torch.equal(p, q) for p, q in zip(tensors(a), tensors(b), strict=True))
+
+
+CASES = [
+    pytest.param("tiny", [4, 3, 3, 3], None, False, id="official-layout-4-3-3-3-full"),
+    pytest.param("tiny", [4, 3, 3, 3, 3], 1, True, id="window1-sink"),
+    pytest.param("tiny", [4, 3, 3, 3, 3], 2, False, id="window2-nosink"),
+    pytest.param("small", [4, 3, 3, 3], 2, True, id="head24-window2-sink"),
+    pytest.param("small", [1, 2, 1, 3], 0, True, id="head24-window0-sink-odd-chunks"),
+]
+
+
+@pytest.mark.parametrize("which, chunk_sizes, window, sink", CASES)
+def test_stream_equals_chunk_causal(which, chunk_sizes, window, sink):
+    config = ModelConfig.preset("tiny") if which == "tiny" else ModelConfig.from_official_dict(SMALL_OFFICIAL)
+    model = _model(config)
+    frames = sum(chunk_sizes)
+    x, t, text, mask, cam, plucker = inputs(config, 2, frames, 3, 2)
+    with torch.no_grad():
+        whole = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=chunk_sizes,
+                                           kv_window_chunks=window, sink=sink)
+        streamed, state = stream(model, x, t, text, mask, cam, plucker, chunk_sizes, kv_window_chunks=window, sink=sink)
+        # a window that hides something must change the result, or the test would not see the mask
+        if window is not None and len(chunk_sizes) > window + 1 + sink:
+            unwindowed = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=chunk_sizes)
+            assert (unwindowed - whole).abs().max() > 1e-4
+    assert state.chunk_index == len(chunk_sizes) and state.frame_index == frames
+    scale = whole.abs().max()
+    assert torch.isfinite(whole).all()
+    assert (streamed - whole).abs().max() <= 1e-4 * scale
+
+
+def test_stream_without_camera_equals_chunk_causal():
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, _, _ = inputs(model.config, 1, 7, 2, 2)
+    with torch.no_grad():
+        whole = model.forward_chunk_causal(x, t, text, mask, chunk_sizes=[4, 3], kv_window_chunks=2, sink=True)
+        streamed, _ = stream(model, x, t, text, mask, None, None, [4, 3], kv_window_chunks=2, sink=True)
+    assert (streamed - whole).abs().max() <= 1e-4 * whole.abs().max()
+
+
+def test_chunk_causal_is_causal_across_chunks():
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 7, 2, 3)
+    x2 = x.clone()
+    x2[:, :, 4:] += 1.0
+    with torch.no_grad():
+        a = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
+        b = model.forward_chunk_causal(x2, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
+        c = model(x, t, text, mask, cam, plucker)
+        d = model(x2, t, text, mask, cam, plucker)
+    assert torch.equal(a[:, :, :4], b[:, :, :4])
+    assert (a[:, :, 4:] - b[:, :, 4:]).abs().max() > 1e-3
+    assert (c[:, :, :4] - d[:, :, :4]).abs().max() > 1e-3  # bidirectional: the future matters
+
+
+def test_single_chunk_equals_bidirectional():
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 5, 3, 2)
+    with torch.no_grad():
+        bidirectional = model(x, t, text, mask, cam, plucker)
+        single = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[5])
+        streamed, _ = stream(model, x, t, text, mask, cam, plucker, [5], kv_window_chunks=2, sink=True)
+    assert (single - bidirectional).abs().max() <= 1e-5 * bidirectional.abs().max()
+    assert (streamed - bidirectional).abs().max() <= 1e-4 * bidirectional.abs().max()
+
+
+def test_state_clone_and_rewind():
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 6, 2, 2)
+    state = model.init_stream_state(1, (2, 2))
+    with torch.no_grad():
+        state = model.stream_commit(x[:, :, :3], text, mask, cam[:, :3], plucker[:, :, :3], state)
+        snapshot = state.clone()
+        first = model.stream_forward(x[:, :, 3:], t[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:], state)
+        later = model.stream_commit(x[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:], state)
+        again = model.stream_forward(x[:, :, 3:], t[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:], snapshot)
+    assert later.frame_index == 6 and snapshot.frame_index == 3
+    assert torch.equal(first, again)
+    assert isinstance(state.to("cpu"), StreamState) and state.to("cpu").nbytes() == state.nbytes()
+
+
+def test_wrong_state_type_raises():
+    model = WorldModel(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 3, 2, 2)
+    state = model.init_stream_state(1, (2, 2))
+    swapped = StreamState(layers=(state.layers[3],) + state.layers[1:3] + (state.layers[0],), frame_index=0,
+                          chunk_index=0, latent_hw=(2, 2), batch_size=1)
+    with pytest.raises(TypeError, match="state must be a StreamState"):
+        model.stream_forward(x, t, text, mask, cam, plucker, {"layers": []})
+    with pytest.raises(TypeError, match=r"state.layers\[0\] is a SoftmaxState, block 0 needs a GDNState"):
+        model.stream_forward(x, t, text, mask, cam, plucker, swapped)
+    with pytest.raises(TypeError, match="GDNState or SoftmaxState"):
+        StreamState(layers=(1,), frame_index=0, chunk_index=0, latent_hw=(2, 2), batch_size=1)
+    with pytest.raises(TypeError, match="GDNMixer expects a GDNState"):
+        model.blocks[0].attn(torch.zeros(1, 12, 64), None, None, None, state.layers[3])
+    assert isinstance(state.layers[3], SoftmaxState)
+    with pytest.raises(ValueError, match=r"latent size \(2, 2\) does not match the state's batch 1 and latent_hw \(3, 3\)"):
+        model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (3, 3)))
