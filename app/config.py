@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +59,9 @@ class StreamConfig:
     """Video and generation settings of every session."""
 
     fps: float = 16.0
-    width: int = 256
-    height: int = 256
+    # Small enough for the tiny model to keep up on a laptop CPU (python run.py bench stream).
+    width: int = 160
+    height: int = 112
     hfov_deg: float = 60.0
     chunk_latents: int = 2
     kv_window_chunks: int = 2
@@ -70,7 +72,8 @@ class StreamConfig:
     buffer_chunks: float = 1.5
     # Standing-camera chunks before a session pauses (0 = never).
     idle_chunks: int = 4
-    # torch intra-op threads of the generation worker (None = torch's default).
+    # torch intra-op threads of the generation worker; None = cores - 1, leaving a core for video
+    # encoding and networking (on a busy 2-core box 2 threads ran a chunk many times slower than 1).
     torch_threads: int | None = None
     jpeg_quality: int = 80
     # Bitrates (bit/s) patched into aiortc's encoders: localhost can afford far more than its defaults.
@@ -95,6 +98,9 @@ class StreamConfig:
         if not 100_000 <= self.video_bitrate <= self.video_bitrate_max:
             raise ValueError(f"need 100 kbit/s <= video_bitrate <= video_bitrate_max, got {self.video_bitrate}, {self.video_bitrate_max}")
         self.generator_config()
+
+    def worker_threads(self) -> int:
+        return self.torch_threads or max(1, (os.cpu_count() or 2) - 1)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=tuple(self.sigmas), kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)

@@ -44,6 +44,7 @@ class SimScenes:
         self.seeds = list(range(first_seed, first_seed + count))
         self.width, self.height, self.K = width, height, K
         self._lock = threading.Lock()
+        self._built: dict[int, StartView] = {}
 
     def ids(self) -> list[str]:
         return [f"scene:{seed}" for seed in self.seeds]
@@ -55,8 +56,17 @@ class SimScenes:
         return int(number)
 
     def name(self, scene_id: str) -> str:
+        """The theme's name once the scene has been built (see `prewarm`), else a numbered one."""
         seed = self.seed_of(scene_id)
-        return f"Scene #{seed}"
+        view = self._built.get(seed)
+        return view.name if view is not None else f"Scene #{seed}"
+
+    def prewarm(self, stop: threading.Event | None = None) -> None:
+        """Build and render every start scene (blocking; run it in a thread) until `stop` is set."""
+        for seed in self.seeds:
+            if stop is not None and stop.is_set():
+                return
+            self._view(seed)
 
     def view(self, scene_id: str) -> StartView | None:
         seed = self.seed_of(scene_id)
@@ -73,7 +83,9 @@ class SimScenes:
             pose = scene.spawn_world_T_cam()
             rgb = scene.render(pose, self.K, self.width, self.height).rgb[0]
         theme = getattr(scene.theme, "name", None) or "Scene"
-        return StartView(image=np.ascontiguousarray(rgb), world_T_cam=pose, name=f"{str(theme).title()} #{seed}")
+        view = StartView(image=np.ascontiguousarray(rgb), world_T_cam=pose, name=f"{str(theme).replace('_', ' ').title()} #{seed}")
+        self._built[seed] = view
+        return view
 
 
 class Uploads:

@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import struct
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -37,6 +38,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 WORKER = web.AppKey("worker", GenerationWorker)
 SESSIONS = web.AppKey("sessions", dict)
 STATS = web.AppKey("stats", dict)
+PREWARM = web.AppKey("prewarm", asyncio.Future)
+PREWARM_STOP = web.AppKey("prewarm_stop", threading.Event)
 
 # Websocket frame header (docs/protocol.md): magic, version, header_len, frame_id, input_seq,
 # server_t, width, height, reserved; little-endian, 32 bytes.
@@ -54,7 +57,7 @@ def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Applica
     app[STATS] = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0}
     if runtime is not None:
         app[RUNTIME] = runtime
-    app[WORKER] = GenerationWorker(num_threads=config.stream.torch_threads)
+    app[WORKER] = GenerationWorker(num_threads=config.stream.worker_threads())
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", _index)
@@ -75,6 +78,11 @@ async def _on_startup(app: web.Application) -> None:
     if RUNTIME not in app:
         app[RUNTIME] = await asyncio.to_thread(build_runtime, config)
     app[WORKER].start()
+    prewarm = getattr(app[RUNTIME].scenes, "prewarm", None)
+    if prewarm is not None:
+        # Start scenes render in the background; the page's thumbnails wait for them if needed.
+        app[PREWARM_STOP] = threading.Event()
+        app[PREWARM] = asyncio.ensure_future(asyncio.to_thread(prewarm, app[PREWARM_STOP]))
     log.info("serving model %s at %dx%d, %.0f fps", app[RUNTIME].model_name, config.stream.width, config.stream.height, config.stream.fps)
 
 
@@ -82,6 +90,9 @@ async def _on_shutdown(app: web.Application) -> None:
     sessions = list(app[SESSIONS].values())
     await asyncio.gather(*(s.close("server shutdown") for s in sessions), return_exceptions=True)
     await app[WORKER].astop()
+    if PREWARM in app:
+        app[PREWARM_STOP].set()
+        await asyncio.gather(app[PREWARM], return_exceptions=True)
     log.info("shut down (%d sessions closed)", len(sessions))
 
 

@@ -1,0 +1,114 @@
+"""Serve the live exploration app: pick a start scene or upload a photo, then walk with WASD and the
+mouse while the world model generates the video chunk by chunk, streamed over WebRTC (or a
+websocket when WebRTC cannot connect).
+
+With no --model it serves the embedded tiny model (seeded random weights, with a warning, until the
+trained ones are installed at model/weights/roam_tiny.safetensors). Binds 127.0.0.1 by default;
+any other --host requires --token, which every connection must then carry.
+
+Examples:
+  python run.py                                   # http://127.0.0.1:8080/
+  python run.py serve --port 9000 --width 256 --height 176
+  python run.py serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+  python run.py serve --model /path/to/SANA-WM_streaming --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from app.config import ServerConfig, StreamConfig
+
+    server, stream = ServerConfig(), StreamConfig()
+    parser.add_argument("--host", default=server.host, help="bind address (default %(default)s; others need --token)")
+    parser.add_argument("--port", type=int, default=server.port, help="port (default %(default)s; 0 = any free port)")
+    parser.add_argument("--token", default=None, help="shared secret every connection must carry (required off loopback)")
+    parser.add_argument("--model", type=Path, default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=server.max_sessions, help="concurrent walks (default %(default)s)")
+    parser.add_argument("--width", type=int, default=stream.width, help="video width in px (default %(default)s)")
+    parser.add_argument("--height", type=int, default=stream.height, help="video height in px (default %(default)s)")
+    parser.add_argument("--fps", type=float, default=stream.fps, help="video frame rate (default %(default)s)")
+    parser.add_argument("--chunk-latents", type=int, default=stream.chunk_latents, help="latents per chunk (default %(default)s)")
+    parser.add_argument("--kv-window", type=int, default=stream.kv_window_chunks, help="chunks in the softmax KV window (default %(default)s)")
+    parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
+    parser.add_argument("--seed", type=int, default=stream.seed, help="noise seed of every walk (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def config_from_args(args: argparse.Namespace):
+    """The AppConfig the arguments describe (ValueError names any bad value)."""
+    from app.config import AppConfig, ServerConfig, StreamConfig
+
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
+    stream = StreamConfig(
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        chunk_latents=args.chunk_latents,
+        kv_window_chunks=args.kv_window,
+        idle_chunks=args.idle_chunks,
+        torch_threads=args.threads,
+        seed=args.seed,
+    )
+    return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device)
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        raise SystemExit(f"run.py serve: {error}") from None
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def serve(config, ready=None) -> None:
+    """Run the app until SIGINT/SIGTERM (or cancellation); prints the URL once it is listening.
+
+    `ready`, if given, is an asyncio.Future set to the URL once bound.
+    """
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from app.server import RUNTIME, create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    host = config.server.host if ":" not in config.server.host else f"[{config.server.host}]"
+    url = f"http://{host}:{port}/"
+    print(f"roam is serving {app[RUNTIME].model_name} at {url}", flush=True)
+    if ready is not None:
+        ready.set_result(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        print("roam: shutting down", flush=True)
+        await runner.cleanup()

@@ -1,0 +1,52 @@
+"""`python run.py serve`: arguments -> AppConfig, and the server it runs (embedded tiny model)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import aiohttp
+import pytest
+
+from app import serve_cmd
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_arguments_build_a_validated_config():
+    config = serve_cmd.config_from_args(_args("--port", "9001", "--width", "128", "--height", "96", "--max-sessions", "3"))
+    assert (config.server.host, config.server.port, config.server.max_sessions) == ("127.0.0.1", 9001, 3)
+    assert (config.stream.width, config.stream.height) == (128, 96) and config.model_path is None
+    with pytest.raises(ValueError, match="requires a token"):
+        serve_cmd.config_from_args(_args("--host", "0.0.0.0"))
+    assert serve_cmd.config_from_args(_args("--host", "0.0.0.0", "--token", "long-enough-token")).server.token == "long-enough-token"
+    with pytest.raises(ValueError, match="does not exist"):
+        serve_cmd.config_from_args(_args("--model", "/no/such/folder"))
+    with pytest.raises(SystemExit):
+        serve_cmd.main(_args("--fps", "0"))
+
+
+async def test_serve_prints_the_url_and_serves_the_embedded_model(capsys):
+    config = serve_cmd.config_from_args(_args("--port", "0", "--width", "64", "--height", "48", "--threads", "1"))
+    ready = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(serve_cmd.serve(config, ready))
+    try:
+        url = await asyncio.wait_for(ready, 60)
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+        assert url in capsys.readouterr().out
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "healthz") as response:
+                health = await response.json()
+            assert health["ok"] and health["sessions"] == 0 and health["model"].startswith("roam-tiny")
+            async with http.ws_connect(url + "ws") as ws:
+                await ws.send_str('{"type": "hello", "start": "scene:1"}')
+                session = await ws.receive_json(timeout=30)
+                assert session["type"] == "session" and session["width"] == 64
+                frame = await ws.receive(timeout=60)
+                assert frame.type == aiohttp.WSMsgType.BINARY and frame.data[:4] == b"ROAM"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
