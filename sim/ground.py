@@ -122,7 +122,8 @@ def _shadow_map(prims, sun_dir: np.ndarray, period: float) -> np.ndarray:
         sel = kinds == kind
         if sel.any():
             f32 = [v[sel].astype(np.float32) for v in (lx, oy, lz, dx, dy, dz, half[:, 0], half[:, 1], half[:, 2])]
-            t = intersect(*f32)[0]
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                t = intersect(*f32)[0]
             hit[sel] = np.isfinite(t)
     index = (iz[hit] & (size - 1)) * size + (ix[hit] & (size - 1))
     shadow[index] = 1.0

@@ -1,7 +1,8 @@
 """Batched ray casting of a `Scene`: ground plane, analytic primitives, sky, fog.
 
-Rays go through pixel centres as `o + t d` with d = R K^-1 (u + 0.5, v + 0.5, 1), so the ray
-parameter t of a hit is its z-depth. Objects are found per (frame, primitive) candidate: a
+Rays go through pixel centres as `o + t d` with d = R K^-1 (u, v, 1): pixel centres sit on integer
+coordinates, the project's convention (controls/camera.py), and the ray parameter t of a hit is its
+z-depth. Objects are found per (frame, primitive) candidate: a
 primitive's bounding sphere projects to a conservative screen rectangle (the extreme corners of
 the box around the sphere), so it is only tested against the rays inside that rectangle; spheres
 beyond the far distance or behind the camera are culled. The nearest hit per ray wins by a
@@ -80,9 +81,11 @@ def render(scene, world_T_cam, K, width: int, height: int):
     per_batch = max(1, MAX_RAYS_PER_BATCH // (width * height))
     rgb = np.empty((len(poses), height, width, 3), dtype=np.uint8)
     depth = np.empty((len(poses), height, width), dtype=np.float32)
-    for start in range(0, len(poses), per_batch):
-        stop = min(start + per_batch, len(poses))
-        rgb[start:stop], depth[start:stop] = _render_batch(scene, poses[start:stop], intrinsics, width, height)
+    # Misses carry t = inf through the hit-point arithmetic (inf * 0 = nan); those values are never used.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for start in range(0, len(poses), per_batch):
+            stop = min(start + per_batch, len(poses))
+            rgb[start:stop], depth[start:stop] = _render_batch(scene, poses[start:stop], intrinsics, width, height)
     return RenderResult(rgb=rgb, depth=depth)
 
 
@@ -92,8 +95,8 @@ def _render_batch(scene, poses: np.ndarray, intrinsics, width: int, height: int)
     f32 = np.float32
     # 1. Rays: unit camera-z directions, turned into the world. Colours are kept as one array per
     # channel because numpy is far slower on [R, 3] arrays with a broadcast channel axis.
-    u = ((np.arange(width) + 0.5 - cx) / fx).astype(f32)
-    v = ((np.arange(height) + 0.5 - cy) / fy).astype(f32)
+    u = ((np.arange(width) - cx) / fx).astype(f32)
+    v = ((np.arange(height) - cy) / fy).astype(f32)
     uu, vv = np.tile(u, height), np.repeat(v, width)  # [HW]
     rot = poses[:, :3, :3].astype(f32)
     dx = (rot[:, 0, 0, None] * uu + rot[:, 0, 1, None] * vv + rot[:, 0, 2, None]).reshape(-1)  # [R = N*HW]
