@@ -1,7 +1,7 @@
 """The procedural ground-truth world: scenes, a ray-casting renderer, clip sampling and datasets.
 
-The default camera is shared with `generate` and training, so videos of the world and of the
-model line up pixel for pixel.
+The default camera is shared with `generate`, the live app and training, so videos of the world and
+of the model line up pixel for pixel; it matches the app's stream (app/config.py: 160 x 112, 60 deg).
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-DEFAULT_WIDTH = 128
-DEFAULT_HEIGHT = 128
-DEFAULT_HFOV_DEG = 80.0
+DEFAULT_WIDTH = 160
+DEFAULT_HEIGHT = 112
+DEFAULT_HFOV_DEG = 60.0
 DEFAULT_FPS = 16
 
 
