@@ -1,0 +1,347 @@
+"""`python run.py bench stream`: the live app measured end to end, with 1 and with N concurrent sessions.
+
+One run starts the real server (`app.server.create_app`, the embedded tiny model unless --model) on
+127.0.0.1 and drives it with in-process clients (aiortc peers by default, or the websocket), each
+walking (FORWARD held, yaw swinging, snapshots at 30 Hz). Per session it measures:
+- steady fps: frames received per second after the first chunk;
+- chunk ms: the generator's wall time per chunk (telemetry `chunk_ms`);
+- time to first frame: from the offer (or websocket hello) to the first frame received;
+- motion-to-photon p50/p95: from sending input seq S to the first frame carrying a seq >= S (on
+  WebRTC the frame's telemetry, sent as the frame goes to the encoder; on the websocket the frame);
+- drops per minute: frames the server's buffers and pacers dropped.
+It also times the generator alone with 1 and 2 torch threads, and one batched forward of N sessions
+against N single ones, the two facts behind the worker's thread and batching choices.
+
+This module drives the app (a higher room) and imports it only inside `main`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORWARD = 1
+INPUT_HZ = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sessions", default="1,4", help="comma-separated concurrent session counts (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="walk duration per session count (default %(default)s)")
+    parser.add_argument("--transport", choices=["webrtc", "websocket"], default="webrtc")
+    parser.add_argument("--width", type=int, default=None, help="video width (default: the app's)")
+    parser.add_argument("--height", type=int, default=None, help="video height (default: the app's)")
+    parser.add_argument("--threads", type=int, default=None, help="worker torch threads (default: the app's, cores - 1)")
+    parser.add_argument("--thread-counts", default="1,2", help="torch thread counts to time the generator alone with (default %(default)s)")
+    parser.add_argument("--model", default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
+    parser.add_argument("--device", default="cpu")
+
+
+@dataclass
+class ClientLog:
+    """What one client saw, on one clock (time.monotonic)."""
+
+    start_t: float = 0.0
+    end_t: float = 0.0
+    sent: dict[int, float] = field(default_factory=dict)  # input seq -> send time
+    frames: list[float] = field(default_factory=list)  # arrival times
+    carried: list[tuple[float, int]] = field(default_factory=list)  # (arrival, input_seq) per frame
+    chunk_ms: dict[int, float] = field(default_factory=dict)  # chunk id -> ms
+    drops: int = 0
+    error: str | None = None
+
+
+def _input(seq: int, elapsed: float) -> str:
+    yaw = 20.0 * np.sin(elapsed * 0.8)
+    return json.dumps({"type": "input", "seq": seq, "t": elapsed * 1e3, "keys": FORWARD, "yaw": round(float(yaw), 3), "pitch": 0.0, "roll": 0.0})
+
+
+def _on_telemetry(log: ClientLog, message: dict, arrival: float, record_frame: bool) -> None:
+    if message.get("type") != "telemetry":
+        return
+    log.chunk_ms[message["chunk_id"]] = message["chunk_ms"]
+    log.drops = max(log.drops, message["drops"])
+    if record_frame:
+        log.carried.append((arrival, message["input_seq"]))
+
+
+async def _run_webrtc(url: str, seconds: float, log: ClientLog) -> None:
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    input_channel = pc.createDataChannel("input", ordered=False, maxRetransmits=0)
+    control = pc.createDataChannel("control")
+    track_future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    @control.on("message")
+    def on_message(data) -> None:
+        _on_telemetry(log, json.loads(data), time.monotonic(), record_frame=True)
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        if not track_future.done():
+            track_future.set_result(track)
+
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        log.start_t = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", "start": "scene:1"}) as response:
+                answer = await response.json()
+                if response.status != 200:
+                    raise RuntimeError(f"offer refused: {response.status} {answer}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        track = await asyncio.wait_for(track_future, 30)
+
+        async def receive() -> None:
+            while True:
+                await track.recv()
+                log.frames.append(time.monotonic())
+
+        async def send() -> None:
+            seq = 0
+            while True:
+                if input_channel.readyState == "open":
+                    seq += 1
+                    input_channel.send(_input(seq, time.monotonic() - log.start_t))
+                    log.sent[seq] = time.monotonic()
+                await asyncio.sleep(1 / INPUT_HZ)
+
+        tasks = [asyncio.ensure_future(receive()), asyncio.ensure_future(send())]
+        try:
+            await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
+            log.end_t = time.monotonic()
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await pc.close()
+
+
+async def _run_websocket(url: str, seconds: float, log: ClientLog) -> None:
+    import aiohttp
+
+    from app.server import WS_HEADER
+
+    async with aiohttp.ClientSession() as http:
+        log.start_t = time.monotonic()
+        async with http.ws_connect(f"{url}/ws") as ws:
+            await ws.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
+
+            async def receive() -> None:
+                async for msg in ws:
+                    now = time.monotonic()
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        fields = WS_HEADER.unpack(msg.data[: WS_HEADER.size])
+                        log.frames.append(now)
+                        log.carried.append((now, fields[4]))
+                        await ws.send_str(json.dumps({"type": "ack", "frame_id": fields[3]}))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        _on_telemetry(log, json.loads(msg.data), now, record_frame=False)
+
+            async def send() -> None:
+                seq = 0
+                while True:
+                    seq += 1
+                    await ws.send_str(_input(seq, time.monotonic() - log.start_t))
+                    log.sent[seq] = time.monotonic()
+                    await asyncio.sleep(1 / INPUT_HZ)
+
+            tasks = [asyncio.ensure_future(receive()), asyncio.ensure_future(send())]
+            try:
+                await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
+                log.end_t = time.monotonic()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def motion_to_photon_ms(log: ClientLog) -> list[float]:
+    """For each input seq S: first frame arrival with a carried seq >= S, minus S's send time."""
+    out = []
+    carried = sorted(log.carried)
+    best_seq_so_far = []
+    running = -1
+    for arrival, seq in carried:
+        running = max(running, seq)
+        best_seq_so_far.append((arrival, running))
+    j = 0
+    for seq in sorted(log.sent):
+        while j < len(best_seq_so_far) and best_seq_so_far[j][1] < seq:
+            j += 1
+        if j == len(best_seq_so_far):
+            break
+        out.append((best_seq_so_far[j][0] - log.sent[seq]) * 1e3)
+    return out
+
+
+def summarize(logs: list[ClientLog], seconds: float, chunk_frames: int, fps: float) -> dict[str, float]:
+    """Medians over sessions (latency percentiles over all inputs of all sessions)."""
+    steady, ttff, chunk_ms, drops = [], [], [], []
+    latencies: list[float] = []
+    for log in logs:
+        if not log.frames:
+            continue
+        ttff.append((log.frames[0] - log.start_t) * 1e3)
+        # Steady state: from the arrival of the third chunk's first frame to the end of the walk
+        # (frames arrive in per-chunk bursts, so the rate is taken over whole seconds, not a burst).
+        if len(log.frames) > 2 * chunk_frames + 1:
+            warm = log.frames[2 * chunk_frames + 1]
+            late = [t for t in log.frames if t > warm]
+            steady.append(len(late) / max(log.end_t - warm, 1e-3))
+        chunk_ms.extend(v for k, v in log.chunk_ms.items() if k > 0)
+        drops.append(log.drops / (seconds / 60.0))
+        latencies.extend(motion_to_photon_ms(log))
+    pct = lambda q: float(np.percentile(latencies, q)) if latencies else float("nan")  # noqa: E731
+    med = lambda xs: float(statistics.median(xs)) if xs else float("nan")  # noqa: E731
+    return {
+        "fps": med(steady),
+        "chunk_ms": med(chunk_ms),
+        "ttff_ms": med(ttff),
+        "m2p_p50_ms": pct(50),
+        "m2p_p95_ms": pct(95),
+        "drops_per_min": med(drops),
+        "sessions_ok": sum(1 for log in logs if log.frames),
+    }
+
+
+async def _measure_sessions(runtime, n: int, args: argparse.Namespace) -> dict[str, float]:
+    from aiohttp.test_utils import TestServer
+
+    from app.config import AppConfig, ServerConfig
+    from app.server import create_app
+
+    config = AppConfig(server=ServerConfig(port=0, max_sessions=max(n, 1)), stream=runtime.stream)
+    server = TestServer(create_app(config, runtime), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    logs = [ClientLog() for _ in range(n)]
+    run = _run_webrtc if args.transport == "webrtc" else _run_websocket
+    try:
+        results = await asyncio.gather(*(run(url, args.seconds, log) for log in logs), return_exceptions=True)
+    finally:
+        await server.close()
+    for log, result in zip(logs, results):
+        if isinstance(result, BaseException):
+            log.error = repr(result)
+            print(f"  a session failed: {log.error}")
+    chunk_frames = runtime.temporal_stride * runtime.stream.chunk_latents
+    return summarize(logs, args.seconds, chunk_frames, runtime.stream.fps)
+
+
+def _time_generator(runtime, threads: int, chunks: int = 4) -> float:
+    """Median ms per chunk of one generator on its own with `threads` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        view = runtime.scenes.view(runtime.scenes.ids()[0])
+        gen = runtime.make_generator()
+        gen.start(view.image, view.world_T_cam)
+        times = []
+        for _ in range(chunks + 1):
+            n = gen.frames_for_next_chunk()
+            start = time.perf_counter()
+            gen.step(np.repeat(view.world_T_cam[None], n, 0))
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(statistics.median(times[1:]))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_batching(runtime, batch: int, repeats: int = 3) -> tuple[float, float]:
+    """(ms of one batch-`batch` stream_forward, ms of `batch` batch-1 forwards) at the stream size."""
+    import torch
+
+    from common.bench import median, time_call
+
+    model, stream = runtime.model, runtime.stream
+    s = int(runtime.vae.spatial_stride)
+    h, w = stream.height // s, stream.width // s
+    tc = stream.chunk_latents
+    channels = model.config.in_channels
+    plucker_channels = 6 * runtime.temporal_stride
+
+    def inputs(b: int):
+        state = model.init_stream_state(b, latent_hw=(h, w), kv_window_chunks=stream.kv_window_chunks, sink=stream.sink)
+        text, mask = model.null_text(b)
+        x = torch.randn(b, channels, tc, h, w)
+        t = torch.full((b, 1, tc), 900.0)
+        cam = torch.zeros(b, tc, 20)
+        cam[:, :, [0, 5, 10, 15]] = 1.0
+        cam[:, :, 16:18] = float(w)
+        cam[:, :, 18], cam[:, :, 19] = w / 2, h / 2
+        plucker = torch.zeros(b, plucker_channels, tc, h, w)
+        return x, t, text, mask, cam, plucker, state
+
+    with torch.inference_mode():
+        batched = inputs(batch)
+        single = inputs(1)
+        t_batch = median(time_call(lambda: model.stream_forward(*batched), repeats=repeats))
+        t_single = median(time_call(lambda: model.stream_forward(*single), repeats=repeats))
+    return t_batch * 1e3, t_single * batch * 1e3
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from app.config import AppConfig, ServerConfig, StreamConfig
+    from app.runtime import build_runtime
+    from common.bench import machine_description, markdown_table, write_docs_section
+
+    logging.basicConfig(level=logging.WARNING)
+    counts = [int(x) for x in args.sessions.split(",") if x.strip()]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--sessions must list positive integers, got {args.sessions!r}")
+    defaults = StreamConfig()
+    stream = StreamConfig(width=args.width or defaults.width, height=args.height or defaults.height, torch_threads=args.threads, idle_chunks=0)
+    config = AppConfig(server=ServerConfig(), stream=stream, model_path=args.model, device=args.device)
+    runtime = build_runtime(config)
+    machine = machine_description()
+    print(f"bench stream: {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, {args.transport}, "
+          f"{args.seconds:g} s per run, worker threads {stream.worker_threads()}; {machine}")
+
+    gen_ms = {threads: _time_generator(runtime, threads) for threads in (int(x) for x in args.thread_counts.split(","))}
+    for threads, ms in gen_ms.items():
+        print(f"  generator alone, {threads} torch thread(s): {ms:.0f} ms per chunk (median of 4)")
+    batch = max(counts)
+    batched_ms, singles_ms = _time_batching(runtime, batch) if batch > 1 else (float("nan"), float("nan"))
+    if batch > 1:
+        print(f"  one forward of batch {batch}: {batched_ms:.0f} ms; {batch} forwards of batch 1: {singles_ms:.0f} ms")
+    rows = []
+    for n in counts:
+        result = asyncio.run(_measure_sessions(runtime, n, args))
+        rows.append([n, result["sessions_ok"], f"{result['fps']:.1f}", f"{result['chunk_ms']:.0f}", f"{result['ttff_ms']:.0f}",
+                     f"{result['m2p_p50_ms']:.0f}", f"{result['m2p_p95_ms']:.0f}", f"{result['drops_per_min']:.1f}"])
+        print(f"  {n} session(s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()))
+    header = ["sessions", "streaming", "steady fps", "chunk ms", "first frame ms", "motion-to-photon p50 ms", "p95 ms", "drops/min"]
+    table = markdown_table(header, rows)
+    print(table)
+    if args.write_docs:
+        body = (
+            f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
+            f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising steps, transport {args.transport}, "
+            f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}. "
+            f"Machine: {machine}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
+            f"{table}\n\n"
+            "Generator alone (median of 4 chunks): " + ", ".join(f"{ms:.0f} ms per chunk with {t} torch thread(s)" for t, ms in gen_ms.items()) + ".\n"
+            + (f"Batching: one stream_forward of batch {batch} took {batched_ms:.0f} ms against {singles_ms:.0f} ms for {batch} "
+               f"forwards of batch 1 (median of 3).\n" if batch > 1 else "")
+        )
+        write_docs_section("stream", body)
+        print("wrote the stream section of docs/benchmarks.md")
+    return 0

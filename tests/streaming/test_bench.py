@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from streaming import bench
+
+
+def test_motion_to_photon_pairs_each_input_with_the_first_frame_carrying_it():
+    log = bench.ClientLog(start_t=0.0, end_t=10.0)
+    log.sent = {1: 1.0, 2: 1.5, 3: 2.0, 4: 9.9}
+    # Frames carry seq 0 until t=3, then seq 2 (which also answers seq 1), then seq 3 at t=4.
+    log.carried = [(2.0, 0), (3.0, 2), (3.1, 2), (4.0, 3)]
+    assert bench.motion_to_photon_ms(log) == pytest.approx([2000.0, 1500.0, 2000.0])
+
+
+def test_summary_takes_steady_fps_over_the_walk_not_a_burst():
+    log = bench.ClientLog(start_t=0.0, end_t=11.0)
+    # Chunks of 8 frames arrive as bursts once a second from t=1.
+    log.frames = [1.0 + c + 0.01 * i for c in range(10) for i in range(8)]
+    log.chunk_ms = {0: 900.0, 1: 1000.0, 2: 1100.0}
+    log.drops = 3
+    out = bench.summarize([log], seconds=30.0, chunk_frames=8, fps=16.0)
+    assert out["fps"] == pytest.approx(8.0, rel=0.1)
+    assert out["ttff_ms"] == pytest.approx(1000.0) and out["chunk_ms"] == pytest.approx(1050.0)
+    assert out["drops_per_min"] == pytest.approx(6.0) and out["sessions_ok"] == 1
+
+
+@pytest.mark.heavy
+def test_bench_runs_end_to_end_and_writes_its_docs_section(monkeypatch, capsys):
+    import common.bench
+
+    written = {}
+    monkeypatch.setattr(common.bench, "write_docs_section", lambda section, body: written.setdefault(section, body))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write-docs", action="store_true")
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--sessions", "1", "--seconds", "4", "--width", "32", "--height", "24", "--thread-counts", "1", "--transport", "websocket", "--threads", "1", "--write-docs"])
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 session(s)" in out and "| sessions |" in written["stream"]
+    row = [line for line in written["stream"].splitlines() if line.startswith("| 1 |")][0]
+    assert row.split("|")[2].strip() == "1", "the session streamed"
