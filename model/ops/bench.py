@@ -6,7 +6,8 @@ the chunked torch path on three workloads:
     gdn       the GDN block core (`bidirectional_frame_gdn`: numerator and denominator streams,
               forward + backward scans), inference;
     gdn+grad  the same with a backward pass through every input, as in training.
-Each figure is the median of --repeats timed calls after one warm-up, measured by this run; the
+Each figure is the median of --repeats timed calls after one warm-up, measured by this run, with
+the paths' calls interleaved so that load from other processes falls on all of them alike; the
 relative RMS error of chunk against naive is printed beside it. For the `gdn` workload the same
 computation through diffusers' reference scans (`torch_chunk_sana_gdn`, forward plus its
 flip-and-shift backward, as `SanaWMTransformer3DModel` runs it) is timed as well. When CUDA is
@@ -15,10 +16,13 @@ present the Triton kernel is timed too, via `model.ops.gpu_bench.cuda_rows` (imp
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from collections.abc import Callable
 
 import torch
 
-from common.bench import machine_description, markdown_table, median, time_call, write_docs_section
+from common.bench import machine_description, markdown_table, median, write_docs_section
 
 # (B, H, F, S, K, V): a streaming chunk and a bidirectional clip of tiny-model sizes
 CPU_SHAPES: list[tuple[int, int, int, int, int, int]] = [
@@ -110,6 +114,19 @@ def _diffusers_gdn(inputs: dict[str, torch.Tensor]):
     return run
 
 
+def _interleaved_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall-clock ms of each fn, timing one call of each in turn per round (after a warm-up)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [1e3 * median(record) for record in times]
+
+
 def cpu_rows(shapes: list[tuple[int, ...]], repeats: int) -> list[list]:
     rows = []
     for shape in shapes:
@@ -119,12 +136,11 @@ def cpu_rows(shapes: list[tuple[int, ...]], repeats: int) -> list[list]:
             with torch.inference_mode(mode=name != "gdn+grad"):
                 ref, got = fn("naive"), fn("chunk")
                 err = ((got - ref).square().mean().sqrt() / ref.square().mean().sqrt()).item()
-                naive_ms = 1e3 * median(time_call(lambda: fn("naive"), repeats=repeats))
-                chunk_ms = 1e3 * median(time_call(lambda: fn("chunk"), repeats=repeats))
-                diffusers = "-", "-"
+                paths = [lambda: fn("naive"), lambda: fn("chunk")]
                 if name == "gdn" and reference is not None:
-                    ref_ms = 1e3 * median(time_call(reference, repeats=repeats))
-                    diffusers = f"{ref_ms:.2f}", f"{ref_ms / chunk_ms:.2f}x"
+                    paths.append(reference)
+                naive_ms, chunk_ms, *ref_ms = _interleaved_ms(paths, repeats)
+                diffusers = (f"{ref_ms[0]:.2f}", f"{ref_ms[0] / chunk_ms:.2f}x") if ref_ms else ("-", "-")
             rows.append([
                 ",".join(map(str, shape)), name, f"{naive_ms:.2f}", f"{chunk_ms:.2f}",
                 f"{naive_ms / chunk_ms:.2f}x", *diffusers, f"{err:.1e}",
@@ -140,10 +156,14 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else CPU_SHAPES
+    load_before = os.getloadavg()[0]
+    table = markdown_table(HEADER, cpu_rows(shapes, args.repeats))
     sections = [
         f"CPU: {machine_description()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-        f"fp32; median of {args.repeats} runs. Written by `python run.py bench gdn`.",
-        markdown_table(HEADER, cpu_rows(shapes, args.repeats)),
+        f"fp32; median of {args.repeats} interleaved runs; 1-minute load average {load_before:.1f} before "
+        f"and {os.getloadavg()[0]:.1f} after (other processes share these cores). "
+        "Written by `python run.py bench gdn`.",
+        table,
     ]
     if torch.cuda.is_available():
         from model.ops.gpu_bench import CUDA_HEADER, cuda_rows
