@@ -35,6 +35,7 @@ from model.layers import (
     RunLayout,
     ShortConv,
     add_attention_parameters,
+    camera_qkv,
     frames_to_tokens,
     gate_and_project,
     heads_to_frames,
@@ -43,7 +44,7 @@ from model.layers import (
 from model.ops.gdn import bidirectional_frame_delta_rule, bidirectional_frame_gdn, ucpe_beta_discount
 from model.rope import Rotary
 from model.state import GDNState
-from model.ucpe import CameraGeometry, apply_ucpe, clip_to_reference_rms
+from model.ucpe import CameraGeometry, apply_ucpe, encode_camera_qkv
 
 
 class GDNMixer(nn.Module):
@@ -99,8 +100,9 @@ class GDNMixer(nn.Module):
         q = to_heads(F.relu(self.q_norm(q)), self.heads)  # [B, N, H, D]
         k = to_heads(F.relu(self.k_norm(k)), self.heads) * kappa
         v = to_heads(v, self.heads)
+        q_rot, k_rot = rope.apply(torch.cat((q, k), dim=2)).split(self.heads, dim=2)
         out, final_kv, final_z = bidirectional_frame_gdn(
-            heads_to_frames(rope.apply(q), frames), heads_to_frames(rope.apply(k), frames),
+            heads_to_frames(q_rot, frames), heads_to_frames(k_rot, frames),
             heads_to_frames(q, frames), heads_to_frames(k, frames), heads_to_frames(v, frames),
             beta, decay,
             initial_kv=None if state is None else state.kv,
@@ -113,19 +115,13 @@ class GDNMixer(nn.Module):
         final_cam = None if state is None else state.cam_kv
         kc_pre = None
         if camera is not None:
-            qc = self.q_proj_cam(x)
-            kc_pre = self.k_proj_cam(x).unflatten(1, (frames, spatial))  # [B, T, S, C]
-            vc = to_heads(self.v_proj_cam(x), self.heads)
+            qc, kc_pre, vc = camera_qkv(self, x)
+            kc_pre = kc_pre.unflatten(1, (frames, spatial))  # [B, T, S, C]
             kc = self.conv_k_cam(kc_pre, layout, None if state is None else state.cam_conv_context).flatten(1, 2)
             qc = to_heads(F.relu(self.q_norm_cam(qc)), self.heads)
             kc = to_heads(F.relu(self.k_norm_cam(kc)), self.heads) * kappa
-            qc_u = apply_ucpe(qc, camera.p_t, camera.rotary)
-            kc_u = apply_ucpe(kc, camera.p_inv, camera.rotary)
-            vc_u = apply_ucpe(vc, camera.p_inv, camera.rotary)
-            if self.config.ucpe_rms_clip:
-                qc_u = clip_to_reference_rms(qc, qc_u)
-                kc_u = clip_to_reference_rms(kc, kc_u)
-                vc_u = clip_to_reference_rms(vc, vc_u)
+            qc_u, kc_u, vc_u = encode_camera_qkv(qc, kc, to_heads(vc, self.heads), camera,
+                                                 rms_clip=self.config.ucpe_rms_clip)
             kc_u_frames = heads_to_frames(kc_u, frames)
             beta_cam = ucpe_beta_discount(beta, heads_to_frames(kc, frames), kc_u_frames)
             cam_out, final_cam_new = bidirectional_frame_delta_rule(

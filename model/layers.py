@@ -16,6 +16,7 @@ pre-conv frames followed by the chunk); the backward half only sees frames of th
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -68,13 +69,23 @@ class RunLayout:
 
     def chunk_of_frame(self, device: torch.device) -> torch.Tensor:
         """[T] chunk index of each frame."""
-        sizes = torch.tensor(self.chunk_sizes, device=device)
-        return torch.repeat_interleave(torch.arange(len(self.chunk_sizes), device=device), sizes)
+        return _chunk_of_frame(self.chunk_sizes, torch.device(device))
 
     def frames_to_chunk_end(self, device: torch.device) -> torch.Tensor:
         """[T] number of frames after each frame inside its own chunk."""
-        ends = torch.cumsum(torch.tensor(self.chunk_sizes, device=device), 0)
-        return ends[self.chunk_of_frame(device)] - 1 - torch.arange(self.frames, device=device)
+        return _frames_to_chunk_end(self.chunk_sizes, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_of_frame(chunk_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    sizes = torch.tensor(chunk_sizes, device=device)
+    return torch.repeat_interleave(torch.arange(len(chunk_sizes), device=device), sizes)
+
+
+@functools.lru_cache(maxsize=64)
+def _frames_to_chunk_end(chunk_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    ends = torch.cumsum(torch.tensor(chunk_sizes, device=device), 0)
+    return ends[_chunk_of_frame(chunk_sizes, device)] - 1 - torch.arange(sum(chunk_sizes), device=device)
 
 
 class ShortConv(nn.Module):
@@ -161,6 +172,13 @@ def add_attention_parameters(module: nn.Module, hidden: int, heads: int, norm_ep
         module.output_gate.bias.fill_(1.27846)
         module.out_proj_cam.weight.zero_()
         module.out_proj_cam.bias.zero_()
+
+
+def camera_qkv(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The camera branch's q, k, v [B, N, C] from its three projections, run as one matmul."""
+    weight = torch.cat((module.q_proj_cam.weight, module.k_proj_cam.weight, module.v_proj_cam.weight))
+    bias = torch.cat((module.q_proj_cam.bias, module.k_proj_cam.bias, module.v_proj_cam.bias))
+    return torch.nn.functional.linear(x, weight, bias).chunk(3, dim=-1)
 
 
 def gate_and_project(module: nn.Module, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

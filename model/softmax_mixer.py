@@ -25,10 +25,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
-from model.layers import RunLayout, add_attention_parameters, gate_and_project, sdpa_padded_width, to_heads
+from model.layers import (
+    RunLayout,
+    add_attention_parameters,
+    camera_qkv,
+    gate_and_project,
+    sdpa_padded_width,
+    to_heads,
+)
 from model.rope import Rotary
 from model.state import KVCache, SoftmaxState
-from model.ucpe import CameraGeometry, apply_ucpe, clip_to_reference_rms
+from model.ucpe import CameraGeometry, apply_ucpe, encode_camera_qkv
 
 
 def chunk_causal_mask(layout: RunLayout, device: torch.device) -> torch.Tensor | None:
@@ -91,24 +98,19 @@ class SoftmaxMixer(nn.Module):
         main_scale = self.padded_scale if layout.main_scale_padded else self.plain_scale
 
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q = rope.apply(to_heads(self.q_norm(q), self.heads))  # [B, N, H, D]
-        k = rope.apply(to_heads(self.k_norm(k), self.heads))
+        qk = torch.cat((to_heads(self.q_norm(q), self.heads), to_heads(self.k_norm(k), self.heads)), dim=2)
+        q, k = rope.apply(qk).split(self.heads, dim=2)  # [B, N, H, D] each
         v = to_heads(v, self.heads)
         raw = self._attend(q, k, v, mask, None if state is None else state.main, main_scale).flatten(2)
         new_main = None if not want_state else state.main.append(k.transpose(1, 2), v.transpose(1, 2))
 
         new_cam = None if state is None else state.cam
         if camera is not None:
-            qc = to_heads(self.q_norm_cam(self.q_proj_cam(x)), self.heads)
-            kc = to_heads(self.k_norm_cam(self.k_proj_cam(x)), self.heads)
-            vc = to_heads(self.v_proj_cam(x), self.heads)
-            qc_u = apply_ucpe(qc, camera.p_t, camera.rotary)
-            kc_u = apply_ucpe(kc, camera.p_inv, camera.rotary)
-            vc_u = apply_ucpe(vc, camera.p_inv, camera.rotary)
-            if self.config.ucpe_rms_clip:
-                qc_u = clip_to_reference_rms(qc, qc_u)
-                kc_u = clip_to_reference_rms(kc, kc_u)
-                vc_u = clip_to_reference_rms(vc, vc_u)
+            qc, kc, vc = camera_qkv(self, x)
+            qc_u, kc_u, vc_u = encode_camera_qkv(
+                to_heads(self.q_norm_cam(qc), self.heads), to_heads(self.k_norm_cam(kc), self.heads),
+                to_heads(vc, self.heads), camera, rms_clip=self.config.ucpe_rms_clip,
+            )
             cam = self._attend(qc_u, kc_u, vc_u, mask, None if state is None else state.cam, self.padded_scale)
             cam = apply_ucpe(cam, camera.p, camera.rotary, inverse_rope=True).flatten(2)
             raw = raw + self.out_proj_cam(cam)

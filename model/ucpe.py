@@ -90,6 +90,18 @@ def apply_ucpe(x: torch.Tensor, matrix: torch.Tensor, rotary: Rotary, *, inverse
     return torch.cat((projected, rotated), dim=-1)
 
 
+def encode_camera_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, camera: CameraGeometry, *, rms_clip: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UCPE-encode camera-branch q (with Pᵀ) and k, v (with P⁻¹), all [B, N, H, D]; optionally RMS-clipped."""
+    heads = k.shape[2]
+    q_u = apply_ucpe(q, camera.p_t, camera.rotary)
+    k_u, v_u = apply_ucpe(torch.cat((k, v), dim=2), camera.p_inv, camera.rotary).split(heads, dim=2)
+    if rms_clip:
+        q_u, k_u, v_u = (clip_to_reference_rms(a, b) for a, b in ((q, q_u), (k, k_u), (v, v_u)))
+    return q_u, k_u, v_u
+
+
 def clip_to_reference_rms(reference: torch.Tensor, transformed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """diffusers' PostUCPERenorm: shrink each head vector [..., D] to at most the reference's RMS."""
     ref = reference.square().mean(-1, keepdim=True).add(eps).sqrt()
