@@ -1,0 +1,177 @@
+"""Recipes: the chunk-causal flow-matching teacher and its few-step ODE-trajectory distillation.
+
+Teacher (`TeacherLoss`): a clip of T latents in the streaming layout [1 + c, c, ...]; every chunk gets
+its own shifted logit-normal σ (diffusion forcing), some context chunks are clean as in streaming,
+frame 0 is the clean image; the model runs `forward_chunk_causal` with the streaming KV window and
+regresses v = ε − x₀ on the noisy frames.
+
+Distillation: the teacher rolls each clip out chunk by chunk through the streaming API
+(`teacher_rollout`: many Euler steps per chunk on a grid containing every σ of the distilled list,
+committing its own clean chunk as a live walk does), keeping x at each distilled σ and the final x₀.
+The student (`DistilLoss`) sees chunk inputs taken from those trajectories at a random distilled σ
+(or the teacher's clean chunk as context) and regresses the velocity that jumps straight to the
+teacher's x₀: v* = (x_σ − x₀_teacher) / σ. Then the live loop's few Euler steps follow the teacher's
+many-step ODE.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from train.data import LatentClips
+from train.flow import add_noise, chunk_index_of_frames, chunk_layout, masked_mse, per_chunk_sigmas, shift_sigmas
+
+
+class TeacherLoss:
+    """Flow matching with per-chunk noise levels on cached latents (see the module docstring)."""
+
+    def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, shift: float,
+                 p_clean_context: float, refresh_every: int = 200):
+        if len(clips) == 0:
+            raise ValueError(f"no encoded clips in {clips.directory}")
+        self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
+        self.shift, self.p_clean_context, self.refresh_every = shift, p_clean_context, refresh_every
+
+    def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if step and step % self.refresh_every == 0:
+            self.clips.refresh()
+        indices = torch.randint(len(self.clips), (self.batch_size,), generator=rng).tolist()
+        batch = self.clips.batch(indices)
+        x0 = batch["latents"]  # [B, C, T, h, w]
+        sizes = chunk_layout(x0.shape[2], self.chunk_latents)
+        sigma = per_chunk_sigmas(x0.shape[0], sizes, self.shift, self.p_clean_context, rng)  # [B, T]
+        noise = torch.randn(x0.shape, generator=rng)
+        device = next(net.parameters()).device
+        x_t = add_noise(x0, sigma, noise)
+        v = net(x_t.to(device), (sigma * 1000.0)[:, None].to(device), batch["camera_conditions"].to(device),
+                batch["chunk_plucker"].to(device), sizes)
+        loss = masked_mse(v, (noise - x0).to(device), (sigma > 0).float().to(device))
+        return loss, {"clips": len(self.clips)}
+
+
+def teacher_grid(distilled: Sequence[float], steps: int, shift: float) -> list[float]:
+    """A `steps`-step shifted grid from 1 to 0, merged with every σ of `distilled` (descending, unique)."""
+    base = shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).tolist()
+    merged = sorted({round(s, 6) for s in base} | {round(float(s), 6) for s in distilled}, reverse=True)
+    return merged
+
+
+@torch.no_grad()
+def teacher_rollout(model, image_latent: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
+                    chunk_sizes: Sequence[int], grid: Sequence[float], keep: Sequence[float],
+                    noise: torch.Tensor, kv_window_chunks: int, sink: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk-by-chunk streaming rollout of a batch from its clean image latent.
+
+    Args:
+        image_latent: [B, C, 1, h, w]; camera [B, T, 20]; plucker [B, 6s, T, h, w]; noise [B, C, T, h, w]
+            (frame 0's is unused).
+        grid: descending σ from 1 to 0 (Euler steps); keep: the σ (all in grid, 0 excluded) to record.
+    Returns:
+        trajectory [B, K, C, T, h, w] (x at each σ of `keep`; frame 0 = the image) and x0 [B, C, T, h, w].
+    """
+    batch = image_latent.shape[0]
+    keep_index = {round(float(s), 6): k for k, s in enumerate(keep)}
+    grid = [round(float(s), 6) for s in grid]
+    missing = [s for s in keep_index if s not in grid]
+    if missing:
+        raise ValueError(f"σ {missing} to record are not on the teacher grid")
+    text, mask = model.null_text(batch)
+    state = model.init_stream_state(batch, latent_hw=tuple(image_latent.shape[-2:]), kv_window_chunks=kv_window_chunks, sink=sink)
+    trajectory = noise.new_zeros((batch, len(keep)) + tuple(noise.shape[1:]))
+    x0 = noise.new_zeros(noise.shape)
+    trajectory[:, :, :, :1] = image_latent[:, None]
+    x0[:, :, :1] = image_latent
+    start = 0
+    for c, size in enumerate(chunk_sizes):
+        sl = slice(start, start + size)
+        x = noise[:, :, sl].clone()
+        if c == 0:
+            x[:, :, :1] = image_latent
+        cam, pl = camera[:, sl], plucker[:, :, sl]
+        for sigma, sigma_next in zip(grid[:-1], grid[1:]):
+            if sigma in keep_index:
+                trajectory[:, keep_index[sigma], :, sl] = x
+                if c == 0:
+                    trajectory[:, keep_index[sigma], :, :1] = image_latent
+            timestep = torch.full((batch, 1, size), sigma * 1000.0, device=x.device)
+            if c == 0:
+                timestep[:, :, 0] = 0.0
+            v = model.stream_forward(x, timestep, text, mask, cam, pl, state)
+            x = x + (sigma_next - sigma) * v
+            if c == 0:
+                x[:, :, :1] = image_latent
+        x0[:, :, sl] = x
+        state = model.stream_commit(x, text, mask, cam, pl, state)
+        start += size
+    return trajectory, x0
+
+
+class DistilLoss:
+    """ODE-trajectory distillation onto the distilled σ list (see the module docstring).
+
+    `pairs`: {"trajectory" [N, K, C, T, h, w], "x0" [N, C, T, h, w], "camera_conditions" [N, T, 20],
+    "chunk_plucker" [N, 6s, T, h, w], "sigmas" [K]} from `teacher_rollout`.
+    """
+
+    def __init__(self, pairs: dict[str, torch.Tensor], batch_size: int, chunk_latents: int, p_clean_context: float):
+        self.pairs, self.batch_size, self.chunk_latents = pairs, batch_size, chunk_latents
+        self.p_clean_context = p_clean_context
+        self.sigmas = pairs["sigmas"].float()  # [K]
+        if not bool((self.sigmas > 0).all()):
+            raise ValueError(f"distillation σ must all be > 0 (0 is the clean end), got {self.sigmas.tolist()}")
+
+    def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        n = self.pairs["x0"].shape[0]
+        idx = torch.randint(n, (self.batch_size,), generator=rng)
+        traj = self.pairs["trajectory"][idx].float()  # [B, K, C, T, h, w]
+        x0 = self.pairs["x0"][idx].float()  # [B, C, T, h, w]
+        batch, n_levels, _, frames = traj.shape[:4]
+        sizes = chunk_layout(frames, self.chunk_latents)
+        level = torch.randint(n_levels, (batch, len(sizes)), generator=rng)  # [B, K_chunks]
+        clean = torch.rand((batch, len(sizes)), generator=rng) < self.p_clean_context
+        clean[:, -1] = False
+        chunk_of = chunk_index_of_frames(sizes)
+        level_f, clean_f = level[:, chunk_of], clean[:, chunk_of]  # [B, T]
+        x_in = torch.gather(traj, 1, level_f[:, None, None, :, None, None].expand(-1, 1, *traj.shape[2:]).contiguous())[:, 0]
+        x_in = torch.where(clean_f[:, None, :, None, None], x0, x_in)
+        sigma = torch.where(clean_f, torch.zeros(()), self.sigmas[level_f])  # [B, T]
+        sigma[:, 0] = 0.0
+        x_in[:, :, :1] = x0[:, :, :1]
+        target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        device = next(net.parameters()).device
+        v = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), self.pairs["camera_conditions"][idx].float().to(device),
+                self.pairs["chunk_plucker"][idx].float().to(device), sizes)
+        loss = masked_mse(v, target.to(device), (sigma > 0).float().to(device))
+        return loss, {}
+
+
+def make_pairs(model, clips: LatentClips, count: int, batch_size: int, chunk_latents: int, distilled: Sequence[float],
+               teacher_steps: int, shift: float, kv_window_chunks: int, sink: bool, seed: int = 0,
+               progress: bool = True) -> dict[str, torch.Tensor]:
+    """Teacher rollouts of the first `count` clips -> the `DistilLoss` pairs (stored as float16)."""
+    keep = [float(s) for s in distilled if s > 0]
+    grid = teacher_grid(distilled, teacher_steps, shift)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list[torch.Tensor]] = {"trajectory": [], "x0": [], "camera_conditions": [], "chunk_plucker": []}
+    model = model.eval()
+    batches = range(0, min(count, len(clips)), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="teacher rollouts")
+    for start in batches:
+        indices = list(range(start, min(start + batch_size, count, len(clips))))
+        b = clips.batch(indices)
+        lat = b["latents"]
+        sizes = chunk_layout(lat.shape[2], chunk_latents)
+        noise = torch.randn(lat.shape, generator=gen)
+        traj, x0 = teacher_rollout(model, lat[:, :, :1], b["camera_conditions"], b["chunk_plucker"], sizes, grid, keep,
+                                   noise, kv_window_chunks, sink)
+        out["trajectory"].append(traj.half())
+        out["x0"].append(x0.half())
+        out["camera_conditions"].append(b["camera_conditions"])
+        out["chunk_plucker"].append(b["chunk_plucker"].half())
+    pairs = {k: torch.cat(v) for k, v in out.items()}
+    pairs["sigmas"] = torch.tensor(keep)
+    return pairs

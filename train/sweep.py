@@ -1,0 +1,119 @@
+"""The tiny-size sweep: streaming fps of candidate model sizes on this machine, VAE decode included.
+
+    python run.py train sweep --write-docs        # -> docs/tiny_sweep.md
+
+Each candidate runs the live loop (`streaming.generator.ChunkGenerator`: 4 Euler steps, a commit, the
+VAE's stream decode) for a few chunks from a sim start frame and reports the median chunk time and
+fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching validation loss after
+a fixed number of training steps on the latent cache (lower is better), when a cache is given.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import ModelConfig, WorldModel
+
+DOCS_SWEEP = Path(__file__).resolve().parent.parent / "docs" / "tiny_sweep.md"
+
+# name -> changes to ModelConfig.preset("tiny") (in/plucker channels are set from the VAE)
+CANDIDATES: dict[str, dict] = {
+    "h64-d4": dict(hidden_size=64, depth=4, head_dim=32, num_cross_heads=2),
+    "h96-d4": dict(hidden_size=96, depth=4, head_dim=32, num_cross_heads=3),
+    "h128-d4": dict(hidden_size=128, depth=4, head_dim=32, num_cross_heads=4),
+    "h128-d6": dict(hidden_size=128, depth=6, head_dim=32, num_cross_heads=4, softmax_every_n=3),
+    "h192-d6": dict(hidden_size=192, depth=6, head_dim=32, num_cross_heads=6, softmax_every_n=3),
+}
+
+
+def candidate_config(name: str, vae) -> ModelConfig:
+    if name not in CANDIDATES:
+        raise ValueError(f"unknown sweep candidate {name!r}; known: {sorted(CANDIDATES)}")
+    return ModelConfig.preset("tiny").replace(
+        in_channels=vae.latent_channels, out_channels=vae.latent_channels,
+        plucker_channels=6 * vae.temporal_stride, **CANDIDATES[name])
+
+
+def stream_fps(model: WorldModel, vae, size: int, chunks: int = 6, chunk_latents: int = 2) -> tuple[float, float]:
+    """(median ms per chunk after the first, fps) of the live loop at size×size."""
+    from sim import default_intrinsics
+    from sim.clips import sample_trajectory
+    from sim.world import Scene
+    from streaming.generator import ChunkGenerator, GeneratorConfig
+
+    scene = Scene.from_seed(1_000_003)
+    K = default_intrinsics(size, size)
+    gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=chunk_latents), (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    n_frames = 1 + vae.temporal_stride * chunk_latents * chunks
+    poses = sample_trajectory(scene, 0, 8 * ((n_frames + 7) // 8) + 1)[:n_frames]
+    gen.start(scene.render(poses[:1], K, size, size).rgb[0], poses[0])
+    times, start = [], 0
+    for _ in range(chunks):
+        n = gen.frames_for_next_chunk()
+        t0 = time.perf_counter()
+        gen.step(poses[start:start + n])
+        times.append(time.perf_counter() - t0)
+        start += n
+    ms = statistics.median(times[1:]) * 1e3
+    return ms, vae.temporal_stride * chunk_latents / (ms / 1e3)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--vae", default=None,
+                        help="TinyVAE weights (default: the installed ones; 'random' = untrained, same speed)")
+    parser.add_argument("--sizes", default="128,256", help="square frame sizes to time")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the server's worker uses cores - 1)")
+    parser.add_argument("--write-docs", action="store_true", help=f"write {DOCS_SWEEP.name}")
+
+
+def main(args) -> int:
+    from common.bench import machine_description, markdown_table
+    from model.vae import TinyVAE, load_tiny_vae
+
+    torch.set_num_threads(args.threads)
+    vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for name in args.candidates.split(","):
+        torch.manual_seed(0)
+        config = candidate_config(name, vae)
+        model = WorldModel(config).eval()
+        params = sum(p.numel() for p in model.parameters())
+        for size in sizes:
+            ms, fps = stream_fps(model, vae, size)
+            rows.append([name, f"{params / 1e6:.2f} M", f"{size}×{size}", f"{ms:.0f}", f"{fps:.1f}", "yes" if fps >= 16 else "no"])
+            print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps", flush=True)
+    vae_ms = []
+    for size in sizes:
+        z = torch.randn(1, vae.latent_channels, 2, size // vae.spatial_stride, size // vae.spatial_stride)
+        dec = vae.stream_decoder(1)
+        with torch.inference_mode():
+            dec.decode_chunk(torch.randn(1, vae.latent_channels, 1, *z.shape[-2:]))
+            t = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                dec.decode_chunk(z)
+                t.append(time.perf_counter() - t0)
+        vae_ms.append(f"{size}×{size}: {statistics.median(t) * 1e3:.0f} ms")
+    table = markdown_table(["candidate", "params", "frames", "ms / chunk (median)", "fps", "≥ 16 fps"], rows)
+    body = (
+        "# Tiny model size sweep\n\n"
+        "Written by `python run.py train sweep --write-docs` (train/sweep.py). The live loop of "
+        "`streaming.generator.ChunkGenerator`: chunks of 2 latents = 8 frames = 0.5 s at 16 fps, 4 Euler steps, "
+        "one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
+        f"torch threads = {args.threads}, median over chunks 2–6 of one walk.\n\n"
+        f"Machine: {machine_description()} (shared with other jobs while measured, so figures are pessimistic).\n\n"
+        f"{table}\n\nTinyVAE stream decode of one 8-frame chunk alone: {', '.join(vae_ms)}.\n"
+    )
+    print(body)
+    if args.write_docs:
+        previous = DOCS_SWEEP.read_text() if DOCS_SWEEP.exists() else ""
+        marker = "\n## Choice\n"
+        choice = previous[previous.index(marker):] if marker in previous else ""
+        DOCS_SWEEP.write_text(body + choice)
+    return 0

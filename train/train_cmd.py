@@ -1,0 +1,210 @@
+"""Train, distil and size the embedded tiny SANA-WM on the procedural world.
+
+Reproduce the shipped weights (model/weights/roam_tiny.safetensors + .json) with one command:
+
+    python run.py train embedded
+
+which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.jsonl):
+  1. prepare  render training clips of the sim and encode them with the installed TinyVAE (data/, cached)
+  2. teacher  chunk-causal flow matching with per-chunk noise levels (diffusion forcing)
+  3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (1, .96, .889, .727, 0)
+  4. export   the student's EMA weights to model/weights/
+
+Stages can also run alone (`python run.py train teacher ...`), under torchrun for several processes
+(`torchrun --nproc-per-node 2 run.py train teacher ...`). `python run.py train sweep` times candidate
+sizes for docs/tiny_sweep.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+STAGES = ("embedded", "prepare", "teacher", "distil", "sweep")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stage", choices=STAGES, help="what to run (embedded = every stage in order)")
+    parser.add_argument("--vae", default=None, help="TinyVAE weights (default: model/vae/weights/tiny_vae.safetensors)")
+    parser.add_argument("--data", default="data", help="cache folder for clips and latents")
+    parser.add_argument("--run-dir", default="runs/embedded", help="checkpoints and logs (one folder per stage)")
+    parser.add_argument("--out", default=None, help="weights to write (default: model/weights/roam_tiny.safetensors)")
+    parser.add_argument("--clips", type=int, default=600, help="training clips to render and encode")
+    parser.add_argument("--frames", type=int, default=49, help="frames per training clip (8k+1)")
+    parser.add_argument("--size", type=int, default=128, help="square frame size of training clips")
+    parser.add_argument("--teacher-steps", type=int, default=4000)
+    parser.add_argument("--teacher-minutes", type=float, default=0.0, help="wall-clock cap of the teacher (0 = none)")
+    parser.add_argument("--distil-steps", type=int, default=1500)
+    parser.add_argument("--distil-minutes", type=float, default=0.0)
+    parser.add_argument("--pairs", type=int, default=256, help="teacher rollouts for distillation")
+    parser.add_argument("--rollout-steps", type=int, default=24, help="teacher Euler steps per chunk")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--shift", type=float, default=3.0, help="timestep shift s of σ' = sσ / (1 + (s−1)σ)")
+    parser.add_argument("--p-clean-context", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    # sweep options
+    parser.add_argument("--sizes", default="128,256", help="sweep: frame sizes")
+    parser.add_argument("--candidates", default=None, help="sweep: candidate names (default: all)")
+    parser.add_argument("--write-docs", action="store_true", help="sweep: write docs/tiny_sweep.md")
+
+
+def _model_config(vae):
+    from model import ModelConfig
+
+    # The sweep's choice (docs/tiny_sweep.md): the `tiny` preset's numbers in the VAE's latent space.
+    return ModelConfig.preset("tiny").replace(
+        in_channels=vae.latent_channels, out_channels=vae.latent_channels, plucker_channels=6 * vae.temporal_stride)
+
+
+def _generator_defaults():
+    from streaming.generator import GeneratorConfig
+
+    return GeneratorConfig()
+
+
+def _vae_path(args) -> Path:
+    from model.vae import DEFAULT_WEIGHTS
+
+    path = Path(args.vae) if args.vae else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"TinyVAE weights {path} not found: train them first (python -m train.vae) or pass --vae")
+    return path
+
+
+def _latents_dir(args) -> Path:
+    from train.data import vae_tag
+
+    return Path(args.data) / "latents" / vae_tag(_vae_path(args)) / "train"
+
+
+def run_prepare(args) -> None:
+    from model.vae import load_tiny_vae
+    from train.data import encode_clip_file, render_clip_file
+
+    vae = load_tiny_vae(_vae_path(args))
+    out = _latents_dir(args)
+    iterator = range(args.clips)
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="prepare clips")
+    for index in iterator:
+        clip = render_clip_file(Path(args.data) / "clips", "train", index, args.frames, args.size)
+        encode_clip_file(vae, clip, out / f"{clip.stem}.pt")
+
+
+def run_teacher(args):
+    from model.vae import load_tiny_vae
+    from train.data import LatentClips
+    from train.recipes import TeacherLoss
+    from train.trainer import LoopConfig, build_model, train_loop
+
+    gen = _generator_defaults()
+    vae = load_tiny_vae(_vae_path(args))
+    clips = LatentClips(_latents_dir(args))
+    loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context)
+    model = build_model(_model_config(vae), seed=args.seed)
+    loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
+                      lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    return train_loop(model, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink,
+                      extra_state={"vae_tag": _latents_dir(args).parent.name})
+
+
+def run_distil(args, teacher=None):
+    import torch
+
+    from train.data import LatentClips
+    from train.recipes import DistilLoss, make_pairs
+    from train.trainer import LoopConfig, distributed, train_loop
+
+    gen = _generator_defaults()
+    run_dir = Path(args.run_dir)
+    if teacher is None:
+        teacher = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt")
+    rank, world, _ = distributed()
+    pairs_path = run_dir / "distil_pairs.pt"
+    if not pairs_path.exists():
+        if rank == 0:
+            clips = LatentClips(_latents_dir(args))
+            pairs = make_pairs(teacher, clips, args.pairs, 8, gen.chunk_latents, gen.sigmas, args.rollout_steps,
+                               args.shift, gen.kv_window_chunks, gen.sink, seed=args.seed, progress=not args.no_progress)
+            torch.save(pairs, pairs_path.with_suffix(".tmp"))
+            pairs_path.with_suffix(".tmp").replace(pairs_path)
+        if world > 1:
+            torch.distributed.barrier()
+    pairs = torch.load(pairs_path, weights_only=True)
+    student = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt").train()
+    loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context)
+    loop = LoopConfig(run_dir=str(run_dir / "distil"), steps=args.distil_steps, minutes=args.distil_minutes,
+                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 1, progress=not args.no_progress)
+    return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
+
+
+def _load_checkpoint_ema(path: Path):
+    import torch
+
+    from model import ModelConfig, WorldModel
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (run its stage first)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = WorldModel(ModelConfig.from_dict(saved["model_config"]))
+    model.load_state_dict(saved["ema"])
+    return model.eval()
+
+
+def run_export(args, ema) -> Path:
+    from train.data import vae_tag
+    from train.embedded import EMBEDDED_WEIGHTS, save_weights
+
+    gen = _generator_defaults()
+    out = Path(args.out) if args.out else EMBEDDED_WEIGHTS
+    info = {
+        "vae_tag": vae_tag(_vae_path(args)),
+        "generator": {"chunk_latents": gen.chunk_latents, "sigmas": list(gen.sigmas),
+                      "kv_window_chunks": gen.kv_window_chunks, "sink": gen.sink},
+        "trained_on": {"frames": args.frames, "size": args.size, "clips": args.clips},
+        "command": "python run.py train embedded",
+    }
+    for stage in ("teacher", "distil"):
+        log = Path(args.run_dir) / stage / "log.jsonl"
+        if log.exists():
+            lines = log.read_text().strip().splitlines()
+            if lines:
+                last = json.loads(lines[-1])
+                info[f"{stage}_steps"] = last["step"]
+                info[f"{stage}_last_loss"] = round(last["loss"], 5)
+    return save_weights(ema, out, info)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.stage == "sweep":
+        from train import sweep
+
+        sweep_args = argparse.Namespace(vae=args.vae, sizes=args.sizes, threads=args.threads, write_docs=args.write_docs,
+                                        candidates=args.candidates or ",".join(sweep.CANDIDATES))
+        return sweep.main(sweep_args)
+    from train.trainer import distributed
+
+    rank, _, _ = distributed()
+    if args.stage in ("prepare", "embedded") and rank == 0:
+        run_prepare(args)
+    if args.stage == "prepare":
+        return 0
+    if args.stage == "embedded" and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    teacher = None
+    if args.stage in ("teacher", "embedded"):
+        _, teacher, _ = run_teacher(args)
+    if args.stage in ("distil", "embedded"):
+        _, student, _ = run_distil(args, teacher)
+        if args.stage == "embedded" and rank == 0:
+            path = run_export(args, student)
+            print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0

@@ -1,0 +1,213 @@
+"""The training loop shared by the teacher and distillation recipes: DDP, EMA, resumable checkpoints, logs.
+
+    torchrun --nproc-per-node N run.py train teacher --data ... --run-dir runs/teacher
+
+Runs as one process or under `torchrun` (DDP: gloo on CPU, nccl on CUDA; the environment variables
+torchrun sets decide). Every rank draws its own batches and noise (seed + rank); DDP averages the
+gradients, so every rank holds the same weights after every step. Rank 0 writes
+`run_dir/log.jsonl` (one JSON object per logged step), `run_dir/checkpoint.pt` (model, EMA, optimiser,
+step, RNG: a restarted run continues where it stopped) and shows a tqdm bar.
+
+A recipe is a `loss_fn(net, batch_rng, step) -> (loss, metrics)`; `net` is the DDP-wrapped
+`ChunkCausalNet` whose forward is `WorldModel.forward_chunk_causal`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from model import ModelConfig, WorldModel
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimisation settings of one run."""
+
+    run_dir: str
+    steps: int = 1000
+    minutes: float = 0.0  # wall-clock budget; 0 = none (steps decide)
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    log_every: int = 10
+    checkpoint_every_s: float = 120.0
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.minutes < 0:
+            raise ValueError(f"steps must be >= 1 and minutes >= 0, got steps={self.steps}, minutes={self.minutes}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.lr > 0 or self.warmup_steps < 0:
+            raise ValueError(f"need lr > 0 and warmup_steps >= 0, got lr={self.lr}, warmup_steps={self.warmup_steps}")
+
+
+class ChunkCausalNet(nn.Module):
+    """`WorldModel.forward_chunk_causal` as a module's forward, so DDP sees (and syncs) the call."""
+
+    def __init__(self, model: WorldModel, kv_window_chunks: int | None, sink: bool):
+        super().__init__()
+        self.model = model
+        self.kv_window_chunks = kv_window_chunks
+        self.sink = sink
+
+    def forward(self, x, timestep, camera_conditions, chunk_plucker, chunk_sizes):
+        text, mask = self.model.null_text(x.shape[0])
+        return self.model.forward_chunk_causal(
+            x, timestep, text, mask, camera_conditions, chunk_plucker,
+            chunk_sizes=chunk_sizes, kv_window_chunks=self.kv_window_chunks, sink=self.sink)
+
+
+def distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device), starting the process group when torchrun launched us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _lr_at(step: int, cfg: LoopConfig, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def train_loop(
+    model: WorldModel,
+    loss_fn: Callable[[nn.Module, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]],
+    cfg: LoopConfig,
+    *,
+    kv_window_chunks: int | None,
+    sink: bool,
+    extra_state: dict | None = None,
+) -> tuple[WorldModel, WorldModel, list[dict]]:
+    """Train `model` in place; returns (model, EMA copy, logged records of this process).
+
+    Resumes from `run_dir/checkpoint.pt` when it exists. The loop stops at `cfg.steps` or when
+    `cfg.minutes` of wall clock have passed (the stop decision is rank 0's, broadcast to all ranks).
+    """
+    rank, world, device = distributed()
+    run_dir = Path(cfg.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    step = 0
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["model_config"] != model.config.to_dict():
+            raise ValueError(f"{checkpoint} holds a model of config {saved['model_config']}, not {model.config.to_dict()}")
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+        rng.set_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+    net: nn.Module = ChunkCausalNet(model, kv_window_chunks, sink)
+    if world > 1:
+        # The up/latitude raymap branch is in the checkpoint but unused by the release path.
+        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+
+    records: list[dict] = []
+    start = time.monotonic()
+    last_checkpoint = start
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=run_dir.name, dynamic_ncols=True)
+    log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    try:
+        while step < cfg.steps:
+            lr = _lr_at(step, cfg, cfg.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, metrics = loss_fn(net, rng, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            optimizer.step()
+            _ema_update(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
+            step += 1
+            record = {"step": step, "loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm,
+                      "elapsed_s": round(time.monotonic() - start, 2), "rank": rank, **metrics}
+            records.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if log_file is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            # Rank 0's clock decides stopping and checkpointing, so every rank takes the same branch.
+            now = time.monotonic()
+            flags = torch.tensor([int(bool(cfg.minutes) and now - start >= cfg.minutes * 60),
+                                  int(now - last_checkpoint >= cfg.checkpoint_every_s)])
+            if world > 1:
+                dist.broadcast(flags, 0)
+            stop = bool(flags[0])
+            if flags[1] or stop or step == cfg.steps:
+                _save(checkpoint, model, ema, optimizer, step, rng, world, cfg, extra_state, rank)
+                last_checkpoint = now
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+    return model, ema, records
+
+
+def _save(path: Path, model, ema, optimizer, step, rng, world, cfg, extra_state, rank) -> None:
+    states = [rng.get_state()]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, rng.get_state())
+        states = gathered
+    if rank != 0:
+        return
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "step": step, "rng": states, "model_config": model.config.to_dict(), "loop": asdict(cfg),
+        "extra": extra_state or {},
+    }, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(config: ModelConfig, init: str | Path | None = None, seed: int = 0) -> WorldModel:
+    """A fresh model (seeded, so every rank starts equal) or one loaded from roam weights `init`."""
+    if init is not None:
+        from train.embedded import load_weights
+
+        return load_weights(init)
+    torch.manual_seed(seed)
+    return WorldModel(config)
