@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectory", default="orbit", help="preset name, action string or trajectory file")
     parser.add_argument("--out", type=Path, required=True, help="output video (.mp4)")
     parser.add_argument("--depth-out", type=Path, default=None, help="also write the z-depth in metres as .npy [F, H, W]")
+    parser.add_argument("--png-out", type=Path, default=None, help="also write the first frame as a PNG still")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--seconds", type=float, default=None, help="length of a preset (default: 5 s, snapped to 8k+1 frames)")
@@ -96,6 +97,11 @@ def main(args: argparse.Namespace) -> int:
     if args.depth_out is not None:
         args.depth_out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.depth_out, result.depth)
+    if args.png_out is not None:
+        from PIL import Image
+
+        args.png_out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(result.rgb[0]).save(args.png_out)
     print(f"wrote {args.out} ({len(poses)} frames, {args.width}x{args.height}, {codec}, scene {args.scene} "
-          f"'{scene.theme.name}')" + (f" and depth {args.depth_out}" if args.depth_out else ""))
+          f"'{scene.theme.name}')" + "".join(f", {p}" for p in (args.depth_out, args.png_out) if p is not None))
     return 0

@@ -114,7 +114,9 @@ def _render_batch(scene, poses: np.ndarray, intrinsics, width: int, height: int)
     theme = scene.theme
     inv_len = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz)
     elevation = np.clip(-dy * inv_len, 0.0, 1.0)
-    rise = np.sqrt(elevation)
+    # Fog also veils the sky: the gradient and the clouds fade towards the horizon colour.
+    sky_clear = math.exp(-25.0 * scene.fog_density)
+    rise = np.sqrt(elevation) * f32(sky_clear)
     sun = scene.sun_dir
     cos_sun = (dx * sun[0] + dy * sun[1] + dz * sun[2]) * inv_len
     c2 = np.maximum(cos_sun, 0.0)
@@ -166,7 +168,7 @@ def _render_batch(scene, poses: np.ndarray, intrinsics, width: int, height: int)
     # 6. Haze: exponential fog plus a ramp that reaches the horizon colour at the far distance. Sky
     # rays (depth inf) get the plain sky gradient here and their clouds and sun just below.
     dist = depth / inv_len
-    clear = np.exp(f32(-theme.fog_density) * dist) * (f32(1.0) - smoothstep(0.5 * scene.far, scene.far, dist))
+    clear = np.exp(f32(-scene.fog_density) * dist) * (f32(1.0) - smoothstep(0.5 * scene.far, scene.far, dist))
     for channel, fog in zip(rgb, sky):
         channel -= fog
         channel *= clear
@@ -197,7 +199,7 @@ def _sky_details(scene, sky, elevation, cos_sun, dx, dy, dz, ox, oz, fx) -> list
         length = np.sqrt(dx[up] ** 2 + dy[up] ** 2 + dz[up] ** 2)
         footprint = t * length / (fx * np.sqrt(elevation[up]))
         (cover,) = scene.clouds.sample(ox[up] + t * dx[up], oz[up] + t * dz[up], footprint)
-        cover *= f32(0.85) * smoothstep(0.01, 0.12, elevation[up])
+        cover *= f32(0.85 * math.exp(-25.0 * scene.fog_density)) * smoothstep(0.01, 0.12, elevation[up])
         for channel, sun_c, horizon_c in zip(sky, theme.sun_color, theme.sky_horizon):
             shade = f32(0.75 * (0.9 * sun_c + 0.1) + 0.25 * horizon_c)
             part = channel[up]

@@ -24,6 +24,8 @@ from sim.themes import THEMES, Theme
 PERIOD_M = 96.0
 FAR_M = 44.0
 EYE_HEIGHT_M = 1.6
+FOGGY_SHARE = 0.2
+FOGGY_DENSITY = (0.035, 0.07)  # 1/m: visibility of roughly 40 to 85 m
 MAX_SEED = 2**63 - 1
 
 
@@ -53,9 +55,13 @@ class Scene:
     """One procedural world. Build with `Scene.from_seed`; render with `render`."""
 
     def __init__(self, seed: int, theme: Theme, sun_dir: np.ndarray, prims: Primitives, ground: MipTexture,
-                 detail: MipTexture, clouds: MipTexture, period: float = PERIOD_M, far: float = FAR_M) -> None:
+                 detail: MipTexture, clouds: MipTexture, period: float = PERIOD_M, far: float = FAR_M,
+                 fog_density: float | None = None) -> None:
         if not 0 < far <= period / 2:
             raise ValueError(f"far={far} must lie in (0, period / 2 = {period / 2}]")
+        fog_density = theme.fog_density if fog_density is None else fog_density
+        if not (isinstance(fog_density, (int, float)) and 0 <= fog_density <= 1):
+            raise ValueError(f"fog_density must be a number in [0, 1] per metre, got {fog_density!r}")
         self.seed = seed
         self.theme = theme
         self.sun_dir = sun_dir.astype(np.float32)  # [3] unit vector towards the sun (sun_dir[1] < 0)
@@ -65,13 +71,21 @@ class Scene:
         self.clouds = clouds
         self.period = float(period)
         self.far = float(far)
+        self.fog_density = float(fog_density)  # 1/m of exponential fog, on top of the haze that ends at `far`
 
     @classmethod
-    def from_seed(cls, seed: int, theme: str | None = None) -> Scene:
-        """The scene of `seed` (an int in [0, 2**63)); `theme` picks a look, None lets the seed pick."""
+    def from_seed(cls, seed: int, theme: str | None = None, fog: bool | None = None) -> Scene:
+        """The scene of `seed` (an int in [0, 2**63)).
+
+        theme: the look (one of `THEMES`); None lets the seed pick. fog: True for a foggy day (fog
+        density FOGGY_DENSITY instead of the theme's light haze), False for none; None lets the seed
+        pick (one scene in FOGGY_SHARE is foggy).
+        """
         check_seed(seed)
         if theme is not None and theme not in THEMES:
             raise ValueError(f"unknown theme {theme!r}; known themes: {sorted(THEMES)}")
+        if fog is not None and not isinstance(fog, bool):
+            raise ValueError(f"fog must be True, False or None, got {fog!r}")
         rng = np.random.default_rng([seed, 0x5CE1E])
         names = sorted(THEMES)
         theme_name = names[int(rng.integers(len(names)))] if theme is None else theme
@@ -84,7 +98,9 @@ class Scene:
         ground = bake_ground(rng, th, prims, sun_dir, PERIOD_M)
         detail = bake_detail(rng, th.grain)
         clouds = bake_clouds(rng, th.clouds)
-        return cls(seed, th, sun_dir, prims, ground, detail, clouds)
+        foggy = rng.random() < FOGGY_SHARE if fog is None else fog
+        density = rng.uniform(*FOGGY_DENSITY) if foggy else th.fog_density
+        return cls(seed, th, sun_dir, prims, ground, detail, clouds, fog_density=density)
 
     def render(self, world_T_cam, K, width: int, height: int) -> RenderResult:
         """RGB and z-depth seen by pinhole cameras.

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.cli import main as cli_main
 from sim.clips import EVAL_SEED_BASE, sample_clip
@@ -38,11 +39,12 @@ def test_eval_set_round_trips(tmp_path, workers):
 
 
 def test_render_command_writes_a_readable_video(tmp_path):
-    out, depth_out = tmp_path / "gt.mp4", tmp_path / "gt_depth.npy"
+    out, depth_out, png_out = tmp_path / "gt.mp4", tmp_path / "gt_depth.npy", tmp_path / "first.png"
     code = cli_main(["render", "--scene", "7", "--trajectory", "orbit", "--out", str(out), "--seconds", "1",
-                     "--width", "48", "--height", "32", "--depth-out", str(depth_out)])
+                     "--width", "48", "--height", "32", "--depth-out", str(depth_out), "--png-out", str(png_out)])
     assert code == 0
     frames = read_frames(out)
+    assert np.asarray(Image.open(png_out)).shape == (32, 48, 3)
     assert preset_frames(1.0, 16.0) == 17
     assert frames.shape == (17, 32, 48, 3)
     depth = np.load(depth_out)
