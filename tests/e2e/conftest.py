@@ -1,7 +1,7 @@
 """Browser-test fixtures: the roam server in a subprocess and a fresh headless Debian chromium.
 
-The server is `python run.py serve --port <free port>` (the stub in `stub_server.py` stands in only
-while `app/serve_cmd.py` has not landed). Chromium is driven through Playwright's sync API with
+The server is the real app, `python run.py serve --port <free port>`, serving the embedded default
+model (seeded random weights until trained ones are installed). Chromium is driven through Playwright's sync API with
 `executable_path`, because Playwright's own browser download is not available offline.
 """
 from __future__ import annotations
@@ -41,7 +41,6 @@ SERVER_START_TIMEOUT_S = 120.0
 class RunningServer:
     url: str
     process: subprocess.Popen
-    kind: str  # "real" or "stub"
 
 
 def _free_port() -> int:
@@ -50,10 +49,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_command(port: int) -> tuple[list[str], str]:
-    if (REPO / "app" / "serve_cmd.py").exists():
-        return [sys.executable, "run.py", "serve", "--port", str(port)], "real"
-    return [sys.executable, "-m", "tests.e2e.stub_server", "--port", str(port)], "stub"
+def _server_command(port: int) -> list[str]:
+    return [sys.executable, "run.py", "serve", "--port", str(port)]
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -74,14 +71,14 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    command, kind = _server_command(port)
+    command = _server_command(port)
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_serving(url, process, log)
-        yield RunningServer(url=url, process=process, kind=kind)
+        yield RunningServer(url=url, process=process)
     finally:
         process.terminate()
         try:
@@ -90,7 +87,7 @@ def server(tmp_path_factory):
             process.kill()
             process.wait()
         if process.returncode not in (0, -15, None):
-            print(f"server log ({kind}):\n{log.read_text()[-4000:]}")
+            print(f"server log:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture()
