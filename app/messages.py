@@ -76,7 +76,6 @@ class Ping:
 class Hello:
     start: str
     token: str | None = None
-    codec: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,10 +176,7 @@ def parse_message(data: str | bytes, max_bytes: int) -> Message:
         token = msg.get("token")
         if token is not None and not isinstance(token, str):
             raise MessageError("invalid", "token must be a string")
-        codec = msg.get("codec")
-        if codec is not None and not isinstance(codec, str):
-            raise MessageError("invalid", "codec must be a string")
-        return Hello(start=start, token=token, codec=codec)
+        return Hello(start=start, token=token)
     if kind == "ack":
         return Ack(frame_id=_int(msg, "frame_id", 0, 2**32 - 1))
     raise MessageError("unknown_type", f"unknown message type {kind!r}")

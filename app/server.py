@@ -47,6 +47,8 @@ WS_HEADER = struct.Struct("<4sHHIIdHHI")
 WS_MAGIC = b"ROAM"
 WS_VERSION = 1
 WS_MAX_IN_FLIGHT = 2
+# A peer that has not connected by then (the page went away mid-handshake) is closed.
+WEBRTC_CONNECT_TIMEOUT_S = 30.0
 
 
 def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
@@ -290,6 +292,19 @@ async def _offer(request: web.Request) -> web.Response:
         app[STATS]["rejected_bad_request"] += 1
         return _json_error(400, f"could not negotiate the offer: {error}")
     session.begin()
+
+    async def connect_deadline() -> None:
+        await asyncio.sleep(WEBRTC_CONNECT_TIMEOUT_S)
+        if pc.connectionState != "connected":
+            await session.close(f"not connected within {WEBRTC_CONNECT_TIMEOUT_S:.0f} s")
+
+    deadline = asyncio.ensure_future(connect_deadline())
+
+    async def cancel_deadline() -> None:
+        if deadline is not asyncio.current_task():
+            deadline.cancel()
+
+    session.closers.insert(0, cancel_deadline)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session_id})
 
 

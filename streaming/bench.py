@@ -31,12 +31,13 @@ INPUT_HZ = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sessions", default="1,4", help="comma-separated concurrent session counts (default %(default)s)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="walk duration per session count (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="walk duration per session count (default %(default)s)")
     parser.add_argument("--transport", choices=["webrtc", "websocket"], default="webrtc")
     parser.add_argument("--width", type=int, default=None, help="video width (default: the app's)")
     parser.add_argument("--height", type=int, default=None, help="video height (default: the app's)")
     parser.add_argument("--threads", type=int, default=None, help="worker torch threads (default: the app's, cores - 1)")
     parser.add_argument("--thread-counts", default="1,2", help="torch thread counts to time the generator alone with (default %(default)s)")
+    parser.add_argument("--drift-chunks", type=int, default=12, help="standing-camera chunks for the drift figure (default %(default)s)")
     parser.add_argument("--model", default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
     parser.add_argument("--device", default="cpu")
 
@@ -194,12 +195,10 @@ def summarize(logs: list[ClientLog], seconds: float, chunk_frames: int, fps: flo
         if not log.frames:
             continue
         ttff.append((log.frames[0] - log.start_t) * 1e3)
-        # Steady state: from the arrival of the third chunk's first frame to the end of the walk
-        # (frames arrive in per-chunk bursts, so the rate is taken over whole seconds, not a burst).
-        if len(log.frames) > 2 * chunk_frames + 1:
-            warm = log.frames[2 * chunk_frames + 1]
-            late = [t for t in log.frames if t > warm]
-            steady.append(len(late) / max(log.end_t - warm, 1e-3))
+        # Steady rate: frames after the first chunk over the time from the first frame to the end of
+        # the walk (frames arrive in per-chunk bursts, so a window must not start or end on a burst).
+        if len(log.frames) > chunk_frames + 1 and log.end_t > log.frames[0]:
+            steady.append((len(log.frames) - (chunk_frames + 1)) / (log.end_t - log.frames[0]))
         chunk_ms.extend(v for k, v in log.chunk_ms.items() if k > 0)
         drops.append(log.drops / (seconds / 60.0))
         latencies.extend(motion_to_photon_ms(log))
@@ -207,6 +206,7 @@ def summarize(logs: list[ClientLog], seconds: float, chunk_frames: int, fps: flo
     med = lambda xs: float(statistics.median(xs)) if xs else float("nan")  # noqa: E731
     return {
         "fps": med(steady),
+        "total_fps": float(sum(steady)),
         "chunk_ms": med(chunk_ms),
         "ttff_ms": med(ttff),
         "m2p_p50_ms": pct(50),
@@ -257,6 +257,27 @@ def _time_generator(runtime, threads: int, chunks: int = 4) -> float:
             gen.step(np.repeat(view.world_T_cam[None], n, 0))
             times.append((time.perf_counter() - start) * 1e3)
         return float(statistics.median(times[1:]))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _standing_drift(runtime, chunks: int) -> dict[int, float]:
+    """Mean |frame − start image| (0–255) of each chunk's last frame with the camera standing still:
+    how far the picture wanders when nobody moves (the reason idle sessions pause)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        view = runtime.scenes.view(runtime.scenes.ids()[0])
+        gen = runtime.make_generator()
+        gen.start(view.image, view.world_T_cam)
+        start = view.image.astype(np.float32)
+        out = {}
+        for k in range(1, chunks + 1):
+            frames = gen.step(np.repeat(view.world_T_cam[None], gen.frames_for_next_chunk(), 0))
+            out[k] = float(np.abs(frames[-1].astype(np.float32) - start).mean())
+        return out
     finally:
         torch.set_num_threads(previous)
 
@@ -320,15 +341,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"  generator alone, {threads} torch thread(s): {ms:.0f} ms per chunk (median of 4)")
     batch = max(counts)
     batched_ms, singles_ms = _time_batching(runtime, batch) if batch > 1 else (float("nan"), float("nan"))
+    drift = _standing_drift(runtime, args.drift_chunks)
+    marks = sorted({1, *(k for k in (2, 4, 8, 12, 16, 24) if k <= args.drift_chunks), args.drift_chunks})
+    drift_text = ", ".join(f"chunk {k}: {drift[k]:.1f}" for k in marks)
+    print(f"  standing camera, mean |last frame − start image| (0–255): {drift_text}")
     if batch > 1:
         print(f"  one forward of batch {batch}: {batched_ms:.0f} ms; {batch} forwards of batch 1: {singles_ms:.0f} ms")
     rows = []
     for n in counts:
         result = asyncio.run(_measure_sessions(runtime, n, args))
-        rows.append([n, result["sessions_ok"], f"{result['fps']:.1f}", f"{result['chunk_ms']:.0f}", f"{result['ttff_ms']:.0f}",
+        rows.append([n, result["sessions_ok"], f"{result['fps']:.1f}", f"{result['total_fps']:.1f}", f"{result['chunk_ms']:.0f}", f"{result['ttff_ms']:.0f}",
                      f"{result['m2p_p50_ms']:.0f}", f"{result['m2p_p95_ms']:.0f}", f"{result['drops_per_min']:.1f}"])
         print(f"  {n} session(s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()))
-    header = ["sessions", "streaming", "steady fps", "chunk ms", "first frame ms", "motion-to-photon p50 ms", "p95 ms", "drops/min"]
+    header = ["sessions", "streaming", "steady fps per session", "fps all sessions", "chunk ms", "first frame ms", "motion-to-photon p50 ms", "p95 ms", "drops/min"]
     table = markdown_table(header, rows)
     print(table)
     if args.write_docs:
@@ -339,6 +364,7 @@ def main(args: argparse.Namespace) -> int:
             f"Machine: {machine}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"
             "Generator alone (median of 4 chunks): " + ", ".join(f"{ms:.0f} ms per chunk with {t} torch thread(s)" for t, ms in gen_ms.items()) + ".\n"
+            + f"Standing camera, mean |last frame of the chunk − start image| on 0–255: {drift_text}.\n"
             + (f"Batching: one stream_forward of batch {batch} took {batched_ms:.0f} ms against {singles_ms:.0f} ms for {batch} "
                f"forwards of batch 1 (median of 3).\n" if batch > 1 else "")
         )

@@ -73,11 +73,16 @@ async def serve(runtime: Runtime, **server):
 class WebRTCClient:
     """An aiortc peer that talks to /offer like the page does."""
 
-    def __init__(self):
-        from aiortc import RTCConfiguration, RTCPeerConnection
+    def __init__(self, codec: str | None = None):
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if codec is not None:
+            # Like the page: put the wanted codec first in the offer.
+            codecs = RTCRtpReceiver.getCapabilities("video").codecs
+            wanted = [c for c in codecs if c.mimeType.lower() == f"video/{codec}"]
+            transceiver.setCodecPreferences(wanted + [c for c in codecs if c not in wanted])
         self.input = self.pc.createDataChannel("input", ordered=False, maxRetransmits=0)
         self.control = self.pc.createDataChannel("control")
         self.messages: list[dict] = []

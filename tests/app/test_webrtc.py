@@ -77,3 +77,20 @@ async def test_walk_forward_over_webrtc_moves_the_pose_by_the_commanded_amount(m
     assert p1[2] - p0[2] == pytest.approx(expected, rel=0.02, abs=1e-3)
     assert abs(p1[0] - p0[0]) < 1e-6 and abs(p1[1] - p0[1]) < 1e-6
     assert expected > 0.5
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_the_answer_follows_the_codec_the_offer_prefers(codec):
+    runtime = fake_runtime(StreamConfig(width=64, height=48, fps=16.0))
+    async with serve(runtime) as (url, app):
+        client = WebRTCClient(codec=codec)
+        try:
+            response, answer = await client.connect(url)
+            assert response.status == 200
+            video = answer["sdp"].split("m=video", 1)[1]
+            first_payload = video.split("\r\n", 1)[0].split()[2]
+            assert f"a=rtpmap:{first_payload} {codec.upper()}/90000" in video
+            frames = await client.frames(5)
+            assert frames[-1].width == 64
+        finally:
+            await client.close()

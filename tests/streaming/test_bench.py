@@ -22,7 +22,8 @@ def test_summary_takes_steady_fps_over_the_walk_not_a_burst():
     log.chunk_ms = {0: 900.0, 1: 1000.0, 2: 1100.0}
     log.drops = 3
     out = bench.summarize([log], seconds=30.0, chunk_frames=8, fps=16.0)
-    assert out["fps"] == pytest.approx(8.0, rel=0.1)
+    # (80 frames − the first chunk of 9) over the 10 s from the first frame to the end.
+    assert out["fps"] == pytest.approx(7.1) and out["total_fps"] == pytest.approx(7.1)
     assert out["ttff_ms"] == pytest.approx(1000.0) and out["chunk_ms"] == pytest.approx(1050.0)
     assert out["drops_per_min"] == pytest.approx(6.0) and out["sessions_ok"] == 1
 
@@ -36,9 +37,9 @@ def test_bench_runs_end_to_end_and_writes_its_docs_section(monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     parser.add_argument("--write-docs", action="store_true")
     bench.add_arguments(parser)
-    args = parser.parse_args(["--sessions", "1", "--seconds", "4", "--width", "32", "--height", "24", "--thread-counts", "1", "--transport", "websocket", "--threads", "1", "--write-docs"])
+    args = parser.parse_args(["--sessions", "1", "--seconds", "4", "--width", "32", "--height", "24", "--thread-counts", "1", "--drift-chunks", "2", "--transport", "websocket", "--threads", "1", "--write-docs"])
     assert bench.main(args) == 0
     out = capsys.readouterr().out
-    assert "1 session(s)" in out and "| sessions |" in written["stream"]
+    assert "1 session(s)" in out and "| sessions |" in written["stream"] and "Standing camera" in written["stream"]
     row = [line for line in written["stream"].splitlines() if line.startswith("| 1 |")][0]
     assert row.split("|")[2].strip() == "1", "the session streamed"
