@@ -26,6 +26,7 @@ const LATENCY_WINDOW = 60;
 const MAX_PENDING_INPUTS = 600;
 const MAX_PATH_POINTS = 5000;
 const MINIMAP_MIN_EXTENT_M = 4;
+const DEFAULT_HFOV_DEG = 60;
 const REWIND_SECONDS = 3;
 const WS_HEADER_BYTES = 32;
 
@@ -758,14 +759,25 @@ function drawMinimap() {
   ctx.save();
   ctx.translate(sx, sy);
   ctx.rotate(heading);
+  // The view cone (the stream's horizontal field of view when known) makes the heading easy to read.
+  const halfFov = ((state.session?.hfov_deg ?? DEFAULT_HFOV_DEG) * Math.PI) / 360;
+  const cone = ctx.createRadialGradient(0, 0, 0, 0, 0, 46);
+  cone.addColorStop(0, "rgba(94,234,212,0.35)");
+  cone.addColorStop(1, "rgba(94,234,212,0)");
+  ctx.fillStyle = cone;
+  ctx.beginPath();
+  ctx.moveTo(0, 0);
+  ctx.arc(0, 0, 46, -Math.PI / 2 - halfFov, -Math.PI / 2 + halfFov);
+  ctx.closePath();
+  ctx.fill();
   ctx.fillStyle = "#5eead4";
   ctx.shadowColor = "rgba(94,234,212,0.8)";
   ctx.shadowBlur = 8;
   ctx.beginPath();
-  ctx.moveTo(0, -9);
-  ctx.lineTo(6, 6);
+  ctx.moveTo(0, -11);
+  ctx.lineTo(7, 7);
   ctx.lineTo(0, 3);
-  ctx.lineTo(-6, 6);
+  ctx.lineTo(-7, 7);
   ctx.closePath();
   ctx.fill();
   ctx.restore();

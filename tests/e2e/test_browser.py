@@ -61,13 +61,15 @@ def _walk(page, screenshot: bool) -> tuple[dict[str, float], dict[str, float]]:
     for i in range(steps):
         page.mouse.move(cx - 100 + 10 * (i + 1), cy, steps=2)
         page.wait_for_timeout(max(0.0, (t0 + HOLD_S * (i + 1) / steps - time.monotonic()) * 1000))
-        if screenshot and i == steps * 3 // 4:
-            page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
     # The server samples input once per chunk; where a chunk takes longer than the hold (a slow CPU), keep
     # W down until a chunk generated with it has arrived, or nothing walks.
     page.wait_for_function(
         "seq => (window.__roam.state().lastTelemetry?.input_seq ?? -1) >= seq", arg=pressed_seq, timeout=FRAMES_TIMEOUT_MS
     )
+    if screenshot:
+        # Mid-walk: W still down and the first frames of the walk on screen.
+        page.wait_for_timeout(700)
+        page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
     held = time.monotonic() - t0
     if held > HOLD_S + 0.5:
         print(f"\nheld W for {held:.1f} s: the first chunk generated with W down took that long")
