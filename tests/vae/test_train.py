@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.vae import TinyVAEConfig, load_tiny_vae
-from train.vae import VAETrainConfig, psnr, to_video, train_vae
+from model.vae import TinyVAE, TinyVAEConfig, load_tiny_vae
+from train.vae import VAETrainConfig, evaluate, init_linear_path, psnr, to_video, train_vae
 
 TINY = TinyVAEConfig(latent_channels=4, spatial_stride=8, temporal_stride=4, widths=(4, 8, 8), temporal_blocks=1)
 
 
-def _moving_stripes(split: str, index: int, n_frames: int, size: int) -> torch.Tensor:
+def _moving_stripes(split: str, index: int, n_frames: int, size: int, clips_per_scene: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(2 * index + (split == "eval"))
     freq, phase = torch.rand(3, generator=g) * 0.3 + 0.05, torch.rand(3, generator=g) * 6
     x = torch.arange(size).float()
@@ -22,7 +22,7 @@ def _moving_stripes(split: str, index: int, n_frames: int, size: int) -> torch.T
 def _cfg(tmp_path, **kw) -> VAETrainConfig:
     base = dict(
         out=str(tmp_path / "w.safetensors"), run_dir=str(tmp_path / "run"), minutes=0.02, model=TINY, resolution=32,
-        clip_frames=5, crop=16, batch_size=2, pool_size=4, eval_clips=1, eval_frames=5, stats_clips=2,
+        clip_frames=5, crop=16, batch_size=2, pool_size=8, eval_clips=1, eval_frames=5, stats_clips=2,
         checkpoint_every_s=1e9, eval_every_s=1e9, progress=False, warmup_steps=5,
     )
     base.update(kw)
@@ -59,3 +59,15 @@ def test_resume_with_another_model_raises(tmp_path):
 def test_bad_train_config_raises(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(tmp_path, **kw)
+
+
+def test_pca_init_whitens_latents_and_beats_a_fresh_model():
+    clips = [_moving_stripes("train", i, 5, 32) for i in range(6)]
+    vae = TinyVAE(TINY)
+    fresh_db = evaluate(vae, clips)
+    init_linear_path(vae, clips)
+    with torch.no_grad():
+        z = torch.cat([vae.encode_raw(to_video(c)[None]).movedim(1, -1).reshape(-1, 4) for c in clips]).double()
+    torch.testing.assert_close(z.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(4, dtype=torch.float64), atol=1e-3, rtol=0)
+    assert evaluate(vae, clips) > fresh_db + 5

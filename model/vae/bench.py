@@ -1,0 +1,97 @@
+"""Encode and decode speed of the tiny video autoencoder on the CPU (`python run.py bench ae`).
+
+Streaming decode is timed as the app runs it: one `decode_chunk` of `--chunk-latents` latents after
+the first chunk (stride·Tc frames). Encode is timed on a whole clip of `--frames` frames. Each figure
+is the median of `--repeats` runs after a warm-up, at 1 and 2 threads. With `--candidates` the
+decode speed of the other architectures considered (random weights: speed does not depend on
+them) is measured too, which is how the shipped shape was chosen (docs/vae.md).
+"""
+from __future__ import annotations
+
+import argparse
+
+CANDIDATES: dict[str, tuple[dict, int]] = {
+    "s8 t4 c32 w(32,64,128) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 4, "widths": (32, 64, 128)}, 128),
+    "s8 t4 c16 w(32,64,128) @128": ({"latent_channels": 16, "spatial_stride": 8, "temporal_stride": 4, "widths": (32, 64, 128)}, 128),
+    "s8 t4 c32 w(24,48,96) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 4, "widths": (24, 48, 96)}, 128),
+    "s8 t8 c32 w(32,64,128) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 8, "widths": (32, 64, 128)}, 128),
+    "s16 t4 c32 w(16,32,64,128) @256": ({"latent_channels": 32, "spatial_stride": 16, "temporal_stride": 4, "widths": (16, 32, 64, 128)}, 256),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None, help="TinyVAE safetensors (default: the committed weights)")
+    parser.add_argument("--resolution", type=int, default=None, help="frame size (default: the resolution the weights were trained at)")
+    parser.add_argument("--chunk-latents", type=int, default=2, help="latents per streamed chunk")
+    parser.add_argument("--frames", type=int, default=17, help="frames per encoded clip (stride·k + 1)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--candidates", action="store_true", help="also time the decode of the candidate shapes")
+
+
+def time_vae(vae, resolution: int, chunk_latents: int, frames: int, repeats: int) -> dict[str, float]:
+    """Median decode-chunk and encode times (seconds) of `vae` at `resolution`²."""
+    import torch
+
+    from common.bench import median, time_call
+
+    h = resolution // vae.spatial_stride
+    c = vae.latent_channels
+    chunk = torch.randn(1, c, chunk_latents, h, h)
+    video = torch.rand(1, 3, frames, resolution, resolution) * 2 - 1
+    with torch.inference_mode():
+        dec = vae.stream_decoder(1)
+        dec.decode_chunk(torch.randn(1, c, 1, h, h))
+        decode_s = median(time_call(lambda: dec.decode_chunk(chunk), repeats=repeats, warmup=1))
+        encode_s = median(time_call(lambda: vae.encode(video), repeats=max(3, repeats // 2), warmup=1))
+    return {"decode_chunk_s": decode_s, "chunk_frames": chunk_latents * vae.temporal_stride, "encode_s": encode_s, "frames": frames}
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from common.bench import machine_description, markdown_table, write_docs_section
+    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
+    from safetensors import safe_open
+
+    path = args.weights or DEFAULT_WEIGHTS
+    vae = load_tiny_vae(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    resolution = args.resolution or int(meta.get("resolution", 128))
+    if (args.frames - 1) % vae.temporal_stride:
+        raise ValueError(f"--frames={args.frames} must be {vae.temporal_stride}·k + 1")
+    threads = [int(t) for t in args.threads.split(",")]
+    cfg = vae.cfg
+    name = f"TinyVAE s{cfg.spatial_stride} t{cfg.temporal_stride} c{cfg.latent_channels} w{cfg.widths} @{resolution}"
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        r = time_vae(vae, resolution, args.chunk_latents, args.frames, args.repeats)
+        rows.append(_row(name + " (shipped)", n, r))
+        print(rows[-1], flush=True)
+        if args.candidates:
+            for cand, (kwargs, res) in CANDIDATES.items():
+                r = time_vae(TinyVAE(TinyVAEConfig(**kwargs)).eval(), res, args.chunk_latents, args.frames, args.repeats)
+                rows.append(_row(cand, n, r))
+                print(rows[-1], flush=True)
+    header = ["autoencoder", "threads", "decode ms / chunk", "frames / chunk", "decode ms / frame", "decode frames/s", "encode ms / clip", "encode frames/s"]
+    table = markdown_table(header, rows)
+    print(table)
+    if args.write_docs:
+        body = (
+            f"`python run.py bench ae{' --candidates' if args.candidates else ''}` on {machine_description()}; "
+            f"median of {args.repeats} runs (encode: {max(3, args.repeats // 2)}). Decode is one streamed chunk of "
+            f"{args.chunk_latents} latents after the first; encode is a {args.frames}-frame clip. "
+            "Candidate rows use random weights (speed does not depend on them).\n\n" + table
+        )
+        write_docs_section("ae", body)
+    return 0
+
+
+def _row(name: str, threads: int, r: dict[str, float]) -> list[object]:
+    per_frame = r["decode_chunk_s"] / r["chunk_frames"]
+    return [
+        name, threads, f"{r['decode_chunk_s'] * 1e3:.1f}", r["chunk_frames"], f"{per_frame * 1e3:.2f}", f"{1 / per_frame:.0f}",
+        f"{r['encode_s'] * 1e3:.0f}", f"{r['frames'] / r['encode_s']:.0f}",
+    ]
