@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model.ops.gdn import (
     bidirectional_frame_delta_rule,
@@ -352,3 +354,25 @@ def test_import_does_not_load_the_triton_kernel():
     code = "import model.ops.gdn, sys; print('model.ops.gdn.triton_fwd' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dims=st.tuples(*(st.integers(1, n) for n in (2, 2, 9, 7, 9, 9))),
+    reverse=st.booleans(),
+    with_state=st.booleans(),
+    cuts=st.lists(st.integers(1, 8), max_size=3),
+)
+def test_chunk_matches_naive_property(dims, reverse, with_state, cuts):
+    """Any small shape (K or V of 1, one token, one frame), either direction, any chunk layout."""
+    inputs, state = make_inputs(*dims, with_state=with_state)
+    ref, ref_final = naive_frame_gated_delta_rule(**inputs, initial_state=state, reverse=reverse, output_final_state=True)
+    got, final = frame_gated_delta_rule(**inputs, initial_state=state, reverse=reverse, output_final_state=True)
+    assert_close("out", ref, got, 1e-5)
+    assert_close("final_state", ref_final, final, 1e-5)
+    frames = dims[2]
+    bounds = sorted({c for c in cuts if c < frames})
+    sizes = [b - a for a, b in zip([0, *bounds], [*bounds, frames])]
+    ref_bi, _ = bidirectional_frame_delta_rule(**inputs, initial_state=state, chunk_sizes=sizes, backend="naive")
+    got_bi, _ = bidirectional_frame_delta_rule(**inputs, initial_state=state, chunk_sizes=sizes)
+    assert_close("bidirectional out", ref_bi, got_bi, 1e-5)
