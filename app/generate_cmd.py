@@ -1,0 +1,134 @@
+"""Offline video from a start image and a camera trajectory.
+
+    python run.py generate --image photo.jpg --trajectory w-16,jl-8 --out walk.mp4
+    python run.py generate --model SANA-WM_bidirectional --device cuda --dtype bf16 --image photo.jpg \\
+        --trajectory orbit --mode bidirectional --seconds 5 --out orbit.mp4
+
+--trajectory is a preset name, an action string (e.g. "w-16,jl-8"), a trajectory file, or a recorded
+episode folder (its frames.jsonl), so a live walk can be re-rendered with another mode. Without
+--model the embedded tiny model runs at the procedural world's default camera (sim.DEFAULT_*). With
+--model the release folder decides the kind (bidirectional, chunk-causal teacher, distilled
+streaming) and the default --mode. The video is written to a temporary file beside --out and renamed
+when complete, so a failed run leaves no partial output.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, help="start image (any format PIL reads)")
+    parser.add_argument("--trajectory", required=True, help="preset, action string, trajectory file or episode folder")
+    parser.add_argument("--out", type=Path, required=True, help="output video (.mp4)")
+    parser.add_argument("--mode", choices=("bidirectional", "chunk_causal", "distilled"), default=None,
+                        help="sampler (default: the release's own: bidirectional, chunk_causal, or distilled for streaming "
+                             "and the embedded model)")
+    parser.add_argument("--seconds", type=float, default=None, help="clip length (default: the trajectory's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (bidirectional / chunk_causal; default 60)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 5.0)")
+    parser.add_argument("--prompt", default="", help="text prompt (needs a release with a Gemma-2 text encoder)")
+    parser.add_argument("--negative-prompt", default="", help="negative prompt for guidance")
+    parser.add_argument("--model", type=Path, default=None, help="SANA-WM release folder (default: the embedded tiny model)")
+    parser.add_argument("--vae", type=Path, default=None, help="LTX-2 VAE folder (for a DiT-only release)")
+    parser.add_argument("--text-encoder", type=Path, default=None, help="Gemma-2 folder (default: found in the release)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's forward")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def write_mp4(path: Path, frames, fps: float) -> str:
+    """Encode uint8 [F, H, W, 3] frames (libx264, else mpeg4) to `path` via a temporary file renamed at the end."""
+    import av
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = container.add_stream(codec, rate=round(fps))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p"
+            if codec == "libx264":
+                stream.options = {"crf": "16", "preset": "medium"}
+            else:
+                stream.bit_rate = 4_000_000
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return codec
+
+
+def load_components(args: argparse.Namespace):
+    """The `Release` named by --model (or the embedded tiny model), on --device in --dtype."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.model is None:
+        if args.vae is not None or args.text_encoder is not None:
+            raise ValueError("--vae and --text-encoder need --model (the embedded model has its own VAE and no text encoder)")
+        from model.release import load_embedded
+        from sim import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HFOV_DEG, DEFAULT_WIDTH
+
+        release = load_embedded(height=DEFAULT_HEIGHT, width=DEFAULT_WIDTH, fps=DEFAULT_FPS, hfov_deg=DEFAULT_HFOV_DEG,
+                                device=args.device, dtype=dtype, seed=args.seed)
+    else:
+        from model.release import load_release
+
+        release = load_release(args.model, device=args.device, dtype=dtype, vae_folder=args.vae,
+                               text_encoder_folder=args.text_encoder)
+    if args.compile:
+        release.dit.compile()
+    return release
+
+
+def main(args: argparse.Namespace) -> int:
+    from streaming.offline import generate_video, read_episode_trajectory
+
+    if args.out.suffix.lower() != ".mp4":
+        raise SystemExit(f"run.py generate: --out must end in .mp4, got {args.out}")
+    try:
+        release = load_components(args)
+        trajectory = args.trajectory
+        if Path(trajectory).is_dir():
+            trajectory = read_episode_trajectory(trajectory)
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=f"generate ({args.mode or release.default_mode})", unit="step")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            video = generate_video(
+                release, args.image, trajectory, mode=args.mode, seconds=args.seconds, steps=args.steps, seed=args.seed,
+                cfg_scale=args.cfg, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                progress=progress if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    except ValueError as error:
+        raise SystemExit(f"run.py generate: {error}") from None
+    codec = write_mp4(args.out, video.frames, video.fps)
+    frames, height, width = video.frames.shape[:3]
+    print(f"wrote {args.out} ({frames} frames, {width}x{height} at {video.fps:g} fps, {codec}, {video.mode}, "
+          f"{release.describe()})")
+    return 0

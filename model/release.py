@@ -1,0 +1,291 @@
+"""Assemble a SANA-WM pipeline (DiT + VAE + optional text encoder) from a local release folder.
+
+    release = load_release("SANA-WM_streaming", device="cuda", dtype=torch.bfloat16)
+    release.dit, release.vae, release.text_encoder, release.kind, release.height, release.width
+
+Layouts (sana_wm.md §1) and what `load_release` takes from each:
+
+| kind | DiT | VAE | text encoder |
+|---|---|---|---|
+| `bidirectional` | `config.json` + `dit/*.safetensors` (or diffusers `transformer/`) | `vae/` | optional |
+| `chunk_causal` | the same DiT layout, shipped without a VAE | `vae_folder=`, else the first `ltx2_causal_vae/` or `vae/` in a sibling folder | optional |
+| `streaming` | `sana_dit/model.pt` (`generator` / `model.` wrapped) | `ltx2_causal_vae/` (else `vae/`) | optional |
+
+The kind follows from the layout: `sana_dit/model.pt` is the distilled streaming release; a DiT
+folder with a `vae/` (or `ltx2_causal_vae/`) is the bidirectional release; a DiT folder without one is
+the chunk-causal teacher, whose release ships the DiT alone. `kind=` overrides the guess. The
+stage-1 text encoder is Gemma-2 (2304-d): `text_encoder_folder=`, else a Gemma-2 folder in the
+release (`text_encoder/`, `gemma-2-2b-it/`, or any sub-folder whose config says `gemma2`). The
+refiner's Gemma-3 folders are not it and are skipped. Without one, prompts must be empty and the
+DiT's null caption is used.
+
+An optional `roam.json` beside the DiT sets the generation size and chunking when it is not the
+official 704×1280 / 16 fps / 3-latent chunks: keys `height`, `width`, `fps`, `chunk_latents`,
+`hfov_deg` (the default camera of action strings and presets). Unknown keys are an error.
+
+Every mismatch fails loudly: the DiT loader names file and keys (`model.checkpoint`), the VAE loader
+likewise, and `Release` checks that the parts fit (latent channels, Plücker channels = 6 × the VAE's
+temporal stride, caption width = the text encoder's hidden size).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import CheckpointError, find_checkpoint, load_pretrained
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("bidirectional", "chunk_causal", "streaming", "embedded")
+OFFICIAL_HEIGHT, OFFICIAL_WIDTH, OFFICIAL_FPS = 704, 1280, 16.0
+OFFICIAL_CHUNK_LATENTS = 3
+# 60 s at 16 fps = 961 frames = 121 latents, the longest clip the release was trained on.
+MAX_LATENT_FRAMES = 121
+DEFAULT_HFOV_DEG = 60.0
+_ROAM_KEYS = {"height", "width", "fps", "chunk_latents", "hfov_deg"}
+_TEXT_ENCODER_NAMES = ("text_encoder", "gemma-2-2b-it", "gemma_2_2b_it", "gemma2")
+
+
+@dataclass
+class Release:
+    """The stage-1 pipeline parts and how to drive them. `__post_init__` checks that they fit."""
+
+    dit: Any  # model.WorldModel
+    vae: Any  # TinyVAE | LTX2VideoVAE
+    text_encoder: Any | None  # model.text_encoder.TextEncoder
+    kind: str
+    height: int = OFFICIAL_HEIGHT
+    width: int = OFFICIAL_WIDTH
+    fps: float = OFFICIAL_FPS
+    chunk_latents: int = OFFICIAL_CHUNK_LATENTS
+    hfov_deg: float = DEFAULT_HFOV_DEG
+    max_latent_frames: int = MAX_LATENT_FRAMES
+    name: str = "SANA-WM"
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"release kind must be one of {KINDS}, got {self.kind!r}")
+        cfg = self.dit.config
+        where = ", ".join(f"{k} from {v}" for k, v in self.sources.items()) or self.name
+        if cfg.in_channels != self.vae.latent_channels:
+            raise ValueError(f"the DiT takes {cfg.in_channels} latent channels but the VAE has "
+                             f"{self.vae.latent_channels} ({where})")
+        if cfg.plucker_channels != 6 * self.vae.temporal_stride:
+            raise ValueError(f"the DiT's Plücker input has {cfg.plucker_channels} channels, but the VAE's temporal stride "
+                             f"{self.vae.temporal_stride} needs 6 × {self.vae.temporal_stride} = "
+                             f"{6 * self.vae.temporal_stride} ({where})")
+        if self.text_encoder is not None and self.text_encoder.hidden_size != cfg.caption_channels:
+            raise ValueError(f"the text encoder's hidden size {self.text_encoder.hidden_size} is not the DiT's caption "
+                             f"width {cfg.caption_channels} ({where})")
+        stride = self.vae.spatial_stride
+        for name in ("height", "width", "chunk_latents", "max_latent_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Release.{name} must be a positive int, got {value!r}")
+        if self.height % stride or self.width % stride:
+            raise ValueError(f"generation size {self.width}x{self.height} is not a multiple of the VAE stride {stride}")
+        if not (0 < self.fps <= 240) or not (0 < self.hfov_deg < 180):
+            raise ValueError(f"fps must be in (0, 240] and hfov_deg in (0, 180), got {self.fps}, {self.hfov_deg}")
+
+    @property
+    def max_frames(self) -> int:
+        """Longest clip in raw frames: stride·(max_latent_frames − 1) + 1."""
+        return self.vae.temporal_stride * (self.max_latent_frames - 1) + 1
+
+    @property
+    def default_mode(self) -> str:
+        return {"bidirectional": "bidirectional", "chunk_causal": "chunk_causal"}.get(self.kind, "distilled")
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k}: {v}" for k, v in self.sources.items())
+        return f"{self.name} ({self.kind}; {self.width}x{self.height} at {self.fps:g} fps; {parts})"
+
+
+def _vae_candidates(root: Path, kind: str) -> list[Path]:
+    if kind == "streaming":
+        return [root / "ltx2_causal_vae", root / "vae"]
+    if kind == "bidirectional":
+        return [root / "vae", root / "ltx2_causal_vae"]
+    siblings = sorted(p for p in root.parent.iterdir() if p.is_dir() and p != root) if root.parent.is_dir() else []
+    return [root / "ltx2_causal_vae", root / "vae"] + [s / name for s in siblings for name in ("ltx2_causal_vae", "vae")]
+
+
+def _is_vae_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _find_text_encoder(root: Path) -> Path | None:
+    for name in _TEXT_ENCODER_NAMES:
+        if (root / name / "config.json").is_file():
+            return root / name
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        config = sub / "config.json"
+        if config.is_file():
+            try:
+                if json.loads(config.read_text()).get("model_type") == "gemma2":
+                    return sub
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+    return None
+
+
+def read_roam_json(root: Path) -> dict[str, Any]:
+    """The optional generation settings file (see the module docstring); {} when absent."""
+    path = root / "roam.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {str(path)!r}: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - _ROAM_KEYS)
+    if unknown:
+        raise CheckpointError(f"{str(path)!r} has unknown keys {unknown}; known: {sorted(_ROAM_KEYS)}")
+    return data
+
+
+def load_release(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    kind: str | None = None,
+    vae_folder: str | Path | None = None,
+    text_encoder_folder: str | Path | None = None,
+) -> Release:
+    """Load the DiT, VAE and (if present) text encoder of a release folder; see the module docstring."""
+    from model.vae.ltx2 import LTX2VideoVAE
+
+    root = Path(folder).expanduser()
+    files = find_checkpoint(root)
+    if kind is not None and kind not in KINDS[:3]:
+        raise ValueError(f"kind must be one of {KINDS[:3]} or None, got {kind!r}")
+    if kind is None:
+        if files.layout == "streaming":
+            kind = "streaming"
+        elif vae_folder is None and not any(_is_vae_folder(root / n) for n in ("vae", "ltx2_causal_vae")):
+            kind = "chunk_causal"
+        else:
+            kind = "bidirectional"
+    settings = read_roam_json(root)
+
+    if vae_folder is not None:
+        vae_path = Path(vae_folder).expanduser()
+        if not _is_vae_folder(vae_path):
+            raise CheckpointError(f"VAE folder {str(vae_path)!r} does not exist or has no config.json")
+    else:
+        vae_path = next((p for p in _vae_candidates(root, kind) if _is_vae_folder(p)), None)
+        if vae_path is None:
+            raise CheckpointError(
+                f"no LTX-2 VAE for the {kind} release {str(root)!r}: looked for "
+                + ", ".join(repr(str(p)) for p in _vae_candidates(root, kind)[:6])
+                + (" ..." if len(_vae_candidates(root, kind)) > 6 else "")
+                + "; pass the VAE folder (--vae PATH)"
+            )
+
+    if text_encoder_folder is not None:
+        text_path: Path | None = Path(text_encoder_folder).expanduser()
+    else:
+        text_path = _find_text_encoder(root)
+
+    dit = load_pretrained(root, device=device, dtype=dtype)
+    vae = LTX2VideoVAE.from_folder(vae_path, device=device, dtype=dtype)
+    text_encoder = None
+    if text_path is not None:
+        from model.text_encoder import TextEncoder
+
+        text_encoder = TextEncoder.from_folder(text_path, device=device, dtype=dtype)
+    sources = {"DiT": ", ".join(str(p) for p in files.weights), "VAE": str(vae_path)}
+    if text_path is not None:
+        sources["text encoder"] = str(text_path)
+    return Release(
+        dit=dit, vae=vae, text_encoder=text_encoder, kind=kind,
+        height=settings.get("height", OFFICIAL_HEIGHT), width=settings.get("width", OFFICIAL_WIDTH),
+        fps=float(settings.get("fps", OFFICIAL_FPS)), chunk_latents=settings.get("chunk_latents", OFFICIAL_CHUNK_LATENTS),
+        hfov_deg=float(settings.get("hfov_deg", DEFAULT_HFOV_DEG)), name=f"SANA-WM ({root.name})", sources=sources,
+    )
+
+
+def load_embedded(
+    *,
+    height: int,
+    width: int,
+    fps: float,
+    hfov_deg: float,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    weights: Path | None = None,
+    chunk_latents: int = 2,
+) -> Release:
+    """The embedded tiny model: trained weights (`model/weights/roam_tiny.safetensors` + `roam_tiny.json`)
+    when installed, else `ModelConfig.preset("tiny")` with seeded random weights (a warning says so); the
+    committed TinyVAE when its latent channels fit, else a seeded random TinyVAE (warned too)."""
+    from model.checkpoint import load_state_dict_exact, read_weights
+    from model.config import ModelConfig
+    from model.transformer import WorldModel
+    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
+
+    weights = weights or Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
+    sources: dict[str, str] = {}
+    if weights.is_file():
+        config = _embedded_config(weights.with_suffix(".json"))
+        dit = WorldModel(config)
+        load_state_dict_exact(dit, read_weights(weights), repr(str(weights)))
+        sources["DiT"] = str(weights)
+        name = "roam-tiny"
+    else:
+        logger.warning("the trained tiny model %s is not installed: using ModelConfig.preset('tiny') with seeded random "
+                       "weights, so the video will look like noise (train it with `python run.py train`)", weights)
+        torch.manual_seed(seed)
+        dit = WorldModel(ModelConfig.preset("tiny"))
+        sources["DiT"] = "random"
+        name = "roam-tiny (random weights)"
+    channels = dit.config.in_channels
+    vae = None
+    if DEFAULT_WEIGHTS.is_file():
+        vae = load_tiny_vae()
+        if vae.latent_channels != channels:
+            logger.warning("the tiny VAE %s has %d latent channels, the tiny model %d: using a random TinyVAE",
+                           DEFAULT_WEIGHTS, vae.latent_channels, channels)
+            vae = None
+        else:
+            sources["VAE"] = str(DEFAULT_WEIGHTS)
+    else:
+        logger.warning("the tiny VAE weights %s are not installed: using a random TinyVAE", DEFAULT_WEIGHTS)
+    if vae is None:
+        torch.manual_seed(seed)
+        vae = TinyVAE(TinyVAEConfig(latent_channels=channels))
+        sources["VAE"] = "random"
+    dit = dit.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device).eval()
+    return Release(dit=dit, vae=vae, text_encoder=None, kind="embedded", height=height, width=width, fps=float(fps),
+                   chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources)
+
+
+def _embedded_config(path: Path):
+    """The tiny model's config from `roam_tiny.json` (our field names, at the top level or under
+    "model" / "config"); the `tiny` preset when the file is absent."""
+    from model.config import ModelConfig
+
+    if not path.is_file():
+        return ModelConfig.preset("tiny")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
+    fields = set(ModelConfig.__dataclass_fields__)
+    for candidate in (data, data.get("model") if isinstance(data, dict) else None,
+                      data.get("config") if isinstance(data, dict) else None):
+        if isinstance(candidate, dict) and candidate and set(candidate) <= fields:
+            return ModelConfig.from_dict(candidate)
+    raise CheckpointError(f"{str(path)!r} holds no ModelConfig (expected our field names at the top level or under "
+                          f"'model' / 'config'); found keys {sorted(data)[:12] if isinstance(data, dict) else type(data).__name__}")

@@ -1,0 +1,375 @@
+"""Offline generation: one video from a start image and a camera trajectory, in any of SANA-WM's modes.
+
+    video = generate_video(release, "photo.jpg", trajectory, mode="bidirectional", seconds=5.0, seed=0)
+    video.frames [F, H, W, 3] uint8, video.world_T_cams [F, 4, 4], video.intrinsics [4], video.fps
+
+Preparation (as the official pipeline): the image is resized to cover the release's frame size and
+centre-cropped (`controls.camera.resize_crop_geometry`); a trajectory stored for another image size
+gets the same resize-crop applied to its intrinsics (`Trajectory.resized_to`). Frame counts are
+stride·k + 1: `seconds` snaps to the nearest such count, no length means the trajectory's own
+(snapped down). Frame 0 is the start image's reconstruction and has pose world_T_cams[0]; unlike the
+official script, it is kept, so every frame has exactly one pose.
+
+Modes:
+- `bidirectional`: the whole clip at once, flow-Euler over `bidirectional_sigmas(steps)` (60, shift
+  9.8), classifier-free guidance `cfg_scale` (5.0) against the negative prompt; latent 0 is the
+  encoded image, its timestep 0, never updated.
+- `chunk_causal`: the teacher's staggered diffusion-forcing schedule (`staggered_schedule`): chunks of
+  `release.chunk_latents` latents (the first one has the image latent in front), chunk i starting at
+  global step ⌊i·steps/num_chunks⌋, all chunks in flight denoised by one `forward_chunk_causal` over
+  the chunks so far (finished chunks at t = 0).
+- `distilled`: the live app's `ChunkGenerator` (4 fixed steps 1000, 960, 889, 727 → 0, commit pass,
+  KV window 2 + sink, stream decode), driven with the trajectory's poses.
+
+Without a text encoder, prompts must be empty: the DiT's null caption conditions both CFG branches,
+which makes guidance the identity, so it is skipped. Errors (an unreadable image, a trajectory too
+short for the requested length or longer than the model can take, an unknown mode) raise ValueError
+before any model work.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.schedulers import (
+    BIDIRECTIONAL_CFG,
+    BIDIRECTIONAL_SHIFT,
+    BIDIRECTIONAL_STEPS,
+    bidirectional_sigmas,
+    distilled_sigmas,
+    euler_step,
+    guided,
+    staggered_schedule,
+)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("bidirectional", "chunk_causal", "distilled")
+MAX_IMAGE_PIXELS = 64_000_000
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class OfflineVideo:
+    """A generated clip: frames [F, H, W, 3] uint8 with one pose each (world_T_cams [F, 4, 4], the
+    trajectory's world) and the intrinsics (fx, fy, cx, cy) in pixels of the frames."""
+
+    frames: np.ndarray
+    world_T_cams: np.ndarray
+    intrinsics: np.ndarray
+    fps: float
+    mode: str
+
+
+def load_image(image: Any) -> np.ndarray:
+    """A path, bytes, PIL image or uint8 [H, W, 3] array -> uint8 [H, W, 3]; ValueError if it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(f"image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        return image
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image {str(path)!r} does not exist")
+        data = path.read_bytes()
+        name = str(path)
+    elif isinstance(image, (bytes, bytearray)):
+        data, name = bytes(image), "<bytes>"
+    else:
+        raise ValueError(f"image must be a path, bytes, PIL image or uint8 array, got {type(image).__name__}")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image {name} of {img.width}x{img.height} pixels is too large")
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{name} is not a readable image: {error}") from None
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Aspect-preserving resize covering (width, height), then a centre crop -> uint8 [height, width, 3]."""
+    from PIL import Image
+
+    from controls.camera import resize_crop_geometry
+
+    (rw, rh), (left, top) = resize_crop_geometry((image.shape[1], image.shape[0]), (width, height))
+    resized = Image.fromarray(image).resize((rw, rh), Image.Resampling.BICUBIC)
+    return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
+
+
+def snap_frames(seconds: float, fps: float, stride: int) -> int:
+    """Frames of a clip lasting about `seconds`: the nearest stride·k + 1 with k >= 1."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    return max(1, round((seconds * fps - 1) / stride)) * stride + 1
+
+
+def _frame_count(release, trajectory, seconds: float | None, n_frames: int | None) -> int:
+    stride = release.vae.temporal_stride
+    if seconds is not None and n_frames is not None:
+        raise ValueError("give seconds or n_frames, not both")
+    if seconds is not None:
+        n = snap_frames(seconds, release.fps, stride)
+    elif n_frames is not None:
+        if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1 or (n_frames - 1) % stride:
+            raise ValueError(f"n_frames must be {stride}·k + 1 with k >= 1 (VAE temporal stride {stride}), got {n_frames!r}")
+        n = n_frames
+    else:
+        n = (trajectory.n_frames - 1) // stride * stride + 1
+    if n < stride + 1:
+        raise ValueError(f"the trajectory has {trajectory.n_frames} poses; a clip needs at least {stride + 1} "
+                         f"frames (the start image and one latent of {stride})")
+    if n > release.max_frames:
+        raise ValueError(f"{n} frames ({n / release.fps:.1f} s at {release.fps:g} fps) is longer than the model can take: "
+                         f"at most {release.max_frames} frames = {release.max_latent_frames} latents")
+    if n > trajectory.n_frames:
+        raise ValueError(f"the trajectory has {trajectory.n_frames} poses but {n} frames were asked for "
+                         f"({n / release.fps:.2f} s at {release.fps:g} fps)")
+    return n
+
+
+def _text_pair(release, prompt: str, negative_prompt: str):
+    """((cond, cond_mask), (uncond, uncond_mask) | None); None when both branches would be equal."""
+    encoder = release.text_encoder
+    if encoder is None:
+        if prompt or negative_prompt:
+            raise ValueError(f"a prompt was given but {release.name} has no text encoder (add a Gemma-2 folder, "
+                             "e.g. text_encoder/, to the release or pass its path)")
+        return release.dit.null_text(1), None
+    return encoder.encode(prompt), encoder.encode_negative(negative_prompt)
+
+
+def _velocity(call, x, timestep, text, uncond, cfg_scale: float, **kwargs) -> torch.Tensor:
+    """One model call, guided when there is an unconditional branch and cfg_scale != 1."""
+    if uncond is None or cfg_scale == 1.0:
+        return call(x, timestep, text[0], text[1], **kwargs)
+    hidden = torch.cat([uncond[0], text[0]])  # [2, L, C_text]
+    mask = torch.cat([uncond[1], text[1]])  # [2, L]
+    doubled = {k: torch.cat([v, v]) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    both = call(torch.cat([x, x]), torch.cat([timestep, timestep]), hidden, mask,
+                **{**kwargs, **doubled})  # [2, C, T, h, w]
+    v_uncond, v_cond = both.chunk(2)
+    return guided(v_uncond, v_cond, cfg_scale)
+
+
+def _bidirectional(release, z0, frames, camera, plucker, text, uncond, sigmas, cfg_scale, rng, progress) -> torch.Tensor:
+    dit = release.dit
+    _, channels, _, h, w = z0.shape
+    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device, dit.dtype)  # [1, C, T, h, w]
+    x[:, :, :1] = z0
+    total = len(sigmas) - 1
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        timestep = torch.full((1, 1, frames), sigma * 1000.0, device=dit.device)  # [1, 1, T]
+        timestep[:, :, 0] = 0.0
+        v = _velocity(dit, x, timestep, text, uncond, cfg_scale, camera_conditions=camera, chunk_plucker=plucker)
+        x = euler_step(x, v, sigma, sigma_next)
+        x[:, :, :1] = z0
+        if progress is not None:
+            progress(i + 1, total)
+    return x
+
+
+def chunk_sizes_for(latents: int, chunk_latents: int) -> list[int]:
+    """AR chunk sizes in latents: the image latent + chunk_latents, then chunk_latents each (the last may be short)."""
+    rest = latents - 1
+    sizes = [1 + min(chunk_latents, rest)]
+    rest -= sizes[0] - 1
+    while rest > 0:
+        sizes.append(min(chunk_latents, rest))
+        rest -= sizes[-1]
+    return sizes
+
+
+def _chunk_causal(release, z0, frames, camera, plucker, text, uncond, sigmas, cfg_scale, rng, progress) -> torch.Tensor:
+    dit = release.dit
+    _, channels, _, h, w = z0.shape
+    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device, dit.dtype)
+    x[:, :, :1] = z0
+    sizes = chunk_sizes_for(frames, release.chunk_latents)
+    bounds = np.cumsum([0] + sizes)
+    schedule = staggered_schedule(len(sizes), len(sigmas) - 1)
+    sigma_now = [1.0] * len(sizes)
+    for step in schedule:
+        last = max(step.active)
+        end = int(bounds[last + 1])
+        for i, j in step.active.items():
+            sigma_now[i] = sigmas[j]
+        timestep = torch.zeros((1, 1, end), device=dit.device)  # [1, 1, T_prefix]
+        for i in range(last + 1):
+            # finished chunks sit at σ = 0: clean context for the chunks after them
+            timestep[:, :, bounds[i]:bounds[i + 1]] = sigma_now[i] * 1000.0
+        timestep[:, :, 0] = 0.0
+
+        def call(xs, ts, hidden, mask, **kw):
+            return dit.forward_chunk_causal(xs, ts, hidden, mask, chunk_sizes=sizes[:last + 1], **kw)
+
+        v = _velocity(call, x[:, :, :end], timestep, text, uncond, cfg_scale,
+                      camera_conditions=camera[:, :end], chunk_plucker=plucker[:, :, :end])
+        for i, j in step.active.items():
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            x[:, :, a:b] = euler_step(x[:, :, a:b], v[:, :, a:b], sigmas[j], sigmas[j + 1])
+            sigma_now[i] = sigmas[j + 1]
+        x[:, :, :1] = z0
+        if progress is not None:
+            progress(step.index + 1, len(schedule))
+    return x
+
+
+def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np.ndarray:
+    from streaming.generator import ChunkGenerator, GeneratorConfig
+
+    dit = release.dit
+    config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=distilled_sigmas(), seed=seed)
+    generator = ChunkGenerator(dit, release.vae, config, tuple(float(v) for v in intrinsics),
+                               device=dit.device, dtype=dit.dtype)
+    generator.start(image, poses[0])
+    if release.text_encoder is not None:
+        # The distilled model has guidance baked in: one conditional branch with the prompt.
+        generator.text, generator.text_mask = text
+    per_chunk = release.vae.temporal_stride * release.chunk_latents
+    chunks = math.ceil((n - 1) / per_chunk)
+    # Poses past the clip's end only feed frames that are dropped; the last pose is held.
+    padded = np.concatenate([poses, np.repeat(poses[-1:], 1 + chunks * per_chunk - n, axis=0)])
+    out, start = [], 0
+    for c in range(chunks):
+        count = generator.frames_for_next_chunk()
+        out.append(generator.step(padded[start:start + count]))
+        start += count
+        if progress is not None:
+            progress(c + 1, chunks)
+    return np.concatenate(out)[:n]
+
+
+def generate_video(
+    release,
+    image: Any,
+    trajectory,
+    *,
+    mode: str | None = None,
+    seconds: float | None = None,
+    n_frames: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    prompt: str = "",
+    negative_prompt: str = "",
+    progress: Progress | None = None,
+) -> OfflineVideo:
+    """Generate a clip (see the module docstring). `release` is a `model.release.Release`; `trajectory` a
+    `controls.trajectory.Trajectory` or anything `controls.trajectory.load` takes (sized to the release);
+    `progress(done, total)` is called after every denoising step (every chunk in distilled mode)."""
+    from controls.camera import prepare_camera
+    from controls.trajectory import Trajectory
+    from controls.trajectory import load as load_trajectory
+    from streaming.generator import image_to_video_tensor, video_tensor_to_frames
+
+    mode = release.default_mode if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "distilled" and steps is not None and steps != len(distilled_sigmas()) - 1:
+        raise ValueError(f"distilled mode runs the fixed {len(distilled_sigmas()) - 1}-step list; got steps={steps}")
+    if cfg_scale is not None and not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise ValueError("prompt and negative_prompt must be strings")
+    if release.kind == "streaming" and mode != "distilled" or release.kind in ("bidirectional", "chunk_causal") and mode == "distilled":
+        logger.warning("running a %s release in %s mode: it was not trained for it", release.kind, mode)
+
+    width, height = release.width, release.height
+    if not isinstance(trajectory, Trajectory):
+        trajectory = load_trajectory(trajectory, width=width, height=height, fps=release.fps, hfov_deg=release.hfov_deg)
+    if (trajectory.width, trajectory.height) != (width, height):
+        trajectory = trajectory.resized_to(width, height)
+    if abs(trajectory.fps - release.fps) > 1e-6:
+        logger.warning("the trajectory runs at %g fps, the model at %g fps: poses are used frame by frame",
+                       trajectory.fps, release.fps)
+    n = _frame_count(release, trajectory, seconds, n_frames)
+    start = fit_image(load_image(image), width, height)
+    poses = np.asarray(trajectory.world_T_cams[:n])
+    intrinsics = np.asarray(trajectory.intrinsics[:n])
+
+    dit, vae = release.dit, release.vae
+    stride = vae.temporal_stride
+    with torch.inference_mode():
+        text, uncond = _text_pair(release, prompt, negative_prompt)
+        if mode == "distilled":
+            if not np.allclose(intrinsics, intrinsics[0]):
+                logger.warning("distilled mode uses frame 0's intrinsics for the whole clip")
+            frames = _distilled(release, start, poses, intrinsics[0], n, seed, text, progress)
+        else:
+            cfg = BIDIRECTIONAL_CFG if cfg_scale is None else float(cfg_scale)
+            sigmas = bidirectional_sigmas(BIDIRECTIONAL_STEPS if steps is None else steps, BIDIRECTIONAL_SHIFT)
+            cond = prepare_camera(poses, intrinsics, (height, width), (stride, vae.spatial_stride, vae.spatial_stride))
+            camera = cond["camera_conditions"][None].to(dit.device, dit.dtype)  # [1, T, 20]
+            plucker = cond["chunk_plucker"][None].to(dit.device, dit.dtype)  # [1, 6s, T, h, w]
+            z0 = vae.encode(image_to_video_tensor(start).to(dit.device)).to(dit.dtype)  # [1, C, 1, h, w]
+            latents = (n - 1) // stride + 1
+            rng = torch.Generator(device="cpu").manual_seed(seed)
+            sample = _bidirectional if mode == "bidirectional" else _chunk_causal
+            x = sample(release, z0, latents, camera, plucker, text, uncond, sigmas, cfg, rng, progress)
+            frames = video_tensor_to_frames(vae.decode(x))  # [n, H, W, 3]
+    if frames.shape[0] != n:
+        raise RuntimeError(f"generation returned {frames.shape[0]} frames for {n} poses")
+    return OfflineVideo(frames=frames, world_T_cams=poses.copy(), intrinsics=intrinsics[0].copy(),
+                        fps=float(release.fps), mode=mode)
+
+
+def read_episode_trajectory(folder: str | Path):
+    """The camera path of a recorded episode folder (`frames.jsonl`: per frame `c2w` [4, 4] and fx fy cx cy W H,
+    fps from `meta.json` when present). ValueError naming the line for anything missing or malformed."""
+    import json
+
+    from controls.trajectory import Trajectory
+
+    root = Path(folder)
+    path = root / "frames.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{str(root)!r} is not a recorded episode: it has no frames.jsonl")
+    poses, intrinsics, size = [], [], None
+    with path.open() as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                c2w = np.asarray(row["c2w"], dtype=np.float64).reshape(4, 4)
+                k = [float(row[key]) for key in ("fx", "fy", "cx", "cy")]
+                wh = (int(row["W"]), int(row["H"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                # A crash can leave the last line half-written; earlier lines must be whole.
+                remainder = f.read()
+                if not remainder.strip():
+                    logger.warning("%s: line %d is incomplete (%s); using the %d frames before it", path, number, error, len(poses))
+                    break
+                raise ValueError(f"{path}: line {number} is not a frame record with c2w, fx, fy, cx, cy, W, H: {error}") from None
+            if size is not None and wh != size:
+                raise ValueError(f"{path}: line {number} has frame size {wh}, earlier lines {size}")
+            size = wh
+            poses.append(c2w)
+            intrinsics.append(k)
+    if not poses:
+        raise ValueError(f"{path} holds no frames")
+    fps = 16.0
+    meta = root / "meta.json"
+    if meta.is_file():
+        try:
+            fps = float(json.loads(meta.read_text()).get("fps", fps))
+        except (OSError, ValueError, AttributeError) as error:
+            raise ValueError(f"{meta} is not readable JSON with an fps: {error}") from None
+    return Trajectory(np.stack(poses), np.asarray(intrinsics), size[0], size[1], fps)
