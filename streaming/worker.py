@@ -163,11 +163,12 @@ class StreamJob:
             poses = np.concatenate([self.world_T_cam0[None], np.asarray(self.integrator.advance(envelope.snapshot, n - 1))])
         else:
             poses = np.asarray(self.integrator.advance(envelope.snapshot, n))  # [n, 4, 4]
-        chunk_id = self.generator.chunk_index
+        # Ids count across resets, so a frame id names one frame for the whole session.
+        chunk_id = self.chunks_done
+        frame0 = self.frames_done
         start = time.perf_counter()
         images = self.generator.step(poses)
         chunk_ms = (time.perf_counter() - start) * 1e3
-        frame0 = self.generator.frame_index - n
         frames = [
             StreamFrame(image=images[i], frame_id=frame0 + i, chunk_id=chunk_id, input_seq=envelope.seq, world_T_cam=poses[i], chunk_ms=chunk_ms)
             for i in range(n)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 
 import aiohttp
 import pytest
@@ -47,6 +48,11 @@ async def test_serve_prints_the_url_and_serves_the_embedded_model(capsys):
                 assert session["type"] == "session" and session["width"] == 64
                 frame = await ws.receive(timeout=60)
                 assert frame.type == aiohttp.WSMsgType.BINARY and frame.data[:4] == b"ROAM"
+        from aiortc.codecs import vpx
+
+        assert vpx.DEFAULT_BITRATE == config.stream.video_bitrate, "encoder bitrates patched for localhost"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    # Graceful shutdown: the generation worker has stopped.
+    assert not [t for t in threading.enumerate() if t.name == "roam-generation"]

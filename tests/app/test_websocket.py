@@ -56,6 +56,14 @@ async def test_websocket_session_streams_acked_jpeg_frames_and_walks():
             pongs = []
             await _frames(ws, 3, on_text=lambda m: m["type"] == "pong" and pongs.append(m))
             assert pongs and pongs[0]["t"] == 12.5
+            # Reset: back to the start pose (keys released first), frame ids keep counting.
+            await ws.send_str(json.dumps({"type": "input", "seq": 10, "t": 0.0, "keys": 0, "yaw": 0.0, "pitch": 0.0, "roll": 0.0}))
+            await ws.send_str(json.dumps({"type": "reset"}))
+            texts.clear()
+            after = await _frames(ws, 12, on_text=texts.append)
+            tele = [t for t in texts if t["type"] == "telemetry"]
+            assert min(t["position"][2] for t in tele) == 0.0 and tele[-1]["position"][2] < 0.2
+            assert after[0][0][3] > ids[-1]
         await wait_for(lambda: not app[SESSIONS])
 
 
