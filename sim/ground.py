@@ -19,6 +19,8 @@ from sim.themes import Theme
 
 GROUND_TEXELS = 1024
 SHADOW_TEXELS = 256
+OCCLUSION_TEXELS = 512
+OCCLUSION_REACH_M = 1.2  # how far from an object's foot the ground darkens
 DETAIL_TEXELS = 256
 DETAIL_TEXEL_M = 0.015
 CLOUD_TEXELS = 256
@@ -61,9 +63,11 @@ def bake_ground(rng: np.random.Generator, theme: Theme, prims, sun_dir: np.ndarr
 
     lit = _shadow_map(prims, sun_dir, period)
     lit = scipy.ndimage.zoom(lit, size / lit.shape[0], order=1, mode="grid-wrap", grid_mode=True)
+    open_sky = _occlusion_map(prims, period)
+    open_sky = scipy.ndimage.zoom(open_sky, size / open_sky.shape[0], order=1, mode="grid-wrap", grid_mode=True)
     ambient, direct = light_terms(theme)
-    sun = np.float32(-float(sun_dir[1])) * lit
-    colour = np.stack([a * (ambient[i] + direct[i] * sun) for i, a in enumerate(albedo)], axis=-1)
+    sun = np.float32(-float(sun_dir[1])) * lit * (0.5 + 0.5 * open_sky)
+    colour = np.stack([a * (ambient[i] * open_sky + direct[i] * sun) for i, a in enumerate(albedo)], axis=-1)
     return MipTexture.from_image(np.clip(colour, 0.0, 1.0), texel)
 
 
@@ -129,3 +133,41 @@ def _shadow_map(prims, sun_dir: np.ndarray, period: float) -> np.ndarray:
     shadow[index] = 1.0
     lit = 1.0 - shadow.reshape(size, size)
     return box_blur_periodic(lit, 1)
+
+
+def _occlusion_map(prims, period: float) -> np.ndarray:
+    """How much sky the ground sees near objects standing on it, [OCCLUSION_TEXELS]^2 in (0, 1].
+
+    Ground close to an object's foot is darkened by 1 - 0.45 exp(-d / 0.3 m), d the distance from a
+    point just above the ground to the object (its signed distance), so objects look grounded.
+    """
+    size = OCCLUSION_TEXELS
+    texel = period / size
+    occlusion = np.zeros(size * size, dtype=np.float32)
+    bottom = prims.centre[:, 1] + prims.half[:, 1]
+    standing = np.flatnonzero(bottom > -0.2)
+    if len(standing) == 0:
+        return np.ones((size, size), np.float32)
+    reach = np.hypot(prims.half[standing, 0], prims.half[standing, 2]).astype(np.float64) + OCCLUSION_REACH_M
+    n_side = np.ceil(2 * reach / texel).astype(np.int64) + 1
+    counts = n_side * n_side
+    owner = np.repeat(np.arange(len(standing)), counts)
+    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    prim = standing[owner]
+    ix = np.floor((prims.centre[prim, 0] - reach[owner]) / texel).astype(np.int64) + local % n_side[owner]
+    iz = np.floor((prims.centre[prim, 2] - reach[owner]) / texel).astype(np.int64) + local // n_side[owner]
+    ox = (ix + 0.5) * texel - prims.centre[prim, 0]
+    oz = (iz + 0.5) * texel - prims.centre[prim, 2]
+    oy = -0.05 - prims.centre[prim, 1]
+    c, s = np.cos(prims.yaw[prim]), np.sin(prims.yaw[prim])
+    lx, lz = c * ox - s * oz, s * ox + c * oz
+    half = prims.half[prim].astype(np.float64)
+    dist = np.full(len(prim), np.inf)
+    kinds = prims.kind[prim]
+    for kind, sdf in P.SDF.items():
+        sel = kinds == kind
+        if sel.any():
+            dist[sel] = sdf(lx[sel], oy[sel], lz[sel], half[sel, 0], half[sel, 1], half[sel, 2])
+    darkening = (0.45 * np.exp(-np.maximum(dist, 0.0) / 0.3)).astype(np.float32)
+    np.maximum.at(occlusion, (iz & (size - 1)) * size + (ix & (size - 1)), darkening)
+    return 1.0 - occlusion.reshape(size, size)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 Rgb = tuple[float, float, float]
 
 # Object families a theme can scatter; sim/world.py builds each from primitives.
-OBJECT_FAMILIES = ("round_tree", "fir_tree", "rock", "boulder", "crate", "pillar", "cone", "ball", "cactus")
+OBJECT_FAMILIES = ("round_tree", "fir_tree", "rock", "boulder", "crate", "pillar", "cone", "ball", "cactus", "hut")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ THEMES: dict[str, Theme] = {
         sun_elevation_deg=(35.0, 60.0), ambient=0.38,
         ground=(0.30, 0.52, 0.20), ground_patch=(0.42, 0.60, 0.22), ground_path=(0.62, 0.52, 0.36),
         pebble=(0.55, 0.55, 0.52), fog_density=0.004,
-        objects={"round_tree": 3.0, "fir_tree": 1.5, "rock": 2.0, "boulder": 1.0, "crate": 1.0, "pillar": 0.6, "ball": 0.6, "cone": 0.4},
+        objects={"round_tree": 3.0, "fir_tree": 1.5, "rock": 2.0, "boulder": 1.0, "crate": 1.0, "pillar": 0.6, "ball": 0.6, "cone": 0.4, "hut": 0.4},
         palette=((0.80, 0.20, 0.15), (0.90, 0.75, 0.20), (0.25, 0.35, 0.80), (0.85, 0.85, 0.82), (0.65, 0.30, 0.60)),
         foliage=((0.18, 0.42, 0.14), (0.28, 0.50, 0.16), (0.14, 0.34, 0.18)),
     ),
@@ -72,7 +72,7 @@ THEMES: dict[str, Theme] = {
         sun_elevation_deg=(40.0, 70.0), ambient=0.32,
         ground=(0.86, 0.70, 0.46), ground_patch=(0.78, 0.58, 0.36), ground_path=(0.92, 0.82, 0.62),
         pebble=(0.55, 0.38, 0.26), fog_density=0.003,
-        objects={"cactus": 2.5, "rock": 2.5, "boulder": 2.0, "pillar": 0.8, "cone": 1.0, "crate": 0.6},
+        objects={"cactus": 2.5, "rock": 2.5, "boulder": 2.0, "pillar": 0.8, "cone": 1.0, "crate": 0.6, "hut": 0.4},
         palette=((0.75, 0.45, 0.30), (0.85, 0.80, 0.65), (0.55, 0.30, 0.20), (0.30, 0.55, 0.60)),
         foliage=((0.30, 0.52, 0.26), (0.36, 0.58, 0.30)),
         rock=(0.66, 0.42, 0.28), density=1.0 / 70.0, clouds=0.15, grain=0.2,
@@ -83,7 +83,7 @@ THEMES: dict[str, Theme] = {
         sun_elevation_deg=(15.0, 35.0), ambient=0.5,
         ground=(0.90, 0.92, 0.96), ground_patch=(0.80, 0.84, 0.92), ground_path=(0.70, 0.70, 0.72),
         pebble=(0.35, 0.35, 0.38), fog_density=0.012,
-        objects={"fir_tree": 4.0, "rock": 1.5, "boulder": 1.0, "crate": 0.5, "cone": 0.5, "ball": 0.5},
+        objects={"fir_tree": 4.0, "rock": 1.5, "boulder": 1.0, "crate": 0.5, "cone": 0.5, "ball": 0.5, "hut": 0.4},
         palette=((0.70, 0.15, 0.15), (0.20, 0.30, 0.55), (0.55, 0.40, 0.25), (0.90, 0.60, 0.15)),
         foliage=((0.10, 0.28, 0.20), (0.14, 0.32, 0.22)),
         rock=(0.40, 0.40, 0.44), clouds=0.7, grain=0.12, exposure=1.2,
@@ -105,7 +105,7 @@ THEMES: dict[str, Theme] = {
         sun_elevation_deg=(25.0, 45.0), ambient=0.4,
         ground=(0.46, 0.40, 0.20), ground_patch=(0.62, 0.40, 0.16), ground_path=(0.52, 0.44, 0.36),
         pebble=(0.50, 0.48, 0.46), fog_density=0.008,
-        objects={"round_tree": 4.0, "fir_tree": 1.0, "rock": 1.5, "crate": 0.8, "pillar": 0.5, "ball": 0.4},
+        objects={"round_tree": 4.0, "fir_tree": 1.0, "rock": 1.5, "crate": 0.8, "pillar": 0.5, "ball": 0.4, "hut": 0.5},
         palette=((0.55, 0.20, 0.12), (0.85, 0.70, 0.30), (0.30, 0.35, 0.45)),
         foliage=((0.85, 0.45, 0.10), (0.78, 0.25, 0.10), (0.90, 0.70, 0.15), (0.40, 0.45, 0.15)),
         clouds=0.6,

@@ -306,4 +306,9 @@ def _build_family(rng: np.random.Generator, theme: Theme, family: str) -> list[t
                        # The elbow: a bar from the trunk to the arm (a box's local x maps to (cos, -sin) of its yaw).
                        (P.BOX, (ax / 2, arm_y + arm_h / 2 - arm_r * 0.6, az / 2), (math.hypot(ax, az) / 2, arm_r * 0.6, arm_r * 0.6), -yaw, green, 0.35)]
         return pieces
+    if family == "hut":
+        r, wall_h, roof_h = u(1.2, 2.2), u(1.8, 2.6), u(1.2, 2.2)
+        roof = theme.palette[int(rng.integers(len(theme.palette)))]
+        return [(P.CYLINDER, (0.0, -wall_h / 2, 0.0), (r, wall_h / 2, r), 0.0, _jitter(rng, paint), 0.3),
+                (P.CONE, (0.0, -wall_h - roof_h / 2 + 0.05, 0.0), (r * 1.3, roof_h / 2, r * 1.3), yaw, _jitter(rng, roof, 0.1), 0.35)]
     raise ValueError(f"unknown object family {family!r}")

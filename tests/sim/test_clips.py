@@ -80,8 +80,8 @@ def test_dataset_yields_tensors_and_workers_share_the_eval_set():
     items = list(ds)
     assert [item["scene_seed"] for item in items] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
     assert items[0]["frames"].shape == (9, 16, 24, 3) and items[0]["frames"].dtype == torch.uint8
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
-    seeds = sorted(item["scene_seed"] for item in loader)
-    assert seeds == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    assert batch["frames"].shape == (2, 9, 16, 24, 3)
+    # Two workers render one scene each, and batches collate.
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2))
+    assert sorted(int(b["scene_seed"]) for b in batches) == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
+    assert batches[0]["frames"].shape == (1, 9, 16, 24, 3)
+    assert all(torch.equal(b["frames"][0], items[int(b["scene_seed"]) - EVAL_SEED_BASE]["frames"]) for b in batches)
