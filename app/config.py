@@ -119,6 +119,8 @@ class AppConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     model_path: Path | None = None
     device: str = "cpu"
+    # With a model_path: take the stream's size, fps, chunking and FoV from the release.
+    stream_from_model: bool = False
 
     def __post_init__(self) -> None:
         if self.model_path is not None and not Path(self.model_path).exists():

@@ -6,6 +6,7 @@ or the model at `--model`) and shared by every session; sessions get their own `
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,7 +25,6 @@ from streaming.generator import ChunkGenerator
 
 log = logging.getLogger("roam.runtime")
 
-TRAINED_TINY_WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights" / "roam_tiny.safetensors"
 MAX_UPLOADS = 32
 
 
@@ -169,6 +169,8 @@ class Runtime:
         return self.scenes.view(start_id)
 
     def make_generator(self) -> ChunkGenerator:
+        import torch
+
         K = self.K
         return ChunkGenerator(
             self.model,
@@ -176,6 +178,7 @@ class Runtime:
             self.stream.generator_config(),
             (K[0, 0], K[1, 1], K[0, 2], K[1, 2]),
             device=self.device,
+            dtype=getattr(self.model, "dtype", torch.float32),
             conditioner_factory=self.conditioner_factory,
         )
 
@@ -188,53 +191,21 @@ class Runtime:
 
 
 def build_runtime(config: AppConfig) -> Runtime:
-    """Load the model and VAE named by `config`: the embedded tiny ones by default (random weights,
-    with a warning, where the trained ones are not installed), or the release folder `model_path`."""
-    model, name = _load_model(config)
-    vae = _load_vae(config, model.config.in_channels)
-    return Runtime(model=model, vae=vae, model_name=name, stream=config.stream, device=config.device, scenes=config.server.scene_count)
-
-
-def _load_model(config: AppConfig) -> tuple[Any, str]:
+    """Load the model and VAE named by `config` (`model.release`): the embedded tiny ones by default
+    (seeded random weights, with a warning, where the trained ones are not installed), or the release
+    folder `model_path` (bfloat16 on CUDA). With `stream_from_model` the stream takes the release's
+    size, fps, chunking and field of view."""
     import torch
 
-    from model import ModelConfig, WorldModel
+    from model.release import load_embedded, load_release
 
+    stream = config.stream
     if config.model_path is not None:
-        path = Path(config.model_path)
-        return WorldModel.from_pretrained(path, device=config.device), f"SANA-WM ({path.name})"
-    if TRAINED_TINY_WEIGHTS.exists():
-        from model.checkpoint import load_state_dict_exact, read_weights
-
-        model = WorldModel(ModelConfig.preset("tiny"))
-        load_state_dict_exact(model, read_weights(TRAINED_TINY_WEIGHTS), str(TRAINED_TINY_WEIGHTS))
-        return model.to(config.device).eval(), "roam-tiny"
-    log.warning(
-        "the trained tiny model %s is not installed: serving ModelConfig.preset('tiny') with seeded random "
-        "weights, so the stream shows noise-like pictures (train it with `python run.py train`)",
-        TRAINED_TINY_WEIGHTS,
-    )
-    torch.manual_seed(config.stream.seed)
-    return WorldModel(ModelConfig.preset("tiny")).to(config.device).eval(), "roam-tiny (random weights)"
-
-
-def _load_vae(config: AppConfig, latent_channels: int) -> Any:
-    import torch
-
-    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
-
-    if DEFAULT_WEIGHTS.exists():
-        vae = load_tiny_vae(device=config.device)
-        if vae.latent_channels != latent_channels:
-            if config.model_path is not None:
-                raise ValueError(
-                    f"the model at {config.model_path} works in {latent_channels} latent channels but the tiny VAE "
-                    f"has {vae.latent_channels}; its own VAE (LTX-2) is not available in this build"
-                )
-            log.warning("tiny VAE weights have %d latent channels, the tiny model %d: using a random TinyVAE", vae.latent_channels, latent_channels)
-        else:
-            return vae
+        dtype = torch.bfloat16 if config.device.startswith("cuda") else None
+        release = load_release(config.model_path, device=config.device, dtype=dtype)
+        if config.stream_from_model:
+            stream = dataclasses.replace(stream, width=release.width, height=release.height, fps=release.fps, chunk_latents=release.chunk_latents, hfov_deg=release.hfov_deg)
     else:
-        log.warning("tiny VAE weights %s are not installed: using a random TinyVAE (pictures will be noise-like)", DEFAULT_WEIGHTS)
-    torch.manual_seed(config.stream.seed)
-    return TinyVAE(TinyVAEConfig(latent_channels=latent_channels)).to(config.device).eval()
+        release = load_embedded(height=stream.height, width=stream.width, fps=stream.fps, hfov_deg=stream.hfov_deg, device=config.device, seed=stream.seed, chunk_latents=stream.chunk_latents)
+    log.info("model: %s", release.describe())
+    return Runtime(model=release.dit, vae=release.vae, model_name=release.name, stream=stream, device=config.device, scenes=config.server.scene_count)

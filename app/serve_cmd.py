@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=server.max_sessions, help="concurrent walks (default %(default)s)")
-    parser.add_argument("--width", type=int, default=stream.width, help="video width in px (default %(default)s)")
-    parser.add_argument("--height", type=int, default=stream.height, help="video height in px (default %(default)s)")
-    parser.add_argument("--fps", type=float, default=stream.fps, help="video frame rate (default %(default)s)")
-    parser.add_argument("--chunk-latents", type=int, default=stream.chunk_latents, help="latents per chunk (default %(default)s)")
+    parser.add_argument("--width", type=int, default=None, help=f"video width in px (default {stream.width}, or the release's with --model)")
+    parser.add_argument("--height", type=int, default=None, help=f"video height in px (default {stream.height}, or the release's with --model)")
+    parser.add_argument("--fps", type=float, default=None, help=f"video frame rate (default {stream.fps:g}, or the release's with --model)")
+    parser.add_argument("--chunk-latents", type=int, default=None, help=f"latents per chunk (default {stream.chunk_latents}, or the release's with --model)")
     parser.add_argument("--kv-window", type=int, default=stream.kv_window_chunks, help="chunks in the softmax KV window (default %(default)s)")
     parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
@@ -44,17 +44,11 @@ def config_from_args(args: argparse.Namespace):
     from app.config import AppConfig, ServerConfig, StreamConfig
 
     server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
-    stream = StreamConfig(
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-        chunk_latents=args.chunk_latents,
-        kv_window_chunks=args.kv_window,
-        idle_chunks=args.idle_chunks,
-        torch_threads=args.threads,
-        seed=args.seed,
-    )
-    return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device)
+    explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
+    stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed, **explicit)
+    # A release brings its own size and chunking unless the command line sets them.
+    from_model = args.model is not None and not explicit
+    return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)
 
 
 def main(args: argparse.Namespace) -> int:

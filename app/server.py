@@ -85,7 +85,8 @@ async def _on_startup(app: web.Application) -> None:
         # Start scenes render in the background; the page's thumbnails wait for them if needed.
         app[PREWARM_STOP] = threading.Event()
         app[PREWARM] = asyncio.ensure_future(asyncio.to_thread(prewarm, app[PREWARM_STOP]))
-    log.info("serving model %s at %dx%d, %.0f fps", app[RUNTIME].model_name, config.stream.width, config.stream.height, config.stream.fps)
+    stream = app[RUNTIME].stream
+    log.info("serving model %s at %dx%d, %g fps", app[RUNTIME].model_name, stream.width, stream.height, stream.fps)
 
 
 async def _on_shutdown(app: web.Application) -> None:
