@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from controls.camera import make_pose, rotation_yaw
+from sim import default_intrinsics
+from train.evaluate import ClipResult, depth_warp, per_second, perturb, psnr, ssim, summarise
+
+
+def _walk(n: int) -> np.ndarray:
+    """Walking forward while turning right, from a non-identity start."""
+    start = make_pose(rotation_yaw(0.3), [1.0, -1.5, 2.0])
+    return np.stack([start @ make_pose(rotation_yaw(0.05 * i), [0.02 * i, 0.0, 0.1 * i]) for i in range(n)])
+
+
+def test_psnr_and_ssim():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert psnr(a, a) > 90 and ssim(a, a) == pytest.approx(1.0)
+    assert 25 < psnr(a, b) < 30
+    assert ssim(a, rng.integers(0, 256, a.shape, dtype=np.uint8)) < 0.1
+
+
+def test_depth_warp_is_exact_for_a_still_camera_and_moves_content_when_turning():
+    K = default_intrinsics(32, 32)
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    depth = np.full((32, 32), 5.0, dtype=np.float32)
+    pose = _walk(1)[0]
+    still = depth_warp(frame, depth, depth[None].repeat(2, 0), pose, np.stack([pose, pose]), K)
+    assert np.abs(still.astype(int) - frame).max() <= 1
+    # A pure yaw to the right: content seen at column u appears further left; the right edge is new (filled).
+    turned = pose @ make_pose(rotation_yaw(np.arctan(4 / K[0, 0])), [0, 0, 0])
+    warped = depth_warp(frame, depth, depth[None], pose, turned[None], K)[0]
+    assert np.abs(warped[:, 8:20].astype(int) - frame[:, 12:24]).mean() < 20
+    assert (warped[:, -2:] == np.round(frame.reshape(-1, 3).mean(0))).all()
+
+
+def test_perturbations():
+    poses = _walk(6)
+    mirrored = perturb(poses, "mirrored_yaw")
+    reversed_ = perturb(poses, "reversed_motion")
+    assert np.allclose(mirrored[0], poses[0]) and np.allclose(reversed_[0], poses[0])
+    assert np.allclose(perturb(mirrored, "mirrored_yaw"), poses)
+    rel = np.linalg.inv(poses[0]) @ poses[-1]
+    rel_m = np.linalg.inv(poses[0]) @ mirrored[-1]
+    rel_r = np.linalg.inv(poses[0]) @ reversed_[-1]
+    assert rel_m[0, 3] == pytest.approx(-rel[0, 3]) and rel_m[2, 3] == pytest.approx(rel[2, 3])
+    assert rel_r[2, 3] < 0 < rel[2, 3]
+    with pytest.raises(ValueError, match="spin"):
+        perturb(poses, "spin")
+
+
+def test_per_second_and_summary():
+    gt = np.zeros((33, 4, 4, 3), dtype=np.uint8)
+    pred = gt.copy()
+    pred[17:] = 50  # second 2 is wrong
+    assert per_second(pred, gt, 16, 2, lambda a, b: float(np.abs(a.astype(int) - b).mean())) == [0.0, 50.0]
+    results = [ClipResult(1, psnr={m: [10.0, 12.0] for m in ("model", "repeat", "warp")},
+                          ssim={m: [0.5, 0.5] for m in ("model", "repeat", "warp")},
+                          follows={"mirrored_yaw": True, "reversed_motion": False})]
+    summary = summarise(results, 2)
+    assert summary["follow"] == {"mirrored_yaw": 1.0, "reversed_motion": 0.0, "all": 0.5}
+    assert summary["mean"]["psnr_model"] == 11.0 and summary["gain_over_repeat_db"] == 0.0

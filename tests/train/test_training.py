@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.conftest import ci_size
+from tests.train.helpers import tiny_model, write_latent_clips
+from train.data import LatentClips
+from train.recipes import DistilLoss, TeacherLoss, make_pairs, teacher_rollout
+from train.trainer import ChunkCausalNet, LoopConfig, train_loop
+
+
+def _fixed_loss(model, loss_fn) -> float:
+    """The loss on one fixed draw of clips, σ and noise."""
+    net = ChunkCausalNet(model, kv_window_chunks=2, sink=True)
+    with torch.no_grad():
+        return float(loss_fn(net, torch.Generator().manual_seed(123), 1)[0])
+
+
+def test_teacher_loss_goes_down_and_run_resumes(tmp_path):
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 6))
+    loss_fn = TeacherLoss(clips, batch_size=4, chunk_latents=2, shift=1.0, p_clean_context=0.3)
+    model = tiny_model()
+    before = _fixed_loss(model, loss_fn)
+    steps = ci_size(30, 20)
+    cfg = LoopConfig(run_dir=str(tmp_path / "run"), steps=steps, lr=3e-3, warmup_steps=5, progress=False, log_every=5)
+    model, ema, records = train_loop(model, loss_fn, cfg, kv_window_chunks=2, sink=True)
+    after = _fixed_loss(model, loss_fn)
+    assert after < 0.8 * before, (before, after)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(5, steps + 1, 5))
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), ema.parameters()))
+
+    # A second run with more steps continues from the checkpoint: only the new steps run.
+    cfg2 = LoopConfig(run_dir=str(tmp_path / "run"), steps=steps + 3, lr=3e-3, warmup_steps=5, progress=False)
+    _, _, more = train_loop(tiny_model(seed=1), loss_fn, cfg2, kv_window_chunks=2, sink=True)
+    assert [r["step"] for r in more] == [steps + 1, steps + 2, steps + 3]
+
+
+def test_teacher_rollout_records_the_distilled_trajectory(tmp_path):
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 2))
+    batch = clips.batch([0, 1])
+    lat = batch["latents"]  # [2, C, 5, 4, 4]
+    noise = torch.randn(lat.shape)
+    model = tiny_model().eval()
+    keep = [1.0, 0.5]
+    traj, x0 = teacher_rollout(model, lat[:, :, :1], batch["camera_conditions"], batch["chunk_plucker"], [3, 2],
+                               [1.0, 0.75, 0.5, 0.25, 0.0], keep, noise, kv_window_chunks=2, sink=True)
+    assert traj.shape == (2, 2) + tuple(lat.shape[1:]) and x0.shape == lat.shape
+    assert torch.equal(traj[:, 0, :, 1:], noise[:, :, 1:]), "σ = 1 is the starting noise"
+    assert torch.equal(traj[:, 1, :, :1], lat[:, :, :1]) and torch.equal(x0[:, :, :1], lat[:, :, :1])
+    assert not torch.allclose(traj[:, 1, :, 1:], noise[:, :, 1:])
+
+    pairs = make_pairs(model, clips, 2, 2, 2, (1.0, 0.5, 0.0), 2, 1.0, 2, True, progress=False)
+    assert pairs["trajectory"].shape[:2] == (2, 2) and pairs["sigmas"].tolist() == [1.0, 0.5]
+    distil = DistilLoss(pairs, batch_size=2, chunk_latents=2, p_clean_context=0.3)
+    net = ChunkCausalNet(model.train(), kv_window_chunks=2, sink=True)
+    loss, _ = distil(net, torch.Generator().manual_seed(0), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and model.final_layer.linear.weight.grad is not None
