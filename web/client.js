@@ -474,8 +474,12 @@ function keyUp(code) {
   markKey(code, false);
 }
 
+// Also sends the release at once: on blur or a hidden tab animation frames stop, and the server would
+// otherwise keep walking on the last snapshot.
 function releaseAll() {
+  if (state.held.size === 0) return;
   for (const code of [...state.held]) keyUp(code);
+  if (state.transport !== "none" && state.session !== null) sendInput(performance.now());
 }
 
 function markKey(code, down) {
@@ -484,7 +488,7 @@ function markKey(code, down) {
 }
 
 function isTyping(target) {
-  return target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName) && target.type !== "checkbox" && target.type !== "range");
+  return target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName) && target.type !== "checkbox");
 }
 
 function bindInput() {
@@ -567,6 +571,8 @@ function bindButtons() {
     sendSettings();
   };
   for (const id of ["sensitivity", "speed", "invert-y", "fly"]) $(id).addEventListener("input", onSettings);
+  // Space (fly up) must not press the last clicked button again: hand the focus back to the view.
+  for (const id of ["reset-button", "rewind-button", "record-toggle"]) $(id).addEventListener("click", () => $("viewport").focus());
 }
 
 function sendSettings() {
@@ -677,7 +683,7 @@ function renderHud(now) {
   if (state.transport === "none" && state.session === null && state.lastTelemetry === null) return;
   const t = state.lastTelemetry;
   const fps = state.presentTimes.length >= 2 ? state.presentTimes.length : state.statsFps;
-  setText("hud-fps", fps == null ? "–" : t && Number.isFinite(t.fps) ? `${fps} / ${t.fps}` : `${fps}`);
+  setText("hud-fps", fps == null ? "–" : `${fps}`);
   setText("hud-chunk", t && Number.isFinite(t.chunk_ms) ? `${Math.round(t.chunk_ms)} ms` : "–");
   const latency = median(state.latencies);
   const latencyEl = $("hud-latency");

@@ -182,3 +182,12 @@ def test_picker_checks_uploads(server, page, tmp_path):
     assert page.evaluate("window.__roam.state().error") is None
     page.click("#leave-button")
     page.wait_for_selector("#picker:not([hidden])")
+
+
+def test_falls_back_to_websocket_when_webrtc_fails(server, page):
+    """With the offer unreachable, the page switches to the websocket by itself and says so in the HUD."""
+    page.route("**/offer", lambda route: route.abort())
+    _start(page, server.url, "websocket")
+    assert page.locator("#hud-transport").inner_text() == "websocket"
+    assert page.locator("#transport-chip").get_attribute("data-transport") == "websocket"
+    assert page.evaluate("window.__roam.state().error") is None
