@@ -279,9 +279,13 @@ class TinyVAE(nn.Module):
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"latents must be [B, {self.latent_channels}, T, h, w] with T, h, w >= 1, got {shape}")
 
-    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1, 1)
-        return self.latents_mean.view(shape).to(z), self.latents_std.view(shape).to(z)
+        return self.latents_mean.view(shape), self.latents_std.view(shape)
+
+    def _own_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        # Generators may hold latents in bf16/fp16; this network runs in its weights' dtype.
+        return x.to(self.latents_mean.dtype)
 
     def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
         """Unnormalised latents (the training path)."""
@@ -294,15 +298,19 @@ class TinyVAE(nn.Module):
         return self.decoder(e, None, first=True)[0]
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """video [B, 3, F, H, W] in [-1, 1], F = stride·k + 1 -> normalised latents [B, C, k + 1, H/s, W/s]."""
-        mean, std = self._stats(video)
-        return (self.encode_raw(video) - mean) / std
+        """video [B, 3, F, H, W] in [-1, 1], F = stride·k + 1 -> normalised latents [B, C, k + 1, H/s, W/s].
+
+        Computed (and returned) in the VAE's dtype whatever the input's.
+        """
+        mean, std = self._stats()
+        self.check_video(video)
+        return (self.encode_raw(self._own_dtype(video)) - mean) / std
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents [B, C, T, h, w] -> video [B, 3, stride·(T−1) + 1, h·s, w·s] in [-1, 1]."""
+        """Normalised latents [B, C, T, h, w] -> video [B, 3, stride·(T−1) + 1, h·s, w·s] in [-1, 1] (VAE's dtype)."""
         self.check_latents(latents)
-        mean, std = self._stats(latents)
-        return self.decoder(latents * std + mean, None, first=True)[0].clamp(-1, 1)
+        mean, std = self._stats()
+        return self.decoder(self._own_dtype(latents) * std + mean, None, first=True)[0].clamp(-1, 1)
 
     def stream_decoder(self, batch_size: int) -> StreamDecoder:
         return StreamDecoder(self, batch_size)
@@ -332,8 +340,9 @@ class StreamDecoder:
         grid = tuple(latents.shape[3:])
         if self.grid is not None and grid != self.grid:
             raise ValueError(f"chunk latent grid {grid} differs from the stream's {self.grid}")
-        mean, std = self.vae._stats(latents)
-        frames, self.contexts = self.vae.decoder(latents * std + mean, self.contexts, first=self.latents_seen == 0)
+        mean, std = self.vae._stats()
+        z = self.vae._own_dtype(latents) * std + mean
+        frames, self.contexts = self.vae.decoder(z, self.contexts, first=self.latents_seen == 0)
         self.grid = grid
         self.latents_seen += latents.shape[2]
         return frames.clamp(-1, 1)

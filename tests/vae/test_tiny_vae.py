@@ -148,3 +148,15 @@ def test_latent_normalisation_round_trips_through_buffers():
         mean = vae.latents_mean.view(1, -1, 1, 1, 1)
         torch.testing.assert_close(z * std + mean, raw)
         torch.testing.assert_close(vae.decode(z), vae.decode_raw(raw).clamp(-1, 1))
+
+
+def test_low_precision_latents_run_in_the_vae_dtype():
+    vae = _vae(SMALL)
+    z = torch.randn(1, 8, 2, 2, 2).to(torch.bfloat16)
+    with torch.no_grad():
+        out = vae.decode(z)
+        streamed = vae.stream_decoder(1).decode_chunk(z)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, vae.decode(z.float()))
+        torch.testing.assert_close(streamed, out)
+        assert vae.encode(torch.zeros(1, 3, 5, 16, 16, dtype=torch.bfloat16)).dtype == torch.float32
