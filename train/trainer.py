@@ -85,11 +85,14 @@ def distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _lr_at(step: int, cfg: LoopConfig, total: int) -> float:
+def _lr_at(step: int, cfg: LoopConfig, elapsed_s: float) -> float:
+    """Linear warm-up, then cosine decay to lr/10 over the steps or the time budget, whichever ends first."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.minutes:
+        progress = max(progress, elapsed_s / (cfg.minutes * 60))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 @torch.no_grad()
@@ -147,7 +150,10 @@ def train_loop(
     log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     try:
         while step < cfg.steps:
-            lr = _lr_at(step, cfg, cfg.steps)
+            elapsed = torch.tensor([time.monotonic() - start])
+            if world > 1:
+                dist.broadcast(elapsed, 0)
+            lr = _lr_at(step, cfg, float(elapsed))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, metrics = loss_fn(net, rng, step)
