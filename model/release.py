@@ -8,7 +8,7 @@ Layouts (sana_wm.md §1) and what `load_release` takes from each:
 | kind | DiT | VAE | text encoder |
 |---|---|---|---|
 | `bidirectional` | `config.json` + `dit/*.safetensors` (or diffusers `transformer/`) | `vae/` | optional |
-| `chunk_causal` | the same DiT layout, shipped without a VAE | `vae_folder=`, else the first `ltx2_causal_vae/` or `vae/` in a sibling folder | optional |
+| `chunk_causal` | the same DiT layout, shipped without a VAE | `vae_folder=`, else a sibling folder's `ltx2_causal_vae/` (then `vae/`) | optional |
 | `streaming` | `sana_dit/model.pt` (`generator` / `model.` wrapped) | `ltx2_causal_vae/` (else `vae/`) | optional |
 
 The kind follows from the layout: `sana_dit/model.pt` is the distilled streaming release; a DiT
@@ -113,7 +113,8 @@ def _vae_candidates(root: Path, kind: str) -> list[Path]:
     if kind == "bidirectional":
         return [root / "vae", root / "ltx2_causal_vae"]
     siblings = sorted(p for p in root.parent.iterdir() if p.is_dir() and p != root) if root.parent.is_dir() else []
-    return [root / "ltx2_causal_vae", root / "vae"] + [s / name for s in siblings for name in ("ltx2_causal_vae", "vae")]
+    # The chunk-causal teacher decodes causally like the streaming release: causal VAEs first.
+    return [root / "ltx2_causal_vae", root / "vae"] + [s / name for name in ("ltx2_causal_vae", "vae") for s in siblings]
 
 
 def _is_vae_folder(path: Path) -> bool:

@@ -1,0 +1,126 @@
+"""The LTX-2 VAE adapter: latent normalisation, strides, exact causal stream decoding and strict loading.
+
+Stream decode tolerance: the concatenated chunks equal diffusers' causal whole-clip decode within
+float32 rounding (max abs difference < 1e-5 on outputs of magnitude ~1).
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import CheckpointError
+from model.vae.ltx2 import LTX2VideoVAE
+from tests.pipeline.tiny_release import random_ltx2_vae
+
+STREAM_ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def causal_vae():
+    return LTX2VideoVAE(random_ltx2_vae(causal=True, seed=1))
+
+
+def test_strides_and_channels_follow_the_layer_pattern(causal_vae):
+    assert (causal_vae.temporal_stride, causal_vae.spatial_stride, causal_vae.latent_channels) == (8, 32, 8)
+    video = torch.rand(1, 3, 17, 64, 96) * 2 - 1
+    assert causal_vae.encode(video).shape == (1, 8, 3, 2, 3)
+    assert causal_vae.decode(torch.randn(1, 8, 3, 2, 3)).shape == (1, 3, 17, 64, 96)
+
+
+def test_encode_normalises_the_posterior_mode_per_channel(causal_vae):
+    inner = causal_vae.vae
+    video = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    with torch.no_grad():
+        mode = inner.encode(video).latent_dist.mode()
+    mean = inner.latents_mean.view(1, -1, 1, 1, 1)
+    std = inner.latents_std.view(1, -1, 1, 1, 1)
+    expected = (mode - mean) * inner.config.scaling_factor / std
+    torch.testing.assert_close(causal_vae.encode(video), expected)
+
+
+def test_decode_undoes_the_normalisation(causal_vae):
+    inner = causal_vae.vae
+    z = torch.randn(1, 8, 2, 2, 2)
+    mean = inner.latents_mean.view(1, -1, 1, 1, 1)
+    std = inner.latents_std.view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        expected = inner.decode(z * std / inner.config.scaling_factor + mean).sample.clamp(-1, 1)
+    torch.testing.assert_close(causal_vae.decode(z), expected)
+
+
+@pytest.mark.parametrize("splits", [[1, 1, 1, 1, 1, 1], [3, 2, 1], [1, 5], [4, 2]], ids=lambda s: "-".join(map(str, s)))
+def test_stream_decode_equals_whole_clip_decode(causal_vae, splits):
+    z = torch.randn(1, 8, sum(splits), 2, 2)
+    whole = causal_vae.decode(z)
+    decoder = causal_vae.stream_decoder(1)
+    parts, start = [], 0
+    for n in splits:
+        parts.append(decoder.decode_chunk(z[:, :, start:start + n]))
+        expected_frames = 1 + 8 * (n - 1) if start == 0 else 8 * n
+        assert parts[-1].shape[2] == expected_frames
+        start += n
+    streamed = torch.cat(parts, dim=2)
+    assert streamed.shape == whole.shape
+    assert (streamed - whole).abs().max().item() < STREAM_ATOL
+
+
+def test_stream_decoder_clone_continues_independently(causal_vae):
+    z = torch.randn(1, 8, 4, 2, 2)
+    decoder = causal_vae.stream_decoder(1)
+    decoder.decode_chunk(z[:, :, :2])
+    snapshot = decoder.clone()
+    first = decoder.decode_chunk(z[:, :, 2:])
+    decoder.decode_chunk(torch.randn(1, 8, 2, 2, 2))
+    again = snapshot.decode_chunk(z[:, :, 2:])
+    torch.testing.assert_close(first, again)
+
+
+def test_non_causal_decoder_warns_when_streamed(caplog):
+    vae = LTX2VideoVAE(random_ltx2_vae(causal=False, seed=2))
+    with caplog.at_level(logging.WARNING):
+        vae.stream_decoder(1)
+    assert "non-causal decoder" in caplog.text
+
+
+def test_bad_inputs_raise(causal_vae):
+    with pytest.raises(ValueError, match="8·k \\+ 1"):
+        causal_vae.encode(torch.zeros(1, 3, 4, 64, 64))
+    with pytest.raises(ValueError, match="spatial stride 32"):
+        causal_vae.encode(torch.zeros(1, 3, 1, 48, 64))
+    with pytest.raises(ValueError, match="latents must be"):
+        causal_vae.decode(torch.zeros(1, 4, 1, 2, 2))
+    decoder = causal_vae.stream_decoder(1)
+    decoder.decode_chunk(torch.zeros(1, 8, 1, 2, 2))
+    with pytest.raises(ValueError, match="grid"):
+        decoder.decode_chunk(torch.zeros(1, 8, 1, 2, 3))
+
+
+def test_folder_round_trip_and_strict_errors(tmp_path):
+    inner = random_ltx2_vae(causal=True, seed=3)
+    inner.save_pretrained(str(tmp_path / "vae"))
+    loaded = LTX2VideoVAE.from_folder(tmp_path / "vae")
+    z = torch.randn(1, 8, 2, 2, 2)
+    torch.testing.assert_close(loaded.decode(z), LTX2VideoVAE(inner).decode(z))
+
+    weights = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state.pop("latents_std")
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.safetensors.*missing key\(s\): latents_std"):
+        LTX2VideoVAE.from_folder(tmp_path / "vae")
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read weights file .*diffusion_pytorch_model.safetensors"):
+        LTX2VideoVAE.from_folder(tmp_path / "vae")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        LTX2VideoVAE.from_folder(tmp_path / "missing")
