@@ -14,6 +14,7 @@ import time
 import pytest
 from PIL import Image
 
+from app.messages import Ack, Hello, Input, Settings, parse_message
 from tests.e2e.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
@@ -134,6 +135,8 @@ def test_walk_over_webrtc(server, page):
 
 
 def test_walk_over_websocket(server, page):
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     _start(page, server.url + "?transport=ws", "websocket")
     assert page.locator("#hud-transport").inner_text() == "websocket"
     before, after = _walk(page, screenshot=False)
@@ -155,6 +158,23 @@ def test_walk_over_websocket(server, page):
     assert 59.5 <= state["pitch"] <= 60.0, state["pitch"]
     page.wait_for_function("window.__roam.state().lastTelemetry.pitch > 30", timeout=FRAMES_TIMEOUT_MS)
     assert page.evaluate("window.__roam.state().lastTelemetry.pitch") <= 60.0 + 1e-6
+    _check_sent_messages(sent)
+
+
+def _check_sent_messages(sent: list) -> None:
+    """Everything the page sent parses as the server's message types; input seqs strictly increase and
+    snapshots come at most 60 per second."""
+    assert sent and all(isinstance(payload, str) for payload in sent), "the page sent binary data"
+    messages = [parse_message(payload, max_bytes=64 * 1024) for payload in sent]
+    assert isinstance(messages[0], Hello)
+    inputs = [m for m in messages if isinstance(m, Input)]
+    assert len(inputs) > 20
+    seqs = [m.seq for m in inputs]
+    assert all(b > a for a, b in zip(seqs, seqs[1:])), "input seqs are not strictly increasing"
+    times = [m.t for m in inputs]
+    busiest = max(sum(1 for u in times if t <= u < t + 1000.0) for t in times)
+    assert busiest <= 61, f"{busiest} input snapshots within one second"
+    assert any(isinstance(m, Ack) for m in messages) and any(isinstance(m, Settings) for m in messages)
 
 
 def test_picker_checks_uploads(server, page, tmp_path):
