@@ -49,9 +49,10 @@ class EvalSetSpec:
 
 
 def _video_codec() -> str:
+    """libx264rgb (lossless RGB), else libx264 (lossless YUV 4:4:4, rounding only), else mpeg4."""
     import av
 
-    return "libx264rgb" if "libx264rgb" in av.codecs_available else "mpeg4"
+    return next(c for c in ("libx264rgb", "libx264", "mpeg4") if c in av.codecs_available or c == "mpeg4")
 
 
 def write_frames(path: Path, frames: np.ndarray, fps: float, codec: str) -> None:
@@ -60,12 +61,12 @@ def write_frames(path: Path, frames: np.ndarray, fps: float, codec: str) -> None
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=round(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        if codec == "libx264rgb":
-            stream.pix_fmt = "rgb24"
-            stream.options = {"crf": "0", "preset": "veryfast"}
+        if codec.startswith("libx264"):
+            stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv444p"
+            stream.options = {"qp": "0", "preset": "veryfast"}
         else:
             stream.pix_fmt = "yuv420p"
-            stream.bit_rate = 8_000_000
+            stream.bit_rate = 50_000_000
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

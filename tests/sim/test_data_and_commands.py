@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.cli import main as cli_main
 from sim.clips import EVAL_SEED_BASE, sample_clip
-from sim.dataset_writer import EvalSet, EvalSetSpec, read_frames, write_eval_set
+from sim.dataset_writer import EvalSet, EvalSetSpec, read_frames, write_eval_set, write_frames
 from sim.render_cmd import preset_frames
 
 
@@ -35,6 +35,19 @@ def test_eval_set_round_trips(tmp_path):
         EvalSet(tmp_path / "missing")
     with pytest.raises(ValueError, match="n_frames"):
         EvalSetSpec(n_scenes=1, n_frames=8)
+
+
+@pytest.mark.parametrize("codec, tolerance", [("libx264rgb", 0.0), ("libx264", 1.0), ("mpeg4", 8.0)])
+def test_video_codecs_round_trip(tmp_path, codec, tolerance):
+    import av
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} is not in this PyAV build")
+    frames = sample_clip(3, 0, 9, 64, 48).frames
+    write_frames(tmp_path / "v.mp4", frames, 16.0, codec)
+    back = read_frames(tmp_path / "v.mp4")
+    assert back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() <= tolerance
 
 
 def test_render_command_writes_a_readable_video(tmp_path):

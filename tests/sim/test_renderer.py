@@ -206,3 +206,31 @@ def test_bad_inputs_are_rejected(scene):
         scene.is_free([0.0, -1.0, 0.0], -1.0)
     with pytest.raises(ValueError, match="spawn index"):
         scene.spawn_world_T_cam(-2)
+
+
+def test_fog_hides_the_distance_and_is_optional():
+    clear, foggy = Scene.from_seed(9, "meadow", fog=False), Scene.from_seed(9, "meadow", fog=True)
+    assert foggy.fog_density > 5 * clear.fog_density
+    pose = clear.spawn_world_T_cam(0)
+    K = default_intrinsics(SIZE, SIZE)
+    a, b = clear.render(pose, K, SIZE, SIZE), foggy.render(pose, K, SIZE, SIZE)
+    assert np.array_equal(a.depth, b.depth)
+    far = (a.depth[0] > 15.0) & np.isfinite(a.depth[0])
+    assert far.sum() > 100
+    # Fog washes out the contrast of what is far away.
+    assert b.rgb[0][far].astype(float).std(axis=0).mean() < 0.6 * a.rgb[0][far].astype(float).std(axis=0).mean()
+    with pytest.raises(ValueError, match="fog must be"):
+        Scene.from_seed(9, fog="yes")
+
+
+def test_themes_validate_their_values():
+    from dataclasses import replace
+
+    from sim.themes import THEMES
+
+    with pytest.raises(ValueError, match="not RGB"):
+        replace(THEMES["meadow"], ground=(1.2, 0.0, 0.0))
+    with pytest.raises(ValueError, match="sun elevation"):
+        replace(THEMES["dusk"], sun_elevation_deg=(10.0, 95.0))
+    with pytest.raises(ValueError, match="object families"):
+        replace(THEMES["snow"], objects={"spaceship": 1.0})
