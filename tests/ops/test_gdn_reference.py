@@ -4,19 +4,24 @@ diffusers 0.42.1 computes the GDN core as a forward scan plus a backward scan ru
 shifted-by-one inputs (`flip_and_shift`), in layout [B, H, D, N] with N = F·S (frame slowest). Its
 scans need K = V = D and have no initial state or chunk boundaries, so this compares the fully
 bidirectional case.
+
+diffusers is imported inside the tests, not at collection: importing it imports triton, and the
+Triton interpreter tests need TRITON_INTERPRET set before that happens.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers.models.transformers.transformer_sana_wm import (
-    flip_and_shift,
-    torch_chunk_cam_single_path_delta_rule,
-    torch_chunk_sana_gdn,
-)
 
 from model.ops.gdn import bidirectional_frame_delta_rule, bidirectional_frame_gdn
 from tests.ops.test_gdn import assert_close, make_gdn_inputs
+
+
+def reference():
+    """diffusers' SanaWM scan functions (imported on first use)."""
+    from diffusers.models.transformers import transformer_sana_wm
+
+    return transformer_sana_wm
 
 
 def to_reference(x: torch.Tensor) -> torch.Tensor:
@@ -39,9 +44,9 @@ def reference_backward_inputs(streams: dict[str, torch.Tensor]) -> dict[str, tor
         if name.startswith("q"):
             flipped[name] = torch.flip(x, dims=[2])
         elif name == "decay":
-            flipped[name] = flip_and_shift(x, dim=2, shift_val=1.0)
+            flipped[name] = reference().flip_and_shift(x, dim=2, shift_val=1.0)
         else:
-            flipped[name] = flip_and_shift(x, dim=2, shift_val=0.0)
+            flipped[name] = reference().flip_and_shift(x, dim=2, shift_val=0.0)
     return flipped
 
 
@@ -50,7 +55,7 @@ def test_bidirectional_gdn_equals_diffusers(frames, spatial):
     streams, _, _ = make_gdn_inputs(2, 2, frames, spatial, 8, 8)
 
     def scan(s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        num, den = torch_chunk_sana_gdn(
+        num, den = reference().torch_chunk_sana_gdn(
             to_reference(s["q_den"]), to_reference(s["k_den"]), to_reference(s["v"]),
             to_reference(s["q_num"]), to_reference(s["k_num"]), s["beta"], s["decay"],
             chunk_size=21, return_components=True,
@@ -71,7 +76,7 @@ def test_bidirectional_camera_rule_equals_diffusers(frames):
     rule = {name: streams[name] for name in ("q_num", "k_num", "v", "beta", "decay")}
 
     def scan(s: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = torch_chunk_cam_single_path_delta_rule(
+        out = reference().torch_chunk_cam_single_path_delta_rule(
             to_reference(s["q_num"]), to_reference(s["k_num"]), to_reference(s["v"]), s["beta"], s["decay"],
             chunk_size=21,
         )
