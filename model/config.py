@@ -199,6 +199,20 @@ class ModelConfig:
             )
         return config
 
+    def to_official_dict(self) -> dict[str, Any]:
+        """The official / diffusers config.json keys of this config (for diffusers' reference model).
+
+        Raises ValueError for what the official keys cannot express: softmax blocks that are not
+        every n-th, or out_channels != in_channels.
+        """
+        derived = ModelConfig.replace(self, softmax_layers=None).softmax_layers
+        if derived != self.softmax_layers:
+            raise ValueError(f"softmax_layers {list(self.softmax_layers)} are not every {self.softmax_every_n}-th block")
+        if self.out_channels != self.in_channels:
+            raise ValueError(f"out_channels {self.out_channels} != in_channels {self.in_channels} has no official key")
+        renamed = {ours: theirs for theirs, ours in _OFFICIAL_RENAMES.items()}
+        return {renamed[name]: getattr(self, name) for name in renamed if name != "model_max_length"}
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:

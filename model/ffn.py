@@ -60,6 +60,10 @@ class GLUMBConvTemp(nn.Module):
         if context is None:
             context = p.new_zeros(p.shape[0], half, *p.shape[2:])
         padded = torch.cat((context, p, p.new_zeros(p.shape[0], half, *p.shape[2:])), dim=1)  # [B, T+2·half, S, C]
+        if len(layout.chunk_sizes) == 1:
+            # one chunk: the zero right padding is the chunk end, so this is the plain (k_t, 1) conv
+            conv = F.conv2d(padded.permute(0, 3, 1, 2), self.t_conv.weight)  # [B, C, T, S]
+            return p + conv.permute(0, 2, 3, 1)
         remaining = layout.frames_to_chunk_end(p.device)  # [T]
         out = p
         for tap in range(2 * half + 1):

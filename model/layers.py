@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
@@ -32,9 +33,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
-        return (x32.to(self.weight.dtype) * self.weight).to(x.dtype)
+        normed = torch.nn.functional.rms_norm(x.float(), x.shape[-1:], eps=self.eps)
+        return (normed.to(self.weight.dtype) * self.weight).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,19 @@ class ShortConv(nn.Module):
         """x [B, T, S, C]; context [B, K−1, S, C] pre-conv frames before x (None = zeros). Returns [B, T, S, C]."""
         taps = self.weight[:, 0, :].to(x.dtype)  # [C, K]
         kernel = taps.shape[1]
-        frames = x.shape[1]
+        batch, frames, spatial, channels = x.shape
         if kernel == 1:
             return x * taps[:, 0]
         if context is None:
-            context = x.new_zeros(x.shape[0], kernel - 1, *x.shape[2:])
+            context = x.new_zeros(batch, kernel - 1, spatial, channels)
+        if len(layout.chunk_sizes) == 1:
+            # one chunk: forward and backward halves make one symmetric filter w_0..w_{K-1}..w_0
+            # over [context, x, zeros]: a single depthwise conv1d
+            symmetric = torch.cat((taps, taps[:, :-1].flip(1)), dim=1)[:, None, :]  # [C, 1, 2K−1]
+            padded = torch.cat((context, x, x.new_zeros(batch, kernel - 1, spatial, channels)), dim=1)
+            series = padded.permute(0, 2, 3, 1).reshape(batch * spatial, channels, -1)  # [B·S, C, T+2K−2]
+            y = F.conv1d(series, symmetric, groups=channels)  # [B·S, C, T]
+            return y.reshape(batch, spatial, channels, frames).permute(0, 3, 1, 2)
         padded = torch.cat((context, x), dim=1)  # [B, K−1+T, S, C]
         y = x * taps[:, kernel - 1]
         for j in range(kernel - 1):
@@ -115,7 +123,7 @@ class ShortConv(nn.Module):
         for d in range(1, kernel):
             if frames <= d:
                 break
-            shifted = torch.cat((x[:, d:], x.new_zeros(x.shape[0], d, *x.shape[2:])), dim=1)
+            shifted = torch.cat((x[:, d:], x.new_zeros(batch, d, spatial, channels)), dim=1)
             keep = (remaining >= d).to(x.dtype)[None, :, None, None]
             y = y + shifted * keep * taps[:, kernel - 1 - d]
         return y

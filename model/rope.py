@@ -33,13 +33,23 @@ def _axis_frequencies(pairs: int, theta: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Rotary:
-    """cos / sin tables [N, P] for N tokens and P complex pairs, in the dtype the features use."""
+    """Unit rotations e^{iθ} [N, P] for N tokens and P complex pairs, and their conjugates.
+
+    For fp32/fp64 features the rotation is a complex multiply on the interleaved pairs (one fused
+    kernel); other dtypes use the real form x0·cos − x1·sin, x0·sin + x1·cos.
+    """
 
     cos: torch.Tensor  # [N, P]
     sin: torch.Tensor  # [N, P]
+    unit: torch.Tensor  # [N, P] complex, e^{iθ}
+    unit_conj: torch.Tensor  # [N, P] complex, e^{−iθ}
 
     def apply(self, x: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
         """Rotate the interleaved pairs of x [B, N, H, 2P] (token axis 1); inverse = conjugate rotation."""
+        if x.dtype in (torch.float32, torch.float64):
+            unit = (self.unit_conj if inverse else self.unit)[None, :, None, :]
+            pairs = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))  # [B, N, H, P]
+            return torch.view_as_real(pairs * unit.to(pairs.dtype)).flatten(-2)  # [B, N, H, 2P]
         x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, P] each
         cos = self.cos[None, :, None, :]
         sin = -self.sin[None, :, None, :] if inverse else self.sin[None, :, None, :]
@@ -77,4 +87,7 @@ def camera_angles(angles: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 
 def rotary(angles: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> Rotary:
-    return Rotary(cos=angles.cos().to(device=device, dtype=dtype), sin=angles.sin().to(device=device, dtype=dtype))
+    cos, sin = angles.cos(), angles.sin()
+    unit = torch.complex(cos.float(), sin.float()).to(device)
+    return Rotary(cos=cos.to(device=device, dtype=dtype), sin=sin.to(device=device, dtype=dtype),
+                  unit=unit, unit_conj=unit.conj().resolve_conj())
