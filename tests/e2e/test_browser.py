@@ -211,3 +211,13 @@ def test_falls_back_to_websocket_when_webrtc_fails(server, page):
     assert page.locator("#hud-transport").inner_text() == "websocket"
     assert page.locator("#transport-chip").get_attribute("data-transport") == "websocket"
     assert page.evaluate("window.__roam.state().error") is None
+
+    # The settings panel scales mouse look and can invert it.
+    page.click("#settings-button")
+    page.locator("#sensitivity").fill("0.3")
+    page.check("#invert-y")
+    yaw0, pitch0 = page.evaluate("[window.__roam.state().yaw, window.__roam.state().pitch]")
+    page.evaluate("window.__roam.look(50, 20)")
+    yaw1, pitch1 = page.evaluate("[window.__roam.state().yaw, window.__roam.state().pitch]")
+    assert (yaw1 - yaw0 + 180.0) % 360.0 - 180.0 == pytest.approx(15.0)
+    assert pitch1 - pitch0 == pytest.approx(6.0)  # mouse down looks up when inverted
