@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -156,8 +155,9 @@ class Runtime:
     @property
     def K(self) -> np.ndarray:
         """Intrinsics [3, 3] of the stream (horizontal FoV `hfov_deg`)."""
-        f = 0.5 * self.stream.width / math.tan(math.radians(self.stream.hfov_deg) / 2.0)
-        return np.array([[f, 0.0, self.stream.width / 2.0], [0.0, f, self.stream.height / 2.0], [0.0, 0.0, 1.0]])
+        from controls.camera import intrinsics_from_fov
+
+        return intrinsics_from_fov(self.stream.width, self.stream.height, self.stream.hfov_deg)
 
     @property
     def temporal_stride(self) -> int:

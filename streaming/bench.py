@@ -240,8 +240,9 @@ async def _measure_sessions(runtime, n: int, args: argparse.Namespace) -> dict[s
     return summarize(logs, args.seconds, chunk_frames, runtime.stream.fps)
 
 
-def _time_generator(runtime, threads: int, chunks: int = 4) -> float:
-    """Median ms per chunk of one generator on its own with `threads` torch threads."""
+def _time_generator(runtime, threads: int, chunks: int = 4) -> tuple[float, tuple[float, float, float]]:
+    """Median ms per chunk of one generator on its own with `threads` torch threads, and the median
+    (denoise, commit, decode) ms."""
     import torch
 
     previous = torch.get_num_threads()
@@ -250,13 +251,16 @@ def _time_generator(runtime, threads: int, chunks: int = 4) -> float:
         view = runtime.scenes.view(runtime.scenes.ids()[0])
         gen = runtime.make_generator()
         gen.start(view.image, view.world_T_cam)
-        times = []
+        times, phases = [], []
         for _ in range(chunks + 1):
             n = gen.frames_for_next_chunk()
             start = time.perf_counter()
             gen.step(np.repeat(view.world_T_cam[None], n, 0))
             times.append((time.perf_counter() - start) * 1e3)
-        return float(statistics.median(times[1:]))
+            t = gen.last_timings
+            phases.append((t.denoise_ms, t.commit_ms, t.decode_ms))
+        split = tuple(float(statistics.median(p[i] for p in phases[1:])) for i in range(3))
+        return float(statistics.median(times[1:])), split
     finally:
         torch.set_num_threads(previous)
 
@@ -332,13 +336,16 @@ def main(args: argparse.Namespace) -> int:
     stream = StreamConfig(width=args.width or defaults.width, height=args.height or defaults.height, torch_threads=args.threads, idle_chunks=0)
     config = AppConfig(server=ServerConfig(), stream=stream, model_path=args.model, device=args.device)
     runtime = build_runtime(config)
+    import os
+
     machine = machine_description()
+    load_start = os.getloadavg()[0]
     print(f"bench stream: {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, {args.transport}, "
           f"{args.seconds:g} s per run, worker threads {stream.worker_threads()}; {machine}")
 
     gen_ms = {threads: _time_generator(runtime, threads) for threads in (int(x) for x in args.thread_counts.split(","))}
-    for threads, ms in gen_ms.items():
-        print(f"  generator alone, {threads} torch thread(s): {ms:.0f} ms per chunk (median of 4)")
+    for threads, (ms, (denoise, commit, decode)) in gen_ms.items():
+        print(f"  generator alone, {threads} torch thread(s): {ms:.0f} ms per chunk (denoise {denoise:.0f}, commit {commit:.0f}, decode {decode:.0f}; median of 4)")
     batch = max(counts)
     batched_ms, singles_ms = _time_batching(runtime, batch) if batch > 1 else (float("nan"), float("nan"))
     drift = _standing_drift(runtime, args.drift_chunks)
@@ -353,6 +360,9 @@ def main(args: argparse.Namespace) -> int:
         rows.append([n, result["sessions_ok"], f"{result['fps']:.1f}", f"{result['total_fps']:.1f}", f"{result['chunk_ms']:.0f}", f"{result['ttff_ms']:.0f}",
                      f"{result['m2p_p50_ms']:.0f}", f"{result['m2p_p95_ms']:.0f}", f"{result['drops_per_min']:.1f}"])
         print(f"  {n} session(s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()))
+    load_end = os.getloadavg()[0]
+    load_text = f"1-minute load average {load_start:.1f} at the start and {load_end:.1f} at the end (other work shared the machine)"
+    print(f"  {load_text}")
     header = ["sessions", "streaming", "steady fps per session", "fps all sessions", "chunk ms", "first frame ms", "motion-to-photon p50 ms", "p95 ms", "drops/min"]
     table = markdown_table(header, rows)
     print(table)
@@ -361,9 +371,11 @@ def main(args: argparse.Namespace) -> int:
             f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
             f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising steps, transport {args.transport}, "
             f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}. "
-            f"Machine: {machine}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
+            f"Machine: {machine}; {load_text}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"
-            "Generator alone (median of 4 chunks): " + ", ".join(f"{ms:.0f} ms per chunk with {t} torch thread(s)" for t, ms in gen_ms.items()) + ".\n"
+            "Generator alone (median of 4 chunks after the first): "
+            + "; ".join(f"{t} torch thread(s) {ms:.0f} ms per chunk (denoise {d:.0f}, commit {c:.0f}, decode {v:.0f})" for t, (ms, (d, c, v)) in gen_ms.items())
+            + ".\n"
             + f"Standing camera, mean |last frame of the chunk − start image| on 0–255: {drift_text}.\n"
             + (f"Batching: one stream_forward of batch {batch} took {batched_ms:.0f} ms against {singles_ms:.0f} ms for {batch} "
                f"forwards of batch 1 (median of 3).\n" if batch > 1 else "")

@@ -182,6 +182,9 @@ class StreamJob:
         del self.chunk_ms_history[:-64]
         self.chunks_done += 1
         self.frames_done += n
+        timings = getattr(self.generator, "last_timings", None)
+        if timings is not None:
+            log.debug("[%s] chunk %d: %d frames in %.0f ms (denoise %.0f, commit %.0f, decode %.0f)", self.session_id, chunk_id, n, chunk_ms, timings.denoise_ms, timings.commit_ms, timings.decode_ms)
         if self.first_frame_t is None:
             self.first_frame_t = time.monotonic()
         with self._lock:
