@@ -21,6 +21,7 @@ const STATS_INTERVAL_MS = 500;
 const TELEMETRY_MATCH_SLACK_MS = 10;
 const ARROW_RATE_DEG_S = 90;
 const ROLL_RATE_DEG_S = 45;
+const MAX_TICK_S = 0.25;
 const DEFAULT_PITCH_LIMIT_DEG = 60;
 const LATENCY_WINDOW = 60;
 const MAX_PENDING_INPUTS = 600;
@@ -427,7 +428,8 @@ function sendInput(now) {
 
 function tick(now) {
   requestAnimationFrame(tick);
-  const dt = state.lastTick === null ? 0 : Math.min((now - state.lastTick) / 1000, 0.1);
+  // A stalled tab must not spin the view by a whole stall's worth of held arrow keys.
+  const dt = state.lastTick === null ? 0 : Math.min((now - state.lastTick) / 1000, MAX_TICK_S);
   state.lastTick = now;
   integrateHeldAngles(dt);
   if (state.transport !== "none" && state.session !== null) {

@@ -130,7 +130,7 @@ def test_walk_over_webrtc(server, page):
     )
     stats = page.evaluate("window.__roam.stats()")
     assert stats["framesDecoded"] >= MIN_FRAMES, stats
-    print(f"\nWebRTC : {stats['framesDecoded']} frames decoded, walked {forward:.2f} m forward")
+    print(f"\nWebRTC: {stats['framesDecoded']} frames decoded, walked {forward:.2f} m forward")
     _latency(page, "WebRTC")
 
 
@@ -144,12 +144,12 @@ def test_walk_over_websocket(server, page):
     page.wait_for_function(f"window.__roam.state().framesDecoded >= {MIN_FRAMES}", timeout=FRAMES_TIMEOUT_MS)
     frames = page.evaluate("window.__roam.state().framesDecoded")
     assert frames >= MIN_FRAMES
-    print(f"\nwebsocket : {frames} frames drawn, walked {forward:.2f} m forward")
+    print(f"\nwebsocket: {frames} frames drawn, walked {forward:.2f} m forward")
     _latency(page, "websocket")
 
     # ArrowUp looks up at 90 deg/s but never past the pitch clamp, and the server follows; blur releases keys.
     page.keyboard.down("ArrowUp")
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(1500)
     page.keyboard.down("d")
     assert page.evaluate("window.__roam.state().keys") == 8
     page.evaluate("window.dispatchEvent(new Event('blur'))")
