@@ -79,9 +79,10 @@ def _reverse_states(
     start: int,
     stop: int,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Exclusive backward scan over frames [start, stop): R_t for those frames and R_{start-1}.
+    """Exclusive backward scan over frames [start, stop): R_t for those frames, and R_start again.
 
-    R_{stop-1} = end_state; R_t = A_{t+1} R_{t+1} + U_{t+1}.
+    R_{stop-1} = end_state; R_t = A_{t+1} R_{t+1} + U_{t+1}. Absorbing frame `start` as well
+    (A_start R_start + U_start) is left to the caller, which needs it only for a final state.
     """
     states = [end_state]
     state = end_state
@@ -125,8 +126,8 @@ def chunk_frame_gated_delta_rule(
     else:
         if init is None:
             init = q.new_zeros(batch * heads, key_dim, value_dim, dtype=torch.float32)
-        states, last = _reverse_states(transition, update, init, 0, frames)
-        final = torch.baddbmm(update[0], transition[0], last) if output_final_state else None
+        states, first = _reverse_states(transition, update, init, 0, frames)
+        final = torch.baddbmm(update[0], transition[0], first) if output_final_state else None
     out = _read(q, states).unflatten(0, (batch, heads)).to(v.dtype)  # [B, H, F, S, V]
     if not output_final_state:
         return out, None
