@@ -2,11 +2,11 @@
 
 Rays go through pixel centres as `o + t d` with d = R K^-1 (u, v, 1): pixel centres sit on integer
 coordinates, the project's convention (controls/camera.py), and the ray parameter t of a hit is its
-z-depth. Objects are found per (frame, primitive) candidate: a
-primitive's bounding sphere projects to a conservative screen rectangle (the extreme corners of
-the box around the sphere), so it is only tested against the rays inside that rectangle; spheres
-beyond the far distance or behind the camera are culled. The nearest hit per ray wins by a
-scatter-min over all (ray, primitive) pairs, and the ground plane starts as the first candidate.
+z-depth. Objects are found per (frame, primitive) candidate: primitives whose bounding sphere lies
+beyond the far distance are culled, the rest project their local box (clipped to the near plane) to
+a conservative screen rectangle and are tested only against the rays inside it, so a primitive
+behind the camera or off screen costs nothing. The nearest hit per ray wins by a scatter-min over
+all (ray, primitive) pairs, with the ground plane as the first candidate.
 
 Shading: baked ground texture times fine detail, lambert plus sky-tinted ambient on objects, a sky
 gradient with sun glow and clouds, and a haze that takes everything to the horizon colour at
