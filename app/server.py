@@ -235,6 +235,9 @@ async def _offer(request: web.Request) -> web.Response:
     if not _token_ok(request, offer.get("token")):
         app[STATS]["rejected_auth"] += 1
         return _json_error(401, "bad or missing token")
+    if len(app[SESSIONS]) >= config.server.max_sessions:
+        app[STATS]["rejected_full"] += 1
+        return _json_error(503, _full_message(app))
     start = await asyncio.to_thread(app[RUNTIME].start_view, offer["start"])
     if start is None:
         app[STATS]["rejected_bad_request"] += 1
@@ -364,6 +367,10 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
         await refuse("bad or missing token")
         return None
     runtime = app[RUNTIME]
+    if len(app[SESSIONS]) >= config.server.max_sessions:
+        app[STATS]["rejected_full"] += 1
+        await refuse(_full_message(app))
+        return None
     start = await asyncio.to_thread(runtime.start_view, hello.start)
     if start is None:
         await refuse(f"unknown start {hello.start!r}")
