@@ -172,7 +172,7 @@ def load_release(
     if kind is None:
         if files.layout == "streaming":
             kind = "streaming"
-        elif vae_folder is None and not any(_is_vae_folder(root / n) for n in ("vae", "ltx2_causal_vae")):
+        elif not any(_is_vae_folder(root / n) for n in ("vae", "ltx2_causal_vae")):
             kind = "chunk_causal"
         else:
             kind = "bidirectional"
