@@ -254,6 +254,21 @@ def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np
     return np.concatenate(out)[:n]
 
 
+def _load_trajectory(source: Any, release):
+    """A trajectory source sized for the release: files keep their own image size where they store one
+    (resized later), presets and action strings get the release's size and default field of view."""
+    from controls.trajectory import load
+
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        try:
+            return load(source, fps=release.fps)
+        except ValueError as error:
+            if "does not store the image size" not in str(error):
+                raise
+        return load(source, width=release.width, height=release.height, fps=release.fps)
+    return load(source, width=release.width, height=release.height, fps=release.fps, hfov_deg=release.hfov_deg)
+
+
 def generate_video(
     release,
     image: Any,
@@ -274,7 +289,6 @@ def generate_video(
     `progress(done, total)` is called after every denoising step (every chunk in distilled mode)."""
     from controls.camera import prepare_camera
     from controls.trajectory import Trajectory
-    from controls.trajectory import load as load_trajectory
     from streaming.generator import image_to_video_tensor, video_tensor_to_frames
 
     mode = release.default_mode if mode is None else mode
@@ -293,7 +307,7 @@ def generate_video(
 
     width, height = release.width, release.height
     if not isinstance(trajectory, Trajectory):
-        trajectory = load_trajectory(trajectory, width=width, height=height, fps=release.fps, hfov_deg=release.hfov_deg)
+        trajectory = _load_trajectory(trajectory, release)
     if (trajectory.width, trajectory.height) != (width, height):
         trajectory = trajectory.resized_to(width, height)
     if abs(trajectory.fps - release.fps) > 1e-6:

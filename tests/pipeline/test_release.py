@@ -13,32 +13,18 @@ from model.checkpoint import CheckpointError
 from model.release import load_release
 from model.vae.ltx2 import LTX2VideoVAE
 from streaming.offline import generate_video
-from tests.pipeline.tiny_release import write_bidirectional, write_chunk_causal, write_streaming
 
+# release folder -> (kind, the VAE folder it uses)
 LAYOUTS = {
-    "SANA-WM_bidirectional": (write_bidirectional, "bidirectional", "vae"),
-    "SANA-WM_chunk_causal": (write_chunk_causal, "chunk_causal", "ltx2_causal_vae"),
-    "SANA-WM_streaming": (write_streaming, "streaming", "ltx2_causal_vae"),
+    "SANA-WM_bidirectional": ("bidirectional", "vae"),
+    "SANA-WM_chunk_causal": ("chunk_causal", "ltx2_causal_vae"),
+    "SANA-WM_streaming": ("streaming", "ltx2_causal_vae"),
 }
-
-
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("releases")
-    for name, (writer, _, _) in LAYOUTS.items():
-        writer(root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def image():
-    g = np.random.default_rng(0)
-    return (g.random((48, 80, 3)) * 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_each_layout_loads_as_its_kind(releases, name):
-    _, kind, vae_name = LAYOUTS[name]
+    kind, vae_name = LAYOUTS[name]
     release = load_release(releases / name)
     assert release.kind == kind
     assert isinstance(release.vae, LTX2VideoVAE) and release.sources["VAE"].endswith(vae_name)

@@ -1,0 +1,175 @@
+"""Offline generation: the samplers' timesteps and updates (recording fake DiTs), input preparation,
+bad input refused before any model work, and recorded episodes as trajectories."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from controls.camera import intrinsics_after_resize_crop
+from controls.trajectory import Trajectory
+from controls.trajectory import load as load_trajectory
+from controls.trajectory import save as save_trajectory
+from model.release import load_release
+from model.schedulers import bidirectional_sigmas, staggered_schedule
+from streaming import offline
+from streaming.offline import generate_video, read_episode_trajectory
+
+
+class RecordingDiT:
+    """Returns velocity = text[b, 0, 0] everywhere and records each call's timesteps."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, timestep, text, mask, camera_conditions=None, chunk_plucker=None):
+        self.calls.append({"timestep": timestep.clone(), "batch": x.shape[0]})
+        return text[:, 0, 0].view(-1, 1, 1, 1, 1).expand_as(x).clone()
+
+    def forward_chunk_causal(self, x, timestep, text, mask, camera_conditions=None, chunk_plucker=None, *, chunk_sizes):
+        assert sum(chunk_sizes) == x.shape[2]
+        self.calls.append({"timestep": timestep.clone(), "chunk_sizes": list(chunk_sizes)})
+        return text[:, 0, 0].view(-1, 1, 1, 1, 1).expand_as(x).clone()
+
+
+def _inputs(frames):
+    z0 = torch.full((1, 2, 1, 1, 1), 7.0)
+    camera = torch.zeros(1, frames, 20)
+    plucker = torch.zeros(1, 6, frames, 1, 1)
+    return z0, camera, plucker
+
+
+def _text(value):
+    return torch.full((1, 3, 4), float(value)), torch.ones(1, 3, dtype=torch.long)
+
+
+def test_bidirectional_sampler_timesteps_guidance_and_frozen_first_latent():
+    dit = RecordingDiT()
+    release = SimpleNamespace(dit=dit)
+    z0, camera, plucker = _inputs(4)
+    sigmas = bidirectional_sigmas(3)
+    rng = torch.Generator().manual_seed(0)
+    x0 = torch.randn((1, 2, 4, 1, 1), generator=torch.Generator().manual_seed(0))
+    x = offline._bidirectional(release, z0, 4, camera, plucker, _text(2.0), _text(1.0), sigmas, 5.0, rng, None)
+    assert len(dit.calls) == 3
+    for call, sigma in zip(dit.calls, sigmas):
+        assert call["batch"] == 2  # uncond and cond in one call
+        assert torch.all(call["timestep"][:, :, 0] == 0)
+        torch.testing.assert_close(call["timestep"][:, :, 1:], torch.full((2, 1, 3), sigma * 1000))
+    assert torch.all(x[:, :, 0] == 7.0)
+    # guided velocity 1 + 5·(2 − 1) = 6 integrated from σ = 1 to 0
+    torch.testing.assert_close(x[:, :, 1:], x0[:, :, 1:] - 6.0)
+
+
+@pytest.mark.parametrize("latents,chunk_latents,steps", [(7, 3, 4), (6, 1, 5), (4, 3, 3)])
+def test_chunk_causal_sampler_follows_the_staggered_schedule(latents, chunk_latents, steps):
+    dit = RecordingDiT()
+    release = SimpleNamespace(dit=dit, chunk_latents=chunk_latents)
+    z0, camera, plucker = _inputs(latents)
+    sigmas = bidirectional_sigmas(steps)
+    x0 = torch.randn((1, 2, latents, 1, 1), generator=torch.Generator().manual_seed(0))
+    x = offline._chunk_causal(release, z0, latents, camera, plucker, _text(1.0), None, sigmas, 1.0,
+                              torch.Generator().manual_seed(0), None)
+    sizes = offline.chunk_sizes_for(latents, chunk_latents)
+    assert sizes[0] == 1 + min(chunk_latents, latents - 1) and sum(sizes) == latents
+    bounds = np.cumsum([0] + sizes)
+    schedule = staggered_schedule(len(sizes), steps)
+    assert len(dit.calls) == len(schedule)
+    for call, step in zip(dit.calls, schedule):
+        last = max(step.active)
+        assert call["chunk_sizes"] == sizes[:last + 1]
+        t = call["timestep"][0, 0]
+        assert t[0] == 0
+        for i in range(last + 1):
+            expected = sigmas[step.active[i]] * 1000 if i in step.active else 0.0
+            chunk_t = t[max(1, bounds[i]):bounds[i + 1]]
+            torch.testing.assert_close(chunk_t, torch.full_like(chunk_t, expected))
+    # every non-image latent integrated v = 1 over σ 1 -> 0 exactly once
+    assert torch.all(x[:, :, 0] == 7.0)
+    torch.testing.assert_close(x[:, :, 1:], x0[:, :, 1:] - 1.0)
+
+
+@pytest.fixture(scope="module")
+def release(releases):
+    return load_release(releases / "SANA-WM_bidirectional")
+
+
+def test_bad_inputs_fail_before_model_work(release, image, tmp_path):
+    text_file = tmp_path / "x.png"
+    text_file.write_text("not an image")
+    with pytest.raises(ValueError, match="x.png is not a readable image"):
+        generate_video(release, text_file, "w-16", mode="bidirectional", steps=1)
+    with pytest.raises(ValueError, match="does not exist"):
+        generate_video(release, tmp_path / "missing.png", "w-16", mode="bidirectional", steps=1)
+    with pytest.raises(ValueError, match="uint8"):
+        generate_video(release, image.astype(np.float32), "w-16", mode="bidirectional", steps=1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        generate_video(release, image, "w-16", mode="fast")
+    with pytest.raises(ValueError, match="fixed 4-step list"):
+        generate_video(release, image, "w-16", mode="distilled", steps=8)
+    with pytest.raises(ValueError, match="has 17 poses but 33 frames"):
+        generate_video(release, image, "w-16", mode="bidirectional", seconds=2.0, steps=1)
+    with pytest.raises(ValueError, match="no text encoder"):
+        generate_video(release, image, "w-16", mode="bidirectional", prompt="a forest", steps=1)
+
+
+def test_a_trajectory_longer_than_the_model_can_take_is_refused(releases, image):
+    short = load_release(releases / "SANA-WM_streaming")
+    short.max_latent_frames = 2  # 9 frames at most
+    with pytest.raises(ValueError, match="17 frames .* longer than the model can take: at most 9 frames = 2 latents"):
+        generate_video(short, image, "w-16", mode="distilled")
+    with pytest.raises(ValueError, match="longer than the model can take"):
+        generate_video(release_of(releases), image, "w-200", mode="bidirectional", seconds=3600.0)
+
+
+def release_of(releases):
+    return load_release(releases / "SANA-WM_chunk_causal")
+
+
+def test_file_trajectory_of_another_size_gets_the_resize_crop_intrinsics(release, image, tmp_path):
+    poses = load_trajectory("w-16").world_T_cams
+    K = np.tile([100.0, 100.0, 64.0, 48.0], (len(poses), 1))
+    path = tmp_path / "path.json"
+    save_trajectory(Trajectory(poses, K, 128, 96, 16.0), path)
+    video = generate_video(release, image, str(path), mode="bidirectional", steps=1)
+    assert video.frames.shape == (17, 64, 64, 3)
+    np.testing.assert_allclose(video.intrinsics, intrinsics_after_resize_crop(K[0], (128, 96), (64, 64)))
+
+
+def _write_episode(folder, n, *, broken_tail=False, broken_middle=False):
+    folder.mkdir()
+    lines = []
+    for i in range(n):
+        c2w = np.eye(4)
+        c2w[2, 3] = 0.05 * i
+        lines.append(json.dumps({"index": i, "t": i / 16, "c2w": c2w.tolist(), "fx": 40.0, "fy": 40.0, "cx": 32.0,
+                                 "cy": 32.0, "W": 64, "H": 64, "chunk": i // 8}))
+    if broken_middle:
+        lines[3] = lines[3][:20]
+    text = "\n".join(lines) + "\n"
+    if broken_tail:
+        text += lines[0][:25]
+    (folder / "frames.jsonl").write_text(text)
+    (folder / "meta.json").write_text(json.dumps({"fps": 16, "complete": not broken_tail}))
+
+
+def test_episode_folder_is_a_trajectory(release, image, tmp_path):
+    _write_episode(tmp_path / "ep", 17, broken_tail=True)
+    trajectory = read_episode_trajectory(tmp_path / "ep")
+    assert trajectory.n_frames == 17 and (trajectory.width, trajectory.height, trajectory.fps) == (64, 64, 16.0)
+    assert trajectory.world_T_cams[16, 2, 3] == pytest.approx(0.8)
+    video = generate_video(release, image, trajectory, mode="chunk_causal", steps=1)
+    assert video.frames.shape[0] == 17
+    np.testing.assert_allclose(video.world_T_cams, trajectory.world_T_cams)
+
+    _write_episode(tmp_path / "bad", 17, broken_middle=True)
+    with pytest.raises(ValueError, match="line 4 is not a frame record"):
+        read_episode_trajectory(tmp_path / "bad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a recorded episode"):
+        read_episode_trajectory(tmp_path / "empty")
