@@ -81,6 +81,8 @@ const state = {
   presentTimes: [],
   lastDrawnFrameId: -1,
   rttMs: null,
+  statsFps: null,
+  codec: null,
   path: [],
   recording: false,
   error: null,
@@ -164,7 +166,7 @@ async function connectWebRTC(startId) {
 
 function preferCodec(transceiver, codec) {
   if (!codec || !transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
-  const mime = codec.toLowerCase() === "h264" ? "video/h264" : `video/${codec.toLowerCase()}`;
+  const mime = `video/${codec.toLowerCase()}`;
   const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
   const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === mime);
   if (wanted.length === 0) {
@@ -596,15 +598,29 @@ function stopTimers() {
 }
 
 async function pollStats() {
-  if (!state.pc) return;
+  const report = await inboundVideoStats();
+  if (report === null) return;
+  state.framesDecoded = report.framesDecoded;
+  state.framesDroppedClient = report.framesDropped;
+  state.statsFps = report.framesPerSecond;
+  state.codec = report.codec;
+}
+
+// The inbound video's getStats() counters (null without a peer connection or before media flows).
+async function inboundVideoStats() {
+  if (!state.pc) return null;
   const stats = await state.pc.getStats();
+  let found = null;
   stats.forEach((report) => {
-    if (report.type === "inbound-rtp" && report.kind === "video") {
-      state.framesDecoded = report.framesDecoded ?? state.framesDecoded;
-      state.framesDroppedClient = report.framesDropped ?? state.framesDroppedClient;
-      state.statsFps = report.framesPerSecond ?? null;
-    }
+    if (report.type !== "inbound-rtp" || report.kind !== "video") return;
+    found = {
+      framesDecoded: report.framesDecoded ?? 0,
+      framesDropped: report.framesDropped ?? 0,
+      framesPerSecond: report.framesPerSecond ?? null,
+      codec: stats.get(report.codecId)?.mimeType?.replace("video/", "") ?? null,
+    };
   });
+  return found;
 }
 
 function closeTransport() {
@@ -651,7 +667,7 @@ function resetSessionState() {
     session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "",
     pending: [], latencies: [], lastLatencyMs: null, telemetryLog: [], lastTelemetry: null, telemetryCount: 0,
     framesDecoded: 0, framesPresented: 0, framesDroppedClient: 0, presentTimes: [], lastDrawnFrameId: -1,
-    rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null,
+    rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null,
   });
   $("stage-error").hidden = true;
 }
@@ -694,6 +710,7 @@ function renderHud(now) {
   setText("hud-rtt", state.rttMs === null ? "–" : `${state.rttMs.toFixed(1)} ms`);
   const serverDrops = t && Number.isFinite(t.drops) ? t.drops : 0;
   setText("hud-drops", `${serverDrops + state.framesDroppedClient}`);
+  setText("hud-codec", state.transport === "websocket" ? "JPEG" : state.codec ?? "–");
   if (t && Array.isArray(t.position)) {
     setText("hud-x", fmt(t.position[0], 2));
     setText("hud-y", fmt(t.position[1], 2));
@@ -944,18 +961,8 @@ window.__roam = {
   release: keyUp,
   releaseAll,
   look: addLook,
-  pollStats,
   // The inbound video's getStats() counters, read fresh (WebRTC only; null otherwise).
-  stats: async () => {
-    if (!state.pc) return null;
-    let found = null;
-    (await state.pc.getStats()).forEach((report) => {
-      if (report.type === "inbound-rtp" && report.kind === "video") {
-        found = { framesDecoded: report.framesDecoded ?? 0, framesDropped: report.framesDropped ?? 0, framesPerSecond: report.framesPerSecond ?? null, codec: report.codecId ?? null, decoder: report.decoderImplementation ?? null };
-      }
-    });
-    return found;
-  },
+  stats: inboundVideoStats,
 };
 
 bindInput();

@@ -130,7 +130,8 @@ def test_walk_over_webrtc(server, page):
     )
     stats = page.evaluate("window.__roam.stats()")
     assert stats["framesDecoded"] >= MIN_FRAMES, stats
-    print(f"\nWebRTC: {stats['framesDecoded']} frames decoded, walked {forward:.2f} m forward")
+    assert stats["codec"] == "VP8", stats  # the protocol's default
+    print(f"\nWebRTC: {stats['framesDecoded']} {stats['codec']} frames decoded, walked {forward:.2f} m forward")
     _latency(page, "WebRTC")
 
 
