@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="length of a preset (default: 5 s, snapped to 8k+1 frames)")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS)
     parser.add_argument("--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal field of view in degrees")
+    parser.add_argument("--supersample", type=int, default=1, choices=(1, 3, 5),
+                        help="anti-alias with s x s samples per pixel (s^2 times slower)")
     parser.add_argument("--placement", choices=("auto", "spawn", "world"), default="auto",
                         help="spawn: re-anchor the path's first frame at the scene's spawn pose; world: use the poses "
                              "as they are; auto: spawn for presets and action strings, world for files")
@@ -103,10 +105,10 @@ def main(args: argparse.Namespace) -> int:
         if placed:
             poses = scene.place_trajectory(np.linalg.inv(poses[0]) @ poses)
         if (intrinsics == intrinsics[0]).all():
-            result = scene.render(poses, intrinsics_matrix(intrinsics[0]), width, height)
+            result = scene.render(poses, intrinsics_matrix(intrinsics[0]), width, height, args.supersample)
         else:
             # A path that zooms: one render call per frame with that frame's intrinsics.
-            frames = [scene.render(p, intrinsics_matrix(k), width, height) for p, k in zip(poses, intrinsics)]
+            frames = [scene.render(p, intrinsics_matrix(k), width, height, args.supersample) for p, k in zip(poses, intrinsics)]
             result = RenderResult(rgb=np.concatenate([f.rgb for f in frames]), depth=np.concatenate([f.depth for f in frames]))
     except ValueError as error:
         hint = "" if placed else " (to start the path at the scene's spawn pose instead, pass --placement spawn)"

@@ -67,13 +67,23 @@ def check_size(width, height) -> None:
             raise ValueError(f"{name} must be an int in [1, 8192], got {value!r}")
 
 
-def render(scene, world_T_cam, K, width: int, height: int):
+def render(scene, world_T_cam, K, width: int, height: int, supersample: int = 1):
     """See `Scene.render`."""
     from sim.world import RenderResult
 
     poses, single = check_poses(world_T_cam)
     intrinsics = check_intrinsics(K)
     check_size(width, height)
+    if isinstance(supersample, bool) or supersample not in (1, 3, 5):
+        raise ValueError(f"supersample must be 1, 3 or 5 (odd, so one sample sits on the pixel centre), got {supersample!r}")
+    if supersample > 1:
+        # Sub-pixel p of the s-times larger image looks along pixel coordinate (p - (s - 1) / 2) / s.
+        s = supersample
+        fx, fy, cx, cy = intrinsics
+        fine = render(scene, poses, [[fx * s, 0.0, cx * s + (s - 1) / 2], [0.0, fy * s, cy * s + (s - 1) / 2], [0.0, 0.0, 1.0]],
+                      width * s, height * s)
+        blocks = fine.rgb.reshape(len(poses), height, s, width, s, 3).astype(np.float32).mean(axis=(2, 4))
+        return RenderResult(rgb=np.rint(blocks).astype(np.uint8), depth=fine.depth[:, s // 2::s, s // 2::s].copy())
     under = poses[:, 1, 3] >= 0
     if under.any():
         i = int(np.flatnonzero(under)[0])

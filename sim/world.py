@@ -102,18 +102,20 @@ class Scene:
         density = rng.uniform(*FOGGY_DENSITY) if foggy else th.fog_density
         return cls(seed, th, sun_dir, prims, ground, detail, clouds, fog_density=density)
 
-    def render(self, world_T_cam, K, width: int, height: int) -> RenderResult:
+    def render(self, world_T_cam, K, width: int, height: int, supersample: int = 1) -> RenderResult:
         """RGB and z-depth seen by pinhole cameras.
 
         Args:
             world_T_cam: [4, 4] or [N, 4, 4] camera-to-world poses (OpenCV axes, metres).
-            K: [3, 3] intrinsics in pixels (no skew).
+            K: [3, 3] intrinsics in pixels (no skew); pixel centres at integer coordinates.
+            supersample: 1, or 3 or 5 to anti-alias the colours with s x s samples per pixel (s^2
+                times the work); depth stays that of the pixel centre.
         Returns:
             RenderResult with rgb [N, H, W, 3] uint8 and depth [N, H, W] float32 (N = 1 for one pose).
         """
         from sim.renderer import render
 
-        return render(self, world_T_cam, K, width, height)
+        return render(self, world_T_cam, K, width, height, supersample)
 
     def wrap(self, delta: np.ndarray) -> np.ndarray:
         """Offsets [..., 3] with x and z folded into [-period/2, period/2): the nearest copy on the torus."""
