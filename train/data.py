@@ -112,6 +112,31 @@ class LatentClips:
         }
 
 
+def crop_batch(batch: dict[str, torch.Tensor], size: int, frames: int | None, rng: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random `size`² window of the latent grid (one per sample) and the first `frames` latents.
+
+    Cropping an image moves the principal point: cx, cy (columns 18, 19 of camera_conditions, in latent
+    cells) shift by the window's offset; the Plücker rays of the kept cells are unchanged.
+    """
+    latents = batch["latents"]
+    b, _, t, h, w = latents.shape
+    frames = t if frames is None else frames
+    if not (1 <= size <= min(h, w)) or not 1 <= frames <= t:
+        raise ValueError(f"crop {size}² × {frames} frames does not fit latents of {h}×{w} × {t}")
+    oy = torch.randint(h - size + 1, (b,), generator=rng).tolist()
+    ox = torch.randint(w - size + 1, (b,), generator=rng).tolist()
+    out = {
+        "latents": torch.stack([latents[i, :, :frames, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(oy, ox))]),
+        "chunk_plucker": torch.stack([batch["chunk_plucker"][i, :, :frames, y:y + size, x:x + size]
+                                      for i, (y, x) in enumerate(zip(oy, ox))]),
+    }
+    camera = batch["camera_conditions"][:, :frames].clone()
+    camera[:, :, 18] -= torch.tensor(ox, dtype=camera.dtype)[:, None]
+    camera[:, :, 19] -= torch.tensor(oy, dtype=camera.dtype)[:, None]
+    out["camera_conditions"] = camera
+    return out
+
+
 def prepare_main(args) -> int:
     """Render + encode training clips [start, start + count) (a background job next to training)."""
     from model.vae import load_tiny_vae

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from train.data import LatentClips
+from train.data import LatentClips, crop_batch
 from train.flow import add_noise, chunk_index_of_frames, chunk_layout, masked_mse, per_chunk_sigmas, shift_sigmas
 
 
@@ -27,17 +27,24 @@ class TeacherLoss:
     """Flow matching with per-chunk noise levels on cached latents (see the module docstring)."""
 
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, shift: float,
-                 p_clean_context: float, refresh_every: int = 200):
+                 p_clean_context: float, refresh_every: int = 200, crops: tuple[int, ...] = (),
+                 frames: int | None = None):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.shift, self.p_clean_context, self.refresh_every = shift, p_clean_context, refresh_every
+        # Training on random latent windows (`crops`, one drawn per step) and the first `frames` latents
+        # makes a CPU step several times cheaper; the full size stays among the crops.
+        self.crops, self.frames = tuple(crops), frames
 
     def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if step and step % self.refresh_every == 0:
             self.clips.refresh()
         indices = torch.randint(len(self.clips), (self.batch_size,), generator=rng).tolist()
         batch = self.clips.batch(indices)
+        if self.crops or self.frames:
+            crop = self.crops[int(torch.randint(len(self.crops), (1,), generator=rng))] if self.crops else min(batch["latents"].shape[-2:])
+            batch = crop_batch(batch, crop, self.frames, rng)
         x0 = batch["latents"]  # [B, C, T, h, w]
         sizes = chunk_layout(x0.shape[2], self.chunk_latents)
         sigma = per_chunk_sigmas(x0.shape[0], sizes, self.shift, self.p_clean_context, rng)  # [B, T]
@@ -148,8 +155,9 @@ class DistilLoss:
 
 def make_pairs(model, clips: LatentClips, count: int, batch_size: int, chunk_latents: int, distilled: Sequence[float],
                teacher_steps: int, shift: float, kv_window_chunks: int, sink: bool, seed: int = 0,
-               progress: bool = True) -> dict[str, torch.Tensor]:
-    """Teacher rollouts of the first `count` clips -> the `DistilLoss` pairs (stored as float16)."""
+               progress: bool = True, crop: int | None = None, frames: int | None = None) -> dict[str, torch.Tensor]:
+    """Teacher rollouts of the first `count` clips (optionally of a random `crop`² window and the first
+    `frames` latents) -> the `DistilLoss` pairs (stored as float16)."""
     keep = [float(s) for s in distilled if s > 0]
     grid = teacher_grid(distilled, teacher_steps, shift)
     gen = torch.Generator().manual_seed(seed)
@@ -163,6 +171,8 @@ def make_pairs(model, clips: LatentClips, count: int, batch_size: int, chunk_lat
     for start in batches:
         indices = list(range(start, min(start + batch_size, count, len(clips))))
         b = clips.batch(indices)
+        if crop or frames:
+            b = crop_batch(b, crop or min(b["latents"].shape[-2:]), frames, gen)
         lat = b["latents"]
         sizes = chunk_layout(lat.shape[2], chunk_latents)
         noise = torch.randn(lat.shape, generator=gen)

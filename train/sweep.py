@@ -5,7 +5,8 @@
 Each candidate runs the live loop (`streaming.generator.ChunkGenerator`: 4 Euler steps, a commit, the
 VAE's stream decode) for a few chunks from a sim start frame and reports the median chunk time and
 fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching validation loss after
-a fixed number of training steps on the latent cache (lower is better), when a cache is given.
+`--train-steps` teacher steps on the latent cache `--latents` (lower is better; the same draws of clips,
+σ and noise for every candidate), when a cache is given.
 """
 from __future__ import annotations
 
@@ -62,12 +63,35 @@ def stream_fps(model: WorldModel, vae, size: int, chunks: int = 6, chunk_latents
     return ms, vae.temporal_stride * chunk_latents / (ms / 1e3)
 
 
+def quality_proxy(config: ModelConfig, latents: str, steps: int) -> float:
+    """Teacher validation loss after `steps` steps (batch 4, lr 1e-3) on `latents`, mean of 4 fixed draws."""
+    import tempfile
+
+    from train.data import LatentClips
+    from train.recipes import TeacherLoss
+    from train.trainer import ChunkCausalNet, LoopConfig, train_loop
+
+    clips = LatentClips(latents)
+    loss_fn = TeacherLoss(clips, batch_size=4, chunk_latents=2, shift=3.0, p_clean_context=0.3, refresh_every=10**9)
+    torch.manual_seed(0)
+    model = WorldModel(config)
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = LoopConfig(run_dir=run_dir, steps=steps, lr=1e-3, warmup_steps=min(20, steps // 4), progress=False,
+                         log_every=steps)
+        model, _, _ = train_loop(model, loss_fn, cfg, kv_window_chunks=2, sink=True)
+    net = ChunkCausalNet(model.eval(), kv_window_chunks=2, sink=True)
+    with torch.no_grad():
+        return float(np.mean([float(loss_fn(net, torch.Generator().manual_seed(1000 + i), 1)[0]) for i in range(4)]))
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--vae", default=None,
                         help="TinyVAE weights (default: the installed ones; 'random' = untrained, same speed)")
     parser.add_argument("--sizes", default="128,256", help="square frame sizes to time")
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the server's worker uses cores - 1)")
+    parser.add_argument("--latents", default=None, help="encoded clips (data/latents/<vae>/train) for the quality proxy")
+    parser.add_argument("--train-steps", type=int, default=60, help="teacher steps per candidate for the quality proxy")
     parser.add_argument("--write-docs", action="store_true", help=f"write {DOCS_SWEEP.name}")
 
 
@@ -84,10 +108,12 @@ def main(args) -> int:
         config = candidate_config(name, vae)
         model = WorldModel(config).eval()
         params = sum(p.numel() for p in model.parameters())
+        quality = f"{quality_proxy(config, args.latents, args.train_steps):.4f}" if args.latents else "–"
         for size in sizes:
             ms, fps = stream_fps(model, vae, size)
-            rows.append([name, f"{params / 1e6:.2f} M", f"{size}×{size}", f"{ms:.0f}", f"{fps:.1f}", "yes" if fps >= 16 else "no"])
-            print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps", flush=True)
+            rows.append([name, f"{params / 1e6:.2f} M", f"{size}×{size}", f"{ms:.0f}", f"{fps:.1f}",
+                         "yes" if fps >= 16 else "no", quality])
+            print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps, val loss {quality}", flush=True)
     vae_ms = []
     for size in sizes:
         z = torch.randn(1, vae.latent_channels, 2, size // vae.spatial_stride, size // vae.spatial_stride)
@@ -100,7 +126,8 @@ def main(args) -> int:
                 dec.decode_chunk(z)
                 t.append(time.perf_counter() - t0)
         vae_ms.append(f"{size}×{size}: {statistics.median(t) * 1e3:.0f} ms")
-    table = markdown_table(["candidate", "params", "frames", "ms / chunk (median)", "fps", "≥ 16 fps"], rows)
+    table = markdown_table(["candidate", "params", "frames", "ms / chunk (median)", "fps", "≥ 16 fps",
+                            f"val loss after {args.train_steps} steps"], rows)
     body = (
         "# Tiny model size sweep\n\n"
         "Written by `python run.py train sweep --write-docs` (train/sweep.py). The live loop of "
@@ -108,7 +135,9 @@ def main(args) -> int:
         "one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
         f"torch threads = {args.threads}, median over chunks 2–6 of one walk.\n\n"
         f"Machine: {machine_description()} (shared with other jobs while measured, so figures are pessimistic).\n\n"
-        f"{table}\n\nTinyVAE stream decode of one 8-frame chunk alone: {', '.join(vae_ms)}.\n"
+        f"{table}\n\nThe quality proxy (last column) is the chunk-causal flow-matching loss on 4 fixed draws after "
+        f"{args.train_steps} teacher steps on `{args.latents}` (same data, σ and noise for every candidate; lower is better).\n\n"
+        f"TinyVAE stream decode of one 8-frame chunk alone: {', '.join(vae_ms)}.\n"
     )
     print(body)
     if args.write_docs:

@@ -42,12 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--shift", type=float, default=3.0, help="timestep shift s of σ' = sσ / (1 + (s−1)σ)")
     parser.add_argument("--p-clean-context", type=float, default=0.3)
+    parser.add_argument("--crops", default="8,8,12,16", help="latent window sizes drawn per teacher step")
+    parser.add_argument("--train-latents", type=int, default=9, help="latents per training sample (1 + chunk·k)")
+    parser.add_argument("--pair-crop", type=int, default=12, help="latent window of the distillation rollouts")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     # sweep options
     parser.add_argument("--sizes", default="128,256", help="sweep: frame sizes")
     parser.add_argument("--candidates", default=None, help="sweep: candidate names (default: all)")
+    parser.add_argument("--sweep-steps", type=int, default=60, help="sweep: teacher steps per candidate (quality proxy)")
     parser.add_argument("--write-docs", action="store_true", help="sweep: write docs/tiny_sweep.md")
 
 
@@ -105,7 +109,9 @@ def run_teacher(args):
     gen = _generator_defaults()
     vae = load_tiny_vae(_vae_path(args))
     clips = LatentClips(_latents_dir(args))
-    loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context)
+    crops = tuple(int(c) for c in args.crops.split(",")) if args.crops else ()
+    loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=crops,
+                       frames=args.train_latents)
     model = build_model(_model_config(vae), seed=args.seed)
     loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
                       lr=args.lr, seed=args.seed, progress=not args.no_progress)
@@ -130,7 +136,8 @@ def run_distil(args, teacher=None):
         if rank == 0:
             clips = LatentClips(_latents_dir(args))
             pairs = make_pairs(teacher, clips, args.pairs, 8, gen.chunk_latents, gen.sigmas, args.rollout_steps,
-                               args.shift, gen.kv_window_chunks, gen.sink, seed=args.seed, progress=not args.no_progress)
+                               args.shift, gen.kv_window_chunks, gen.sink, seed=args.seed, progress=not args.no_progress,
+                               crop=args.pair_crop, frames=args.train_latents)
             torch.save(pairs, pairs_path.with_suffix(".tmp"))
             pairs_path.with_suffix(".tmp").replace(pairs_path)
         if world > 1:
@@ -187,8 +194,12 @@ def main(args: argparse.Namespace) -> int:
     if args.stage == "sweep":
         from train import sweep
 
+        latents = None
+        if args.vae != "random" and _latents_dir(args).is_dir():
+            latents = str(_latents_dir(args))
         sweep_args = argparse.Namespace(vae=args.vae, sizes=args.sizes, threads=args.threads, write_docs=args.write_docs,
-                                        candidates=args.candidates or ",".join(sweep.CANDIDATES))
+                                        candidates=args.candidates or ",".join(sweep.CANDIDATES), latents=latents,
+                                        train_steps=args.sweep_steps)
         return sweep.main(sweep_args)
     from train.trainer import distributed
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 
 from tests.conftest import ci_size
@@ -61,3 +63,22 @@ def test_teacher_rollout_records_the_distilled_trajectory(tmp_path):
     loss, _ = distil(net, torch.Generator().manual_seed(0), 0)
     loss.backward()
     assert torch.isfinite(loss) and model.final_layer.linear.weight.grad is not None
+
+
+def test_crop_moves_the_principal_point_with_the_window():
+    from train.data import crop_batch
+
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.arange(16.0).reshape(1, 1, 1, 4, 4).expand(2, 3, 5, 4, 4).contiguous()
+    camera = torch.zeros(2, 5, 20)
+    camera[..., 18:20] = 2.0
+    batch = {"latents": latents, "camera_conditions": camera, "chunk_plucker": latents[:, :1].repeat(1, 6, 1, 1, 1)}
+    out = crop_batch(batch, 2, 3, gen)
+    assert out["latents"].shape == (2, 3, 3, 2, 2) and out["chunk_plucker"].shape == (2, 6, 3, 2, 2)
+    for i in range(2):
+        # the top-left kept cell's value encodes its (row, col); the principal point moves by the same offset
+        y, x = divmod(int(out["latents"][i, 0, 0, 0, 0]), 4)
+        assert out["camera_conditions"][i, 0, 18].item() == 2.0 - x and out["camera_conditions"][i, 0, 19].item() == 2.0 - y
+        assert torch.equal(out["chunk_plucker"][i, 0], out["latents"][i, 0])
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_batch(batch, 5, None, gen)
