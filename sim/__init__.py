@@ -1,5 +1,11 @@
 """The procedural ground-truth world: scenes, a ray-casting renderer, clip sampling and datasets.
 
+    scene = sim.world.Scene.from_seed(seed, theme=None, fog=None)
+    scene.render(world_T_cam [N, 4, 4], K, width, height) -> RenderResult(rgb [N, H, W, 3] uint8, depth [N, H, W])
+    scene.is_free(position [N, 3], radius=0.3), scene.spawn_world_T_cam(index), scene.place_trajectory(relative)
+    sim.clips.sample_clip(scene_seed, clip_seed, n_frames, width, height) -> Clip; sim.clips.ClipDataset(split=...)
+    sim.dataset_writer.write_eval_set(folder, EvalSetSpec(...)); sim.dataset_writer.EvalSet(folder)[i] -> Clip
+
 The default camera is shared with `generate`, the live app and training, so videos of the world and
 of the model line up pixel for pixel; it matches the app's stream (app/config.py: 160 x 112, 60 deg).
 """

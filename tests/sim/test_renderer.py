@@ -51,6 +51,17 @@ def test_same_seed_and_pose_give_the_same_bytes(scene):
     assert not np.array_equal(other.rgb, a.rgb)
 
 
+def test_splitting_a_batch_changes_nothing(scene, monkeypatch):
+    import sim.renderer
+
+    poses = np.stack([scene.spawn_world_T_cam(i) for i in range(3)])
+    K = default_intrinsics(40, 30)
+    whole = scene.render(poses, K, 40, 30)
+    monkeypatch.setattr(sim.renderer, "MAX_RAYS_PER_BATCH", 40 * 30)  # one frame per batch
+    split = scene.render(poses, K, 40, 30)
+    assert np.array_equal(whole.rgb, split.rgb) and np.array_equal(whole.depth, split.depth)
+
+
 def test_ground_depth_is_the_ray_plane_distance(scene):
     empty = _with_prims(scene, [], np.zeros((0, 3)), np.zeros((0, 3)))
     pose = pose_from_yaw([3.0, -EYE_HEIGHT_M, 4.0], 0.7)
