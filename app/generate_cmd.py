@@ -96,11 +96,13 @@ def load_components(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from streaming.offline import generate_video, read_episode_trajectory
+    from streaming.offline import generate_video, load_image, read_episode_trajectory
 
     if args.out.suffix.lower() != ".mp4":
         raise SystemExit(f"run.py generate: --out must end in .mp4, got {args.out}")
     try:
+        # Read the image before loading any weights, so a wrong path fails at once.
+        image = load_image(args.image)
         release = load_components(args)
         trajectory = args.trajectory
         if Path(trajectory).is_dir():
@@ -118,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             video = generate_video(
-                release, args.image, trajectory, mode=args.mode, seconds=args.seconds, steps=args.steps, seed=args.seed,
+                release, image, trajectory, mode=args.mode, seconds=args.seconds, steps=args.steps, seed=args.seed,
                 cfg_scale=args.cfg, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 progress=progress if bar is not None else None,
             )
