@@ -56,3 +56,32 @@ async def test_serve_prints_the_url_and_serves_the_embedded_model(capsys):
         await asyncio.gather(task, return_exceptions=True)
     # Graceful shutdown: the generation worker has stopped.
     assert not [t for t in threading.enumerate() if t.name == "roam-generation"]
+
+
+@pytest.mark.heavy
+async def test_serve_a_release_folder_at_its_own_size(tmp_path):
+    from tests.pipeline.tiny_release import ROAM_SETTINGS, write_streaming
+
+    folder = write_streaming(tmp_path / "SANA-WM_streaming")
+    config = serve_cmd.config_from_args(_args("--port", "0", "--model", str(folder), "--threads", "1"))
+    assert config.stream_from_model
+    ready = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(serve_cmd.serve(config, ready))
+    try:
+        url = await asyncio.wait_for(ready, 120)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "healthz") as response:
+                assert (await response.json())["model"] == "SANA-WM (SANA-WM_streaming)"
+            async with http.ws_connect(url + "ws") as ws:
+                await ws.send_str('{"type": "hello", "start": "scene:1"}')
+                session = await ws.receive_json(timeout=60)
+                assert (session["width"], session["height"]) == (ROAM_SETTINGS["width"], ROAM_SETTINGS["height"])
+                frames = 0
+                while frames < 6:
+                    msg = await ws.receive(timeout=60)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        frames += 1
+                        await ws.send_str('{"type": "ack", "frame_id": %d}' % int.from_bytes(msg.data[8:12], "little"))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
