@@ -14,7 +14,7 @@ import time
 import pytest
 from PIL import Image
 
-from app.messages import Ack, Hello, Input, Settings, parse_message
+from app.messages import Ack, Hello, Input, Reset, Settings, parse_message
 from tests.e2e.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
@@ -31,7 +31,7 @@ SCREENSHOT = os.environ.get("ROAM_SCREENSHOT", "") == "1"
 
 def _hud_pose(page) -> dict[str, float]:
     """The pose as the HUD shows it (metres and degrees), parsed from its text."""
-    return {name: float(page.locator(f"#hud-{name}").inner_text()) for name in ("x", "y", "z", "yaw")}
+    return {name: float(page.locator(f"#hud-{name}").inner_text()) for name in ("x", "y", "z", "yaw", "pitch")}
 
 
 def _start(page, url: str, transport: str) -> None:
@@ -159,6 +159,20 @@ def test_walk_over_websocket(server, page):
     assert 59.5 <= state["pitch"] <= 60.0, state["pitch"]
     page.wait_for_function("window.__roam.state().lastTelemetry.pitch > 30", timeout=FRAMES_TIMEOUT_MS)
     assert page.evaluate("window.__roam.state().lastTelemetry.pitch") <= 60.0 + 1e-6
+
+    # Reset goes back to the start pose, and the page's own angles follow (or it would turn the view again).
+    # The click after the drag may have locked the pointer; like Esc for a person, release it first.
+    page.evaluate("document.exitPointerLock()")
+    page.click("#reset-button")
+    page.wait_for_function(
+        """([x, z, yaw, pitch]) => {
+            const t = window.__roam.state().lastTelemetry;
+            const dyaw = Math.abs(((t.yaw - yaw + 540) % 360) - 180);
+            return Math.hypot(t.position[0] - x, t.position[2] - z) < 0.05 && dyaw < 1 && Math.abs(t.pitch - pitch) < 1;
+        }""",
+        arg=[before["x"], before["z"], before["yaw"], before["pitch"]],
+        timeout=FRAMES_TIMEOUT_MS,
+    )
     _check_sent_messages(sent)
 
 
@@ -176,6 +190,7 @@ def _check_sent_messages(sent: list) -> None:
     busiest = max(sum(1 for u in times if t <= u < t + 1000.0) for t in times)
     assert busiest <= 61, f"{busiest} input snapshots within one second"
     assert any(isinstance(m, Ack) for m in messages) and any(isinstance(m, Settings) for m in messages)
+    assert any(isinstance(m, Reset) for m in messages)
 
 
 def test_picker_checks_uploads(server, page, tmp_path):
