@@ -141,3 +141,18 @@ def test_wrong_state_type_raises():
     assert isinstance(state.layers[3], SoftmaxState)
     with pytest.raises(ValueError, match=r"latent size \(2, 2\) does not match the state's batch 1 and latent_hw \(3, 3\)"):
         model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (3, 3)))
+
+
+def test_bf16_model_keeps_fp32_recurrent_state():
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 7, 2, 3)
+    with torch.no_grad():
+        reference = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
+        model = model.to(torch.bfloat16)
+        state = model.init_stream_state(1, (2, 3))
+        state = model.stream_commit(x[:, :, :4], text, mask, cam[:, :4], plucker[:, :, :4], state, timestep=t[:, :, :4])
+        late = model.stream_forward(x[:, :, 4:], t[:, :, 4:], text, mask, cam[:, 4:], plucker[:, :, 4:], state)
+    assert late.dtype == torch.bfloat16
+    assert state.layers[0].kv.dtype == state.layers[0].z.dtype == torch.float32
+    assert state.layers[3].main.k.dtype == torch.bfloat16
+    assert (late.float() - reference[:, :, 4:]).abs().max() <= 5e-2 * reference.abs().max()
