@@ -1,0 +1,39 @@
+"""The gpu720 benchmark's code path at a tiny size on the CPU (`--tiny-smoke`), and its refusals."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from model import bench_720p
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write-docs", action="store_true")
+    bench_720p.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_tiny_smoke_streams_chunks_and_writes_its_section(tmp_path, capsys):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n## other\n\nkept\n")
+    assert bench_720p.main(_args("--tiny-smoke", "--chunks", "2", "--warmup", "1", "--write-docs", "--docs-path", str(docs))) == 0
+    text = docs.read_text()
+    assert "## other\n\nkept" in text and "## gpu720" in text
+    row = [line for line in text.splitlines() if line.startswith("| CPU (tiny smoke test)")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[4] == "64x64, 24/chunk" and float(cells[6]) > 0 and float(cells[8]) > 0
+    assert "x real time" in capsys.readouterr().out
+
+
+def test_refusals(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_720p.main(_args())
+    with pytest.raises(SystemExit, match="not benchmarks"):
+        bench_720p.main(_args("--tiny-smoke", "--write-docs"))
+    with pytest.raises(SystemExit, match="--chunks must be >= 1"):
+        bench_720p.main(_args("--tiny-smoke", "--chunks", "0"))
