@@ -458,3 +458,9 @@ async def _websocket_session(ws: web.WebSocketResponse, session: Session) -> Non
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Last words (an error message telling the page why) still go out if the socket is open.
+        while not outbox.empty() and not ws.closed:
+            try:
+                await ws.send_str(outbox.get_nowait())
+            except (ConnectionError, RuntimeError):
+                break

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.config import StreamConfig
-from app.server import SESSIONS, STATS
+from app.server import SESSIONS, STATS, WORKER
 from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
 from tests.app.test_websocket import _frames
 
@@ -195,3 +195,40 @@ async def test_token_is_required_when_set_and_for_non_loopback_binds():
             await ws.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
             assert len(await _frames(ws, 2)) == 2
         assert app[STATS]["rejected_auth"] == 3
+
+
+async def test_a_failing_generator_closes_only_its_session():
+    runtime = _runtime()
+    make = runtime.make_generator
+    calls = {"n": 0}
+
+    def make_generator():
+        gen = make()
+        calls["n"] += 1
+        if calls["n"] == 1:
+            step = gen.step
+
+            def failing_step(poses):
+                if gen.chunk_index >= 1:
+                    raise RuntimeError("out of memory (simulated)")
+                return step(poses)
+
+            gen.step = failing_step
+        return gen
+
+    runtime.make_generator = make_generator
+    async with serve(runtime) as (url, app), aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{url}/ws") as ws:
+            await ws.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
+            errors = []
+            while not errors:
+                msg = await ws.receive(timeout=10)
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    await ws.send_str(json.dumps({"type": "ack", "frame_id": int.from_bytes(msg.data[8:12], "little")}))
+                elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "error":
+                    errors.append(json.loads(msg.data)["message"])
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+            assert errors and "out of memory (simulated)" in errors[0]
+        await wait_for(lambda: not app[SESSIONS] and not app[WORKER].jobs)
+        await _still_serves(http, url)
