@@ -497,6 +497,7 @@ function isTyping(target) {
 
 function bindInput() {
   window.addEventListener("keydown", (event) => {
+    if (event.code === "Escape" && !$("settings").hidden) toggleSettings(false);
     if (state.transport === "none" || isTyping(event.target) || !HANDLED_CODES.has(event.code)) return;
     event.preventDefault();
     if (!event.repeat) keyDown(event.code);
@@ -559,11 +560,7 @@ function bindButtons() {
     sendJSON({ type: "record", on: state.recording }, "control");
   });
   $("leave-button").addEventListener("click", leaveSession);
-  $("settings-button").addEventListener("click", () => {
-    const panel = $("settings");
-    panel.hidden = !panel.hidden;
-    $("settings-button").setAttribute("aria-expanded", String(!panel.hidden));
-  });
+  $("settings-button").addEventListener("click", () => toggleSettings($("settings").hidden));
   const onSettings = () => {
     const settings = state.settings;
     settings.sensitivity = Number($("sensitivity").value);
@@ -577,6 +574,11 @@ function bindButtons() {
   for (const id of ["sensitivity", "speed", "invert-y", "fly"]) $(id).addEventListener("input", onSettings);
   // Space (fly up) must not press the last clicked button again: hand the focus back to the view.
   for (const id of ["reset-button", "rewind-button", "record-toggle"]) $(id).addEventListener("click", () => $("viewport").focus());
+}
+
+function toggleSettings(open) {
+  $("settings").hidden = !open;
+  $("settings-button").setAttribute("aria-expanded", String(open));
 }
 
 function sendSettings() {
