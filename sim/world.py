@@ -87,9 +87,13 @@ class Scene:
         if fog is not None and not isinstance(fog, bool):
             raise ValueError(f"fog must be True, False or None, got {fog!r}")
         rng = np.random.default_rng([seed, 0x5CE1E])
+        # Every draw happens whatever the arguments, so from_seed(s) equals from_seed(s, the theme it picked).
         names = sorted(THEMES)
-        theme_name = names[int(rng.integers(len(names)))] if theme is None else theme
-        th = THEMES[theme_name]
+        picked = names[int(rng.integers(len(names)))]
+        th = THEMES[picked if theme is None else theme]
+        foggy_draw = rng.random() < FOGGY_SHARE
+        foggy = foggy_draw if fog is None else fog
+        fog_draw = rng.uniform(*FOGGY_DENSITY)
         elevation = math.radians(rng.uniform(*th.sun_elevation_deg))
         azimuth = rng.uniform(0.0, 2.0 * math.pi)
         sun_dir = np.array([math.cos(elevation) * math.sin(azimuth), -math.sin(elevation),
@@ -98,9 +102,7 @@ class Scene:
         ground = bake_ground(rng, th, prims, sun_dir, PERIOD_M)
         detail = bake_detail(rng, th.grain)
         clouds = bake_clouds(rng, th.clouds)
-        foggy = rng.random() < FOGGY_SHARE if fog is None else fog
-        density = rng.uniform(*FOGGY_DENSITY) if foggy else th.fog_density
-        return cls(seed, th, sun_dir, prims, ground, detail, clouds, fog_density=density)
+        return cls(seed, th, sun_dir, prims, ground, detail, clouds, fog_density=fog_draw if foggy else th.fog_density)
 
     def render(self, world_T_cam, K, width: int, height: int, supersample: int = 1) -> RenderResult:
         """RGB and z-depth seen by pinhole cameras.
