@@ -52,7 +52,8 @@ class Clip:
 
 
 def check_n_frames(n_frames) -> int:
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1 or (n_frames - 1) % TEMPORAL_STRIDE:
+    if (isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1
+            or (n_frames - 1) % TEMPORAL_STRIDE):
         raise ValueError(f"n_frames must be {TEMPORAL_STRIDE}k+1 (1, 9, 17, 25, 33, ...), got {n_frames!r}")
     return int(n_frames)
 

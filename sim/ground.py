@@ -50,9 +50,12 @@ def bake_ground(rng: np.random.Generator, theme: Theme, prims, sun_dir: np.ndarr
     for axis in range(int(rng.integers(1, 3))):
         along, across = (X, Z) if axis == 0 else (Z, X)
         k1, k2 = int(rng.integers(1, 3)), int(rng.integers(2, 5))
-        offset = (rng.uniform(0, period) + rng.uniform(3, 9) * np.sin(np.float32(2 * math.pi * k1 / period) * along + np.float32(rng.uniform(0, 6.3)))
-                  + rng.uniform(1, 3) * np.sin(np.float32(2 * math.pi * k2 / period) * along + np.float32(rng.uniform(0, 6.3))))
-        gap = np.abs(np.mod(across - offset + np.float32(period / 2), np.float32(period)) - np.float32(period / 2)) + np.float32(0.25) * fine
+        w1, w2 = np.float32(2 * math.pi * k1 / period), np.float32(2 * math.pi * k2 / period)
+        offset = (rng.uniform(0, period)
+                  + rng.uniform(3, 9) * np.sin(w1 * along + np.float32(rng.uniform(0, 6.3)))
+                  + rng.uniform(1, 3) * np.sin(w2 * along + np.float32(rng.uniform(0, 6.3))))
+        half_period = np.float32(period / 2)
+        gap = np.abs(np.mod(across - offset + half_period, np.float32(period)) - half_period) + np.float32(0.25) * fine
         width = rng.uniform(0.6, 1.2)
         on_path = smoothstep(width, 0.7 * width, gap)
         albedo = [a + (np.float32(p) - a) * on_path for a, p in zip(albedo, theme.ground_path)]

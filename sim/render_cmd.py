@@ -6,8 +6,9 @@ The trajectory is a preset name, an action string or a trajectory file (anything
 `controls.trajectory.load` takes). Presets and action strings are relative to their first frame, so
 they start at the scene's spawn pose: the first spawn from which every camera position of the path
 is free. A file's poses are used as world poses (a path recorded in the sim replays where it was
-recorded); `--placement spawn` re-anchors them at the spawn like a preset. Frames are rendered at
---width x --height with the default camera (`sim.default_intrinsics`) unless the file brings its own intrinsics.
+recorded); `--placement spawn` re-anchors them at the spawn like a preset. Presets and action
+strings are rendered at --width x --height with a --hfov pinhole (by default the shared camera,
+`sim.default_intrinsics`); a file brings its own size and intrinsics.
 """
 from __future__ import annotations
 

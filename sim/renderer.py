@@ -297,7 +297,7 @@ def _box_on_screen(rot, centre, half, yaw, intrinsics, width, height):
     """
     fx, fy, cx, cy = intrinsics
     c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
-    lx, ly, lz = _CORNERS[None, :, 0] * half[:, None, 0], _CORNERS[None, :, 1] * half[:, None, 1], _CORNERS[None, :, 2] * half[:, None, 2]
+    lx, ly, lz = (_CORNERS[None, :, i] * half[:, None, i] for i in range(3))  # [C, 8] each
     world = np.stack([c * lx + s * lz, ly, -s * lx + c * lz], axis=-1) + centre[:, None, :]  # [C, 8, 3]
     cam = world @ rot  # [C, 8, 3] = (R^T w) per corner
     z = cam[..., 2]

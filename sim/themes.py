@@ -48,7 +48,8 @@ class Theme:
         unknown = set(self.objects) - set(OBJECT_FAMILIES)
         if unknown or not self.objects or min(self.objects.values()) <= 0:
             raise ValueError(f"theme {self.name!r}: bad object families {self.objects} (known: {OBJECT_FAMILIES})")
-        if not 0.0 <= self.ambient <= 1.0 or self.fog_density < 0 or self.density <= 0 or not 0 <= self.clouds <= 1 or not 0 <= self.grain < 1 or not 0 < self.exposure <= 3:
+        if (not 0.0 <= self.ambient <= 1.0 or self.fog_density < 0 or self.density <= 0 or not 0 <= self.clouds <= 1
+                or not 0 <= self.grain < 1 or not 0 < self.exposure <= 3):
             raise ValueError(f"theme {self.name!r}: ambient={self.ambient}, fog={self.fog_density}, "
                              f"density={self.density}, clouds={self.clouds}, grain={self.grain} out of range")
         if not self.palette or not self.foliage:
@@ -62,7 +63,8 @@ THEMES: dict[str, Theme] = {
         sun_elevation_deg=(35.0, 60.0), ambient=0.38,
         ground=(0.30, 0.52, 0.20), ground_patch=(0.42, 0.60, 0.22), ground_path=(0.62, 0.52, 0.36),
         pebble=(0.55, 0.55, 0.52), fog_density=0.004,
-        objects={"round_tree": 3.0, "fir_tree": 1.5, "rock": 2.0, "boulder": 1.0, "crate": 1.0, "pillar": 0.6, "ball": 0.6, "cone": 0.4, "hut": 0.4},
+        objects={"round_tree": 3.0, "fir_tree": 1.5, "rock": 2.0, "boulder": 1.0, "crate": 1.0, "pillar": 0.6,
+                 "ball": 0.6, "cone": 0.4, "hut": 0.4},
         palette=((0.80, 0.20, 0.15), (0.90, 0.75, 0.20), (0.25, 0.35, 0.80), (0.85, 0.85, 0.82), (0.65, 0.30, 0.60)),
         foliage=((0.18, 0.42, 0.14), (0.28, 0.50, 0.16), (0.14, 0.34, 0.18)),
     ),

@@ -268,8 +268,11 @@ def _build_family(rng: np.random.Generator, theme: Theme, family: str) -> list[t
         trunk_h, trunk_r = u(1.4, 2.8), u(0.12, 0.25)
         crown = (u(1.0, 2.2), u(0.9, 1.8))
         crown_y = -(trunk_h + 0.6 * crown[1])
-        return [(P.CYLINDER, (0.0, -(trunk_h + 0.3 * crown[1]) / 2, 0.0), (trunk_r, (trunk_h + 0.3 * crown[1]) / 2, trunk_r), 0.0, _jitter(rng, theme.wood), 0.25),
-                (P.ELLIPSOID, (0.0, crown_y, 0.0), (crown[0], crown[1], crown[0] * u(0.85, 1.15)), yaw, _jitter(rng, foliage), 0.35)]
+        # The trunk reaches into the crown.
+        trunk_half = (trunk_h + 0.3 * crown[1]) / 2
+        return [(P.CYLINDER, (0.0, -trunk_half, 0.0), (trunk_r, trunk_half, trunk_r), 0.0, _jitter(rng, theme.wood), 0.25),
+                (P.ELLIPSOID, (0.0, crown_y, 0.0), (crown[0], crown[1], crown[0] * u(0.85, 1.15)), yaw,
+                 _jitter(rng, foliage), 0.35)]
     if family == "fir_tree":
         trunk_h, trunk_r = u(0.6, 1.2), u(0.1, 0.2)
         cone_r, cone_h = u(0.9, 2.0), u(3.0, 7.0)
@@ -308,7 +311,8 @@ def _build_family(rng: np.random.Generator, theme: Theme, family: str) -> list[t
             pieces += [(P.CYLINDER, (ax, arm_y, az), (arm_r, arm_h / 2, arm_r), 0.0, green, 0.35),
                        (P.ELLIPSOID, (ax, arm_y - arm_h / 2, az), (arm_r, arm_r, arm_r), 0.0, green, 0.35),
                        # The elbow: a bar from the trunk to the arm (a box's local x maps to (cos, -sin) of its yaw).
-                       (P.BOX, (ax / 2, arm_y + arm_h / 2 - arm_r * 0.6, az / 2), (math.hypot(ax, az) / 2, arm_r * 0.6, arm_r * 0.6), -yaw, green, 0.35)]
+                       (P.BOX, (ax / 2, arm_y + arm_h / 2 - arm_r * 0.6, az / 2),
+                        (math.hypot(ax, az) / 2, arm_r * 0.6, arm_r * 0.6), -yaw, green, 0.35)]
         return pieces
     if family == "hut":
         r, wall_h, roof_h = u(1.2, 2.2), u(1.8, 2.6), u(1.2, 2.2)
