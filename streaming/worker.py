@@ -22,6 +22,7 @@ sessions' chunk boundaries; on a GPU it would pay and is the next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -86,6 +87,7 @@ class StreamJob:
         self._applied_input: InputEnvelope | None = None
         self._reset_pending = True
         self._settings_pending: Any = None
+        self.settings: Any = None
         self.integrator: Any = None
         self.paused = False
         self.failed: BaseException | None = None
@@ -113,9 +115,14 @@ class StreamJob:
         return new.keys != 0 or new.look != old.look
 
     def request_reset(self) -> None:
-        """Go back to the start image and pose before the next chunk (any thread)."""
+        """Go back to the start image and pose before the next chunk (any thread).
+
+        The last snapshot's keys and angles are forgotten (its seq still counts, so stale ones stay
+        stale): the walk restarts at rest until a newer snapshot arrives.
+        """
         with self._lock:
             self._reset_pending = True
+            self._input = dataclasses.replace(self._input, snapshot=None, keys=0)
             self.paused = False
 
     def submit_settings(self, settings: Any) -> None:
@@ -147,7 +154,8 @@ class StreamJob:
         """Generate one chunk (worker thread only) and put its frames into the buffer."""
         with self._lock:
             reset, self._reset_pending = self._reset_pending, False
-            settings, self._settings_pending = self._settings_pending, None
+            if self._settings_pending is not None:
+                self.settings, self._settings_pending = self._settings_pending, None
             envelope = self._input
         if reset:
             self.generator.start(self.start_image, self.world_T_cam0)
@@ -155,8 +163,9 @@ class StreamJob:
             self.buffer.clear()
             self.last_pose = self.world_T_cam0.copy()
             self.standing_chunks = 0
-        if settings is not None:
-            self.integrator.settings = settings
+        if self.settings is not None:
+            # Settings outlive resets (a reset builds a fresh integrator).
+            self.integrator.settings = self.settings
         n = self.generator.frames_for_next_chunk()
         first = self.generator.chunk_index == 0
         if first:

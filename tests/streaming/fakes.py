@@ -103,9 +103,12 @@ class FakeIntegrator:
         self.settings = None
 
     def advance(self, snapshot, n_frames):
+        # Like PoseIntegrator: None = no new input, keep doing what the last snapshot said.
+        if snapshot is not None:
+            self.keys = snapshot.keys
         out = []
         for _ in range(n_frames):
-            if snapshot.keys & 1:
+            if getattr(self, "keys", 0) & 1:
                 self.pose = self.pose.copy()
                 self.pose[2, 3] += self.speed * self.dt
             out.append(self.pose.copy())

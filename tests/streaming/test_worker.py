@@ -93,3 +93,27 @@ async def test_failing_job_is_removed_and_others_continue():
     finally:
         await worker.astop()
     assert len(frames) == 20 and len(failures) == 1 and bad not in worker.jobs
+
+
+async def test_reset_restarts_at_rest_and_keeps_settings():
+    loop = asyncio.get_running_loop()
+    worker = GenerationWorker()
+    job = _job(loop, "reset")
+    job.submit_settings("fast")
+    job.submit_input(InputEnvelope(1, FakeSnapshot(1, 1), 1, (0.0, 0.0, 0.0)))
+    worker.add(job)
+    worker.start()
+    try:
+        walked = await _drain(job, 17)
+        assert walked[-1].world_T_cam[2, 3] > 0
+        job.request_reset()
+        assert not job.submit_input(InputEnvelope(1, FakeSnapshot(1, 1), 1, (0.0, 0.0, 0.0))), "seqs stay stale across a reset"
+        # The reset happens before the next chunk; frames from before it may still be queued.
+        frames = await _drain(job, 9 + 8 + 9)
+        restart = next(i for i, f in enumerate(frames) if f.world_T_cam[2, 3] == 0.0)
+        after = frames[restart:]
+        assert len(after) >= 9 and after[0].frame_id > walked[-1].frame_id
+        # After the reset the held key is forgotten: the walk stands at the start until new input.
+        assert all(f.world_T_cam[2, 3] == 0.0 for f in after) and job.integrator.settings == "fast"
+    finally:
+        await worker.astop()
