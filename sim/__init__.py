@@ -12,6 +12,7 @@ of the model line up pixel for pixel; it matches the app's stream (app/config.py
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -24,9 +25,10 @@ DEFAULT_FPS = 16
 def default_intrinsics(width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT, hfov_deg: float = DEFAULT_HFOV_DEG) -> np.ndarray:
     """K [3, 3] of a pinhole with square pixels, the principal point at the image centre and the
     given horizontal field of view: fx = fy = W / (2 tan(hfov / 2))."""
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-        raise ValueError(f"width and height must be positive ints, got {width!r}, {height!r}")
-    if not (isinstance(hfov_deg, (int, float)) and 0.0 < hfov_deg < 180.0):
+    for value in (width, height):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"width and height must be positive ints, got {width!r}, {height!r}")
+    if isinstance(hfov_deg, bool) or not isinstance(hfov_deg, numbers.Real) or not 0.0 < hfov_deg < 180.0:
         raise ValueError(f"hfov_deg must be in (0, 180), got {hfov_deg!r}")
-    f = width / (2.0 * math.tan(math.radians(hfov_deg) / 2.0))
+    f = int(width) / (2.0 * math.tan(math.radians(float(hfov_deg)) / 2.0))
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])

@@ -13,6 +13,7 @@ Splits: evaluation scenes have seeds >= EVAL_SEED_BASE, training scenes seeds be
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +119,7 @@ def sample_trajectory(scene: Scene, clip_seed: int, n_frames: int, fps: float = 
                       settings: ControlSettings = ControlSettings()) -> np.ndarray:
     """A free-space random walk in `scene`: world_T_cams [n_frames, 4, 4] (see the module docstring)."""
     check_seed(clip_seed)
-    if not (isinstance(fps, (int, float)) and 0 < fps <= 240):
+    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps <= 240):
         raise ValueError(f"fps must be a number in (0, 240], got {fps!r}")
     rng = np.random.default_rng([int(clip_seed), scene.seed, 0xC11B])
     start = scene.spawn_world_T_cam(int(rng.integers(0, 2**31)))
@@ -200,6 +201,7 @@ class ClipDataset(torch.utils.data.IterableDataset):
         if not isinstance(clips_per_scene, int) or clips_per_scene < 1:
             raise ValueError(f"clips_per_scene must be a positive int, got {clips_per_scene!r}")
         check_seed(seed)
+        default_intrinsics(width, height, hfov_deg)  # validates the camera now rather than in a worker
         self.split, self.n_frames, self.width, self.height = split, check_n_frames(n_frames), width, height
         self.fps, self.hfov_deg, self.clips_per_scene = fps, hfov_deg, clips_per_scene
         self.n_scenes, self.seed, self.theme = n_scenes, seed, theme

@@ -12,6 +12,7 @@ Determinism: everything random is drawn from `numpy.random.default_rng` seeded b
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ class Scene:
         if not 0 < far <= period / 2:
             raise ValueError(f"far={far} must lie in (0, period / 2 = {period / 2}]")
         fog_density = theme.fog_density if fog_density is None else fog_density
-        if not (isinstance(fog_density, (int, float)) and 0 <= fog_density <= 1):
+        if not (isinstance(fog_density, numbers.Real) and 0 <= fog_density <= 1):
             raise ValueError(f"fog_density must be a number in [0, 1] per metre, got {fog_density!r}")
         self.seed = seed
         self.theme = theme
@@ -147,7 +148,7 @@ class Scene:
     def is_free(self, position, radius: float = 0.3) -> bool | np.ndarray:
         """True where a ball of `radius` metres at `position` ([3] or [N, 3]) touches no object and
         stays above the ground (y < -radius)."""
-        if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
+        if not (isinstance(radius, numbers.Real) and not isinstance(radius, bool) and math.isfinite(radius) and radius >= 0):
             raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
         pos, single = _points(position)
         free = (np.asarray(self.distance(pos)) > radius) & (pos[:, 1] < -radius)
