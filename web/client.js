@@ -3,7 +3,9 @@
 // The server owns the pose. The page integrates absolute yaw/pitch/roll in degrees and sends idempotent
 // input snapshots (docs/protocol.md), so a lost packet on the unreliable `input` channel does no harm:
 // the next snapshot carries the whole state again. Snapshots are coalesced per animation frame (at most
-// 60 Hz) and re-sent every HEARTBEAT_MS while nothing changes.
+// 60 Hz). After a change the unchanged state is re-sent every HEARTBEAT_MS for HEARTBEAT_FOR_MS, in
+// case the change was lost; then the page falls silent, so the server can tell the camera stands still
+// and pause generation (a fresh seq counts as new input there).
 //
 // Motion-to-photon latency: every snapshot that changes the input is remembered as (seq, time sent).
 // When a frame whose input_seq >= seq is presented, the sample is presented_time - time_sent, both on
@@ -16,6 +18,8 @@ const ICE_GATHER_TIMEOUT_MS = 2000;
 const MAX_UPLOAD_BYTES = 10 * 1024 * 1024;
 const SEND_INTERVAL_MS = 1000 / 60;
 const HEARTBEAT_MS = 250;
+const HEARTBEAT_FOR_MS = 1000;
+const IDLE_AFTER_MS = 2500;
 const PING_INTERVAL_MS = 2000;
 const STATS_INTERVAL_MS = 500;
 const TELEMETRY_MATCH_SLACK_MS = 10;
@@ -69,6 +73,7 @@ const state = {
   seq: 0,
   lastSentAt: -Infinity,
   lastSentKey: "",
+  lastChangeAt: -Infinity,
   pending: [], // [{seq, t}] input changes not yet seen on screen
   latencies: [],
   lastLatencyMs: null,
@@ -83,6 +88,7 @@ const state = {
   rttMs: null,
   statsFps: null,
   codec: null,
+  lastShownAt: null,
   path: [],
   recording: false,
   error: null,
@@ -415,7 +421,7 @@ function sendInput(now) {
   }
   const key = `${snapshot.keys}|${snapshot.yaw}|${snapshot.pitch}|${snapshot.roll}|${snapshot.dx}|${snapshot.dy}`;
   const changed = key !== state.lastSentKey;
-  if (!changed && now - state.lastSentAt < HEARTBEAT_MS) return;
+  if (!changed && (now - state.lastSentAt < HEARTBEAT_MS || now - state.lastChangeAt > HEARTBEAT_FOR_MS)) return;
   state.seq = snapshot.seq;
   sendJSON(snapshot, "input");
   state.lastSentAt = now;
@@ -423,6 +429,7 @@ function sendInput(now) {
   state.lookDx = 0;
   state.lookDy = 0;
   if (changed) {
+    state.lastChangeAt = now;
     state.pending.push({ seq: snapshot.seq, t: now });
     if (state.pending.length > MAX_PENDING_INPUTS) state.pending.shift();
   }
@@ -666,10 +673,10 @@ function failSession(message) {
 
 function resetSessionState() {
   Object.assign(state, {
-    session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "",
+    session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "", lastChangeAt: -Infinity,
     pending: [], latencies: [], lastLatencyMs: null, telemetryLog: [], lastTelemetry: null, telemetryCount: 0,
     framesDecoded: 0, framesPresented: 0, framesDroppedClient: 0, presentTimes: [], lastDrawnFrameId: -1,
-    rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null,
+    rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null, lastShownAt: null,
   });
   $("stage-error").hidden = true;
 }
@@ -702,8 +709,13 @@ function setAspect(width, height) {
 function renderHud(now) {
   if (state.transport === "none" && state.session === null && state.lastTelemetry === null) return;
   const t = state.lastTelemetry;
+  if (state.presentTimes.length) state.lastShownAt = state.presentTimes[state.presentTimes.length - 1];
+  while (state.presentTimes.length && state.presentTimes[0] < now - 1000) state.presentTimes.shift();
   const fps = state.presentTimes.length >= 2 ? state.presentTimes.length : state.statsFps;
-  setText("hud-fps", fps == null ? "–" : `${fps}`);
+  // The server pauses a standing camera (nothing new to show); say so rather than "0 fps".
+  const lastShown = state.lastShownAt ?? -Infinity;
+  const idle = state.framesPresented > 0 && state.held.size === 0 && now - lastShown > IDLE_AFTER_MS && now - state.lastChangeAt > IDLE_AFTER_MS;
+  setText("hud-fps", idle ? "idle" : fps == null ? "–" : `${fps}`);
   setText("hud-chunk", t && Number.isFinite(t.chunk_ms) ? `${Math.round(t.chunk_ms)} ms` : "–");
   const latency = median(state.latencies);
   const latencyEl = $("hud-latency");
