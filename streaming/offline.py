@@ -169,7 +169,8 @@ def _velocity(call, x, timestep, text, uncond, cfg_scale: float, **kwargs) -> to
 def _bidirectional(release, z0, frames, camera, plucker, text, uncond, sigmas, cfg_scale, rng, progress) -> torch.Tensor:
     dit = release.dit
     _, channels, _, h, w = z0.shape
-    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device, dit.dtype)  # [1, C, T, h, w]
+    # Latents are integrated in fp32 whatever the model's dtype (it casts its input itself).
+    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device)  # [1, C, T, h, w]
     x[:, :, :1] = z0
     total = len(sigmas) - 1
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -197,7 +198,7 @@ def chunk_sizes_for(latents: int, chunk_latents: int) -> list[int]:
 def _chunk_causal(release, z0, frames, camera, plucker, text, uncond, sigmas, cfg_scale, rng, progress) -> torch.Tensor:
     dit = release.dit
     _, channels, _, h, w = z0.shape
-    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device, dit.dtype)
+    x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device)  # [1, C, T, h, w] fp32
     x[:, :, :1] = z0
     sizes = chunk_sizes_for(frames, release.chunk_latents)
     bounds = np.cumsum([0] + sizes)
@@ -332,7 +333,7 @@ def generate_video(
             cond = prepare_camera(poses, intrinsics, (height, width), (stride, vae.spatial_stride, vae.spatial_stride))
             camera = cond["camera_conditions"][None].to(dit.device, dit.dtype)  # [1, T, 20]
             plucker = cond["chunk_plucker"][None].to(dit.device, dit.dtype)  # [1, 6s, T, h, w]
-            z0 = vae.encode(image_to_video_tensor(start).to(dit.device)).to(dit.dtype)  # [1, C, 1, h, w]
+            z0 = vae.encode(image_to_video_tensor(start).to(dit.device)).float()  # [1, C, 1, h, w]
             latents = (n - 1) // stride + 1
             rng = torch.Generator(device="cpu").manual_seed(seed)
             sample = _bidirectional if mode == "bidirectional" else _chunk_causal
@@ -363,9 +364,13 @@ def read_episode_trajectory(folder: str | Path):
             try:
                 row = json.loads(line)
                 c2w = np.asarray(row["c2w"], dtype=np.float64).reshape(4, 4)
-                k = [float(row[key]) for key in ("fx", "fy", "cx", "cy")]
-                wh = (int(row["W"]), int(row["H"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                # fx fy cx cy at the top level, or as an "intrinsics" object or 4-list; W H or width height
+                intr = row.get("intrinsics", row)
+                k = [float(v) for v in intr] if isinstance(intr, list) else [float(intr[key]) for key in ("fx", "fy", "cx", "cy")]
+                if len(k) != 4:
+                    raise ValueError(f"intrinsics need 4 numbers, got {len(k)}")
+                wh = (int(row["W"]), int(row["H"])) if "W" in row else (int(row["width"]), int(row["height"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
                 # A crash can leave the last line half-written; earlier lines must be whole.
                 remainder = f.read()
                 if not remainder.strip():

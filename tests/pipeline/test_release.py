@@ -127,3 +127,11 @@ def test_not_a_release_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(CheckpointError, match="no SANA-WM weights found"):
         load_release(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["distilled", "bidirectional"])
+def test_a_bf16_release_generates(releases, image, mode):
+    release = load_release(releases / "SANA-WM_streaming", dtype=torch.bfloat16)
+    assert release.dit.dtype == torch.bfloat16 and release.vae.dtype == torch.bfloat16
+    video = generate_video(release, image, "w-16", mode=mode, steps=None if mode == "distilled" else 2)
+    assert video.frames.shape == (17, 64, 64, 3) and video.frames.std() > 1.0
