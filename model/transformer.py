@@ -139,6 +139,11 @@ class WorldModel(nn.Module):
                 raise ValueError("camera_conditions holds NaN or inf")
             if not bool((camera[..., 16:18] != 0).all()):
                 raise ValueError("camera_conditions has a zero focal length (fx, fy at columns 16, 17)")
+        named = {"hidden_states": hidden_states, "timestep": timestep, "encoder_hidden_states": text,
+                 "encoder_attention_mask": mask, "camera_conditions": camera, "chunk_plucker": plucker}
+        devices = {name: str(x.device) for name, x in named.items() if isinstance(x, torch.Tensor)}
+        if any(torch.device(d) != self.device for d in devices.values()):
+            raise ValueError(f"inputs must be on the model's device {self.device}, got {devices}")
         if plucker is not None:
             expected = (batch, cfg.plucker_channels, frames, height, width)
             if not isinstance(plucker, torch.Tensor) or tuple(plucker.shape) != expected or not plucker.is_floating_point():
