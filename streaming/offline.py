@@ -6,8 +6,8 @@
 Preparation (as the official pipeline): the image is resized to cover the release's frame size and
 centre-cropped (`controls.camera.resize_crop_geometry`); a trajectory stored for another image size
 gets the same resize-crop applied to its intrinsics (`Trajectory.resized_to`). Frame counts are
-stride·k + 1: `seconds` snaps to the nearest such count, no length means the trajectory's own
-(snapped down). Frame 0 is the start image's reconstruction and has pose world_T_cams[0]; unlike the
+stride·k + 1: `seconds` snaps to the nearest such count (a preset is rolled out that long), no length
+means the trajectory's own (snapped down). Frame 0 is the start image's reconstruction and has pose world_T_cams[0]; unlike the
 official script, it is kept, so every frame has exactly one pose.
 
 Modes:
@@ -255,10 +255,15 @@ def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np
     return np.concatenate(out)[:n]
 
 
-def _load_trajectory(source: Any, release):
+def _load_trajectory(source: Any, release, n_frames: int | None = None):
     """A trajectory source sized for the release: files keep their own image size where they store one
-    (resized later), presets and action strings get the release's size and default field of view."""
-    from controls.trajectory import load
+    (resized later), presets and action strings get the release's size and default field of view; a
+    preset lasts `n_frames` when given."""
+    from controls.trajectory import PRESETS, load
+
+    if isinstance(source, str) and source in PRESETS:
+        return load(source, width=release.width, height=release.height, fps=release.fps, hfov_deg=release.hfov_deg,
+                    n_frames=n_frames)
 
     if isinstance(source, (str, Path)) and Path(source).is_file():
         try:
@@ -308,7 +313,10 @@ def generate_video(
 
     width, height = release.width, release.height
     if not isinstance(trajectory, Trajectory):
-        trajectory = _load_trajectory(trajectory, release)
+        wanted = n_frames
+        if seconds is not None and n_frames is None:
+            wanted = snap_frames(seconds, release.fps, release.vae.temporal_stride)
+        trajectory = _load_trajectory(trajectory, release, wanted)
     if (trajectory.width, trajectory.height) != (width, height):
         trajectory = trajectory.resized_to(width, height)
     if abs(trajectory.fps - release.fps) > 1e-6:

@@ -173,3 +173,9 @@ def test_episode_folder_is_a_trajectory(release, image, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a recorded episode"):
         read_episode_trajectory(tmp_path / "empty")
+
+
+def test_a_preset_lasts_as_long_as_asked(release, image):
+    video = generate_video(release, image, "orbit", mode="bidirectional", seconds=1.5, steps=1)
+    assert video.frames.shape[0] == 25  # 1.5 s at 16 fps snapped to 8k + 1
+    assert not np.allclose(video.world_T_cams[24], video.world_T_cams[0])
