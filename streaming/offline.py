@@ -21,6 +21,9 @@ Modes:
 - `distilled`: the live app's `ChunkGenerator` (4 fixed steps 1000, 960, 889, 727 → 0, commit pass,
   KV window 2 + sink, stream decode), driven with the trajectory's poses.
 
+The first two modes decode the finished latents at the end; a causal LTX-2 decoder does it in chunks
+of 8 latents through its stream decoder (the same frames, bounded memory for 60 s clips).
+
 Without a text encoder, prompts must be empty: the DiT's null caption conditions both CFG branches,
 which makes guidance the identity, so it is skipped. Errors (an unreadable image, a trajectory too
 short for the requested length or longer than the model can take, an unknown mode) raise ValueError
@@ -255,6 +258,20 @@ def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np
     return np.concatenate(out)[:n]
 
 
+DECODE_CHUNK_LATENTS = 8
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [1, C, T, h, w] -> video [1, 3, F, H, W]. A causal LTX-2 decoder runs chunk by chunk through
+    its stream decoder (the same frames, bounded activation memory for long clips); others decode at once."""
+    if not getattr(vae, "causal_decoder", False) or latents.shape[2] <= DECODE_CHUNK_LATENTS:
+        return vae.decode(latents)
+    decoder = vae.stream_decoder(latents.shape[0])
+    parts = [decoder.decode_chunk(latents[:, :, i:i + DECODE_CHUNK_LATENTS])
+             for i in range(0, latents.shape[2], DECODE_CHUNK_LATENTS)]
+    return torch.cat(parts, dim=2)
+
+
 def _load_trajectory(source: Any, release, n_frames: int | None = None):
     """A trajectory source sized for the release: files keep their own image size where they store one
     (resized later), presets and action strings get the release's size and default field of view; a
@@ -346,7 +363,7 @@ def generate_video(
             rng = torch.Generator(device="cpu").manual_seed(seed)
             sample = _bidirectional if mode == "bidirectional" else _chunk_causal
             x = sample(release, z0, latents, camera, plucker, text, uncond, sigmas, cfg, rng, progress)
-            frames = video_tensor_to_frames(vae.decode(x))  # [n, H, W, 3]
+            frames = video_tensor_to_frames(decode_latents(vae, x))  # [n, H, W, 3]
     if frames.shape[0] != n:
         raise RuntimeError(f"generation returned {frames.shape[0]} frames for {n} poses")
     return OfflineVideo(frames=frames, world_T_cams=poses.copy(), intrinsics=intrinsics[0].copy(),

@@ -179,3 +179,12 @@ def test_a_preset_lasts_as_long_as_asked(release, image):
     video = generate_video(release, image, "orbit", mode="bidirectional", seconds=1.5, steps=1)
     assert video.frames.shape[0] == 25  # 1.5 s at 16 fps snapped to 8k + 1
     assert not np.allclose(video.world_T_cams[24], video.world_T_cams[0])
+
+
+def test_long_clips_decode_chunk_by_chunk_with_the_same_frames(releases):
+    vae = load_release(releases / "SANA-WM_streaming").vae
+    assert vae.causal_decoder
+    z = torch.randn(1, 8, offline.DECODE_CHUNK_LATENTS + 3, 2, 2)
+    chunked = offline.decode_latents(vae, z)
+    assert chunked.shape[2] == 8 * (z.shape[2] - 1) + 1
+    assert (chunked - vae.decode(z)).abs().max().item() < 1e-5
