@@ -167,7 +167,13 @@ def _render_batch(scene, poses: np.ndarray, intrinsics, width: int, height: int)
         py = oy[hit] + t * dy[hit]
         pz = oz[hit] + t * dz[hit]
         footprint = t / inv_len[hit] * f32(0.4 / fx)
-        (pattern,) = scene.detail.sample((px + pz) * f32(0.4), py * f32(0.4), footprint)
+        # Project the pattern along the normal's dominant axis (no stretched stripes on any face).
+        ax, ay, az = np.abs(wx), np.abs(wy), np.abs(wz)
+        facing_y = ay >= np.maximum(ax, az)
+        facing_x = ~facing_y & (ax >= az)
+        tex_u = np.where(facing_x, pz, px) * f32(0.4)
+        tex_v = np.where(facing_y, pz, py) * f32(0.4)
+        (pattern,) = scene.detail.sample(tex_u, tex_v, footprint)
         pattern = f32(1.0) + (pattern - f32(1.0)) * (scene.prims.texture[m] / f32(max(theme.grain, 0.05)))
         ambient, direct = light_terms(theme)
         lambert = np.maximum(cos_n, 0.0)
