@@ -197,7 +197,9 @@ class StreamJob:
         if self.first_frame_t is None:
             self.first_frame_t = time.monotonic()
         with self._lock:
-            if self.idle_chunks and self.standing_chunks >= self.idle_chunks and self._input is envelope:
+            # Snapshots that arrived meanwhile only block the pause if they move the camera (a page
+            # may repeat an unchanged snapshot as a heartbeat).
+            if self.idle_chunks and self.standing_chunks >= self.idle_chunks and not self._moves(self._input, envelope):
                 self.paused = True
                 log.info("[%s] idle: camera stood still for %d chunks, pausing until input", self.session_id, self.standing_chunks)
         self.buffer.put_chunk(frames)

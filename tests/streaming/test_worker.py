@@ -62,14 +62,23 @@ async def test_idle_job_pauses_and_resumes_on_input():
     worker.add(job)
     worker.start()
     try:
+        # Unchanged snapshots (heartbeats, sent all along) do not keep a standing camera generating.
+        original_step = job.generator.step
+
+        def step_with_heartbeat(poses):
+            frames = original_step(poses)
+            job.submit_input(InputEnvelope(job.latest_input.seq + 1, FakeSnapshot(0, 0), 0, (0.0, 0.0, 0.0)))
+            return frames
+
+        job.generator.step = step_with_heartbeat
         await _drain(job, 9 + 8 + 8)
         await asyncio.sleep(0.3)
-        assert job.paused and job.chunks_done == 3 and len(job.buffer) == 0
-        job.submit_input(InputEnvelope(1, FakeSnapshot(1, 0), 0, (0.0, 0.0, 0.0)))
+        assert job.paused and job.chunks_done == 3 and len(job.buffer) == 0 and job.latest_input.seq == 3
+        job.submit_input(InputEnvelope(5, FakeSnapshot(5, 0), 0, (0.0, 0.0, 0.0)))
         assert job.paused, "a snapshot that does not move the camera keeps it paused"
-        job.submit_input(InputEnvelope(2, FakeSnapshot(2, 1), 1, (0.0, 0.0, 0.0)))
+        job.submit_input(InputEnvelope(6, FakeSnapshot(6, 1), 1, (0.0, 0.0, 0.0)))
         frames = await _drain(job, 8)
-        assert frames[-1].input_seq == 2 and frames[-1].world_T_cam[2, 3] > 0
+        assert frames[-1].input_seq == 6 and frames[-1].world_T_cam[2, 3] > 0
     finally:
         await worker.astop()
 
