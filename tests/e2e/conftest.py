@@ -1,4 +1,4 @@
-"""Browser-test fixtures: the roam server in a subprocess and a fresh headless Debian chromium.
+"""Browser-test fixtures: the roam server in a subprocess and headless Debian chromium.
 
 The server is the real app, `python run.py serve --port <free port>`, serving the embedded default
 model (seeded random weights until trained ones are installed). Chromium is driven through Playwright's sync API with
@@ -90,28 +90,32 @@ def server(tmp_path_factory):
             print(f"server log:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture()
-def page(tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless chromium per module (Playwright gives it a fresh temporary user-data-dir)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 860},
-        )
-        page = context.pages[0] if context.pages else context.new_page()
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
-        page.console_log = console
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            yield page
+            yield browser
         finally:
-            if console:
-                print("browser console:\n" + "\n".join(console[-40:]))
-            context.close()
+            browser.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A page in a fresh browser context (no cookies, storage or cache shared between tests)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        yield page
+    finally:
+        if console:
+            print("browser console:\n" + "\n".join(console[-40:]))
+        context.close()
