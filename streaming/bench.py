@@ -334,7 +334,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--sessions must list positive integers, got {args.sessions!r}")
     defaults = StreamConfig()
     stream = StreamConfig(width=args.width or defaults.width, height=args.height or defaults.height, torch_threads=args.threads, idle_chunks=0)
-    config = AppConfig(server=ServerConfig(), stream=stream, model_path=args.model, device=args.device)
+    from_model = args.model is not None and args.width is None and args.height is None
+    config = AppConfig(server=ServerConfig(), stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)
     runtime = build_runtime(config)
     import os
 
