@@ -37,3 +37,16 @@ def test_refusals(monkeypatch):
         bench_720p.main(_args("--tiny-smoke", "--write-docs"))
     with pytest.raises(SystemExit, match="--chunks must be >= 1"):
         bench_720p.main(_args("--tiny-smoke", "--chunks", "0"))
+
+
+def test_the_real_size_pipeline_fits_together():
+    from model.release import Release
+
+    # Built on the meta device: shapes and dtypes only, no memory, no compute.
+    dit, vae, size = bench_720p.build_pipeline(tiny=False, device="meta", dtype=torch.bfloat16, gdn_backend="triton")
+    assert size == (704, 1280)
+    assert (vae.temporal_stride, vae.spatial_stride, vae.latent_channels) == (8, 32, 128)
+    assert dit.dtype == vae.dtype == torch.bfloat16 and dit.config.gdn_backend == "triton"
+    assert abs(sum(p.numel() for p in dit.parameters()) / 1e9 - 2.66) < 0.01
+    release = Release(dit=dit, vae=vae, text_encoder=None, kind="streaming")
+    assert release.max_frames == 961  # 60 s at 16 fps
