@@ -213,7 +213,8 @@ class Session:
         # Worker thread: hand the close to the event loop.
         def fail() -> None:
             self.send_json({"type": "error", "message": f"generation failed: {error}"})
-            asyncio.ensure_future(self.close(f"generation failed: {error}"))
+            # A moment for the error to leave on the data channel before the peer closes.
+            self.loop.call_later(0.3, lambda: asyncio.ensure_future(self.close(f"generation failed: {error}")))
 
         try:
             self.loop.call_soon_threadsafe(fail)
