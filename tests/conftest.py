@@ -10,6 +10,12 @@ import os
 import pytest
 import torch
 
+# Triton's CPU interpreter works only when TRITON_INTERPRET is set before triton is first imported,
+# and diffusers imports triton while tests are collected; so set it here, first, on machines
+# without CUDA.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
