@@ -514,6 +514,12 @@ function bindInput() {
     keyUp(event.code);
   });
   window.addEventListener("blur", releaseAll);
+  // Ctrl (slow) + W closes the tab in most browsers and a page cannot stop it; ask before leaving a walk.
+  window.addEventListener("beforeunload", (event) => {
+    if (state.transport === "none") return;
+    event.preventDefault();
+    event.returnValue = "";
+  });
   document.addEventListener("visibilitychange", () => document.hidden && releaseAll());
 
   const viewport = $("viewport");
