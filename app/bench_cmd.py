@@ -18,7 +18,7 @@ import importlib
 TARGETS: dict[str, str] = {
     "model": "model.bench",
     "gdn": "model.ops.bench",
-    "stream": "streaming.bench",
+    "stream": "app.bench_stream",
     "ae": "model.vae.bench",
     "sim": "sim.bench",
     "controls": "controls.bench",

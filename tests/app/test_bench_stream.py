@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from streaming import bench
+from app import bench_stream as bench
 
 
 def test_motion_to_photon_pairs_each_input_with_the_first_frame_carrying_it():
