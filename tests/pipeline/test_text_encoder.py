@@ -80,3 +80,28 @@ def test_wrong_text_encoders_are_refused(releases, tmp_path):
     (wide / "config.json").write_text(json.dumps({**config, "model_type": "gemma3"}))
     with pytest.raises(ValueError, match="is a 'gemma3' model"):
         TextEncoder.from_folder(wide)
+
+
+def test_instruction_prefix_is_the_released_one():
+    from diffusers.pipelines.sana_wm.pipeline_sana_wm import DEFAULT_CHI_PROMPT as REFERENCE
+
+    assert list(DEFAULT_CHI_PROMPT) == list(REFERENCE)
+
+
+def test_embeddings_equal_diffusers_sana_wm_encode_prompt(encoder, gemma_folder):
+    from types import SimpleNamespace
+
+    from diffusers.pipelines.sana_wm.pipeline_sana_wm import SanaWMPipeline
+    from transformers import Gemma2ForCausalLM
+
+    # encode_prompt reads only these three attributes of the pipeline
+    pipe = SimpleNamespace(tokenizer=encoder.tokenizer, text_encoder=Gemma2ForCausalLM.from_pretrained(str(gemma_folder)).eval(),
+                           _execution_device=torch.device("cpu"))
+    with torch.no_grad():
+        cond, cond_mask, neg, neg_mask = SanaWMPipeline.encode_prompt(
+            pipe, "a quiet forest path", "the city", device=torch.device("cpu"), chi_prompt=list(DEFAULT_CHI_PROMPT))
+    hidden, mask = encoder.encode("a quiet forest path")
+    neg_hidden, neg_m = encoder.encode_negative("the city")
+    torch.testing.assert_close(hidden, cond[:, 0])
+    torch.testing.assert_close(neg_hidden, neg[:, 0])
+    assert torch.equal(mask, cond_mask) and torch.equal(neg_m, neg_mask)
