@@ -124,3 +124,18 @@ def test_folder_round_trip_and_strict_errors(tmp_path):
         LTX2VideoVAE.from_folder(tmp_path / "vae")
     with pytest.raises(CheckpointError, match="no config.json"):
         LTX2VideoVAE.from_folder(tmp_path / "missing")
+
+
+def test_normalisation_equals_the_diffusers_sana_wm_pipeline(causal_vae):
+    from types import SimpleNamespace
+
+    from diffusers.pipelines.sana_wm.pipeline_sana_wm import SanaWMPipeline
+
+    pipe = SimpleNamespace(vae=causal_vae.vae, _execution_device=torch.device("cpu"))
+    image = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        reference = SanaWMPipeline._encode_first_frame(pipe, image, torch.device("cpu"), torch.float32)
+        z = torch.randn(1, 8, 3, 2, 3)
+        decoded = SanaWMPipeline._decode_latents(pipe, z)
+    torch.testing.assert_close(causal_vae.encode(image[:, :, None]), reference)
+    torch.testing.assert_close(causal_vae.decode(z), decoded.clamp(-1, 1))
