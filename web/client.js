@@ -91,6 +91,7 @@ const state = {
   lastShownAt: null,
   path: [],
   recording: false,
+  recordUnavailable: false,
   error: null,
   lastTick: null,
   timers: [],
@@ -324,7 +325,16 @@ function onServerText(text) {
   if (message.type === "telemetry") onTelemetry(message);
   else if (message.type === "session") onSession(message);
   else if (message.type === "pong") state.rttMs = performance.now() - message.t;
-  else if (message.type === "error") showToast(message.message || "server error", true);
+  else if (message.type === "error") onServerError(String(message.message || "server error"));
+}
+
+function onServerError(text) {
+  showToast(text, true);
+  // Until recording lands (issue 7) the server notes the consent but records nothing: no REC badge then.
+  if (/record/i.test(text) && /not available/i.test(text)) {
+    state.recordUnavailable = true;
+    $("rec-badge").hidden = true;
+  }
 }
 
 function onSession(message) {
@@ -569,7 +579,7 @@ function bindButtons() {
   });
   $("record-toggle").addEventListener("change", (event) => {
     state.recording = event.target.checked;
-    $("rec-badge").hidden = !state.recording;
+    $("rec-badge").hidden = !state.recording || state.recordUnavailable;
     sendJSON({ type: "record", on: state.recording }, "control");
   });
   $("leave-button").addEventListener("click", leaveSession);

@@ -14,7 +14,7 @@ import time
 import pytest
 from PIL import Image
 
-from app.messages import Ack, Hello, Input, Reset, Settings, parse_message
+from app.messages import Ack, Hello, Input, Record, Reset, Rewind, Settings, parse_message
 from tests.e2e.conftest import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
@@ -222,6 +222,8 @@ def test_picker_checks_uploads(server, page, tmp_path):
 
 def test_falls_back_to_websocket_when_webrtc_fails(server, page):
     """With the offer unreachable, the page switches to the websocket by itself and says so in the HUD."""
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     page.route("**/offer", lambda route: route.abort())
     _start(page, server.url, "websocket")
     assert page.locator("#hud-transport").inner_text() == "websocket"
@@ -237,3 +239,13 @@ def test_falls_back_to_websocket_when_webrtc_fails(server, page):
     yaw1, pitch1 = page.evaluate("[window.__roam.state().yaw, window.__roam.state().pitch]")
     assert (yaw1 - yaw0 + 180.0) % 360.0 - 180.0 == pytest.approx(15.0)
     assert pitch1 - pitch0 == pytest.approx(6.0)  # mouse down looks up when inverted
+
+    # Record is a consent toggle, off until clicked; it and Rewind send their control messages.
+    assert not page.is_checked("#record-toggle")
+    page.keyboard.press("Escape")
+    page.click("label.switch")
+    page.click("#rewind-button")
+    page.wait_for_timeout(300)
+    messages = [parse_message(payload, max_bytes=64 * 1024) for payload in sent]
+    assert Record(on=True) in messages
+    assert any(isinstance(m, Rewind) and m.seconds == 3 for m in messages)
