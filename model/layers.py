@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
@@ -107,13 +106,15 @@ class ShortConv(nn.Module):
         if context is None:
             context = x.new_zeros(batch, kernel - 1, spatial, channels)
         if len(layout.chunk_sizes) == 1:
-            # one chunk: forward and backward halves make one symmetric filter w_0..w_{K-1}..w_0
-            # over [context, x, zeros]: a single depthwise conv1d
-            symmetric = torch.cat((taps, taps[:, :-1].flip(1)), dim=1)[:, None, :]  # [C, 1, 2K−1]
+            # one chunk: forward and backward halves make one symmetric filter w_0..w_{K-1}..w_0 over
+            # [context, x, zeros]; shifted multiply-adds beat a depthwise conv1d here (no layout copies,
+            # and oneDNN's conv1d is pathologically slow at some sizes, e.g. S = 880)
+            symmetric = torch.cat((taps, taps[:, :-1].flip(1)), dim=1)  # [C, 2K−1]
             padded = torch.cat((context, x, x.new_zeros(batch, kernel - 1, spatial, channels)), dim=1)
-            series = padded.permute(0, 2, 3, 1).reshape(batch * spatial, channels, -1)  # [B·S, C, T+2K−2]
-            y = F.conv1d(series, symmetric, groups=channels)  # [B·S, C, T]
-            return y.reshape(batch, spatial, channels, frames).permute(0, 3, 1, 2)
+            y = padded[:, :frames] * symmetric[:, 0]
+            for j in range(1, 2 * kernel - 1):
+                y = y + padded[:, j:j + frames] * symmetric[:, j]
+            return y
         padded = torch.cat((context, x), dim=1)  # [B, K−1+T, S, C]
         y = x * taps[:, kernel - 1]
         for j in range(kernel - 1):
