@@ -188,3 +188,37 @@ def test_long_clips_decode_chunk_by_chunk_with_the_same_frames(releases):
     chunked = offline.decode_latents(vae, z)
     assert chunked.shape[2] == 8 * (z.shape[2] - 1) + 1
     assert (chunked - vae.decode(z)).abs().max().item() < 1e-5
+
+
+class AffineDiT(RecordingDiT):
+    """velocity = 0.1·x + 1: depends on the sample, so every step's update is checked."""
+
+    def __call__(self, x, timestep, text, mask, camera_conditions=None, chunk_plucker=None):
+        return 0.1 * x + 1.0
+
+
+def test_bidirectional_sampler_equals_diffusers_per_token_flow_euler_loop():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    steps, frames = 6, 3
+    z0, camera, plucker = _inputs(frames)
+    ours = offline._bidirectional(SimpleNamespace(dit=AffineDiT()), z0, frames, camera, plucker, _text(1.0), None,
+                                  bidirectional_sigmas(steps), 1.0, torch.Generator().manual_seed(0), None)
+
+    # The official loop (SANA-WM's LTXFlowEuler as diffusers' SanaWMPipeline runs it): per-token timesteps,
+    # frame 0 pinned to t = 0, the negated prediction handed to the scheduler, clean tokens kept.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=9.8)
+    scheduler.set_timesteps(steps)
+    latents = torch.randn((1, 2, frames, 1, 1), generator=torch.Generator().manual_seed(0))
+    latents[:, :, :1] = z0
+    condition = torch.zeros_like(latents)
+    condition[:, :, 0] = 1.0
+    for t in scheduler.timesteps:
+        timestep = torch.minimum(t.expand(condition.shape).float(), (1.0 - condition) * 1000.0)
+        v = 0.1 * latents + 1.0
+        b, c = latents.shape[:2]
+        denoised = scheduler.step(-v.reshape(b, c, -1).transpose(1, 2), t, latents.reshape(b, c, -1).transpose(1, 2),
+                                  per_token_timesteps=timestep.reshape(b, c, -1)[:, 0], return_dict=False)[0]
+        denoised = denoised.transpose(1, 2).reshape(latents.shape)
+        latents = torch.where(t / 1000.0 - 1e-6 < (1.0 - condition), denoised, latents)
+    torch.testing.assert_close(ours, latents, atol=1e-5, rtol=1e-5)
