@@ -2,6 +2,7 @@
 
     python -m train.vae --out model/vae/weights/tiny_vae.safetensors --minutes 60
     python -m train.vae --compare-shapes    # linear-bottleneck PSNR of the candidate latent shapes
+    python -m train.vae --eval-weights [PATH]   # PSNR of saved weights on eval-split clips
 
 Recipe: clips of `clip_frames` frames at `resolution`² rendered by `sim.clips` from training-split
 scenes fill a replay pool (a fresh clip replaces an old one every `fresh_every` steps, so rendering
@@ -175,6 +176,27 @@ def init_linear_path(vae: TinyVAE, clips: list[torch.Tensor]) -> None:
     dec.bias.copy_(mean)
 
 
+@torch.no_grad()
+def evaluate_weights(path: str | Path | None = None, n_clips: int = 8, n_frames: int = 17, resolution: int = 128,
+                     clip_fn: ClipFn | None = None) -> dict[str, float]:
+    """PSNR (dB) of saved weights on the first `n_clips` eval-split clips: whole clips, frame 0 (which
+    its latent encodes alone) and the later frames (stride frames per latent)."""
+    from model.vae import load_tiny_vae
+
+    clip_fn = clip_fn or sim_clip
+    vae = load_tiny_vae(path)
+    whole, first, later = [], [], []
+    for i in range(n_clips):
+        video = to_video(clip_fn("eval", i, n_frames, resolution, 1))[None]
+        recon = vae.decode(vae.encode(video))
+        whole.append(psnr(recon, video))
+        first.append(psnr(recon[:, :, :1], video[:, :, :1]))
+        later.append(psnr(recon[:, :, 1:], video[:, :, 1:]))
+    mean = lambda xs: round(sum(xs) / len(xs), 2)  # noqa: E731
+    return {"clips": n_clips, "frames": n_frames, "resolution": resolution, "psnr_db": mean(whole), "frame0_psnr_db": mean(first),
+            "later_frames_psnr_db": mean(later), "min_clip_psnr_db": round(min(whole), 2), "max_clip_psnr_db": round(max(whole), 2)}
+
+
 SHAPE_CANDIDATES: list[tuple[int, int, int, int]] = [
     # (spatial_stride, temporal_stride, latent_channels, resolution)
     (8, 4, 16, 128),
@@ -185,7 +207,7 @@ SHAPE_CANDIDATES: list[tuple[int, int, int, int]] = [
 
 
 @torch.no_grad()
-def compare_latent_shapes(n_train: int = 48, n_eval: int = 4, n_frames: int = 17, clip_fn: ClipFn | None = None) -> list[dict]:
+def compare_latent_shapes(n_train: int = 24, n_eval: int = 4, n_frames: int = 17, clip_fn: ClipFn | None = None) -> list[dict]:
     """Eval-split PSNR of the PCA-initialised linear path alone, for each candidate latent shape.
 
     This is the information bottleneck of a shape: what its best linear autoencoder keeps (the trained
@@ -391,5 +413,8 @@ if __name__ == "__main__":
         torch.set_num_threads(1)
         for row in compare_latent_shapes():
             print(json.dumps(row))
+    elif sys.argv[1:2] == ["--eval-weights"]:
+        torch.set_num_threads(1)
+        print(json.dumps(evaluate_weights(*sys.argv[2:3])))
     else:
         train_vae(parse_args())
