@@ -1,0 +1,395 @@
+"""Episode recorder: what a consenting user saw and did, written so that a crash loses at most a chunk.
+
+Episode folder layout (read back by `streaming.episode.Episode`):
+- `meta.json`: conventions and units, fps, resolution, intrinsics, model and checkpoint id, seed,
+  start-image sha256, app version, session id, branch links, and `complete`. Written (atomically,
+  temp file + rename) when the episode opens with `complete: false`, rewritten with
+  `complete: true`, `frames` and `chunks` by `close()`.
+- `start.png`: the image the episode's frame 0 continues from (the walk's start image when the
+  episode begins at the walk's first frame, else the episode's first frame; `meta.start_png` says which).
+- `segments/NNNNNN.mp4`: one H.264 (libx264, yuv420p) file per chunk, written to a temp name and
+  renamed when complete, so a segment on disk is always whole.
+- `frames.jsonl`: one JSON line per frame, appended after the chunk's segment is renamed, then
+  flushed and fsynced. Fields: `index` (in the episode), `t` (seconds = index / fps), `wall_time`
+  (unix seconds), `frame_id`, `chunk_id` (session-wide ids), `segment`, `c2w` (4x4, camera-to-world,
+  OpenCV axes, metres), `fx fy cx cy` (pixels), `W H`, `input` (the snapshot applied for the chunk:
+  `seq`, `client_t_ms`, `keys`, `yaw pitch roll` degrees, `dx dy` pixels; null before any input)
+  and `latency` (`chunk_ms`: generation time of the frame's chunk; `input_to_frame_ms`: from the
+  input's arrival at the server to the frame being produced, null without input).
+- `video.mp4`: written by `close()` by remuxing the segments (no re-encode, same packets). A
+  killed process leaves no `video.mp4`; the reader then plays the segments.
+
+Why segments and not one fragmented mp4: libx264 holds frames back (lookahead, B-frames) and a
+fragment is only written at the next keyframe, so flushing a single file per chunk needs encoder
+restarts anyway; a closed file per chunk renamed into place survives `kill -9` with no partial
+state to repair. A chunk is durable once its lines are fsynced: the lines are written after the
+segment, so the reader trusts lines, and segments without lines (killed in between) are ignored.
+
+Branches (rewind): rewinding closes the current episode and opens a new one whose meta has
+`parent_episode` (the parent's folder name) and `branch_from_frame`: the number of the parent's
+frames that precede the branch (the branch's frame 0 follows the parent's frame
+`branch_from_frame - 1`). The parent stays as recorded; the branch's walk is the parent's frames
+`[0, branch_from_frame)` followed by its own (`Episode.lineage`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("roam.recorder")
+
+EPISODE_FORMAT = "roam.episode"
+EPISODE_VERSION = 1
+APP_VERSION = "0.1.0"
+CONVENTIONS = {
+    "camera_axes": "opencv (x right, y down, z forward)",
+    "pose": "c2w: camera-to-world 4x4",
+    "world": "gravity-aligned, +y down",
+    "units": "metres, seconds; angles in degrees; intrinsics in pixels",
+    "scene_scale": 1.0,
+}
+SEGMENT_DIR = "segments"
+_EPISODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RecordedFrame:
+    """One frame as the recorder stores it."""
+
+    image: np.ndarray  # [H, W, 3] uint8
+    world_T_cam: np.ndarray  # [4, 4]
+    frame_id: int
+    chunk_id: int
+    input: dict | None = None
+    chunk_ms: float = 0.0
+    input_to_frame_ms: float | None = None
+
+
+def image_sha256(image: np.ndarray) -> str:
+    """sha256 of an image's raw uint8 RGB bytes, prefixed with its shape (H x W)."""
+    h = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def input_record(snapshot: Any) -> dict | None:
+    """A `controls.integrator.InputSnapshot` as the jsonl `input` object (None stays None)."""
+    if snapshot is None:
+        return None
+    return {
+        "seq": int(snapshot.seq),
+        "client_t_ms": float(snapshot.client_time_ms),
+        "keys": int(snapshot.keys),
+        "yaw": snapshot.yaw_deg,
+        "pitch": snapshot.pitch_deg,
+        "roll": snapshot.roll_deg,
+        "dx": float(snapshot.look_dx_px),
+        "dy": float(snapshot.look_dy_px),
+    }
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file, fsync it, rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def encode_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
+    """uint8 [F, H, W, 3] -> H.264 mp4 at `path` (temp file renamed when complete)."""
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def concat_segments(segments: Sequence[Path], out: Path) -> int:
+    """Remux H.264 mp4 segments, in order, into one mp4 (same packets, timestamps shifted so the
+    segments play back to back). Returns the number of packets; temp file renamed when complete."""
+    import av
+
+    if not segments:
+        raise ValueError(f"no segments to join into {out}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    packets = 0
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as dst:
+            out_stream = None
+            offset = 0
+            for seg in segments:
+                with av.open(str(seg)) as src:
+                    in_stream = src.streams.video[0]
+                    if out_stream is None:
+                        out_stream = dst.add_stream_from_template(in_stream)
+                    last = offset
+                    step = in_stream.average_rate and int(round(1 / (in_stream.time_base * in_stream.average_rate)))
+                    for packet in src.demux(in_stream):
+                        if packet.dts is None:
+                            continue
+                        packet.pts = (packet.pts if packet.pts is not None else packet.dts) + offset
+                        packet.dts += offset
+                        last = max(last, packet.pts + (packet.duration or step or 1))
+                        packet.stream = out_stream
+                        dst.mux(packet)
+                        packets += 1
+                    offset = last
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return packets
+
+
+class EpisodeWriter:
+    """Writes one episode folder chunk by chunk (one thread at a time).
+
+    Args:
+        folder: the episode folder; must not exist yet.
+        fps: frame rate of the walk.
+        intrinsics: (fx, fy, cx, cy) in pixels at the frame size.
+        width, height: frame size in pixels (even: yuv420p).
+        start_image: uint8 [H, W, 3] saved as start.png.
+        meta: extra meta.json fields (model, checkpoint, seed, session_id, start_image_sha256,
+            parent_episode, branch_from_frame, ...); they may not override the recorder's own.
+    """
+
+    def __init__(self, folder: str | Path, *, fps: float, intrinsics: Sequence[float], width: int, height: int, start_image: np.ndarray, meta: dict | None = None):
+        folder = Path(folder)
+        if not _EPISODE_NAME.match(folder.name):
+            raise ValueError(f"episode folder name {folder.name!r} must be 1-128 of [A-Za-z0-9_.-], not starting with . _ or -")
+        if folder.exists():
+            raise ValueError(f"episode folder {folder} already exists")
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be positive and finite, got {fps!r}")
+        if width % 2 or height % 2 or width < 2 or height < 2:
+            raise ValueError(f"frame size {width}x{height} must be even (H.264 yuv420p)")
+        intrinsics = tuple(float(v) for v in intrinsics)
+        if len(intrinsics) != 4 or not all(np.isfinite(intrinsics)) or min(intrinsics[:2]) <= 0:
+            raise ValueError(f"intrinsics must be (fx, fy, cx, cy) with fx, fy > 0, got {intrinsics}")
+        if start_image.dtype != np.uint8 or start_image.shape != (height, width, 3):
+            raise ValueError(f"start_image must be uint8 [{height}, {width}, 3], got {start_image.dtype} {start_image.shape}")
+        own = {"format", "version", "complete", "frames", "chunks", "fps", "width", "height", "intrinsics", "conventions", "created", "closed"}
+        clash = sorted(own & set(meta or {}))
+        if clash:
+            raise ValueError(f"meta may not set the recorder's own fields {clash}")
+        self.folder = folder
+        self.fps = float(fps)
+        self.width, self.height = int(width), int(height)
+        self.intrinsics = intrinsics
+        self.frames_written = 0
+        self.chunks_written = 0
+        self.closed = False
+        self.meta: dict[str, Any] = {
+            "format": EPISODE_FORMAT,
+            "version": EPISODE_VERSION,
+            "complete": False,
+            "conventions": CONVENTIONS,
+            "fps": self.fps,
+            "width": self.width,
+            "height": self.height,
+            "intrinsics": {"fx": intrinsics[0], "fy": intrinsics[1], "cx": intrinsics[2], "cy": intrinsics[3]},
+            "app_version": APP_VERSION,
+            "created": time.time(),
+            "frames": 0,
+            "chunks": 0,
+            **(meta or {}),
+        }
+        from PIL import Image
+
+        (folder / SEGMENT_DIR).mkdir(parents=True)
+        Image.fromarray(start_image).save(folder / "start.png")
+        write_json_atomic(folder / "meta.json", self.meta)
+        self._lines = open(folder / "frames.jsonl", "a")
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def append_chunk(self, frames: Sequence[RecordedFrame]) -> None:
+        """Write one chunk: its segment first, then its lines (flushed and fsynced)."""
+        if self.closed:
+            raise RuntimeError(f"episode {self.folder} is closed")
+        if not frames:
+            return
+        images = np.stack([f.image for f in frames])  # [n, H, W, 3]
+        if images.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"frames are {images.shape[1:]}, the episode records [{self.height}, {self.width}, 3]")
+        segment = self.chunks_written
+        encode_mp4(self.folder / SEGMENT_DIR / f"{segment:06d}.mp4", images, self.fps)
+        now = time.time()
+        fx, fy, cx, cy = self.intrinsics
+        lines = []
+        for i, frame in enumerate(frames):
+            index = self.frames_written + i
+            row = {
+                "index": index,
+                "t": index / self.fps,
+                "wall_time": now,
+                "frame_id": int(frame.frame_id),
+                "chunk_id": int(frame.chunk_id),
+                "segment": segment,
+                "c2w": np.asarray(frame.world_T_cam, dtype=np.float64).tolist(),
+                "fx": fx, "fy": fy, "cx": cx, "cy": cy,
+                "W": self.width, "H": self.height,
+                "input": frame.input,
+                "latency": {"chunk_ms": round(float(frame.chunk_ms), 3), "input_to_frame_ms": None if frame.input_to_frame_ms is None else round(float(frame.input_to_frame_ms), 3)},
+            }
+            lines.append(json.dumps(row, allow_nan=False))
+        self._lines.write("\n".join(lines) + "\n")
+        self._lines.flush()
+        os.fsync(self._lines.fileno())
+        self.frames_written += len(frames)
+        self.chunks_written += 1
+
+    def close(self) -> Path:
+        """Join the segments into video.mp4 and mark the episode complete (idempotent)."""
+        if self.closed:
+            return self.folder
+        self.closed = True
+        self._lines.close()
+        segments = sorted((self.folder / SEGMENT_DIR).glob("*.mp4"))
+        if segments:
+            concat_segments(segments, self.folder / "video.mp4")
+        self.meta.update(complete=True, frames=self.frames_written, chunks=self.chunks_written, closed=time.time())
+        write_json_atomic(self.folder / "meta.json", self.meta)
+        log.info("episode %s closed: %d frames in %d chunks", self.folder, self.frames_written, self.chunks_written)
+        return self.folder
+
+
+class SessionRecorder:
+    """The episodes of one live session: consent-gated, split at resets and rewinds. Thread-safe.
+
+    The generation worker calls `on_chunk` after each chunk (synchronously: encoding a chunk costs a
+    few ms at the app's default size, and writing in the worker keeps every generated frame and its
+    pose together without another queue). Consent on opens an episode at the next chunk; consent
+    off, `close()` and resets close it. `on_rewind` closes it and makes the next chunk open a
+    branch episode linked to it (`parent_episode`, `branch_from_frame`).
+
+    Args:
+        root: the record dir; episodes are `<root>/<UTC time>-<session id>-<n>`.
+        session_id: in the folder name and meta.
+        fps, intrinsics, width, height: the stream's.
+        walk_start_image: the session's start image (start.png of episodes that begin at the walk's frame 0).
+        meta: extra meta.json fields (model, checkpoint, seed, ...).
+    """
+
+    def __init__(self, root: str | Path, session_id: str, *, fps: float, intrinsics: Sequence[float], width: int, height: int, walk_start_image: np.ndarray, meta: dict | None = None):
+        import threading
+
+        self.root = Path(root)
+        self.session_id = session_id
+        self.fps, self.intrinsics, self.width, self.height = fps, tuple(intrinsics), width, height
+        self.walk_start_image = walk_start_image
+        self.base_meta = {"session_id": session_id, "start_image_sha256": image_sha256(walk_start_image), **(meta or {})}
+        self._lock = threading.Lock()
+        self._consent = False
+        self._closed = False
+        self._writer: EpisodeWriter | None = None
+        # Walk frame index (frames since the walk's last reset) of each frame in the open episode.
+        self._walk_frames: list[int] = []
+        self._branch: tuple[str, int] | None = None
+        self.episodes: list[Path] = []
+        self._count = 0
+        self._stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+    @property
+    def consent(self) -> bool:
+        return self._consent
+
+    @property
+    def current(self) -> EpisodeWriter | None:
+        return self._writer
+
+    def set_consent(self, on: bool) -> None:
+        """Start (at the next chunk) or stop (now) recording."""
+        with self._lock:
+            self._consent = bool(on) and not self._closed
+            if not on:
+                self._close_writer()
+                self._branch = None
+
+    def on_chunk(self, frames: Sequence[RecordedFrame], walk_frame0: int) -> None:
+        """Record a chunk whose first frame is frame `walk_frame0` of the walk (worker thread)."""
+        with self._lock:
+            if not self._consent or self._closed or not frames:
+                return
+            if self._writer is None:
+                self._open(frames[0], walk_frame0)
+            self._writer.append_chunk(frames)
+            self._walk_frames.extend(range(walk_frame0, walk_frame0 + len(frames)))
+
+    def on_reset(self) -> None:
+        """The walk restarted: the open episode ends; the next chunk opens an unlinked one."""
+        with self._lock:
+            self._close_writer()
+            self._branch = None
+
+    def on_rewind(self, walk_frame: int) -> None:
+        """The walk went back to walk frame `walk_frame`: the open episode ends, the next one branches off it."""
+        with self._lock:
+            if self._writer is None:
+                return
+            kept = sum(1 for f in self._walk_frames if f < walk_frame)
+            self._branch = (self._writer.name, kept)
+            self._close_writer()
+
+    def close(self) -> None:
+        """End recording for good (session closed)."""
+        with self._lock:
+            self._closed = True
+            self._consent = False
+            self._close_writer()
+
+    def _open(self, first: RecordedFrame, walk_frame0: int) -> None:
+        self._count += 1
+        folder = self.root / f"{self._stamp}-{self.session_id}-{self._count:03d}"
+        meta = dict(self.base_meta)
+        at_walk_start = walk_frame0 == 0
+        meta["start_png"] = "walk_start_image" if at_walk_start else "first_frame"
+        meta["walk_frame0"] = walk_frame0
+        if self._branch is not None:
+            meta["parent_episode"], meta["branch_from_frame"] = self._branch
+            self._branch = None
+        start = self.walk_start_image if at_walk_start else first.image
+        self._writer = EpisodeWriter(folder, fps=self.fps, intrinsics=self.intrinsics, width=self.width, height=self.height, start_image=start, meta=meta)
+        self._walk_frames = []
+        self.episodes.append(folder)
+        log.info("[%s] recording episode %s", self.session_id, folder)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+                self._walk_frames = []
