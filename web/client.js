@@ -92,6 +92,7 @@ const state = {
   path: [],
   recording: false,
   recordUnavailable: false,
+  lastServerError: null,
   error: null,
   lastTick: null,
   timers: [],
@@ -251,7 +252,8 @@ function connectWebSocket(startId) {
   };
   ws.onclose = (event) => {
     if (epoch !== state.epoch) return;
-    failSession(event.reason || `websocket closed (${event.code})`);
+    // A refusing server (full, bad token) says why in an `error` message before it closes.
+    failSession(event.reason || state.lastServerError || `websocket closed (${event.code})`);
   };
   ws.onerror = () => console.warn("roam: websocket error");
 }
@@ -329,6 +331,7 @@ function onServerText(text) {
 }
 
 function onServerError(text) {
+  state.lastServerError = text;
   showToast(text, true);
   // Until recording lands (issue 7) the server notes the consent but records nothing: no REC badge then.
   if (/record/i.test(text) && /not available/i.test(text)) {
@@ -692,7 +695,7 @@ function resetSessionState() {
     session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "", lastChangeAt: -Infinity,
     pending: [], latencies: [], lastLatencyMs: null, telemetryLog: [], lastTelemetry: null, telemetryCount: 0,
     framesDecoded: 0, framesPresented: 0, framesDroppedClient: 0, presentTimes: [], lastDrawnFrameId: -1,
-    rttMs: null, path: [], error: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null, lastShownAt: null,
+    rttMs: null, path: [], error: null, lastServerError: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null, lastShownAt: null,
   });
   $("stage-error").hidden = true;
 }
