@@ -298,7 +298,7 @@ def _trace_objects(scene, poses, intrinsics, width, height, dx, dy, dz, depth):
     return obj, nx, ny, nz
 
 
-_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)  # [8, 3]
+_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64).T  # [3, 8]
 
 
 def _box_on_screen(rot, centre, half, yaw, intrinsics, width, height):
@@ -306,26 +306,29 @@ def _box_on_screen(rot, centre, half, yaw, intrinsics, width, height):
 
     rot: [C, 3, 3] camera-to-world rotations; centre: [C, 3] box centres from the camera (world axes).
     The visible part of a box is its part with z >= NEAR_M, whose corners are the box corners in
-    front of that plane plus points on the plane with x (y) between the box's extremes.
+    front of that plane plus points on the plane with x (y) between the box's extremes. Arrays are
+    corner-major ([8, C]) because numpy reduces a short trailing axis slowly.
     """
     fx, fy, cx, cy = intrinsics
-    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
-    lx, ly, lz = (_CORNERS[None, :, i] * half[:, None, i] for i in range(3))  # [C, 8] each
-    world = np.stack([c * lx + s * lz, ly, -s * lx + c * lz], axis=-1) + centre[:, None, :]  # [C, 8, 3]
-    cam = world @ rot  # [C, 8, 3] = (R^T w) per corner
-    z = cam[..., 2]
+    c, s = np.cos(yaw).astype(np.float64), np.sin(yaw).astype(np.float64)  # [C]
+    lx, ly, lz = (_CORNERS[i, :, None] * half[None, :, i] for i in range(3))  # [8, C] each
+    wx = c * lx + s * lz + centre[:, 0]
+    wy = ly + centre[:, 1]
+    wz = -s * lx + c * lz + centre[:, 2]
+    # Camera coordinates R^T w of every corner.
+    cam_x, cam_y, z = (rot[:, 0, i] * wx + rot[:, 1, i] * wy + rot[:, 2, i] * wz for i in range(3))  # [8, C]
     front = z >= NEAR_M
-    crosses = ~front.all(axis=1)
-    zs = np.where(front, z, np.inf)
+    seen = front.any(axis=0)
+    crosses = ~front.all(axis=0)
+    inv_z = 1.0 / np.where(front, z, np.inf)
     ranges = []
-    for axis, f, centre_px, size in ((0, fx, cx, width), (1, fy, cy, height)):
-        q = cam[..., axis]
-        proj = q / zs  # corners behind the plane project to 0 here and are masked below
-        lo = np.where(front, proj, np.inf).min(axis=1)
-        hi = np.where(front, proj, -np.inf).max(axis=1)
-        lo = np.where(crosses, np.minimum(lo, q.min(axis=1) / NEAR_M), lo)
-        hi = np.where(crosses, np.maximum(hi, q.max(axis=1) / NEAR_M), hi)
+    for q, f, centre_px, size in ((cam_x, fx, cx, width), (cam_y, fy, cy, height)):
+        proj = q * inv_z  # corners behind the plane project to 0 here and are masked below
+        lo = np.where(front, proj, np.inf).min(axis=0)
+        hi = np.where(front, proj, -np.inf).max(axis=0)
+        lo = np.where(crosses, np.minimum(lo, q.min(axis=0) / NEAR_M), lo)
+        hi = np.where(crosses, np.maximum(hi, q.max(axis=0) / NEAR_M), hi)
         a = np.clip(np.floor(lo * f + centre_px), 0, size)
         b = np.clip(np.ceil(hi * f + centre_px) + 1, 0, size)
-        ranges += [np.where(front.any(axis=1), a, 0).astype(np.int64), np.where(front.any(axis=1), b, 0).astype(np.int64)]
+        ranges += [np.where(seen, a, 0).astype(np.int64), np.where(seen, b, 0).astype(np.int64)]
     return ranges
