@@ -64,7 +64,8 @@ def stream_fps(model: WorldModel, vae, size: int, chunks: int = 6, chunk_latents
 
 
 def quality_proxy(config: ModelConfig, latents: str, steps: int) -> float:
-    """Teacher validation loss after `steps` steps (batch 4, lr 1e-3) on `latents`, mean of 4 fixed draws."""
+    """Teacher validation loss after `steps` steps (batch 4, lr 1e-3, 8×8 latent windows of 9 latents) on
+    `latents`, mean of 4 fixed draws."""
     import tempfile
 
     from train.data import LatentClips
@@ -72,7 +73,8 @@ def quality_proxy(config: ModelConfig, latents: str, steps: int) -> float:
     from train.trainer import ChunkCausalNet, LoopConfig, train_loop
 
     clips = LatentClips(latents)
-    loss_fn = TeacherLoss(clips, batch_size=4, chunk_latents=2, shift=3.0, p_clean_context=0.3, refresh_every=10**9)
+    loss_fn = TeacherLoss(clips, batch_size=4, chunk_latents=2, shift=3.0, p_clean_context=0.3, refresh_every=10**9,
+                          crops=(8,), frames=9)
     torch.manual_seed(0)
     model = WorldModel(config)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -96,12 +98,12 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from common.bench import machine_description, markdown_table
     from model.vae import TinyVAE, load_tiny_vae
 
     torch.set_num_threads(args.threads)
     vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
     sizes = [int(s) for s in args.sizes.split(",")]
+    vae_ms = [f"{size}×{size}: {decode_ms(vae, size):.0f} ms" for size in sizes]
     rows = []
     for name in args.candidates.split(","):
         torch.manual_seed(0)
@@ -114,18 +116,30 @@ def main(args) -> int:
             rows.append([name, f"{params / 1e6:.2f} M", f"{size}×{size}", f"{ms:.0f}", f"{fps:.1f}",
                          "yes" if fps >= 16 else "no", quality])
             print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps, val loss {quality}", flush=True)
-    vae_ms = []
-    for size in sizes:
-        z = torch.randn(1, vae.latent_channels, 2, size // vae.spatial_stride, size // vae.spatial_stride)
-        dec = vae.stream_decoder(1)
-        with torch.inference_mode():
-            dec.decode_chunk(torch.randn(1, vae.latent_channels, 1, *z.shape[-2:]))
-            t = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                dec.decode_chunk(z)
-                t.append(time.perf_counter() - t0)
-        vae_ms.append(f"{size}×{size}: {statistics.median(t) * 1e3:.0f} ms")
+        # Written after every candidate, so an interrupted sweep still leaves what it measured.
+        if args.write_docs:
+            write_docs(rows, vae_ms, args)
+    return 0
+
+
+def decode_ms(vae, size: int) -> float:
+    """Median ms of the TinyVAE stream decode of one 2-latent chunk at size×size."""
+    hw = (size // vae.spatial_stride, size // vae.spatial_stride)
+    dec = vae.stream_decoder(1)
+    with torch.inference_mode():
+        dec.decode_chunk(torch.randn(1, vae.latent_channels, 1, *hw))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            dec.decode_chunk(torch.randn(1, vae.latent_channels, 2, *hw))
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def write_docs(rows: list[list[str]], vae_ms: list[str], args) -> None:
+    """docs/tiny_sweep.md: the table, how it was measured, and the hand-written `## Choice` section kept."""
+    from common.bench import machine_description, markdown_table
+
     table = markdown_table(["candidate", "params", "frames", "ms / chunk (median)", "fps", "≥ 16 fps",
                             f"val loss after {args.train_steps} steps"], rows)
     body = (
@@ -139,10 +153,7 @@ def main(args) -> int:
         f"{args.train_steps} teacher steps on `{args.latents}` (same data, σ and noise for every candidate; lower is better).\n\n"
         f"TinyVAE stream decode of one 8-frame chunk alone: {', '.join(vae_ms)}.\n"
     )
-    print(body)
-    if args.write_docs:
-        previous = DOCS_SWEEP.read_text() if DOCS_SWEEP.exists() else ""
-        marker = "\n## Choice\n"
-        choice = previous[previous.index(marker):] if marker in previous else ""
-        DOCS_SWEEP.write_text(body + choice)
-    return 0
+    previous = DOCS_SWEEP.read_text() if DOCS_SWEEP.exists() else ""
+    marker = "\n## Choice\n"
+    choice = previous[previous.index(marker):] if marker in previous else ""
+    DOCS_SWEEP.write_text(body + choice)
