@@ -26,6 +26,7 @@ const TELEMETRY_MATCH_SLACK_MS = 10;
 const ARROW_RATE_DEG_S = 90;
 const ROLL_RATE_DEG_S = 45;
 const MAX_TICK_S = 0.25;
+const DRAG_CLICK_PX = 4;
 const DEFAULT_PITCH_LIMIT_DEG = 60;
 const LATENCY_WINDOW = 60;
 const MAX_PENDING_INPUTS = 600;
@@ -537,15 +538,19 @@ function bindInput() {
 
   const viewport = $("viewport");
   let dragging = false;
-  viewport.addEventListener("click", () => requestLock(viewport));
+  let dragged = 0; // px moved by the current or last drag
+  // A plain click locks the pointer; the click that ends a drag-to-look does not.
+  viewport.addEventListener("click", () => dragged < DRAG_CLICK_PX && requestLock(viewport));
   viewport.addEventListener("pointerdown", (event) => {
     if (document.pointerLockElement === viewport || event.button !== 0) return;
     dragging = true;
+    dragged = 0;
     viewport.setPointerCapture?.(event.pointerId);
   });
   viewport.addEventListener("pointerup", () => { dragging = false; });
   viewport.addEventListener("pointercancel", () => { dragging = false; });
   viewport.addEventListener("pointermove", (event) => {
+    if (dragging) dragged += Math.abs(event.movementX) + Math.abs(event.movementY);
     if (document.pointerLockElement === viewport || dragging) addLook(event.movementX, event.movementY);
   });
   document.addEventListener("pointerlockchange", () => {
