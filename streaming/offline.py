@@ -371,49 +371,9 @@ def generate_video(
 
 
 def read_episode_trajectory(folder: str | Path):
-    """The camera path of a recorded episode folder (`frames.jsonl`: per frame `c2w` [4, 4] and fx fy cx cy W H,
-    fps from `meta.json` when present). ValueError naming the line for anything missing or malformed."""
-    import json
+    """The camera path of a recorded episode folder as a `controls.trajectory.Trajectory`, read by the
+    recorder's own reader (`streaming.episode.Episode`: an incomplete episode up to its last durable
+    chunk); `EpisodeError` (a ValueError) names the file and line of anything missing or malformed."""
+    from streaming.episode import Episode
 
-    from controls.trajectory import Trajectory
-
-    root = Path(folder)
-    path = root / "frames.jsonl"
-    if not path.is_file():
-        raise ValueError(f"{str(root)!r} is not a recorded episode: it has no frames.jsonl")
-    poses, intrinsics, size = [], [], None
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                c2w = np.asarray(row["c2w"], dtype=np.float64).reshape(4, 4)
-                # fx fy cx cy at the top level, or as an "intrinsics" object or 4-list; W H or width height
-                intr = row.get("intrinsics", row)
-                k = [float(v) for v in intr] if isinstance(intr, list) else [float(intr[key]) for key in ("fx", "fy", "cx", "cy")]
-                if len(k) != 4:
-                    raise ValueError(f"intrinsics need 4 numbers, got {len(k)}")
-                wh = (int(row["W"]), int(row["H"])) if "W" in row else (int(row["width"]), int(row["height"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
-                # A crash can leave the last line half-written; earlier lines must be whole.
-                remainder = f.read()
-                if not remainder.strip():
-                    logger.warning("%s: line %d is incomplete (%s); using the %d frames before it", path, number, error, len(poses))
-                    break
-                raise ValueError(f"{path}: line {number} is not a frame record with c2w, fx, fy, cx, cy, W, H: {error}") from None
-            if size is not None and wh != size:
-                raise ValueError(f"{path}: line {number} has frame size {wh}, earlier lines {size}")
-            size = wh
-            poses.append(c2w)
-            intrinsics.append(k)
-    if not poses:
-        raise ValueError(f"{path} holds no frames")
-    fps = 16.0
-    meta = root / "meta.json"
-    if meta.is_file():
-        try:
-            fps = float(json.loads(meta.read_text()).get("fps", fps))
-        except (OSError, ValueError, AttributeError) as error:
-            raise ValueError(f"{meta} is not readable JSON with an fps: {error}") from None
-    return Trajectory(np.stack(poses), np.asarray(intrinsics), size[0], size[1], fps)
+    return Episode.open(folder).trajectory()

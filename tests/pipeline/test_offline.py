@@ -138,25 +138,26 @@ def test_file_trajectory_of_another_size_gets_the_resize_crop_intrinsics(release
     np.testing.assert_allclose(video.intrinsics, intrinsics_after_resize_crop(K[0], (128, 96), (64, 64)))
 
 
-def _write_episode(folder, n, *, broken_tail=False, broken_middle=False):
+def _write_episode(folder, n, *, broken_middle=False):
+    """An episode in the recorder's layout (streaming.recorder): meta.json and frames.jsonl."""
+    from streaming.recorder import EPISODE_FORMAT
+
     folder.mkdir()
     lines = []
     for i in range(n):
         c2w = np.eye(4)
         c2w[2, 3] = 0.05 * i
-        lines.append(json.dumps({"index": i, "t": i / 16, "c2w": c2w.tolist(), "fx": 40.0, "fy": 40.0, "cx": 32.0,
-                                 "cy": 32.0, "W": 64, "H": 64, "chunk": i // 8}))
+        lines.append(json.dumps({"index": i, "frame_id": i, "chunk_id": i // 8, "segment": i // 8, "c2w": c2w.tolist(),
+                                 "fx": 40.0, "fy": 40.0, "cx": 32.0, "cy": 32.0, "W": 64, "H": 64}))
     if broken_middle:
         lines[3] = lines[3][:20]
-    text = "\n".join(lines) + "\n"
-    if broken_tail:
-        text += lines[0][:25]
-    (folder / "frames.jsonl").write_text(text)
-    (folder / "meta.json").write_text(json.dumps({"fps": 16, "complete": not broken_tail}))
+    (folder / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    meta = {"format": EPISODE_FORMAT, "fps": 16, "width": 64, "height": 64, "complete": True, "frames": n}
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def test_episode_folder_is_a_trajectory(release, image, tmp_path):
-    _write_episode(tmp_path / "ep", 17, broken_tail=True)
+    _write_episode(tmp_path / "ep", 17)
     trajectory = read_episode_trajectory(tmp_path / "ep")
     assert trajectory.n_frames == 17 and (trajectory.width, trajectory.height, trajectory.fps) == (64, 64, 16.0)
     assert trajectory.world_T_cams[16, 2, 3] == pytest.approx(0.8)
@@ -165,7 +166,7 @@ def test_episode_folder_is_a_trajectory(release, image, tmp_path):
     np.testing.assert_allclose(video.world_T_cams, trajectory.world_T_cams)
 
     _write_episode(tmp_path / "bad", 17, broken_middle=True)
-    with pytest.raises(ValueError, match="line 4 is not a frame record"):
+    with pytest.raises(ValueError, match="line 4"):
         read_episode_trajectory(tmp_path / "bad")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a recorded episode"):
