@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,9 @@ import numpy as np
 from app import messages as m
 from app.runtime import Runtime, StartView
 from streaming.buffer import FrameBuffer, Pacer, StreamFrame
-from streaming.worker import GenerationWorker, InputEnvelope, StreamJob
+from streaming.recorder import SessionRecorder
+from streaming.rewind import DEFAULT_RING_CHUNKS, RewindableJob
+from streaming.worker import GenerationWorker, InputEnvelope
 
 log = logging.getLogger("roam.session")
 
@@ -45,6 +48,8 @@ class Session:
         start: the start image and pose.
         max_message_bytes: larger text messages are dropped.
         on_closed: awaited once when the session closes (the server forgets it).
+        record_dir: where consented walks are recorded (None: recording unavailable).
+        rewind_chunks: chunk-boundary snapshots kept for rewind.
     """
 
     def __init__(
@@ -56,6 +61,8 @@ class Session:
         start: StartView,
         max_message_bytes: int,
         on_closed: Callable[[Session], Awaitable[None]] | None = None,
+        record_dir: str | Path | None = None,
+        rewind_chunks: int = DEFAULT_RING_CHUNKS,
     ):
         self.id = session_id
         self.transport = transport
@@ -86,7 +93,14 @@ class Session:
         self.closers: list[Callable[[], Awaitable[None]]] = []
         yaw, pitch, roll = ypr_degrees(start.world_T_cam)
         standing = InputEnvelope(seq=-1, snapshot=None, keys=0, look=(yaw, pitch, roll))
-        self.job = StreamJob(
+        self.recorder: SessionRecorder | None = None
+        if record_dir is not None:
+            K = runtime.K
+            self.recorder = SessionRecorder(
+                record_dir, session_id, fps=stream.fps, intrinsics=(K[0, 0], K[1, 1], K[0, 2], K[1, 2]), width=stream.width, height=stream.height, walk_start_image=start.image,
+                meta={"model": runtime.model_name, "checkpoint": getattr(runtime, "checkpoint", None) or runtime.model_name, "seed": stream.seed, "chunk_latents": stream.chunk_latents, "start": start.name, "transport": transport},
+            )
+        self.job = RewindableJob(
             session_id=session_id,
             generator=runtime.make_generator(),
             make_integrator=lambda: runtime.make_integrator(start.world_T_cam),
@@ -96,6 +110,9 @@ class Session:
             standing_input=standing,
             idle_chunks=stream.idle_chunks,
             on_failure=self._on_worker_failure,
+            ring_chunks=rewind_chunks,
+            recorder=self.recorder,
+            fps=stream.fps,
         )
 
     def begin(self) -> None:
@@ -138,14 +155,27 @@ class Session:
         elif isinstance(message, m.Ping):
             self.send_json({"type": "pong", "t": message.t, "server_t": time.time() * 1e3})
         elif isinstance(message, m.Record):
-            self.record_consent = message.on
-            self.send_json({"type": "error", "message": "recording is not available in this build yet; consent noted"})
+            self._apply_record(message.on)
         elif isinstance(message, m.Rewind):
-            self.send_json({"type": "error", "message": "rewind is not available in this build yet"})
+            try:
+                self.job.request_rewind(message.seconds)
+            except ValueError as error:
+                raise m.MessageError("invalid", str(error)) from None
+            self.worker.wake()
         elif isinstance(message, m.Ack) and self.on_ack is not None:
             self.on_ack(message.frame_id)
         else:
             raise m.MessageError("unexpected", f"{type(message).__name__.lower()} is not expected on this connection")
+
+    def _apply_record(self, on: bool) -> None:
+        self.record_consent = on
+        if self.recorder is None:
+            self.send_json({"type": "error", "message": "recording is not available on this server (no record dir); consent noted"})
+        elif on:
+            self.recorder.set_consent(True)
+        else:
+            # Closing an episode joins its video: off the event loop.
+            self.loop.run_in_executor(None, self.recorder.set_consent, False)
 
     def _apply_input(self, message: m.Input) -> None:
         from controls.integrator import InputSnapshot
@@ -228,6 +258,8 @@ class Session:
         self.closed = True
         self.worker.remove(self.job)
         self.buffer.close()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
         for closer in self.closers:
             try:
                 await closer()
