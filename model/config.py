@@ -78,6 +78,10 @@ class ModelConfig:
     key_scaling: str = "dim_spatial"  # κ = 1/sqrt(D·S) ("dim_spatial") or κ = 1 ("none", for contrast)
     ucpe_rms_clip: bool = False  # True = diffusers' PostUCPERenorm; False = the released Triton path
     gdn_backend: str = "chunk"
+    # softmax main-branch scale outside bidirectional mode: True = 1/sqrt(padded D) as the official cached
+    # streaming path (D 112 padded to 128 before an unscaled SDPA); False = 1/sqrt(D) as its flex-attention
+    # chunk-causal training path. See model.softmax_mixer.
+    causal_scale_padded: bool = True
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -127,8 +131,9 @@ class ModelConfig:
             raise ValueError(f"key_scaling must be one of {KEY_SCALINGS}, got {self.key_scaling!r}")
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
-        if not isinstance(self.ucpe_rms_clip, bool):
-            raise ValueError(f"ucpe_rms_clip must be a bool, got {self.ucpe_rms_clip!r}")
+        for name in ("ucpe_rms_clip", "causal_scale_padded"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

@@ -16,7 +16,10 @@ dim to a FlashAttention width (112 → 128) before SDPA without passing a scale,
 chunk-causal and cached streaming main branches; the bidirectional main branch does not pad. We
 never pad; we pass the scale the padding implies: 1/sqrt(sdpa_padded_width(D)) for the camera
 branch everywhere and for the main branch outside bidirectional mode, 1/sqrt(D) for the
-bidirectional main branch. For D = 32, 64, 128 the two coincide.
+bidirectional main branch. For D = 32, 64, 128 the two coincide. The official chunk-causal training
+path through flex_attention passes no padding and so uses 1/sqrt(D) for its main branch; set
+`ModelConfig.causal_scale_padded = False` for that (the default follows the cached streaming path,
+which is what the distilled streaming release runs).
 """
 from __future__ import annotations
 
@@ -95,7 +98,8 @@ class SoftmaxMixer(nn.Module):
         if want_state and state is None:
             raise ValueError("want_state needs an incoming SoftmaxState to extend")
         mask = chunk_causal_mask(layout, x.device)
-        main_scale = self.padded_scale if layout.main_scale_padded else self.plain_scale
+        padded_main = layout.main_scale_padded and self.config.causal_scale_padded
+        main_scale = self.padded_scale if padded_main else self.plain_scale
 
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         qk = torch.cat((to_heads(self.q_norm(q), self.heads), to_heads(self.k_norm(k), self.heads)), dim=2)

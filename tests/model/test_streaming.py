@@ -156,3 +156,18 @@ def test_bf16_model_keeps_fp32_recurrent_state():
     assert state.layers[0].kv.dtype == state.layers[0].z.dtype == torch.float32
     assert state.layers[3].main.k.dtype == torch.bfloat16
     assert (late.float() - reference[:, :, 4:]).abs().max() <= 5e-2 * reference.abs().max()
+
+
+def test_causal_scale_switch_only_changes_causal_paths():
+    """head_dim 24 pads to 128: the switch picks 1/sqrt(128) or 1/sqrt(24) for the causal main branch."""
+    padded = _model(ModelConfig.from_official_dict(SMALL_OFFICIAL))
+    plain = _model(ModelConfig.from_official_dict(SMALL_OFFICIAL, causal_scale_padded=False))
+    x, t, text, mask, cam, plucker = inputs(padded.config, 1, 5, 2, 2)
+    with torch.no_grad():
+        assert torch.equal(padded(x, t, text, mask, cam, plucker), plain(x, t, text, mask, cam, plucker))
+        a = padded.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[2, 3])
+        b = plain.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[2, 3])
+        single = plain.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[5])
+        bidirectional = plain(x, t, text, mask, cam, plucker)
+    assert (a - b).abs().max() > 1e-4 * a.abs().max()
+    assert (single - bidirectional).abs().max() <= 1e-5 * bidirectional.abs().max()
