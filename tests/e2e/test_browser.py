@@ -118,7 +118,7 @@ def _latency(page, transport: str) -> float:
     return latency
 
 
-def test_walk_over_webrtc(server, page):
+def test_walk_over_webrtc(page, server):
     _start(page, server.url, "webrtc")
     assert page.locator("#hud-transport").inner_text() == "WebRTC"
     before, after = _walk(page, screenshot=SCREENSHOT)
@@ -135,7 +135,7 @@ def test_walk_over_webrtc(server, page):
     _latency(page, "WebRTC")
 
 
-def test_walk_over_websocket(server, page):
+def test_walk_over_websocket(page, server):
     sent: list[str] = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     _start(page, server.url + "?transport=ws", "websocket")
@@ -193,7 +193,7 @@ def _check_sent_messages(sent: list) -> None:
     assert any(isinstance(m, Reset) for m in messages)
 
 
-def test_picker_checks_uploads(server, page, tmp_path):
+def test_picker_checks_uploads(page, server, tmp_path):
     """Non-images and files over 10 MB are refused in the page before any upload; a real photo starts a walk."""
     page.goto(server.url)
     page.locator(".scene-card").first.wait_for(timeout=30_000)
@@ -220,7 +220,7 @@ def test_picker_checks_uploads(server, page, tmp_path):
     page.wait_for_selector("#picker:not([hidden])")
 
 
-def test_falls_back_to_websocket_when_webrtc_fails(server, page):
+def test_falls_back_to_websocket_when_webrtc_fails(page, server):
     """With the offer unreachable, the page switches to the websocket by itself and says so in the HUD."""
     sent: list[str] = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
