@@ -8,6 +8,7 @@ Targets:
   ae      the tiny video autoencoder's encode and decode speed
   sim     the procedural renderer's frames per second
   controls  the per-chunk control path (integrator, camera conditioning)
+  gpu720  the full 720p streaming pipeline with random weights of the real size (needs CUDA)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ TARGETS: dict[str, str] = {
     "ae": "model.vae.bench",
     "sim": "sim.bench",
     "controls": "controls.bench",
+    "gpu720": "app.bench_720p",
 }
 
 

@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-from model import bench_720p
+from app import bench_720p
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    # The one place model/ reaches into streaming/: this benchmark times the whole live pipeline, so it
-    # drives the app's own generator. Imported here, never at module level; no model code imports this file.
+    # This benchmark times the whole live pipeline, so it drives the app's own generator.
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
     for name in ("chunks", "warmup", "chunk_latents"):
