@@ -38,6 +38,10 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024
     scene_count: int = 6
     web_dir: Path = WEB_DIR
+    # Where walks are recorded when their user consents (None: recording is off on this server).
+    record_dir: Path | None = None
+    # Chunk-boundary snapshots kept per session for rewind.
+    rewind_chunks: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -52,6 +56,10 @@ class ServerConfig:
             raise ValueError(f"bad limits: max_upload_bytes={self.max_upload_bytes} max_message_bytes={self.max_message_bytes}")
         if not 1 <= self.scene_count <= 64:
             raise ValueError(f"scene_count must be in [1, 64], got {self.scene_count}")
+        if self.record_dir is not None and Path(self.record_dir).exists() and not Path(self.record_dir).is_dir():
+            raise ValueError(f"record_dir {self.record_dir} exists and is not a folder")
+        if not 1 <= self.rewind_chunks <= 4096:
+            raise ValueError(f"rewind_chunks must be in [1, 4096], got {self.rewind_chunks}")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
     parser.add_argument("--seed", type=int, default=stream.seed, help="noise seed of every walk (default %(default)s)")
+    parser.add_argument("--record-dir", type=Path, default=Path("recordings"), help="where walks are recorded when the user turns Record on (default %(default)s)")
+    parser.add_argument("--rewind-chunks", type=int, default=server.rewind_chunks, help="chunk snapshots kept per walk for Rewind (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -43,7 +45,7 @@ def config_from_args(args: argparse.Namespace):
     """The AppConfig the arguments describe (ValueError names any bad value)."""
     from app.config import AppConfig, ServerConfig, StreamConfig
 
-    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions)
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed, **explicit)
     # A release brings its own size and chunking unless the command line sets them.

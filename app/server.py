@@ -248,7 +248,7 @@ async def _offer(request: web.Request) -> web.Response:
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id))
+        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks)
     except Exception:
         await pc.close()
         await _forget(app, session_id)
@@ -380,7 +380,7 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
         await refuse(_full_message(app))
         return None
     try:
-        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id))
+        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks)
     except Exception:
         await _forget(app, session_id)
         raise
