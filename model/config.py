@@ -82,6 +82,10 @@ class ModelConfig:
     # streaming path (D 112 padded to 128 before an unscaled SDPA); False = 1/sqrt(D) as its flex-attention
     # chunk-causal training path. See model.softmax_mixer.
     causal_scale_padded: bool = True
+    # camera-branch K short conv across chunks: True = left context from earlier chunks like the main
+    # branch (official ChunkCausalGDNUCPESinglePathLiteLA and its cached streaming block); False = the
+    # conv stays inside each chunk (no camera conv cache)
+    cam_conv_cross_chunk: bool = True
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -131,7 +135,7 @@ class ModelConfig:
             raise ValueError(f"key_scaling must be one of {KEY_SCALINGS}, got {self.key_scaling!r}")
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
-        for name in ("ucpe_rms_clip", "causal_scale_padded"):
+        for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):

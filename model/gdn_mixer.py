@@ -18,9 +18,10 @@ Both raw outputs are summed, gated by SiLU(W_og x + b_og) and projected.
 
 Across chunks (chunk_causal / stream) the forward scans and the forward half of both short convs
 run over all frames (seeded / prefixed by the state), the backward halves stay inside the chunk.
-The camera K conv gets the same left context as the main one: that is what the official
+By default the camera K conv gets the same left context as the main one: that is what the official
 chunk-causal blocks do (`ChunkCausalGDNUCPESinglePathLiteLA` routes both convs through the same
 chunk-causal short conv, and the cached streaming block keeps a camera conv cache).
+`cam_conv_cross_chunk=False` keeps the camera conv inside each chunk instead (sana_wm.md §3).
 """
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ class GDNMixer(nn.Module):
         if camera is not None:
             qc, kc_pre, vc = camera_qkv(self, x)
             kc_pre = kc_pre.unflatten(1, (frames, spatial))  # [B, T, S, C]
-            kc = self.conv_k_cam(kc_pre, layout, None if state is None else state.cam_conv_context).flatten(1, 2)
+            cross = self.config.cam_conv_cross_chunk
+            kc = self.conv_k_cam(kc_pre, layout, None if state is None or not cross else state.cam_conv_context,
+                                 within_chunk=not cross).flatten(1, 2)
             qc = to_heads(F.relu(self.q_norm_cam(qc)), self.heads)
             kc = to_heads(F.relu(self.k_norm_cam(kc)), self.heads) * kappa
             qc_u, kc_u, vc_u = encode_camera_qkv(qc, kc, to_heads(vc, self.heads), camera,
@@ -144,6 +147,6 @@ class GDNMixer(nn.Module):
             z=final_z,
             cam_kv=final_cam,
             conv_context=ShortConv.next_context(state.conv_context, k_pre),
-            cam_conv_context=state.cam_conv_context if kc_pre is None
+            cam_conv_context=state.cam_conv_context if kc_pre is None or not self.config.cam_conv_cross_chunk
             else ShortConv.next_context(state.cam_conv_context, kc_pre),
         )

@@ -74,6 +74,12 @@ class RunLayout:
         """[T] number of frames after each frame inside its own chunk."""
         return _frames_to_chunk_end(self.chunk_sizes, torch.device(device))
 
+    def frames_from_chunk_start(self, device: torch.device) -> torch.Tensor:
+        """[T] number of frames before each frame inside its own chunk."""
+        sizes = torch.tensor(self.chunk_sizes, device=device)
+        starts = torch.cumsum(sizes, 0) - sizes
+        return torch.arange(self.frames, device=device) - starts[self.chunk_of_frame(device)]
+
 
 @functools.lru_cache(maxsize=64)
 def _chunk_of_frame(chunk_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -96,8 +102,15 @@ class ShortConv(nn.Module):
         weight[:, 0, -1] = 1.0  # identity at init, so step 0 equals the model without the conv
         self.weight = nn.Parameter(weight)
 
-    def forward(self, x: torch.Tensor, layout: RunLayout, context: torch.Tensor | None) -> torch.Tensor:
-        """x [B, T, S, C]; context [B, K−1, S, C] pre-conv frames before x (None = zeros). Returns [B, T, S, C]."""
+    def forward(
+        self, x: torch.Tensor, layout: RunLayout, context: torch.Tensor | None, *, within_chunk: bool = False
+    ) -> torch.Tensor:
+        """x [B, T, S, C]; context [B, K−1, S, C] pre-conv frames before x (None = zeros). Returns [B, T, S, C].
+
+        within_chunk: the forward half too stays inside each chunk (no left context across chunks).
+        """
+        if within_chunk:
+            context = None
         taps = self.weight[:, 0, :].to(x.dtype)  # [C, K]
         kernel = taps.shape[1]
         batch, frames, spatial, channels = x.shape
@@ -117,8 +130,12 @@ class ShortConv(nn.Module):
             return y
         padded = torch.cat((context, x), dim=1)  # [B, K−1+T, S, C]
         y = x * taps[:, kernel - 1]
+        since = layout.frames_from_chunk_start(x.device) if within_chunk else None  # [T]
         for j in range(kernel - 1):
-            y = y + padded[:, j:j + frames] * taps[:, j]
+            term = padded[:, j:j + frames] * taps[:, j]  # x[t − (K−1−j)]
+            if since is not None:
+                term = term * (since >= kernel - 1 - j).to(x.dtype)[None, :, None, None]
+            y = y + term
         # backward half: x[t + d] with tap w_{K−1−d}, only inside the chunk
         remaining = layout.frames_to_chunk_end(x.device)  # [T]
         for d in range(1, kernel):

@@ -51,12 +51,16 @@ CASES = [
     pytest.param("tiny", [4, 3, 3, 3, 3], 2, False, id="window2-nosink"),
     pytest.param("small", [4, 3, 3, 3], 2, True, id="head24-window2-sink"),
     pytest.param("small", [1, 2, 1, 3], 0, True, id="head24-window0-sink-odd-chunks"),
+    pytest.param("tiny-cam-conv-in-chunk", [4, 3, 3], 2, True, id="camera-conv-within-chunk"),
 ]
 
 
 @pytest.mark.parametrize("which, chunk_sizes, window, sink", CASES)
 def test_stream_equals_chunk_causal(which, chunk_sizes, window, sink):
-    config = ModelConfig.preset("tiny") if which == "tiny" else ModelConfig.from_official_dict(SMALL_OFFICIAL)
+    if which == "small":
+        config = ModelConfig.from_official_dict(SMALL_OFFICIAL)
+    else:
+        config = ModelConfig.preset("tiny", cam_conv_cross_chunk=which == "tiny")
     model = _model(config)
     frames = sum(chunk_sizes)
     x, t, text, mask, cam, plucker = inputs(config, 2, frames, 3, 2)
@@ -171,3 +175,14 @@ def test_causal_scale_switch_only_changes_causal_paths():
         bidirectional = plain(x, t, text, mask, cam, plucker)
     assert (a - b).abs().max() > 1e-4 * a.abs().max()
     assert (single - bidirectional).abs().max() <= 1e-5 * bidirectional.abs().max()
+
+
+def test_camera_conv_switch_changes_only_later_chunks():
+    across = _model(ModelConfig.preset("tiny"))
+    within = _model(ModelConfig.preset("tiny", cam_conv_cross_chunk=False))
+    x, t, text, mask, cam, plucker = inputs(across.config, 1, 7, 2, 2)
+    with torch.no_grad():
+        a = across.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
+        b = within.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
+    assert torch.allclose(a[:, :, :4], b[:, :, :4], atol=1e-6)
+    assert (a[:, :, 4:] - b[:, :, 4:]).abs().max() > 1e-4 * a.abs().max()
