@@ -49,8 +49,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_command(port: int) -> list[str]:
-    return [sys.executable, "run.py", "serve", "--port", str(port)]
+def _server_command(port: int, record_dir: Path) -> list[str]:
+    # Walks the tests record (the Record toggle) go to a temporary folder, never into the repository.
+    return [sys.executable, "run.py", "serve", "--port", str(port), "--record-dir", str(record_dir)]
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -71,8 +72,9 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    command = _server_command(port)
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    workdir = tmp_path_factory.mktemp("server")
+    command = _server_command(port, workdir / "recordings")
+    log = workdir / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/"
