@@ -51,7 +51,19 @@ log = logging.getLogger("roam.recorder")
 
 EPISODE_FORMAT = "roam.episode"
 EPISODE_VERSION = 1
-APP_VERSION = "0.1.0"
+
+
+def app_version() -> str:
+    """roam's version from pyproject.toml ("unknown" where the source tree is not at hand)."""
+    import tomllib
+
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
 CONVENTIONS = {
     "camera_axes": "opencv (x right, y down, z forward)",
     "pose": "c2w: camera-to-world 4x4",
@@ -218,7 +230,7 @@ class EpisodeWriter:
             "width": self.width,
             "height": self.height,
             "intrinsics": {"fx": intrinsics[0], "fy": intrinsics[1], "cx": intrinsics[2], "cy": intrinsics[3]},
-            "app_version": APP_VERSION,
+            "app_version": app_version(),
             "created": time.time(),
             "frames": 0,
             "chunks": 0,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streaming.episode import Episode, EpisodeError
-from streaming.recorder import EpisodeWriter
+from streaming.recorder import EpisodeWriter, app_version
 from tests.recording.helpers import FPS, H, K, W, frame_image, pose, write_episode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,7 @@ def test_episode_round_trip(tmp_path):
     meta = ep.meta
     assert meta["fps"] == FPS and (meta["width"], meta["height"]) == (W, H) and meta["seed"] == 0
     assert meta["conventions"]["camera_axes"].startswith("opencv") and meta["frames"] == 33 and meta["chunks"] == 4
+    assert meta["app_version"] == app_version() != "unknown"
     row = ep.rows[10]
     assert row["chunk_id"] == 1 and row["segment"] == 1 and row["input"]["keys"] == 1 and row["latency"]["chunk_ms"] == 12.5
     assert np.array_equal(ep.start_image(), frame_image(0))
