@@ -164,13 +164,13 @@ def concat_segments(segments: Sequence[Path], out: Path) -> int:
                     if out_stream is None:
                         out_stream = dst.add_stream_from_template(in_stream)
                     last = offset
-                    step = in_stream.average_rate and int(round(1 / (in_stream.time_base * in_stream.average_rate)))
+                    frame_ticks = round(1 / (in_stream.time_base * in_stream.average_rate)) if in_stream.average_rate else 1
                     for packet in src.demux(in_stream):
                         if packet.dts is None:
                             continue
                         packet.pts = (packet.pts if packet.pts is not None else packet.dts) + offset
                         packet.dts += offset
-                        last = max(last, packet.pts + (packet.duration or step or 1))
+                        last = max(last, packet.pts + (packet.duration or frame_ticks))
                         packet.stream = out_stream
                         dst.mux(packet)
                         packets += 1

@@ -132,9 +132,12 @@ class RewindableJob(StreamJob):
         walk_frame0 = self._walk_frame() if not self._reset_pending else 0
         frames = super().run_chunk()
         if self.generator.chunk_index == 1:
-            # The chunk just run started a walk (first chunk or a reset raced in): older boundaries are another walk's.
+            # The chunk just run started a walk: older boundaries are another walk's.
             self.ring.clear()
             walk_frame0 = 0
+            if not resetting and rewind is None and self.recorder is not None:
+                # A reset that arrived after the check above: its chunk opens a new episode too.
+                self.recorder.on_reset()
         if self.recorder is not None:
             self._record(frames, walk_frame0)
         return frames
