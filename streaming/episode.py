@@ -204,7 +204,7 @@ def _read_meta(root: Path) -> dict:
     return meta
 
 
-def _check_row(row: Any, number: int, path: Path, meta: dict, expected_index: int) -> dict:
+def _check_row(row: Any, meta: dict, expected_index: int) -> dict:
     if not isinstance(row, dict):
         raise ValueError(f"a frame record must be a JSON object, got {type(row).__name__}")
     missing = [k for k in _ROW_KEYS if k not in row]
@@ -239,7 +239,7 @@ def _read_rows(root: Path, meta: dict) -> list[dict]:
     for number, line in enumerate(lines, 1):
         last = number == len(lines)
         try:
-            row = _check_row(json.loads(line), number, path, meta, len(rows))
+            row = _check_row(json.loads(line), meta, len(rows))
         except (json.JSONDecodeError, ValueError, TypeError) as error:
             if last and cut_tail and not meta["complete"]:
                 log.warning("%s: line %d was cut by a crash; ignored", path, number)

@@ -45,6 +45,17 @@ def test_episode_round_trip(tmp_path):
     assert ep.trajectory().n_frames == 33
 
 
+def test_generate_reads_recorded_episodes(tmp_path):
+    """`run.py generate --trajectory EPISODE` (streaming.offline) reads what the recorder writes."""
+    from streaming.offline import read_episode_trajectory
+
+    write_episode(tmp_path / "ep", chunks=2)
+    theirs, ours = read_episode_trajectory(tmp_path / "ep"), Episode.open(tmp_path / "ep").trajectory()
+    np.testing.assert_array_equal(theirs.world_T_cams, ours.world_T_cams)
+    np.testing.assert_array_equal(theirs.intrinsics, ours.intrinsics)
+    assert (theirs.width, theirs.height, theirs.fps) == (W, H, FPS)
+
+
 CRASH_SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
