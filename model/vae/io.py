@@ -1,7 +1,8 @@
 """Saving and strictly loading TinyVAE weights as one safetensors file.
 
-The file holds every parameter and buffer (latent mean/std included) in float32 and, in its
-metadata, `format` = "roam-tiny-vae" and the `config` as JSON, so the file alone rebuilds the model.
+The file holds every parameter and buffer (latent mean/std included), in float16 by default (half
+the size; the model runs in float32 after loading), and in its metadata `format` = "roam-tiny-vae"
+and the `config` as JSON, so the file alone rebuilds the model.
 """
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny_vae.safete
 FORMAT = "roam-tiny-vae"
 
 
-def save_tiny_vae(vae: TinyVAE, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write vae's state dict and config to `path` (parents created)."""
+def save_tiny_vae(
+    vae: TinyVAE, path: str | Path, extra_metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write vae's state dict (as `dtype`) and config to `path` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "config": json.dumps(vae.cfg.to_dict())}
     metadata.update(extra_metadata or {})
-    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in vae.state_dict().items()}
+    if not dtype.is_floating_point:
+        raise ValueError(f"weights dtype must be a floating-point type, got {dtype}")
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}
     save_file(tensors, str(path), metadata=metadata)
     return path
 
@@ -42,7 +47,7 @@ def load_tiny_vae(path: str | Path | None = None, device: str | torch.device = "
         metadata = f.metadata() or {}
         if metadata.get("format") != FORMAT or "config" not in metadata:
             raise ValueError(f"{path} is not a TinyVAE weights file (metadata format={metadata.get('format')!r})")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
     config = json.loads(metadata["config"])
     try:
         cfg = TinyVAEConfig(**config)
