@@ -301,11 +301,14 @@ class EpisodeWriter:
 class SessionRecorder:
     """The episodes of one live session: consent-gated, split at resets and rewinds. Thread-safe.
 
-    The generation worker calls `on_chunk` after each chunk (synchronously: encoding a chunk costs a
-    few ms at the app's default size, and writing in the worker keeps every generated frame and its
-    pose together without another queue). Consent on opens an episode at the next chunk; consent
-    off, `close()` and resets close it. `on_rewind` closes it and makes the next chunk open a
-    branch episode linked to it (`parent_episode`, `branch_from_frame`).
+    The generation worker hands each chunk to `on_chunk`; a writer thread of the recorder encodes
+    and writes it (a 720p chunk takes a few hundred ms of libx264 on a small CPU, which must not hold
+    up generation). Chunks, resets, rewinds and consent changes go through one bounded queue, so the
+    writer sees them in the order they happened; when it falls `max_pending` commands behind, the
+    worker waits (no frame is dropped from a recording). Consent on opens an episode at the next
+    chunk; consent off, `close()` and resets close it. `on_rewind` closes it and makes the next
+    chunk open a branch episode linked to it (`parent_episode`, `branch_from_frame`). A write error
+    (full disk) stops recording, logged; the walk goes on.
 
     Args:
         root: the record dir; episodes are `<root>/<UTC time>-<session id>-<n>`.
@@ -313,11 +316,15 @@ class SessionRecorder:
         fps, intrinsics, width, height: the stream's.
         walk_start_image: the session's start image (start.png of episodes that begin at the walk's frame 0).
         meta: extra meta.json fields (model, checkpoint, seed, ...).
+        max_pending: commands queued for the writer before `on_chunk` waits.
     """
 
-    def __init__(self, root: str | Path, session_id: str, *, fps: float, intrinsics: Sequence[float], width: int, height: int, walk_start_image: np.ndarray, meta: dict | None = None):
+    def __init__(self, root: str | Path, session_id: str, *, fps: float, intrinsics: Sequence[float], width: int, height: int, walk_start_image: np.ndarray, meta: dict | None = None, max_pending: int = 2):
+        import queue
         import threading
 
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.root = Path(root)
         self.session_id = session_id
         self.fps, self.intrinsics, self.width, self.height = fps, tuple(intrinsics), width, height
@@ -326,11 +333,15 @@ class SessionRecorder:
         self._lock = threading.Lock()
         self._consent = False
         self._closed = False
+        self._queue: queue.Queue[tuple] = queue.Queue(maxsize=max_pending)
+        self._thread: threading.Thread | None = None
+        # Writer-thread state.
         self._writer: EpisodeWriter | None = None
         # Walk frame index (frames since the walk's last reset) of each frame in the open episode.
         self._walk_frames: list[int] = []
         self._branch: tuple[str, int] | None = None
         self.episodes: list[Path] = []
+        self.failed: BaseException | None = None
         self._count = 0
         self._stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
@@ -338,49 +349,102 @@ class SessionRecorder:
     def consent(self) -> bool:
         return self._consent
 
-    @property
-    def current(self) -> EpisodeWriter | None:
-        return self._writer
+    def _send(self, *command: Any) -> None:
+        import queue
+        import threading
+
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"roam-recorder-{self.session_id}", daemon=True)
+                self._thread.start()
+        while True:
+            try:
+                self._queue.put(command, timeout=0.2)
+                return
+            except queue.Full:
+                # A writer that has finished (closed meanwhile) will never make room.
+                if not self._thread.is_alive():
+                    return
 
     def set_consent(self, on: bool) -> None:
-        """Start (at the next chunk) or stop (now) recording."""
+        """Start (at the next chunk) or stop recording; stopping closes the open episode."""
         with self._lock:
-            self._consent = bool(on) and not self._closed
-            if not on:
-                self._close_writer()
-                self._branch = None
+            if self._closed:
+                return
+            self._consent = bool(on)
+        if not on:
+            self._send("stop")
 
     def on_chunk(self, frames: Sequence[RecordedFrame], walk_frame0: int) -> None:
         """Record a chunk whose first frame is frame `walk_frame0` of the walk (worker thread)."""
+        if self._consent and not self._closed and frames:
+            self._send("chunk", list(frames), walk_frame0)
+
+    def on_reset(self) -> None:
+        """The walk restarted: the open episode ends; the next chunk opens an unlinked one."""
+        if not self._closed:
+            self._send("reset")
+
+    def on_rewind(self, walk_frame: int) -> None:
+        """The walk went back to walk frame `walk_frame`: the open episode ends, the next one branches off it."""
+        if not self._closed:
+            self._send("rewind", walk_frame)
+
+    def flush(self) -> None:
+        """Wait until everything handed over so far is written."""
+        while self._thread is not None and self._thread.is_alive() and self._queue.unfinished_tasks:
+            time.sleep(0.01)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """End recording for good (session closed): the writer finishes the queue and closes the episode."""
         with self._lock:
-            if not self._consent or self._closed or not frames:
+            if self._closed:
+                return
+            self._closed = True
+            self._consent = False
+            started = self._thread is not None
+        if started:
+            self._queue.put(("close",))
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("[%s] recorder did not finish within %.0f s", self.session_id, timeout)
+
+    def _run(self) -> None:
+        while True:
+            command = self._queue.get()
+            try:
+                self._handle(command)
+            except Exception as error:
+                log.exception("[%s] recording failed; recording stopped", self.session_id)
+                self.failed = error
+                self._consent = False
+                try:
+                    self._close_writer()
+                except Exception:
+                    self._writer = None
+            finally:
+                self._queue.task_done()
+            if command[0] == "close":
+                return
+
+    def _handle(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "chunk":
+            _, frames, walk_frame0 = command
+            if self.failed is not None:
                 return
             if self._writer is None:
                 self._open(frames[0], walk_frame0)
             self._writer.append_chunk(frames)
             self._walk_frames.extend(range(walk_frame0, walk_frame0 + len(frames)))
-
-    def on_reset(self) -> None:
-        """The walk restarted: the open episode ends; the next chunk opens an unlinked one."""
-        with self._lock:
+        elif kind == "rewind":
+            if self._writer is not None:
+                kept = sum(1 for f in self._walk_frames if f < command[1])
+                self._branch = (self._writer.name, kept)
+                self._close_writer()
+        elif kind in ("reset", "stop", "close"):
             self._close_writer()
             self._branch = None
-
-    def on_rewind(self, walk_frame: int) -> None:
-        """The walk went back to walk frame `walk_frame`: the open episode ends, the next one branches off it."""
-        with self._lock:
-            if self._writer is None:
-                return
-            kept = sum(1 for f in self._walk_frames if f < walk_frame)
-            self._branch = (self._writer.name, kept)
-            self._close_writer()
-
-    def close(self) -> None:
-        """End recording for good (session closed)."""
-        with self._lock:
-            self._closed = True
-            self._consent = False
-            self._close_writer()
 
     def _open(self, first: RecordedFrame, walk_frame0: int) -> None:
         self._count += 1

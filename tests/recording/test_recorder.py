@@ -146,3 +146,37 @@ def test_writer_refuses_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         EpisodeWriter(tmp_path / "d", **ok)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_session_recorder_consent_branches_and_write_errors(tmp_path):
+    from streaming.recorder import SessionRecorder
+    from tests.recording.helpers import chunk
+
+    def recorder(root):
+        return SessionRecorder(root, "s9", fps=FPS, intrinsics=K, width=W, height=H, walk_start_image=frame_image(0), max_pending=1)
+
+    rec = recorder(tmp_path / "rec")
+    rec.on_chunk(chunk(0, 9, 0), 0)  # no consent yet: not recorded
+    rec.set_consent(True)
+    rec.on_chunk(chunk(9, 8, 1), 9)
+    rec.on_chunk(chunk(17, 8, 2), 17)
+    rec.on_rewind(12)
+    rec.on_chunk(chunk(12, 8, 3), 12)
+    rec.set_consent(False)
+    rec.on_chunk(chunk(20, 8, 4), 20)  # consent withdrawn: not recorded
+    rec.close()
+    rec.close()
+    rec.on_chunk(chunk(28, 8, 5), 28)  # after close: ignored, does not block
+    first, second = (Episode.open(p) for p in rec.episodes)
+    assert first.complete and second.complete and [r["frame_id"] for r in first.rows] == list(range(9, 25))
+    assert first.meta["start_png"] == "first_frame" and first.meta["walk_frame0"] == 9
+    assert second.meta["parent_episode"] == first.name and second.meta["branch_from_frame"] == 3 and second.n_frames == 8
+
+    # A record dir that cannot be created: recording stops, the caller never sees an exception.
+    (tmp_path / "file").write_text("not a folder")
+    broken = recorder(tmp_path / "file" / "rec")
+    broken.set_consent(True)
+    for c in range(4):
+        broken.on_chunk(chunk(8 * c, 8, c), 8 * c)
+    broken.close()
+    assert isinstance(broken.failed, OSError) and not broken.consent and broken.episodes == []
