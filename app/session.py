@@ -174,7 +174,7 @@ class Session:
         elif on:
             self.recorder.set_consent(True)
         else:
-            # Closing an episode joins its video: off the event loop.
+            # The hand-over may wait for the recorder's writer (a bounded queue): off the event loop.
             self.loop.run_in_executor(None, self.recorder.set_consent, False)
 
     def _apply_input(self, message: m.Input) -> None:
