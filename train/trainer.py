@@ -127,7 +127,7 @@ def train_loop(
     checkpoint = run_dir / "checkpoint.pt"
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved["model_config"] != model.config.to_dict():
+        if ModelConfig.from_dict(saved["model_config"]) != model.config:
             raise ValueError(f"{checkpoint} holds a model of config {saved['model_config']}, not {model.config.to_dict()}")
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
