@@ -16,7 +16,7 @@ from streaming.episode import Episode
 from streaming.recorder import SessionRecorder
 from streaming.rewind import RewindableJob, snapshot_nbytes
 from streaming.worker import InputEnvelope
-from tests.app.helpers import tiny_runtime
+from tests.app.helpers import fake_runtime, tiny_runtime
 
 FPS = 16.0
 
@@ -92,10 +92,7 @@ def test_rewind_equals_a_fresh_run_restored_from_the_snapshot(tmp_path, one_thre
 
 
 def test_rewind_past_the_start_restarts_and_bad_seconds_are_refused():
-    from app.config import StreamConfig as SC
-    from tests.app.helpers import fake_runtime
-
-    runtime = fake_runtime(SC(width=64, height=48, fps=FPS, idle_chunks=0))
+    runtime = fake_runtime(StreamConfig(width=64, height=48, fps=FPS, idle_chunks=0))
     start = runtime.start_view("scene:1")
     loop = asyncio.new_event_loop()
     job = RewindableJob("s2", runtime.make_generator(), lambda: runtime.make_integrator(start.world_T_cam), FrameBuffer(loop, 64),
