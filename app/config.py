@@ -41,7 +41,7 @@ class ServerConfig:
     # Where walks are recorded when their user consents (None: recording is off on this server).
     record_dir: Path | None = None
     # Chunk-boundary snapshots kept per session for rewind.
-    rewind_chunks: int = 64
+    rewind_chunks: int = 16
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

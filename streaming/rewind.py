@@ -29,7 +29,9 @@ from streaming.worker import InputEnvelope, StreamJob
 
 log = logging.getLogger("roam.rewind")
 
-DEFAULT_RING_CHUNKS = 64
+# 16 chunks of 8 frames at 16 fps = 8 s of history. Snapshots stay on the model's device; one of the
+# tiny model at the app's 160x112 holds about 4 MB (StreamState 3.6 MB + decoder cache + RNG).
+DEFAULT_RING_CHUNKS = 16
 
 
 @dataclass(frozen=True)
