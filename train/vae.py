@@ -55,6 +55,7 @@ class VAETrainConfig:
     lr: float = 1e-3
     linear_lr: float = 1e-4
     pca_init: bool = True
+    init_from: str | None = None
     warmup_steps: int = 200
     mse_weight: float = 1.0
     edge_weight: float = 0.5
@@ -279,7 +280,10 @@ def train_vae(cfg: VAETrainConfig, clip_fn: ClipFn = sim_clip) -> Path:
     for _ in range(cfg.pool_size):
         pool.append(clip_fn("train", next_clip, cfg.clip_frames, cfg.resolution, cfg.clips_per_scene))
         next_clip += 1
-    if cfg.pca_init and not resumed:
+    if cfg.init_from is not None and not resumed:
+        _init_from(vae, cfg.init_from)
+        log.info("initialised from %s: eval PSNR %.2f dB", cfg.init_from, evaluate(vae, eval_set))
+    elif cfg.pca_init and not resumed:
         init_linear_path(vae, pool)
         log.info("linear path initialised by PCA of %d clips: eval PSNR %.2f dB", len(pool), evaluate(vae, eval_set))
     budget = cfg.minutes * 60
@@ -331,6 +335,17 @@ def train_vae(cfg: VAETrainConfig, clip_fn: ClipFn = sim_clip) -> Path:
     return out
 
 
+def _init_from(vae: TinyVAE, path: str) -> None:
+    """Start from saved weights; only the decoder's post-filter (absent there) may be new."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    result = vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    new = [k for k in result.missing_keys if not k.startswith("decoder.refine.")]
+    if new or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit this model: missing {new}, unexpected {result.unexpected_keys}")
+
+
 def _save_checkpoint(path: Path, vae, opt, cfg, step, elapsed, next_clip, rng) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -379,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> VAETrainConfig:
     p.add_argument("--temporal-stride", type=int, default=m.temporal_stride)
     p.add_argument("--widths", default=",".join(map(str, m.widths)), help="comma-separated channels per 2D stage")
     p.add_argument("--temporal-blocks", type=int, default=m.temporal_blocks)
+    p.add_argument("--refine-width", type=int, default=m.refine_width, help="decoder post-filter width (0: none)")
+    p.add_argument("--init-from", default=None, help="start from these TinyVAE weights instead of PCA")
     p.add_argument("--resolution", type=int, default=d.resolution)
     p.add_argument("--clip-frames", type=int, default=d.clip_frames)
     p.add_argument("--crop", type=int, default=d.crop)
@@ -397,11 +414,12 @@ def parse_args(argv: list[str] | None = None) -> VAETrainConfig:
         temporal_stride=a.temporal_stride,
         widths=tuple(int(w) for w in a.widths.split(",")),
         temporal_blocks=a.temporal_blocks,
+        refine_width=a.refine_width,
     )
     return VAETrainConfig(
         out=a.out, run_dir=a.run_dir, minutes=a.minutes, model=model, resolution=a.resolution, clip_frames=a.clip_frames,
         crop=a.crop, batch_size=a.batch_size, lr=a.lr, latent_noise=a.latent_noise, eval_every_s=a.eval_every_s,
-        threads=a.threads, seed=a.seed, resume=not a.no_resume, progress=not a.no_progress,
+        threads=a.threads, seed=a.seed, resume=not a.no_resume, progress=not a.no_progress, init_from=a.init_from,
     )
 
 

@@ -41,6 +41,7 @@ class TinyVAEConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     temporal_blocks: int = 2
     temporal_kernel: int = 3
+    refine_width: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -55,6 +56,8 @@ class TinyVAEConfig:
             raise ValueError(f"temporal_stride must be >= 1, got {self.temporal_stride}")
         if self.latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")
+        if self.refine_width < 0:
+            raise ValueError(f"refine_width must be >= 0 (0: no refinement), got {self.refine_width}")
         if self.temporal_blocks < 0 or self.temporal_kernel < 1:
             raise ValueError(
                 f"need temporal_blocks >= 0 and temporal_kernel >= 1, got {self.temporal_blocks}, {self.temporal_kernel}"
@@ -195,6 +198,14 @@ class Decoder(nn.Module):
             if i > 0:
                 stages.append(nn.ReLU())
         self.stages = nn.Sequential(*stages)
+        # A per-frame post-filter on the decoded image at half resolution: it sees its target's
+        # blurred version from the first step, so it learns sharpening faster than the deep path.
+        r = cfg.refine_width
+        self.refine = (
+            nn.Sequential(nn.Conv2d(12, r, 3, padding=1), nn.ReLU(), nn.Conv2d(r, r, 3, padding=1), nn.ReLU(), nn.Conv2d(r, 12, 3, padding=1))
+            if r
+            else None
+        )
 
     def forward(
         self, z: torch.Tensor, contexts: list[torch.Tensor] | None, first: bool
@@ -217,6 +228,8 @@ class Decoder(nn.Module):
         # 3. Per-frame spatial decoder, plus the linear path from the latent to its pixels.
         skip = _ungroup_frames(self.skip(_frames_to_2d(z)), b, s, first)  # [B·F, 3·S², h, w]
         y = self.stages(x) + F.pixel_shuffle(skip, self.cfg.spatial_stride)  # [B·F, 3, H, W]
+        if self.refine is not None:
+            y = y + F.pixel_shuffle(self.refine(F.pixel_unshuffle(y, 2)), 2)
         return _frames_from_2d(y, b), new_contexts
 
 
@@ -249,6 +262,8 @@ class TinyVAE(nn.Module):
         # The deep paths start silent: a fresh model is its linear path (see `Encoder.skip`).
         nn.init.zeros_(self.encoder.out.weight)
         nn.init.zeros_(self.decoder.stages[-1][1].weight)
+        if self.decoder.refine is not None:
+            nn.init.zeros_(self.decoder.refine[-1].weight)
 
     @property
     def latent_channels(self) -> int:

@@ -8,10 +8,16 @@ from model.vae import TinyVAE, TinyVAEConfig
 
 SMALL = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2)
 SMALL_S16_T8 = TinyVAEConfig(latent_channels=6, spatial_stride=16, temporal_stride=8, widths=(4, 4, 8, 8), temporal_blocks=1)
+SMALL_REFINE = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2, refine_width=6)
 
 
 def _vae(cfg: TinyVAEConfig) -> TinyVAE:
     vae = TinyVAE(cfg).eval()
+    # Zero-initialised output layers would hide paths from the tests; give every weight a value.
+    with torch.no_grad():
+        for p in vae.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
     # Non-trivial normalisation so the tests also cover the (de)normalisation path.
     vae.latents_mean.copy_(torch.randn(cfg.latent_channels) * 0.1)
     vae.latents_std.copy_(torch.rand(cfg.latent_channels) + 0.5)
@@ -74,6 +80,7 @@ def test_bad_latents_and_stream_use_raise():
         ({"temporal_stride": 0}, "temporal_stride"),
         ({"latent_channels": 0}, "latent_channels"),
         ({"widths": (4, 0, 8)}, "positive"),
+        ({"refine_width": -1}, "refine_width"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
@@ -81,9 +88,10 @@ def test_bad_config_raises(kwargs, match):
         TinyVAEConfig(**kwargs)
 
 
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_REFINE], ids=["plain", "refine"])
 @pytest.mark.parametrize("splits", [[1, 1, 1, 1, 1, 1], [1, 5], [2, 4], [3, 1, 2], [6]], ids=str)
-def test_stream_decode_equals_whole_decode(splits):
-    vae = _vae(SMALL)
+def test_stream_decode_equals_whole_decode(cfg, splits):
+    vae = _vae(cfg)
     z = torch.randn(2, 8, sum(splits), 3, 2)
     with torch.no_grad():
         whole = vae.decode(z)
@@ -125,9 +133,10 @@ def test_encoder_is_causal(changed_frame):
     assert not torch.allclose(z_edit[:, :, latent], z[:, :, latent])
 
 
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_REFINE], ids=["plain", "refine"])
 @pytest.mark.parametrize("changed_latent", [1, 2, 3])
-def test_decoder_is_causal(changed_latent):
-    vae = _vae(SMALL)
+def test_decoder_is_causal(cfg, changed_latent):
+    vae = _vae(cfg)
     z = torch.randn(1, 8, 4, 2, 2)
     edited = z.clone()
     edited[:, :, changed_latent] += 3.0
