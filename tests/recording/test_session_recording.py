@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -71,3 +77,50 @@ async def test_scripted_walk_is_recorded(tmp_path):
     assert {row["input"]["keys"] for row in ep.rows if row["input"]} >= {1, 4}
     assert all(row["latency"]["chunk_ms"] > 0 for row in ep.rows)
     assert all(row["latency"]["input_to_frame_ms"] >= 0 for row in ep.rows if row["input"])
+
+
+LIVE_CRASH_SCRIPT = """
+import asyncio, json, sys
+sys.path.insert(0, {root!r})
+from app.config import StreamConfig
+from app.session import Session
+from streaming.worker import GenerationWorker
+from tests.app.helpers import fake_runtime
+
+async def main():
+    stream = StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0)
+    runtime = fake_runtime(stream)
+    worker = GenerationWorker(num_threads=1)
+    session = Session("crash", "websocket", runtime, worker, runtime.start_view("scene:1"), 65536, record_dir={root_dir!r})
+    session.handle_text(json.dumps({{"type": "record", "on": True}}))
+    session.handle_text(json.dumps({{"type": "input", "seq": 1, "t": 0.0, "keys": 1, "yaw": 0.0, "pitch": 0.0, "roll": 0.0}}))
+    worker.start()
+    session.begin()
+    while True:
+        await session.buffer.get()
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_during_a_live_recorded_walk(tmp_path):
+    """The app's own session, recording, killed with -9: the flushed chunks load and say incomplete."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", LIVE_CRASH_SCRIPT.format(root=str(root), root_dir=str(tmp_path))],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        lines = 0
+        while lines < 9 + 8 * 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            files = list(tmp_path.glob("*/frames.jsonl"))
+            lines = files[0].read_text().count("\n") if files else 0
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert lines >= 9 + 8 * 3, "the walk did not record 4 chunks in time"
+    (folder,) = tmp_path.iterdir()
+    ep = Episode.open(folder)
+    assert not ep.complete and not (folder / "video.mp4").exists()
+    assert ep.n_frames >= lines - 8 and (ep.n_frames - 1) % 8 == 0
+    assert len(ep.read_video()) == ep.n_frames
