@@ -72,7 +72,13 @@ async def test_idle_job_pauses_and_resumes_on_input():
 
         job.generator.step = step_with_heartbeat
         await _drain(job, 9 + 8 + 8)
-        await asyncio.sleep(0.3)
+        # The worker marks the job paused on its own thread after the last idle chunk: wait for it
+        # (bounded) rather than for a fixed time, which a loaded machine can overrun.
+        for _ in range(100):
+            if job.paused:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and give a wrongly resumed job time to make another chunk
         assert job.paused and job.chunks_done == 3 and len(job.buffer) == 0 and job.latest_input.seq == 3
         job.submit_input(InputEnvelope(5, FakeSnapshot(5, 0), 0, (0.0, 0.0, 0.0)))
         assert job.paused, "a snapshot that does not move the camera keeps it paused"
