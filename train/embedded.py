@@ -1,7 +1,7 @@
 """The embedded (shipped) tiny model: weights as safetensors plus a JSON of its config and provenance.
 
     model/weights/roam_tiny.safetensors     every parameter, float32
-    model/weights/roam_tiny.json            {"model_config": {...ModelConfig fields...}, "vae_tag": ..., "generator": {...}, ...}
+    model/weights/roam_tiny.json            {"model": {...ModelConfig fields (the key model.release reads)...}, "vae_tag": ..., "generator": {...}, ...}
 
     from train.embedded import load_weights
     model = load_weights()              # the shipped model, eval mode
@@ -31,7 +31,7 @@ def save_weights(model: WorldModel, path: str | Path, info: dict[str, Any] | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"format": "roam-world-model"})
-    meta = {"model_config": model.config.to_dict(), **(info or {})}
+    meta = {"model": model.config.to_dict(), **(info or {})}
     config_path(path).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -53,7 +53,7 @@ def load_weights(path: str | Path | None = None, device: str | torch.device = "c
     path = Path(path) if path is not None else EMBEDDED_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"model weights {path} not found")
-    model = WorldModel(ModelConfig.from_dict(read_info(path)["model_config"]))
+    model = WorldModel(ModelConfig.from_dict(read_info(path)["model"]))
     state = load_file(str(path))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     try:
-        summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model_config"}
+        summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
         pass
     print(json.dumps({k: summary[k] for k in ("mean", "follow", "gain_over_repeat_db")}, indent=2))

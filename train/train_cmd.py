@@ -8,7 +8,7 @@ which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.js
   1. prepare  render training clips of the sim and encode them with the installed TinyVAE (data/, cached)
   2. teacher  chunk-causal flow matching with per-chunk noise levels (diffusion forcing)
   3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (1, .96, .889, .727, 0)
-  4. export   the student's EMA weights to model/weights/
+  4. export   the student's EMA weights to model/weights/ (also a stage of its own)
 
 Stages can also run alone (`python run.py train teacher ...`), under torchrun for several processes
 (`torchrun --nproc-per-node 2 run.py train teacher ...`). `python run.py train sweep` times candidate
@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("embedded", "prepare", "teacher", "distil", "sweep")
+STAGES = ("embedded", "prepare", "teacher", "distil", "export", "sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +202,10 @@ def main(args: argparse.Namespace) -> int:
                                         candidates=args.candidates or ",".join(sweep.CANDIDATES), latents=latents,
                                         train_steps=args.sweep_steps)
         return sweep.main(sweep_args)
+    if args.stage == "export":
+        path = run_export(args, _load_checkpoint_ema(Path(args.run_dir) / "distil" / "checkpoint.pt"))
+        print(f"wrote {path} and {path.with_suffix('.json')}")
+        return 0
     from train.trainer import distributed
 
     rank, _, _ = distributed()

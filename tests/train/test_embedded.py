@@ -29,6 +29,6 @@ def test_bad_files_are_refused(tmp_path):
         load_weights(path)
     with pytest.raises(FileNotFoundError):
         load_weights(tmp_path / "absent.safetensors")
-    (tmp_path / "m.json").write_text(json.dumps({"model_config": {"depth": 2, "bogus": 1}}))
+    (tmp_path / "m.json").write_text(json.dumps({"model": {"depth": 2, "bogus": 1}}))
     with pytest.raises(ValueError, match="bogus"):
         load_weights(path)
