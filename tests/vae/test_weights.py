@@ -9,9 +9,9 @@ from model.vae import DEFAULT_WEIGHTS, load_tiny_vae
 from tests.conftest import ci_size
 from train.vae import psnr, sim_clip, to_video
 
-# A regression floor, not the brief's 30 dB target, which these weights miss (docs/vae.md): they
-# measure 27.7 dB on the CI clips and 28.6 dB on the full-size ones.
-PSNR_FLOOR_DB = 27.0
+# A regression floor. The first eval clips are among the hardest: these weights measure 28.8 dB on
+# the CI clips and 29.5 dB on the full-size ones, against 30.6 dB over 8 eval clips (docs/vae.md).
+PSNR_FLOOR_DB = 28.0
 
 
 @pytest.fixture(scope="module")
