@@ -85,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     load = os.getloadavg()[0]
     cfg = vae.cfg
-    name = f"TinyVAE s{cfg.spatial_stride} t{cfg.temporal_stride} c{cfg.latent_channels} w{cfg.widths} @{resolution}"
+    refine = f" refine{cfg.refine_width}" if cfg.refine_width else ""
+    name = f"TinyVAE s{cfg.spatial_stride} t{cfg.temporal_stride} c{cfg.latent_channels} w{cfg.widths}{refine} @{resolution}"
     rows = []
     for n in threads:
         torch.set_num_threads(n)
