@@ -11,7 +11,9 @@ of the model (pixels of a latent <-> latent) is initialised by PCA of the pool, 
 from the best linear autoencoder instead of noise: on a CPU hour that head start is most of the
 result. The loss is L1 + MSE + an L1 on image gradients (edges), with small relative Gaussian noise
 added to the latents so the decoder tolerates the imperfect latents a diffusion model produces. Adam
-(the PCA-initialised path at a lower rate), warm-up then cosine decay over the time budget. Every `checkpoint_every_s` the run directory gets a resumable checkpoint; every
+(the PCA-initialised path at a lower rate), warm-up then cosine decay over the time budget.
+`--init-from` starts from saved weights instead (how the shipped post-filter was trained on top of
+the first run; docs/vae.md). Every `checkpoint_every_s` the run directory gets a resumable checkpoint; every
 `eval_every_s` the PSNR on fixed eval-split clips at full resolution is logged. At the end the latent
 mean/std per channel are measured on training clips, stored as buffers, and the weights saved.
 """

@@ -9,7 +9,9 @@ The network has two kinds of layers, and causality follows from their split:
     streaming with the previous chunk's inputs), so latent i depends on latents ≤ i.
 Encoder: frames -> 2D encoder -> group `stride` frames into channels (frame 0's group is frame 0
 repeated) -> causal temporal blocks -> latents. Decoder: latents -> causal temporal blocks -> each
-latent expands into `stride` sub-frames (latent 0 keeps only its last) -> 2D decoder -> frames.
+latent expands into `stride` sub-frames (latent 0 keeps only its last) -> 2D decoder -> frames ->
+optional per-frame post-filter (`refine_width`). Both sides add a linear path between a latent and
+the pixels of its own frame group (1×1 convolutions), which training initialises by PCA.
 
 Latents are normalised per channel, z = (e − mean) / std, with mean/std buffers measured on training
 clips, so the diffusion model sees roughly N(0, 1) latents.
