@@ -252,16 +252,17 @@ def load_embedded(
         name = "roam-tiny (random weights)"
     channels = dit.config.in_channels
     vae = None
-    if DEFAULT_WEIGHTS.is_file():
-        vae = load_tiny_vae()
+    vae_path = embedded_vae_path(weights)
+    if vae_path.is_file():
+        vae = load_tiny_vae(vae_path)
         if vae.latent_channels != channels:
             logger.warning("the tiny VAE %s has %d latent channels, the tiny model %d: using a random TinyVAE",
-                           DEFAULT_WEIGHTS, vae.latent_channels, channels)
+                           vae_path, vae.latent_channels, channels)
             vae = None
         else:
-            sources["VAE"] = str(DEFAULT_WEIGHTS)
+            sources["VAE"] = str(vae_path)
     else:
-        logger.warning("the tiny VAE weights %s are not installed: using a random TinyVAE", DEFAULT_WEIGHTS)
+        logger.warning("the tiny VAE weights %s are not installed: using a random TinyVAE", vae_path)
     if vae is None:
         torch.manual_seed(seed)
         vae = TinyVAE(TinyVAEConfig(latent_channels=channels))
@@ -270,6 +271,43 @@ def load_embedded(
     vae = vae.to(device=device).eval()
     return Release(dit=dit, vae=vae, text_encoder=None, kind="embedded", height=height, width=width, fps=float(fps),
                    chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources)
+
+
+def vae_tag(path: str | Path) -> str:
+    """First 12 hex digits of the sha256 of a VAE weights file: which latent space a model was trained in."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def embedded_vae_path(weights: str | Path | None = None) -> Path:
+    """The TinyVAE weights the embedded model was trained with.
+
+    A diffusion model only works in the latent space it was trained in, so the embedded model's
+    `roam_tiny.json` records the `vae_tag` of its VAE. The VAE shipped beside it
+    (`roam_tiny_vae.safetensors`) is taken when present, then the default TinyVAE weights; a file
+    whose tag differs from the recorded one is used only with a loud warning (the picture will be
+    poor), so the app still starts.
+    """
+    from model.vae import DEFAULT_WEIGHTS
+
+    weights = Path(weights) if weights is not None else Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
+    candidates = [p for p in (weights.with_name(weights.stem + "_vae.safetensors"), DEFAULT_WEIGHTS) if p.is_file()]
+    if not candidates:
+        return DEFAULT_WEIGHTS
+    info_path = weights.with_suffix(".json")
+    try:
+        wanted = json.loads(info_path.read_text()).get("vae_tag") if info_path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        wanted = None
+    if wanted is None:
+        return candidates[0]
+    for path in candidates:
+        if vae_tag(path) == wanted:
+            return path
+    logger.warning("no installed TinyVAE matches the tiny model's vae_tag %s (looked at %s): using %s, whose latent "
+                   "space differs, so the video will be poor", wanted, [str(p) for p in candidates], candidates[0])
+    return candidates[0]
 
 
 def _embedded_config(path: Path):
