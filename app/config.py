@@ -67,9 +67,10 @@ class StreamConfig:
     """Video and generation settings of every session."""
 
     fps: float = 16.0
-    # Small enough for the tiny model to keep up on a laptop CPU (python run.py bench stream).
-    width: int = 160
-    height: int = 112
+    # The embedded model's training size; the tiny model keeps up with it on a 2-core CPU
+    # (docs/tiny_sweep.md, python run.py bench stream).
+    width: int = 128
+    height: int = 128
     hfov_deg: float = 60.0
     chunk_latents: int = 2
     kv_window_chunks: int = 2

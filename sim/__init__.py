@@ -7,7 +7,7 @@
     sim.dataset_writer.write_eval_set(folder, EvalSetSpec(...)); sim.dataset_writer.EvalSet(folder)[i] -> Clip
 
 The default camera is shared with `generate`, the live app and training, so videos of the world and
-of the model line up pixel for pixel; it matches the app's stream (app/config.py: 160 x 112, 60 deg).
+of the model line up pixel for pixel; it matches the app's stream (app/config.py: 128 x 128, 60 deg) and the embedded model's training clips.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numbers
 
 import numpy as np
 
-DEFAULT_WIDTH = 160
-DEFAULT_HEIGHT = 112
+DEFAULT_WIDTH = 128
+DEFAULT_HEIGHT = 128
 DEFAULT_HFOV_DEG = 60.0
 DEFAULT_FPS = 16
 

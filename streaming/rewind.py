@@ -30,7 +30,7 @@ from streaming.worker import InputEnvelope, StreamJob
 log = logging.getLogger("roam.rewind")
 
 # 16 chunks of 8 frames at 16 fps = 8 s of history. Snapshots stay on the model's device; one of the
-# tiny model at the app's 160x112 holds about 4 MB (StreamState 3.6 MB + decoder cache + RNG).
+# tiny model at 160x112 holds about 4 MB (a little less at the default 128x128) (StreamState 3.6 MB + decoder cache + RNG).
 DEFAULT_RING_CHUNKS = 16
 
 
