@@ -19,7 +19,7 @@ BAR_FOLLOW = 0.9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="roam weights .safetensors (default: model/weights/roam_tiny.safetensors)")
-    parser.add_argument("--vae", default=None, help="TinyVAE weights (default: the installed ones)")
+    parser.add_argument("--vae", default=None, help="TinyVAE weights (default: the one the model was trained with, by its vae_tag)")
     parser.add_argument("--clips", type=int, default=8, help="held-out scenes (one walk each)")
     parser.add_argument("--seconds", type=int, default=8, help="rollout length in seconds (16 fps)")
     parser.add_argument("--size", type=int, default=128, help="square frame size")
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from model.release import embedded_vae_path
     from model.vae import load_tiny_vae
     from sim.clips import ClipDataset
     from train.embedded import load_weights, read_info
@@ -40,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--clips and --seconds must be >= 1, got {args.clips}, {args.seconds}")
     torch.set_num_threads(args.threads)
     model = load_weights(args.model)
-    vae = load_tiny_vae(args.vae)
+    # The VAE whose latent space the model was trained in (its recorded vae_tag), unless one is named.
+    vae = load_tiny_vae(args.vae or embedded_vae_path(args.model))
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
     results, shown = [], None
