@@ -150,7 +150,9 @@ mirrored left-right, or inverted), over seconds 1–{args.seconds}.
 `eval_rollout.png`, eval scene {seed}: top row ground truth, middle row the model's rollout, bottom row the
 true-depth warp of frame 0; columns at 0, 1, 2, 4, 6 and {args.seconds} s.
 """
-    notes = DOCS / "eval_notes.md"
-    if notes.exists():
-        text += "\n" + notes.read_text()
+    # The hand-written "## Notes" section of the previous file is kept.
+    previous = (DOCS / "eval.md").read_text() if (DOCS / "eval.md").exists() else ""
+    marker = "\n## Notes"
+    if marker in previous:
+        text += previous[previous.index(marker):]
     (DOCS / "eval.md").write_text(text)
