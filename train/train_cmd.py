@@ -8,7 +8,8 @@ which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.js
   1. prepare  render training clips of the sim and encode them with the installed TinyVAE (data/, cached)
   2. teacher  chunk-causal flow matching with per-chunk noise levels (diffusion forcing)
   3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (1, .96, .889, .727, 0)
-  4. export   the student's EMA weights to model/weights/ (also a stage of its own)
+  4. export   the student's EMA weights to model/weights/ (also a stage of its own), with a copy of the
+              TinyVAE it was trained in (roam_tiny_vae.safetensors; model.release picks the VAE by vae_tag)
 
 Stages can also run alone (`python run.py train teacher ...`), under torchrun for several processes
 (`torchrun --nproc-per-node 2 run.py train teacher ...`). `python run.py train sweep` times candidate
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 STAGES = ("embedded", "prepare", "teacher", "distil", "export", "sweep")
@@ -185,6 +187,10 @@ def run_export(args, ema) -> Path:
                 last = json.loads(lines[-1])
                 info[f"{stage}_steps"] = last["step"]
                 info[f"{stage}_last_loss"] = round(last["loss"], 5)
+    # The model only works in its VAE's latent space: ship that VAE beside it (model.release picks it by vae_tag).
+    vae_copy = out.with_name(out.stem + "_vae.safetensors")
+    if not vae_copy.exists() or vae_tag(vae_copy) != info["vae_tag"]:
+        shutil.copyfile(_vae_path(args), vae_copy)
     return save_weights(ema, out, info)
 
 
