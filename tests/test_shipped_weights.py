@@ -1,0 +1,34 @@
+"""The embedded default ships as a pair: the tiny world model and the TinyVAE whose latent space it was trained in."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.release import embedded_vae_path, load_embedded, vae_tag
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights"
+
+
+def test_the_shipped_model_names_a_shipped_vae_with_its_latent_space():
+    info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
+    vae = embedded_vae_path(WEIGHTS / "roam_tiny.safetensors")
+    assert vae.is_file()
+    assert vae_tag(vae) == info["vae_tag"], f"{vae} is not the VAE the embedded model was trained with"
+
+
+def test_every_entry_point_gets_the_trained_pair():
+    release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)
+    assert release.name == "roam-tiny"
+    assert release.sources["DiT"].endswith("roam_tiny.safetensors")
+    assert release.sources["VAE"] == str(embedded_vae_path())
+    assert release.vae.latent_channels == release.dit.config.in_channels
+
+
+def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"vae_tag": vae_tag(WEIGHTS / "roam_tiny_vae.safetensors")}))
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    (tmp_path / "m_vae.safetensors").write_bytes((WEIGHTS / "roam_tiny_vae.safetensors").read_bytes())
+    assert embedded_vae_path(tmp_path / "m.safetensors") == tmp_path / "m_vae.safetensors"
+    (tmp_path / "m.json").write_text(json.dumps({"vae_tag": "000000000000"}))
+    # no match anywhere: the sibling is still used (with a warning), so the app starts
+    assert embedded_vae_path(tmp_path / "m.safetensors") == tmp_path / "m_vae.safetensors"
