@@ -14,7 +14,6 @@ when complete, so a failed run leaves no partial output.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -40,32 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def write_mp4(path: Path, frames, fps: float) -> str:
-    """Encode uint8 [F, H, W, 3] frames (libx264, else mpeg4) to `path` via a temporary file renamed at the end."""
-    import av
-
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream(codec, rate=round(fps))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p"
-            if codec == "libx264":
-                stream.options = {"crf": "16", "preset": "medium"}
-            else:
-                stream.bit_rate = 4_000_000
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return codec
 
 
 def load_components(args: argparse.Namespace):
@@ -131,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
                 bar.close()
     except ValueError as error:
         raise SystemExit(f"run.py generate: {error}") from None
+    from common.video import write_mp4
+
     codec = write_mp4(args.out, video.frames, video.fps)
     frames, height, width = video.frames.shape[:3]
     print(f"wrote {args.out} ({frames} frames, {width}x{height} at {video.fps:g} fps, {codec}, {video.mode}, "

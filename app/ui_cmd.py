@@ -88,7 +88,7 @@ def render(
     progress=None,
 ) -> tuple[str, str]:
     """Generate one video; returns (mp4 path, one-line summary). ValueError for bad input (before any output)."""
-    from app.generate_cmd import write_mp4
+    from common.video import write_mp4
     from streaming.episode import Episode
     from streaming.offline import generate_video, load_image
 

@@ -63,31 +63,10 @@ def load_trajectory(source: str, width: int | None, height: int | None, fps: flo
     return trajectory, True
 
 
-def write_video(path: Path, frames, fps: float) -> str:
-    """Write uint8 [F, H, W, 3] frames as an mp4 with libx264 (or mpeg4 where libx264 is missing); returns the codec."""
-    import av
-
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=round(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p"
-        if codec == "libx264":
-            stream.options = {"crf": "16", "preset": "medium"}
-        else:
-            stream.bit_rate = 4_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return codec
-
-
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from common.video import write_mp4
     from controls.camera import intrinsics_matrix
     from sim.world import RenderResult, Scene
 
@@ -114,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         hint = "" if placed else " (to start the path at the scene's spawn pose instead, pass --placement spawn)"
         raise SystemExit(f"run.py render: {error}{hint}") from None
-    codec = write_video(args.out, result.rgb, trajectory.fps)
+    codec = write_mp4(args.out, result.rgb, trajectory.fps)
     if args.depth_out is not None:
         args.depth_out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.depth_out, result.depth)
