@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.vae.checks import check_latents, check_video
+
 logger = logging.getLogger(__name__)
 
 # Thread-local: the cache dict of the stream decode running on this thread, or None.
@@ -192,21 +194,10 @@ class LTX2VideoVAE(nn.Module):
         return self.vae.encoder.conv_in.conv.weight.dtype
 
     def check_video(self, video: torch.Tensor) -> None:
-        """ValueError unless video is [B, 3, F, H, W] with F = stride·k + 1 and H, W multiples of the spatial stride."""
-        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"video must be [B, 3, F, H, W], got {shape}")
-        f, h, w = video.shape[2:]
-        s, st = self.spatial_stride, self.temporal_stride
-        if (f - 1) % st:
-            raise ValueError(f"frame count F={f} must be {st}·k + 1 (temporal stride {st})")
-        if h % s or w % s or h == 0 or w == 0:
-            raise ValueError(f"height and width ({h}, {w}) must be positive multiples of the spatial stride {s}")
+        check_video(video, self.spatial_stride, self.temporal_stride)
 
     def check_latents(self, z: torch.Tensor) -> None:
-        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != self.latent_channels or 0 in z.shape:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"latents must be [B, {self.latent_channels}, T, h, w] with T, h, w >= 1, got {shape}")
+        check_latents(z, self.latent_channels)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         shape = (1, -1, 1, 1, 1)

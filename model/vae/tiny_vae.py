@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.vae.checks import check_latents, check_video
+
 
 @dataclass(frozen=True)
 class TinyVAEConfig:
@@ -280,21 +282,10 @@ class TinyVAE(nn.Module):
         return self.cfg.spatial_stride
 
     def check_video(self, video: torch.Tensor) -> None:
-        """Raise ValueError unless video is [B, 3, F, H, W] with F = stride·k + 1 and H, W multiples of the spatial stride."""
-        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"video must be [B, 3, F, H, W], got {shape}")
-        f, h, w = video.shape[2:]
-        s, st = self.spatial_stride, self.temporal_stride
-        if (f - 1) % st != 0:
-            raise ValueError(f"frame count F={f} must be {st}·k + 1 (temporal stride {st})")
-        if h % s or w % s or h == 0 or w == 0:
-            raise ValueError(f"height and width ({h}, {w}) must be positive multiples of the spatial stride {s}")
+        check_video(video, self.spatial_stride, self.temporal_stride)
 
     def check_latents(self, z: torch.Tensor) -> None:
-        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != self.latent_channels or 0 in z.shape:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"latents must be [B, {self.latent_channels}, T, h, w] with T, h, w >= 1, got {shape}")
+        check_latents(z, self.latent_channels)
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1, 1)
