@@ -28,3 +28,13 @@ def ci_size(full, ci):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread: tiny ops are dominated by thread synchronisation, which a busy
+    second core makes slow. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

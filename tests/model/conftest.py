@@ -3,12 +3,9 @@ machine (two threads spin against each other and against other jobs); restored a
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every test of this folder runs on one torch thread."""
     yield
-    torch.set_num_threads(previous)

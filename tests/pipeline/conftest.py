@@ -10,11 +10,9 @@ from tests.pipeline.tiny_release import write_bidirectional, write_chunk_causal,
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every test of this folder runs on one torch thread."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,7 @@ import torch
 from model.vae import TinyVAE, TinyVAEConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, which a busy second core makes slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2)

@@ -8,13 +8,7 @@ from model.vae import TinyVAE, TinyVAEConfig, load_tiny_vae
 from train.vae import VAETrainConfig, evaluate, init_linear_path, psnr, to_video, train_vae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, which a busy second core makes slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = TinyVAEConfig(latent_channels=4, spatial_stride=8, temporal_stride=4, widths=(4, 8, 8), temporal_blocks=1)

@@ -10,13 +10,7 @@ from tests.conftest import ci_size
 from train.vae import psnr, sim_clip, to_video
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions are dominated by thread synchronisation, which a busy second core makes slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # A regression floor. The first eval clips are among the hardest: these weights measure 28.8 dB on
