@@ -22,3 +22,14 @@ def check_latents(z: torch.Tensor, latent_channels: int) -> None:
     if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != latent_channels or 0 in z.shape:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"latents must be [B, {latent_channels}, T, h, w] with T, h, w >= 1, got {shape}")
+
+
+def check_stream_chunk(latents: torch.Tensor, batch_size: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """ValueError unless a streamed chunk has the decoder's batch size and the stream's latent grid
+    (any grid on the first chunk); returns the chunk's grid (h, w)."""
+    if latents.shape[0] != batch_size:
+        raise ValueError(f"chunk batch {latents.shape[0]} != stream decoder batch_size {batch_size}")
+    chunk_grid = tuple(latents.shape[3:])
+    if grid is not None and chunk_grid != grid:
+        raise ValueError(f"chunk latent grid {chunk_grid} differs from the stream's {grid}")
+    return chunk_grid

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.vae.checks import check_latents, check_video
+from model.vae.checks import check_latents, check_stream_chunk, check_video
 
 
 @dataclass(frozen=True)
@@ -343,11 +343,7 @@ class StreamDecoder:
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, Tc, h, w] -> frames [B, 3, F_c, H, W] in [-1, 1]."""
         self.vae.check_latents(latents)
-        if latents.shape[0] != self.batch_size:
-            raise ValueError(f"chunk batch {latents.shape[0]} != stream decoder batch_size {self.batch_size}")
-        grid = tuple(latents.shape[3:])
-        if self.grid is not None and grid != self.grid:
-            raise ValueError(f"chunk latent grid {grid} differs from the stream's {self.grid}")
+        grid = check_stream_chunk(latents, self.batch_size, self.grid)
         mean, std = self.vae._stats()
         z = self.vae._own_dtype(latents) * std + mean
         frames, self.contexts = self.vae.decoder(z, self.contexts, first=self.latents_seen == 0)
