@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _fp32_reference_sdpa():
+def fp32_reference_sdpa():
+    """diffusers casts fp32 softmax-attention inputs to bf16 for FlashAttention; on the CPU we keep fp32
+    so both implementations are compared at fp32 precision (the cast is the only thing changed)."""
     import torch
 
     original = torch.Tensor.bfloat16
@@ -98,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
             return ours(x, t, text, mask, cam, plucker)
 
         def run_reference():
-            with _fp32_reference_sdpa():
+            with fp32_reference_sdpa():
                 return reference(x, t, text, encoder_attention_mask=mask, camera_conditions=cam,
                                  chunk_plucker=plucker).sample
 

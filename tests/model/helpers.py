@@ -1,8 +1,6 @@
 """Shared inputs and a diffusers-reference builder for the model tests."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from model import ModelConfig, WorldModel
@@ -79,16 +77,6 @@ def diffusers_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-@contextlib.contextmanager
-def fp32_reference_sdpa():
-    """diffusers casts fp32 softmax-attention inputs to bf16 for FlashAttention; on the CPU we keep fp32
-    so both implementations are compared at fp32 precision (the cast is the only thing changed)."""
-    original = torch.Tensor.bfloat16
-    torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self
-    try:
-        yield
-    finally:
-        torch.Tensor.bfloat16 = original
 
 
 def reference_and_ours(official: dict, *, seed: int = 0, **overrides) -> tuple[torch.nn.Module, WorldModel]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model.helpers import SMALL_OFFICIAL, fp32_reference_sdpa, inputs, reference_and_ours
+from model.bench import fp32_reference_sdpa
+from tests.model.helpers import SMALL_OFFICIAL, inputs, reference_and_ours
 
 
 def _max_rel(reference: torch.Tensor, ours: torch.Tensor) -> float:
