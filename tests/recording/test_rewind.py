@@ -7,7 +7,6 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 
 from app.config import StreamConfig
 from controls.integrator import InputSnapshot
@@ -26,15 +25,8 @@ def envelope(seq: int, keys: int, yaw: float) -> InputEnvelope:
     return InputEnvelope(seq=seq, snapshot=snap, keys=keys, look=(yaw, 0.0, 0.0))
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
-
-def test_rewind_equals_a_fresh_run_restored_from_the_snapshot(tmp_path, one_thread):
+def test_rewind_equals_a_fresh_run_restored_from_the_snapshot(tmp_path, one_torch_thread):
     runtime = tiny_runtime(StreamConfig(width=32, height=24, fps=FPS, idle_chunks=0))
     start = runtime.start_view("scene:1")
     loop = asyncio.new_event_loop()

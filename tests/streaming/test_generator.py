@@ -114,15 +114,8 @@ def _tiny_generator(seed: int) -> ChunkGenerator:
     return ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=2, seed=seed), (28.0, 28.0, 16.0, 12.0))
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
-
-def test_real_tiny_model_streams_deterministically_and_rewinds_exactly(one_thread):
+def test_real_tiny_model_streams_deterministically_and_rewinds_exactly(one_torch_thread):
     image = (np.arange(24 * 32 * 3) % 199).astype(np.uint8).reshape(24, 32, 3)
 
     def poses(gen):
