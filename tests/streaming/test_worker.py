@@ -59,18 +59,19 @@ async def test_idle_job_pauses_and_resumes_on_input():
     loop = asyncio.get_running_loop()
     worker = GenerationWorker()
     job = _job(loop, "idle", idle_chunks=2)
+    # Unchanged snapshots (heartbeats, sent all along) do not keep a standing camera generating.
+    # The wrapper goes in before the worker starts, or the first chunk could run without it.
+    original_step = job.generator.step
+
+    def step_with_heartbeat(poses):
+        frames = original_step(poses)
+        job.submit_input(InputEnvelope(job.latest_input.seq + 1, FakeSnapshot(0, 0), 0, (0.0, 0.0, 0.0)))
+        return frames
+
+    job.generator.step = step_with_heartbeat
     worker.add(job)
     worker.start()
     try:
-        # Unchanged snapshots (heartbeats, sent all along) do not keep a standing camera generating.
-        original_step = job.generator.step
-
-        def step_with_heartbeat(poses):
-            frames = original_step(poses)
-            job.submit_input(InputEnvelope(job.latest_input.seq + 1, FakeSnapshot(0, 0), 0, (0.0, 0.0, 0.0)))
-            return frames
-
-        job.generator.step = step_with_heartbeat
         await _drain(job, 9 + 8 + 8)
         # The worker marks the job paused on its own thread after the last idle chunk: wait for it
         # (bounded) rather than for a fixed time, which a loaded machine can overrun.
