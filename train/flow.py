@@ -64,12 +64,40 @@ def add_noise(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> tor
     return (1.0 - s) * x0 + s * noise
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over frames with weight [B, T] > 0 (latents [B, C, T, h, w])."""
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, channel_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error over frames with weight [B, T] > 0 (latents [B, C, T, h, w]).
+
+    channel_weights [C] (mean 1) rescales each latent channel's error, e.g. by its share of the
+    decoded pixels (`pixel_channel_weights`); None weighs channels alike.
+    """
     w = weight[:, None, :, None, None].to(pred)
     per = (pred.float() - target.float()).pow(2) * w
     denom = w.expand_as(pred).sum().clamp_min(1.0)
+    if channel_weights is not None:
+        if channel_weights.shape != (pred.shape[1],):
+            raise ValueError(f"channel_weights must have shape ({pred.shape[1]},), got {tuple(channel_weights.shape)}")
+        per = per * channel_weights.to(per)[None, :, None, None, None]
     return per.sum() / denom
+
+
+def pixel_channel_weights(decoder_skip: torch.Tensor, latents_std: torch.Tensor, mix: float) -> torch.Tensor:
+    """Per-channel loss weights [C] (mean 1): `mix` of each normalised channel's share of the decoded pixel
+    energy, the rest uniform.
+
+    The TinyVAE decodes a latent through a linear path (PCA-initialised, so its columns are nearly
+    orthogonal) plus a deep residual; through the linear path a unit error in normalised channel c
+    costs ‖W[:, c]‖² · std_c² of pixel error. With whitened PCA latents that share is very uneven (the
+    luminance component carries ~80% of the pixels, the last 20 channels ~1% each), while a plain
+    latent MSE weighs them alike, so a small model spends most of its capacity on channels that barely
+    show. decoder_skip [3·s², C] (the linear path's 1×1 weights, squeezed), latents_std [C].
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    share = decoder_skip.detach().float().pow(2).sum(0) * latents_std.detach().float().pow(2)  # [C]
+    share = share / share.mean()
+    return mix * share + (1.0 - mix)
 
 
 def refine_sigmas(coarse: Sequence[float], substeps: int) -> list[float]:

@@ -8,7 +8,9 @@ which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.js
   1. prepare  render training clips of the sim and encode them with the installed TinyVAE (data/, cached)
   2. teacher  chunk-causal flow matching with per-chunk noise levels (diffusion forcing)
   3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (1, .96, .889, .727, 0)
-  4. export   the student's EMA weights to model/weights/ (also a stage of its own), with a copy of the
+  4. selfforce the student streams its own context with the live sampler and learns the next chunk
+              against the ground truth (exposure bias, on the MSE the eval scores)
+  5. export   the student's EMA weights to model/weights/ (also a stage of its own), with a copy of the
               TinyVAE it was trained in (roam_tiny_vae.safetensors; model.release picks the VAE by vae_tag)
 
 Stages can also run alone (`python run.py train teacher ...`), under torchrun for several processes
@@ -22,7 +24,7 @@ import json
 import shutil
 from pathlib import Path
 
-STAGES = ("embedded", "prepare", "teacher", "distil", "export", "sweep")
+STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock cap of the teacher per invocation (0 = none)")
     parser.add_argument("--distil-steps", type=int, default=20000)
     parser.add_argument("--distil-minutes", type=float, default=10.0)
+    parser.add_argument("--selfforce-steps", type=int, default=20000)
+    parser.add_argument("--selfforce-minutes", type=float, default=20.0)
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -48,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", default="8,8,8,12", help="latent window sizes drawn per teacher step")
     parser.add_argument("--train-latents", type=int, default=9, help="latents per training sample (1 + chunk·k)")
     parser.add_argument("--pair-crop", type=int, default=12, help="latent window of the distillation rollouts")
+    parser.add_argument("--pixel-weighting", type=float, default=0.5,
+                        help="mix of pixel-share channel weights in the flow loss (0 = plain latent MSE; "
+                             "see train.flow.pixel_channel_weights)")
+    parser.add_argument("--init", default=None,
+                        help="teacher: start from these weights (a stage checkpoint.pt's EMA or roam .safetensors) "
+                             "instead of a fresh model; ignored when the run resumes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -103,19 +113,39 @@ def run_prepare(args) -> None:
         encode_clip_file(vae, clip, out / f"{clip.stem}.pt")
 
 
+def _channel_weights(args, vae):
+    from train.flow import pixel_channel_weights
+
+    if not args.pixel_weighting:
+        return None
+    return pixel_channel_weights(vae.decoder.skip.weight.flatten(1), vae.latents_std, args.pixel_weighting)
+
+
+def _initial_model(args, config):
+    from train.trainer import build_model
+
+    if args.init is None:
+        return build_model(config, seed=args.seed)
+    init = Path(args.init)
+    model = _load_checkpoint_ema(init).train() if init.suffix == ".pt" else build_model(config, init=init).train()
+    if model.config != config:
+        raise ValueError(f"--init {init} holds a model of config {model.config.to_dict()}, not {config.to_dict()}")
+    return model
+
+
 def run_teacher(args):
     from model.vae import load_tiny_vae
     from train.data import LatentClips
     from train.recipes import TeacherLoss
-    from train.trainer import LoopConfig, build_model, train_loop
+    from train.trainer import LoopConfig, train_loop
 
     gen = _generator_defaults()
     vae = load_tiny_vae(_vae_path(args))
     clips = LatentClips(_latents_dir(args))
     crops = tuple(int(c) for c in args.crops.split(",")) if args.crops else ()
     loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=crops,
-                       frames=args.train_latents)
-    model = build_model(_model_config(vae), seed=args.seed)
+                       frames=args.train_latents, channel_weights=_channel_weights(args, vae))
+    model = _initial_model(args, _model_config(vae))
     loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
                       lr=args.lr, seed=args.seed, progress=not args.no_progress)
     return train_loop(model, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink,
@@ -147,10 +177,43 @@ def run_distil(args, teacher=None):
             torch.distributed.barrier()
     pairs = torch.load(pairs_path, weights_only=True)
     student = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt").train()
-    loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context)
+    from model.vae import load_tiny_vae
+
+    loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context,
+                      channel_weights=_channel_weights(args, load_tiny_vae(_vae_path(args))))
     loop = LoopConfig(run_dir=str(run_dir / "distil"), steps=args.distil_steps, minutes=args.distil_minutes,
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 1, progress=not args.no_progress)
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
+
+
+def run_selfforce(args):
+    from model.vae import load_tiny_vae
+    from train.data import LatentClips
+    from train.recipes import SelfForcedLoss
+    from train.trainer import LoopConfig, train_loop
+
+    gen = _generator_defaults()
+    run_dir = Path(args.run_dir)
+    student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
+    crops = tuple(int(c) for c in args.crops.split(",")) if args.crops else ()
+    loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
+                          gen.kv_window_chunks, gen.sink, crops=crops, frames=args.train_latents,
+                          channel_weights=_channel_weights(args, load_tiny_vae(_vae_path(args))))
+    loop = LoopConfig(run_dir=str(run_dir / "selfforce"), steps=args.selfforce_steps, minutes=args.selfforce_minutes,
+                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress)
+    return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
+
+
+def _last_student_checkpoint(run_dir: Path, before: str | None = None) -> Path:
+    """The checkpoint of the latest student stage that ran (selfforce, else distil, else the teacher)."""
+    order = ["selfforce", "distil", "teacher"]
+    if before is not None:
+        order = order[order.index(before) + 1:]
+    for stage in order:
+        path = run_dir / stage / "checkpoint.pt"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no {' / '.join(order)} checkpoint under {run_dir} (run those stages first)")
 
 
 def _load_checkpoint_ema(path: Path):
@@ -179,7 +242,7 @@ def run_export(args, ema) -> Path:
         "trained_on": {"frames": args.frames, "size": args.size, "clips": args.clips},
         "command": "python run.py train embedded",
     }
-    for stage in ("teacher", "distil"):
+    for stage in ("teacher", "distil", "selfforce"):
         log = Path(args.run_dir) / stage / "log.jsonl"
         if log.exists():
             lines = log.read_text().strip().splitlines()
@@ -188,6 +251,7 @@ def run_export(args, ema) -> Path:
                 info[f"{stage}_steps"] = last["step"]
                 info[f"{stage}_last_loss"] = round(last["loss"], 5)
     # The model only works in its VAE's latent space: ship that VAE beside it (model.release picks it by vae_tag).
+    out.parent.mkdir(parents=True, exist_ok=True)
     vae_copy = out.with_name(out.stem + "_vae.safetensors")
     if not vae_copy.exists() or vae_tag(vae_copy) != info["vae_tag"]:
         shutil.copyfile(_vae_path(args), vae_copy)
@@ -209,7 +273,7 @@ def main(args: argparse.Namespace) -> int:
                                         train_steps=args.sweep_steps)
         return sweep.main(sweep_args)
     if args.stage == "export":
-        path = run_export(args, _load_checkpoint_ema(Path(args.run_dir) / "distil" / "checkpoint.pt"))
+        path = run_export(args, _load_checkpoint_ema(_last_student_checkpoint(Path(args.run_dir))))
         print(f"wrote {path} and {path.with_suffix('.json')}")
         return 0
     from train.trainer import distributed
@@ -226,6 +290,8 @@ def main(args: argparse.Namespace) -> int:
         _, teacher, _ = run_teacher(args)
     if args.stage in ("distil", "embedded"):
         _, student, _ = run_distil(args, teacher)
+    if args.stage in ("selfforce", "embedded"):
+        _, student, _ = run_selfforce(args)
         if args.stage == "embedded" and rank == 0:
             path = run_export(args, student)
             print(f"wrote {path} and {path.with_suffix('.json')}")

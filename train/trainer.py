@@ -133,7 +133,12 @@ def train_loop(
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         step = int(saved["step"])
-        rng.set_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+        if rank < len(saved["rng"]):
+            rng.set_state(saved["rng"][rank])
+        else:
+            # resumed with more processes than saved: a fresh stream per new rank (reusing rank 0's
+            # would make that rank draw rank 0's batches)
+            rng.manual_seed(cfg.seed * 1000 + rank + 1_000_003 * step)
     net: nn.Module = ChunkCausalNet(model, kv_window_chunks, sink)
     if world > 1:
         # The up/latitude raymap branch is in the checkpoint but unused by the release path.

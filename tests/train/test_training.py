@@ -82,3 +82,79 @@ def test_crop_moves_the_principal_point_with_the_window():
         assert torch.equal(out["chunk_plucker"][i, 0], out["latents"][i, 0])
     with pytest.raises(ValueError, match="does not fit"):
         crop_batch(batch, 5, None, gen)
+
+
+def test_self_forced_loss_trains_on_the_students_own_streamed_context(tmp_path, monkeypatch):
+    """The context chunks are the live sampler's own rollout (the teacher_rollout loop on the live σ),
+    the target chunk is the ground truth noised to a live σ, and only the target chunk is scored."""
+    import train.recipes as recipes
+
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 4, frames=7))
+    live = (1.0, 0.8, 0.4, 0.0)
+    model = tiny_model()
+    seen = {}
+    original_rollout = recipes.teacher_rollout
+
+    def spy_rollout(m, image, camera, plucker, sizes, grid, keep, noise, window, sink):
+        traj, x0 = original_rollout(m, image, camera, plucker, sizes, grid, keep, noise, window, sink)
+        seen["rollout"] = (list(sizes), list(grid), x0, m.training)
+        return traj, x0
+
+    monkeypatch.setattr(recipes, "teacher_rollout", spy_rollout)
+    net = ChunkCausalNet(model.train(), kv_window_chunks=2, sink=True)
+    calls = {}
+    inner_forward = net.forward
+
+    def spy_forward(x, timestep, camera, plucker, sizes):
+        calls["x"], calls["t"], calls["sizes"] = x.clone(), timestep.clone(), list(sizes)
+        return inner_forward(x, timestep, camera, plucker, sizes)
+
+    net.forward = spy_forward
+    loss_fn = recipes.SelfForcedLoss(clips, batch_size=2, chunk_latents=2, sigmas=live, kv_window_chunks=2, sink=True)
+    targets = set()
+    for seed in range(12):
+        seen.clear()
+        loss, metrics = loss_fn(net, torch.Generator().manual_seed(seed), 1)
+        target = metrics["target_chunk"]
+        targets.add(target)
+        sizes = [3, 2, 2][:target + 1]
+        assert calls["sizes"] == sizes and calls["x"].shape[2] == sum(sizes)
+        start = sum(sizes[:-1])
+        t = calls["t"][:, 0]  # [B, T]
+        assert bool((t[:, :start] == 0).all()) and bool((t[:, 0] == 0).all())
+        assert {round(float(s) / 1000, 6) for s in t[:, max(start, 1):].flatten()} <= {1.0, 0.8, 0.4}
+        if target > 0:
+            own_sizes, grid, own, training = seen["rollout"]
+            assert own_sizes == sizes[:-1] and grid == list(live) and not training
+            assert torch.equal(calls["x"][:, :, :start], own), "context = the student's own rollout"
+            assert model.training, "the rollout restores train mode"
+        else:
+            assert "rollout" not in seen
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert targets == {0, 1, 2}
+
+
+def test_pixel_channel_weights_follow_the_decoders_linear_path():
+    from train.flow import masked_mse, pixel_channel_weights
+
+    skip = torch.zeros(12, 3)
+    skip[:, 0] = 2.0  # channel 0 paints 12 pixels at 2 per unit: 48 of pixel energy
+    skip[:3, 1] = 1.0  # channel 1: 3
+    skip[0, 2] = 1.0  # channel 2: 1, but a latent std of 3 makes it 9
+    std = torch.tensor([1.0, 1.0, 3.0])
+    w = pixel_channel_weights(skip, std, mix=1.0)
+    share = torch.tensor([48.0, 3.0, 9.0])
+    assert torch.allclose(w, share / share.mean())
+    half = pixel_channel_weights(skip, std, mix=0.5)
+    assert torch.allclose(half, 0.5 * share / share.mean() + 0.5) and abs(float(half.mean()) - 1.0) < 1e-6
+    assert torch.equal(pixel_channel_weights(skip, std, mix=0.0), torch.ones(3))
+    with pytest.raises(ValueError, match="mix"):
+        pixel_channel_weights(skip, std, mix=1.5)
+
+    pred, target = torch.zeros(1, 3, 2, 1, 1), torch.ones(1, 3, 2, 1, 1)
+    frames = torch.tensor([[1.0, 0.0]])
+    assert float(masked_mse(pred, target, frames, w)) == pytest.approx(float(w.sum()) / 3)
+    with pytest.raises(ValueError, match="channel_weights"):
+        masked_mse(pred, target, frames, torch.ones(2))
