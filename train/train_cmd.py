@@ -42,15 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distil-steps", type=int, default=20000)
     parser.add_argument("--distil-minutes", type=float, default=10.0)
     parser.add_argument("--selfforce-steps", type=int, default=20000)
-    parser.add_argument("--selfforce-minutes", type=float, default=20.0)
+    parser.add_argument("--selfforce-minutes", type=float, default=30.0)
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--shift", type=float, default=3.0, help="timestep shift s of σ' = sσ / (1 + (s−1)σ)")
     parser.add_argument("--p-clean-context", type=float, default=0.3)
-    parser.add_argument("--crops", default="8,8,8,12", help="latent window sizes drawn per teacher step")
-    parser.add_argument("--train-latents", type=int, default=9, help="latents per training sample (1 + chunk·k)")
+    parser.add_argument("--crops", default="8,8,8,12,16", help="latent window sizes drawn per teacher step")
+    parser.add_argument("--selfforce-crops", default="8,12,16", help="latent window sizes drawn per self-forcing step")
+    parser.add_argument("--train-latents", type=int, default=13, help="latents per training sample (1 + chunk·k)")
     parser.add_argument("--pair-crop", type=int, default=12, help="latent window of the distillation rollouts")
     parser.add_argument("--pixel-weighting", type=float, default=0.5,
                         help="mix of pixel-share channel weights in the flow loss (0 = plain latent MSE; "
@@ -195,7 +196,7 @@ def run_selfforce(args):
     gen = _generator_defaults()
     run_dir = Path(args.run_dir)
     student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
-    crops = tuple(int(c) for c in args.crops.split(",")) if args.crops else ()
+    crops = tuple(int(c) for c in args.selfforce_crops.split(",")) if args.selfforce_crops else ()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                           gen.kv_window_chunks, gen.sink, crops=crops, frames=args.train_latents,
                           channel_weights=_channel_weights(args, load_tiny_vae(_vae_path(args))))

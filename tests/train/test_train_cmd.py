@@ -18,7 +18,7 @@ def _args(tmp_path, vae, stage: str, **overrides) -> argparse.Namespace:
     train_cmd.add_arguments(parser)
     args = parser.parse_args([stage, "--vae", str(vae), "--data", str(tmp_path / "data"), "--run-dir",
                               str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "m.safetensors"),
-                              "--crops", "", "--train-latents", "5", "--batch-size", "2", "--no-progress"])
+                              "--crops", "", "--selfforce-crops", "", "--train-latents", "5", "--batch-size", "2", "--no-progress"])
     for key, value in overrides.items():
         setattr(args, key, value)
     return args
