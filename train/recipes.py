@@ -29,6 +29,24 @@ from train.data import LatentClips, crop_batch
 from train.flow import add_noise, chunk_index_of_frames, chunk_layout, masked_mse, per_chunk_sigmas, shift_sigmas
 
 
+def draw_clip_batch(clips: LatentClips, batch_size: int, crops: tuple[int, ...], frames: int | None,
+                    rng: torch.Generator, step: int, refresh_every: int) -> dict[str, torch.Tensor]:
+    """A random batch of cached clips, cut to one random `crops` window and the first `frames` latents.
+
+    Training on random latent windows (one size drawn per step) and the first `frames` latents makes a CPU
+    step several times cheaper; the full size stays among the crops. Every `refresh_every` steps the cache
+    picks up clips encoded since it was read.
+    """
+    if step and step % refresh_every == 0:
+        clips.refresh()
+    indices = torch.randint(len(clips), (batch_size,), generator=rng).tolist()
+    batch = clips.batch(indices)
+    if crops or frames:
+        crop = crops[int(torch.randint(len(crops), (1,), generator=rng))] if crops else min(batch["latents"].shape[-2:])
+        batch = crop_batch(batch, crop, frames, rng)
+    return batch
+
+
 class TeacherLoss:
     """Flow matching with per-chunk noise levels on cached latents (see the module docstring)."""
 
@@ -39,19 +57,11 @@ class TeacherLoss:
             raise ValueError(f"no encoded clips in {clips.directory}")
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.shift, self.p_clean_context, self.refresh_every = shift, p_clean_context, refresh_every
-        # Training on random latent windows (`crops`, one drawn per step) and the first `frames` latents
-        # makes a CPU step several times cheaper; the full size stays among the crops.
-        self.crops, self.frames = tuple(crops), frames
+        self.crops, self.frames = tuple(crops), frames  # see draw_clip_batch
         self.channel_weights = channel_weights  # [C] or None (see train.flow.pixel_channel_weights)
 
     def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if step and step % self.refresh_every == 0:
-            self.clips.refresh()
-        indices = torch.randint(len(self.clips), (self.batch_size,), generator=rng).tolist()
-        batch = self.clips.batch(indices)
-        if self.crops or self.frames:
-            crop = self.crops[int(torch.randint(len(self.crops), (1,), generator=rng))] if self.crops else min(batch["latents"].shape[-2:])
-            batch = crop_batch(batch, crop, self.frames, rng)
+        batch = draw_clip_batch(self.clips, self.batch_size, self.crops, self.frames, rng, step, self.refresh_every)
         x0 = batch["latents"]  # [B, C, T, h, w]
         sizes = chunk_layout(x0.shape[2], self.chunk_latents)
         sigma = per_chunk_sigmas(x0.shape[0], sizes, self.shift, self.p_clean_context, rng)  # [B, T]
@@ -227,13 +237,7 @@ class SelfForcedLoss:
         self.refresh_every = refresh_every
 
     def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if step and step % self.refresh_every == 0:
-            self.clips.refresh()
-        indices = torch.randint(len(self.clips), (self.batch_size,), generator=rng).tolist()
-        batch = self.clips.batch(indices)
-        if self.crops or self.frames:
-            crop = self.crops[int(torch.randint(len(self.crops), (1,), generator=rng))] if self.crops else min(batch["latents"].shape[-2:])
-            batch = crop_batch(batch, crop, self.frames, rng)
+        batch = draw_clip_batch(self.clips, self.batch_size, self.crops, self.frames, rng, step, self.refresh_every)
         x0 = batch["latents"]  # [B, C, T, h, w]
         camera, plucker = batch["camera_conditions"], batch["chunk_plucker"]
         sizes = chunk_layout(x0.shape[2], self.chunk_latents)
@@ -258,9 +262,7 @@ class SelfForcedLoss:
         sigma[:, start:] = sigma_chunk[:, None]
         sigma[:, 0] = 0.0
         noisy = add_noise(x0[:, :, start:end], sigma[:, start:], torch.randn(x0[:, :, start:end].shape, generator=rng))
-        x_in[:, :, start:end] = noisy
-        if start == 0:
-            x_in[:, :, :1] = x0[:, :, :1]
+        x_in[:, :, start:end] = noisy  # frame 0 has σ = 0, so it stays the clean image
         velocity_target = (x_in - x0[:, :, :end]) / sigma.clamp_min(1e-6)[:, None, :, None, None]
         v = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera[:, :end].to(device),
                 plucker[:, :, :end].to(device), sizes[:target + 1])

@@ -114,11 +114,19 @@ def run_prepare(args) -> None:
         encode_clip_file(vae, clip, out / f"{clip.stem}.pt")
 
 
-def _channel_weights(args, vae):
+def _crops(text: str) -> tuple[int, ...]:
+    """"8,12,16" -> (8, 12, 16); "" -> () (no cropping)."""
+    return tuple(int(c) for c in text.split(",")) if text else ()
+
+
+def _channel_weights(args, vae=None):
+    """The flow loss's per-channel weights from the training VAE (loaded when not given), or None."""
+    from model.vae import load_tiny_vae
     from train.flow import pixel_channel_weights
 
     if not args.pixel_weighting:
         return None
+    vae = vae if vae is not None else load_tiny_vae(_vae_path(args))
     return pixel_channel_weights(vae.decoder.skip.weight.flatten(1), vae.latents_std, args.pixel_weighting)
 
 
@@ -143,8 +151,7 @@ def run_teacher(args):
     gen = _generator_defaults()
     vae = load_tiny_vae(_vae_path(args))
     clips = LatentClips(_latents_dir(args))
-    crops = tuple(int(c) for c in args.crops.split(",")) if args.crops else ()
-    loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=crops,
+    loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=_crops(args.crops),
                        frames=args.train_latents, channel_weights=_channel_weights(args, vae))
     model = _initial_model(args, _model_config(vae))
     loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
@@ -178,17 +185,14 @@ def run_distil(args, teacher=None):
             torch.distributed.barrier()
     pairs = torch.load(pairs_path, weights_only=True)
     student = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt").train()
-    from model.vae import load_tiny_vae
-
     loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context,
-                      channel_weights=_channel_weights(args, load_tiny_vae(_vae_path(args))))
+                      channel_weights=_channel_weights(args))
     loop = LoopConfig(run_dir=str(run_dir / "distil"), steps=args.distil_steps, minutes=args.distil_minutes,
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 1, progress=not args.no_progress)
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
 
 
 def run_selfforce(args):
-    from model.vae import load_tiny_vae
     from train.data import LatentClips
     from train.recipes import SelfForcedLoss
     from train.trainer import LoopConfig, train_loop
@@ -196,10 +200,9 @@ def run_selfforce(args):
     gen = _generator_defaults()
     run_dir = Path(args.run_dir)
     student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
-    crops = tuple(int(c) for c in args.selfforce_crops.split(",")) if args.selfforce_crops else ()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
-                          gen.kv_window_chunks, gen.sink, crops=crops, frames=args.train_latents,
-                          channel_weights=_channel_weights(args, load_tiny_vae(_vae_path(args))))
+                          gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
+                          channel_weights=_channel_weights(args))
     loop = LoopConfig(run_dir=str(run_dir / "selfforce"), steps=args.selfforce_steps, minutes=args.selfforce_minutes,
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress)
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
