@@ -7,7 +7,11 @@ projections and RMSNorms (no ReLU, no κ, no short conv) → UCPE → SDPA → d
 Which tokens a query sees:
     bidirectional  all tokens
     chunk_causal   its own chunk and earlier chunks; with kv_window_chunks = N only the last N
-                   earlier chunks (+ chunk 0 when sink): exactly what the streaming cache holds
+                   earlier chunks (+ chunk 0 when sink): exactly what the streaming cache holds.
+                   Run one SDPA per query chunk over its visible key ranges (`chunk_key_ranges`),
+                   not one masked SDPA over all N×N pairs: with a window that skips the masked
+                   work (about half of it for a 13-latent clip), and no [N, N] mask is built.
+                   `chunk_causal_mask` is the same rule as a dense mask (the tests' reference).
     stream         the current chunk plus the cached sink and window (keys cached after RoPE at
                    absolute positions; camera keys/values after UCPE)
 
@@ -59,6 +63,44 @@ def chunk_causal_mask(layout: RunLayout, device: torch.device) -> torch.Tensor |
     return allowed.repeat_interleave(spatial, 0).repeat_interleave(spatial, 1)  # [N, N]
 
 
+def chunk_key_ranges(layout: RunLayout) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """chunk_causal mode: for each chunk, its query token range and the key token ranges it sees.
+
+    Chunk c sees chunks max(0, c − N) … c for kv_window_chunks = N (all of 0 … c when None), and
+    chunk 0 as well when `sink`. Ranges are [start, end) token offsets, in order, neither overlapping nor adjacent.
+    """
+    spatial = layout.spatial
+    starts = [0]
+    for size in layout.chunk_sizes:
+        starts.append(starts[-1] + size * spatial)
+    ranges = []
+    for chunk in range(len(layout.chunk_sizes)):
+        first = 0 if layout.kv_window_chunks is None else max(0, chunk - layout.kv_window_chunks)
+        if layout.sink and first == 1:
+            first = 0  # the sink chunk joins the window's range: one range, no concatenation
+        keys = [(starts[first], starts[chunk + 1])]
+        if layout.sink and first > 0:
+            keys.insert(0, (starts[0], starts[1]))
+        ranges.append(((starts[chunk], starts[chunk + 1]), keys))
+    return ranges
+
+
+def chunk_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout,
+                           scale: float) -> torch.Tensor:
+    """q, k, v [B, H, N, D] of a chunk_causal call -> [B, H, N, D]: one SDPA per query chunk over the
+    key ranges of `chunk_key_ranges`. Equals SDPA with `chunk_causal_mask` (same key set per query)."""
+    outs = []
+    for (q_start, q_end), key_ranges in chunk_key_ranges(layout):
+        if len(key_ranges) == 1:
+            (k_start, k_end), = key_ranges
+            keys, values = k[:, :, k_start:k_end], v[:, :, k_start:k_end]
+        else:
+            keys = torch.cat([k[:, :, a:b] for a, b in key_ranges], dim=2)
+            values = torch.cat([v[:, :, a:b] for a, b in key_ranges], dim=2)
+        outs.append(F.scaled_dot_product_attention(q[:, :, q_start:q_end], keys, values, scale=scale))
+    return torch.cat(outs, dim=2)
+
+
 class SoftmaxMixer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -70,7 +112,7 @@ class SoftmaxMixer(nn.Module):
         self.plain_scale = config.head_dim ** -0.5
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout,
         cache: KVCache | None, scale: float,
     ) -> torch.Tensor:
         """q, k, v [B, N, H, D] (current tokens) -> [B, N, H, D], over cache ∪ current keys."""
@@ -79,8 +121,9 @@ class SoftmaxMixer(nn.Module):
             past_k, past_v = cache.keys_values()
             k = torch.cat((past_k.to(k.dtype), k), dim=2)
             v = torch.cat((past_v.to(v.dtype), v), dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        return out.transpose(1, 2)
+        if layout.mode == "chunk_causal" and len(layout.chunk_sizes) > 1:
+            return chunk_causal_attention(q, k, v, layout, scale).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
 
     def forward(
         self,
@@ -97,7 +140,8 @@ class SoftmaxMixer(nn.Module):
             raise TypeError(f"SoftmaxMixer expects a SoftmaxState, got {type(state).__name__}")
         if want_state and state is None:
             raise ValueError("want_state needs an incoming SoftmaxState to extend")
-        mask = chunk_causal_mask(layout, x.device)
+        if layout.mode == "chunk_causal" and state is not None:
+            raise ValueError("chunk_causal mode runs without a state (the past is inside the call)")
         padded_main = layout.main_scale_padded and self.config.causal_scale_padded
         main_scale = self.padded_scale if padded_main else self.plain_scale
 
@@ -105,7 +149,7 @@ class SoftmaxMixer(nn.Module):
         qk = torch.cat((to_heads(self.q_norm(q), self.heads), to_heads(self.k_norm(k), self.heads)), dim=2)
         q, k = rope.apply(qk).split(self.heads, dim=2)  # [B, N, H, D] each
         v = to_heads(v, self.heads)
-        raw = self._attend(q, k, v, mask, None if state is None else state.main, main_scale).flatten(2)
+        raw = self._attend(q, k, v, layout, None if state is None else state.main, main_scale).flatten(2)
         new_main = None if not want_state else state.main.append(k.transpose(1, 2), v.transpose(1, 2))
 
         new_cam = None if state is None else state.cam
@@ -115,7 +159,7 @@ class SoftmaxMixer(nn.Module):
                 to_heads(self.q_norm_cam(qc), self.heads), to_heads(self.k_norm_cam(kc), self.heads),
                 to_heads(vc, self.heads), camera, rms_clip=self.config.ucpe_rms_clip,
             )
-            cam = self._attend(qc_u, kc_u, vc_u, mask, None if state is None else state.cam, self.padded_scale)
+            cam = self._attend(qc_u, kc_u, vc_u, layout, None if state is None else state.cam, self.padded_scale)
             cam = apply_ucpe(cam, camera.p, camera.rotary, inverse_rope=True).flatten(2)
             raw = raw + self.out_proj_cam(cam)
             if want_state:
