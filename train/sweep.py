@@ -10,6 +10,7 @@ fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching 
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -101,6 +102,7 @@ def main(args) -> int:
     from model.vae import TinyVAE, load_tiny_vae
 
     torch.set_num_threads(args.threads)
+    args.load_at_start = _load_average()
     vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
     sizes = [int(s) for s in args.sizes.split(",")]
     vae_ms = [f"{size}×{size}: {decode_ms(vae, size):.0f} ms" for size in sizes]
@@ -120,6 +122,10 @@ def main(args) -> int:
         if args.write_docs:
             write_docs(rows, vae_ms, args)
     return 0
+
+
+def _load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def decode_ms(vae, size: int) -> float:
@@ -148,7 +154,9 @@ def write_docs(rows: list[list[str]], vae_ms: list[str], args) -> None:
         "`streaming.generator.ChunkGenerator`: chunks of 2 latents = 8 frames = 0.5 s at 16 fps, 4 Euler steps, "
         "one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
         f"torch threads = {args.threads}, median over chunks 2–6 of one walk.\n\n"
-        f"Machine: {machine_description()} (shared with other jobs while measured, so figures are pessimistic).\n\n"
+        f"Machine: {machine_description()}; 1-minute load average {args.load_at_start:.1f} at the start and "
+        f"{_load_average():.1f} when this was written (above 1, other jobs shared the two cores and the fps figures "
+        "are pessimistic).\n\n"
         f"{table}\n\nThe quality proxy (last column) is the chunk-causal flow-matching loss on 4 fixed draws after "
         f"{args.train_steps} teacher steps on `{args.latents}` (same data, σ and noise for every candidate; lower is better).\n\n"
         f"TinyVAE stream decode of one 8-frame chunk alone: {', '.join(vae_ms)}.\n"
