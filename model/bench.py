@@ -133,11 +133,16 @@ def main(args: argparse.Namespace) -> int:
                 torch.nn.functional.scaled_dot_product_attention(q, q, q)
 
         # The dense layers run at (at best) this machine's GEMM rate; their typical shape is the qkv projection.
+        # Back-to-back calls into one output buffer: no allocation or page faults, so the rate is a best case
+        # and the floor built on it a true lower bound.
         gemm_in = torch.randn(tokens, config.hidden_size)
-        gemm_weight = torch.randn(3 * config.hidden_size, config.hidden_size)
+        gemm_weight_t = torch.randn(config.hidden_size, 3 * config.hidden_size)
+        gemm_out = torch.empty(tokens, 3 * config.hidden_size)
+        gemm_calls = 10
 
         def run_gemm():
-            torch.nn.functional.linear(gemm_in, gemm_weight)
+            for _ in range(gemm_calls):
+                torch.matmul(gemm_in, gemm_weight_t, out=gemm_out)
 
         diff = float((run_ours() - run_reference()).abs().max())
         times: dict[str, list[float]] = {"ours": [], "reference": [], "attention": [], "gemm": []}
@@ -150,7 +155,8 @@ def main(args: argparse.Namespace) -> int:
         result = {f"{name}_ms": median(values) * 1e3 for name, values in times.items()}
         result.update({f"{name}_min_ms": min(values) * 1e3 for name, values in times.items()})
         result["diff"] = diff
-        result["gemm_gflops"] = 2 * tokens * config.hidden_size * 3 * config.hidden_size / (result["gemm_ms"] * 1e6)
+        gemm_flop = gemm_calls * 2 * tokens * config.hidden_size * 3 * config.hidden_size
+        result["gemm_gflops"] = gemm_flop / (result["gemm_min_ms"] * 1e6)  # the best of the runs: a best-case rate
         result["ours_dense_gflop"] = dense_flops(run_ours) / 1e9
         result["reference_dense_gflop"] = dense_flops(run_reference) / 1e9
         return result
@@ -225,7 +231,8 @@ def main(args: argparse.Namespace) -> int:
         "the forwards); the ceiling column is the speed-up a model whose every other op cost nothing would reach.",
         floor_table,
         "Dense GFLOP: matmuls and convolutions of one forward, attention excluded (torch's FLOP counter). The GEMM "
-        "rate is one fp32 qkv projection ([T·H·W, C] × [C, 3C]) timed in the same loop. Our dense work at that rate "
+        "rate is the best of the runs of 10 back-to-back fp32 qkv projections ([T·H·W, C] × [C, 3C], one preallocated "
+        "output) timed in the same loop. Our dense work at that rate "
         "plus the attention is a floor for the same maths in fp32 on this machine, however well the elementwise ops "
         "(norms, RoPE, UCPE, gates, scans' bookkeeping) were fused; the last column is what the ≥ 3× goal leaves "
         "for all of them (negative: out of reach even if they cost nothing).",

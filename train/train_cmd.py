@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-weighting", type=float, default=0.5,
                         help="mix of pixel-share channel weights in the flow loss (0 = plain latent MSE; "
                              "see train.flow.pixel_channel_weights)")
+    parser.add_argument("--model-size", default="h64-d4",
+                        help="teacher: the model's numbers, a candidate of docs/tiny_sweep.md (h64-d4 = the `tiny` "
+                             "preset, the shipped size; h96-d4 and h128-d4 also stream >= 16 fps at 128x128 on 2 cores); "
+                             "later stages take the size from the teacher's checkpoint")
     parser.add_argument("--init", default=None,
                         help="teacher: start from these weights (a stage checkpoint.pt's EMA or roam .safetensors) "
                              "instead of a fresh model; ignored when the run resumes")
@@ -69,12 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-docs", action="store_true", help="sweep: write docs/tiny_sweep.md")
 
 
-def _model_config(vae):
-    from model import ModelConfig
+def _model_config(vae, size: str = "h64-d4"):
+    """A sweep candidate's numbers (docs/tiny_sweep.md; h64-d4 = the `tiny` preset) in the VAE's latent space."""
+    from train.sweep import candidate_config
 
-    # The sweep's choice (docs/tiny_sweep.md): the `tiny` preset's numbers in the VAE's latent space.
-    return ModelConfig.preset("tiny").replace(
-        in_channels=vae.latent_channels, out_channels=vae.latent_channels, plucker_channels=6 * vae.temporal_stride)
+    return candidate_config(size, vae)
 
 
 def _generator_defaults():
@@ -153,7 +156,7 @@ def run_teacher(args):
     clips = LatentClips(_latents_dir(args))
     loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=_crops(args.crops),
                        frames=args.train_latents, channel_weights=_channel_weights(args, vae))
-    model = _initial_model(args, _model_config(vae))
+    model = _initial_model(args, _model_config(vae, args.model_size))
     loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
                       lr=args.lr, seed=args.seed, progress=not args.no_progress)
     return train_loop(model, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink,

@@ -58,3 +58,25 @@ def test_teacher_init_selfforce_and_export(tmp_path):
         assert torch.equal(value, selfforce["ema"][key]), key
     info = read_info(out)
     assert info["vae_tag"] == vae_tag(vae) and info["selfforce_steps"] == 2 and info["teacher_steps"] == 2
+
+
+@pytest.mark.timeout(240)
+def test_model_size_picks_a_sweep_candidate_that_later_stages_keep(tmp_path):
+    from model import ModelConfig
+    from model.vae import load_tiny_vae
+
+    vae = write_vae(tmp_path / "vae.safetensors")
+    tiny_vae = load_tiny_vae(vae)
+    # the default size is the `tiny` preset (the shipped weights' numbers) in the VAE's latent space
+    assert train_cmd._model_config(tiny_vae) == ModelConfig.preset("tiny").replace(
+        in_channels=tiny_vae.latent_channels, out_channels=tiny_vae.latent_channels,
+        plucker_channels=6 * tiny_vae.temporal_stride)
+
+    write_latent_clips(tmp_path / "data" / "latents" / vae_tag(vae) / "train", 2, frames=5)
+    assert train_cmd.main(_args(tmp_path, vae, "teacher", teacher_steps=1, model_size="h96-d4")) == 0
+    assert train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1)) == 0
+    assert train_cmd.main(_args(tmp_path, vae, "export")) == 0
+    model = load_weights(tmp_path / "out" / "m.safetensors")
+    assert model.config.hidden_size == 96 and model.config.num_cross_heads == 3
+    with pytest.raises(ValueError, match="unknown sweep candidate 'h7'"):
+        train_cmd.main(_args(tmp_path, vae, "teacher", teacher_steps=1, model_size="h7", run_dir=str(tmp_path / "r2")))
