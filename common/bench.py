@@ -30,6 +30,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS has none): above the core count, other jobs shared the CPU."""
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def machine_description() -> str:
     """One line naming the machine a figure was measured on."""
     import os

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from diffusers import SanaWMTransformer3DModel
 
-    from common.bench import machine_description, markdown_table, median, write_docs_section
+    from common.bench import load_average, machine_description, markdown_table, median, write_docs_section
     from model import ModelConfig, WorldModel
 
     if args.threads:
@@ -187,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
 
     early, late = median(chunk_times[5]) * 1e3, median(chunk_times[args.late_chunk]) * 1e3
     early_min, late_min = min(chunk_times[5]) * 1e3, min(chunk_times[args.late_chunk]) * 1e3
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     rows, floor_rows = [], []
     for frames, r in results.items():
         ours_ms, ref_ms, attention_ms = r["ours_ms"], r["reference_ms"], r["attention_ms"]

@@ -10,7 +10,6 @@ fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching 
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -99,10 +98,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from common.bench import load_average
     from model.vae import TinyVAE, load_tiny_vae
 
     torch.set_num_threads(args.threads)
-    args.load_at_start = _load_average()
+    load_at_start = load_average()
     vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
     sizes = [int(s) for s in args.sizes.split(",")]
     vae_ms = [f"{size}×{size}: {decode_ms(vae, size):.0f} ms" for size in sizes]
@@ -120,12 +120,8 @@ def main(args) -> int:
             print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps, val loss {quality}", flush=True)
         # Written after every candidate, so an interrupted sweep still leaves what it measured.
         if args.write_docs:
-            write_docs(rows, vae_ms, args)
+            write_docs(rows, vae_ms, args, load_at_start)
     return 0
-
-
-def _load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def decode_ms(vae, size: int) -> float:
@@ -142,9 +138,9 @@ def decode_ms(vae, size: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def write_docs(rows: list[list[str]], vae_ms: list[str], args) -> None:
+def write_docs(rows: list[list[str]], vae_ms: list[str], args, load_at_start: float) -> None:
     """docs/tiny_sweep.md: the table, how it was measured, and the hand-written `## Choice` section kept."""
-    from common.bench import machine_description, markdown_table
+    from common.bench import load_average, machine_description, markdown_table
 
     table = markdown_table(["candidate", "params", "frames", "ms / chunk (median)", "fps", "≥ 16 fps",
                             f"val loss after {args.train_steps} steps"], rows)
@@ -154,8 +150,8 @@ def write_docs(rows: list[list[str]], vae_ms: list[str], args) -> None:
         "`streaming.generator.ChunkGenerator`: chunks of 2 latents = 8 frames = 0.5 s at 16 fps, 4 Euler steps, "
         "one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
         f"torch threads = {args.threads}, median over chunks 2–6 of one walk.\n\n"
-        f"Machine: {machine_description()}; 1-minute load average {args.load_at_start:.1f} at the start and "
-        f"{_load_average():.1f} when this was written (above 1, other jobs shared the two cores and the fps figures "
+        f"Machine: {machine_description()}; 1-minute load average {load_at_start:.1f} at the start and "
+        f"{load_average():.1f} when this was written (above 1, other jobs shared the two cores and the fps figures "
         "are pessimistic).\n\n"
         f"{table}\n\nThe quality proxy (last column) is the chunk-causal flow-matching loss on 4 fixed draws after "
         f"{args.train_steps} teacher steps on `{args.latents}` (same data, σ and noise for every candidate; lower is better).\n\n"
