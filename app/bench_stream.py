@@ -337,6 +337,7 @@ def main(args: argparse.Namespace) -> int:
     from_model = args.model is not None and args.width is None and args.height is None
     config = AppConfig(server=ServerConfig(), stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)
     runtime = build_runtime(config)
+    stream = runtime.stream  # with the model's sampler filled in
     import os
 
     machine = machine_description()
@@ -370,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
     if args.write_docs:
         body = (
             f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
-            f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising steps, transport {args.transport}, "
+            f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising step(s), transport {args.transport}, "
             f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}. "
             f"Machine: {machine}; {load_text}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"

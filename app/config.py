@@ -75,7 +75,8 @@ class StreamConfig:
     chunk_latents: int = 2
     kv_window_chunks: int = 2
     sink: bool = True
-    sigmas: tuple[float, ...] = DISTILLED_SIGMAS
+    # The few-step sampler's σ list; None = the one the model was distilled for (Release.sampler_sigmas).
+    sigmas: tuple[float, ...] | None = None
     seed: int = 0
     # Buffer depth in chunks: beyond it the oldest frames are dropped.
     buffer_chunks: float = 1.5
@@ -111,8 +112,10 @@ class StreamConfig:
     def worker_threads(self) -> int:
         return self.torch_threads or max(1, (os.cpu_count() or 2) - 1)
 
-    def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=tuple(self.sigmas), kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)
+    def generator_config(self, model_sigmas: tuple[float, ...] = DISTILLED_SIGMAS) -> GeneratorConfig:
+        """The generator's settings; `model_sigmas` (the model's own sampler) apply unless `sigmas` is set."""
+        sigmas = model_sigmas if self.sigmas is None else tuple(self.sigmas)
+        return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=sigmas, kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)
 
     def buffer_capacity(self, temporal_stride: int) -> int:
         """Frames a session's buffer keeps: `buffer_chunks` chunks, at least the first chunk."""

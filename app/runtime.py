@@ -208,4 +208,6 @@ def build_runtime(config: AppConfig) -> Runtime:
     else:
         release = load_embedded(height=stream.height, width=stream.width, fps=stream.fps, hfov_deg=stream.hfov_deg, device=config.device, seed=stream.seed, chunk_latents=stream.chunk_latents)
     log.info("model: %s", release.describe())
+    if stream.sigmas is None:
+        stream = dataclasses.replace(stream, sigmas=release.sampler_sigmas)
     return Runtime(model=release.dit, vae=release.vae, model_name=release.name, stream=stream, device=config.device, scenes=config.server.scene_count)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import CheckpointError, find_checkpoint, load_pretrained
+from model.schedulers import distilled_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ MAX_LATENT_FRAMES = 121
 DEFAULT_HFOV_DEG = 60.0
 _ROAM_KEYS = {"height", "width", "fps", "chunk_latents", "hfov_deg"}
 _TEXT_ENCODER_NAMES = ("text_encoder", "gemma-2-2b-it", "gemma_2_2b_it", "gemma2")
+
+
+def check_sampler_sigmas(sigmas: Any, where: str = "sampler") -> tuple[float, ...]:
+    """A few-step sampler's σ list as floats: at least one step, strictly decreasing in [0, 1], ending at 0."""
+    try:
+        values = tuple(float(s) for s in sigmas)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampler sigmas of {where} must be a list of numbers, got {sigmas!r}") from error
+    if (len(values) < 2 or values[-1] != 0.0 or any(not 0.0 <= s <= 1.0 for s in values)
+            or any(a <= b for a, b in zip(values, values[1:]))):
+        raise ValueError(f"sampler sigmas of {where} must decrease strictly within [0, 1] and end at 0, got {list(values)}")
+    return values
 
 
 @dataclass
@@ -67,6 +80,9 @@ class Release:
     max_latent_frames: int = MAX_LATENT_FRAMES
     name: str = "SANA-WM"
     sources: dict[str, str] = field(default_factory=dict)
+    # σ list of the few-step streaming sampler this DiT was distilled for (the app's chunks and the
+    # offline `distilled` mode): the official release's 4 steps unless the model ships its own.
+    sampler_sigmas: tuple[float, ...] = field(default_factory=lambda: distilled_sigmas())
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +106,7 @@ class Release:
                 raise ValueError(f"Release.{name} must be a positive int, got {value!r}")
         if self.height % stride or self.width % stride:
             raise ValueError(f"generation size {self.width}x{self.height} is not a multiple of the VAE stride {stride}")
+        self.sampler_sigmas = check_sampler_sigmas(self.sampler_sigmas, where)
         if not (0 < self.fps <= 240) or not (0 < self.hfov_deg < 180):
             raise ValueError(f"fps must be in (0, 240] and hfov_deg in (0, 180), got {self.fps}, {self.hfov_deg}")
 
@@ -237,8 +254,10 @@ def load_embedded(
 
     weights = weights or Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
     sources: dict[str, str] = {}
+    sampler = distilled_sigmas()
     if weights.is_file():
         config = _embedded_config(weights.with_suffix(".json"))
+        sampler = embedded_sampler_sigmas(weights.with_suffix(".json"))
         dit = WorldModel(config)
         load_state_dict_exact(dit, read_weights(weights), repr(str(weights)))
         sources["DiT"] = str(weights)
@@ -270,7 +289,8 @@ def load_embedded(
     dit = dit.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device).eval()
     return Release(dit=dit, vae=vae, text_encoder=None, kind="embedded", height=height, width=width, fps=float(fps),
-                   chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources)
+                   chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources,
+                   sampler_sigmas=sampler)
 
 
 def vae_tag(path: str | Path) -> str:
@@ -308,6 +328,21 @@ def embedded_vae_path(weights: str | Path | None = None) -> Path:
     logger.warning("no installed TinyVAE matches the tiny model's vae_tag %s (looked at %s): using %s, whose latent "
                    "space differs, so the video will be poor", wanted, [str(p) for p in candidates], candidates[0])
     return candidates[0]
+
+
+def embedded_sampler_sigmas(path: Path) -> tuple[float, ...]:
+    """The σ list the tiny model was distilled for: `generator.sigmas` of `roam_tiny.json` (written by
+    `python run.py train export`), else the official 4-step list."""
+    if not path.is_file():
+        return distilled_sigmas()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
+    generator = data.get("generator") if isinstance(data, dict) else None
+    if not isinstance(generator, dict) or "sigmas" not in generator:
+        return distilled_sigmas()
+    return check_sampler_sigmas(generator["sigmas"], f"{str(path)!r} (generator.sigmas)")
 
 
 def _embedded_config(path: Path):

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.release import check_sampler_sigmas
+
 DISTILLED_SIGMAS: tuple[float, ...] = (1.0, 0.96, 0.889, 0.727, 0.0)
 
 
@@ -42,9 +44,7 @@ class GeneratorConfig:
             raise ValueError(f"chunk_latents must be >= 1, got {self.chunk_latents}")
         if self.kv_window_chunks < 1:
             raise ValueError(f"kv_window_chunks must be >= 1, got {self.kv_window_chunks}")
-        s = self.sigmas
-        if len(s) < 2 or s[-1] != 0.0 or any(not 0.0 <= x <= 1.0 for x in s) or any(a <= b for a, b in zip(s, s[1:])):
-            raise ValueError(f"sigmas must decrease strictly within [0, 1] and end at 0, got {s}")
+        object.__setattr__(self, "sigmas", check_sampler_sigmas(self.sigmas, "GeneratorConfig"))
 
 
 @dataclass(frozen=True)

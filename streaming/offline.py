@@ -18,8 +18,9 @@ Modes:
   `release.chunk_latents` latents (the first one has the image latent in front), chunk i starting at
   global step ⌊i·steps/num_chunks⌋, all chunks in flight denoised by one `forward_chunk_causal` over
   the chunks so far (finished chunks at t = 0).
-- `distilled`: the live app's `ChunkGenerator` (4 fixed steps 1000, 960, 889, 727 → 0, commit pass,
-  KV window 2 + sink, stream decode), driven with the trajectory's poses.
+- `distilled`: the live app's `ChunkGenerator` (the model's few-step list `release.sampler_sigmas`: the
+  official 4 steps 1000, 960, 889, 727 → 0 unless the model ships its own; commit pass, KV window 2 +
+  sink, stream decode), driven with the trajectory's poses.
 
 The first two modes decode the finished latents at the end; a causal LTX-2 decoder does it in chunks
 of 8 latents through its stream decoder (the same frames, bounded memory for 60 s clips).
@@ -47,7 +48,6 @@ from model.schedulers import (
     BIDIRECTIONAL_SHIFT,
     BIDIRECTIONAL_STEPS,
     bidirectional_sigmas,
-    distilled_sigmas,
     euler_step,
     guided,
     staggered_schedule,
@@ -237,7 +237,7 @@ def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
     dit = release.dit
-    config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=distilled_sigmas(), seed=seed)
+    config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=release.sampler_sigmas, seed=seed)
     generator = ChunkGenerator(dit, release.vae, config, tuple(float(v) for v in intrinsics),
                                device=dit.device, dtype=dit.dtype)
     generator.start(image, poses[0])
@@ -317,8 +317,9 @@ def generate_video(
     mode = release.default_mode if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "distilled" and steps is not None and steps != len(distilled_sigmas()) - 1:
-        raise ValueError(f"distilled mode runs the fixed {len(distilled_sigmas()) - 1}-step list; got steps={steps}")
+    if mode == "distilled" and steps is not None and steps != len(release.sampler_sigmas) - 1:
+        raise ValueError(f"distilled mode runs the model's fixed {len(release.sampler_sigmas) - 1}-step list "
+                         f"{list(release.sampler_sigmas)}; got steps={steps}")
     if cfg_scale is not None and not (isinstance(cfg_scale, (int, float)) and math.isfinite(cfg_scale) and cfg_scale >= 0):
         raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from model.release import embedded_vae_path, load_embedded, vae_tag
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights"
@@ -32,3 +34,19 @@ def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(t
     (tmp_path / "m.json").write_text(json.dumps({"vae_tag": "000000000000"}))
     # no match anywhere: the sibling is still used (with a warning), so the app starts
     assert embedded_vae_path(tmp_path / "m.safetensors") == tmp_path / "m_vae.safetensors"
+
+
+def test_the_shipped_sampler_is_the_one_the_json_records():
+    info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
+    release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)
+    assert list(release.sampler_sigmas) == info["generator"]["sigmas"]
+
+
+@pytest.mark.parametrize("sigmas", [[1.0, 0.5], [0.5, 1.0, 0.0], [1.0], "fast", [1.5, 0.0]])
+def test_a_bad_sampler_in_the_json_is_refused_by_name(tmp_path, sigmas):
+    info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
+    info["generator"]["sigmas"] = sigmas
+    (tmp_path / "m.json").write_text(json.dumps(info))
+    (tmp_path / "m.safetensors").write_bytes((WEIGHTS / "roam_tiny.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="generator.sigmas"):
+        load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, weights=tmp_path / "m.safetensors")

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=int, default=8, help="rollout length in seconds (16 fps)")
     parser.add_argument("--size", type=int, default=128, help="square frame size")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sigmas", default=None,
+                        help="few-step sampler as comma-separated σ, e.g. 1,0 (default: the one the model ships with, "
+                             "its json's generator.sigmas)")
     parser.add_argument("--json", default=None, help="also write the summary here")
     parser.add_argument("--write-docs", action="store_true", help="write docs/eval.md, eval.png, eval_rollout.png")
 
@@ -31,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from model.release import embedded_vae_path
+    from model.release import check_sampler_sigmas, embedded_sampler_sigmas, embedded_vae_path
     from model.vae import load_tiny_vae
     from sim.clips import ClipDataset
-    from train.embedded import load_weights, read_info
+    from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
     from train.evaluate import evaluate_clip, summarise
 
     if args.clips < 1 or args.seconds < 1:
@@ -45,10 +48,14 @@ def main(args: argparse.Namespace) -> int:
     vae = load_tiny_vae(args.vae or embedded_vae_path(args.model))
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
+    if args.sigmas is not None:
+        sigmas = check_sampler_sigmas(args.sigmas.split(","), "--sigmas")
+    else:
+        sigmas = embedded_sampler_sigmas(Path(args.model or EMBEDDED_WEIGHTS).with_suffix(".json"))
     results, shown = [], None
     for i in range(args.clips):
         seed = ClipDataset.scene_seed("eval", i)
-        result, frames = evaluate_clip(model, vae, seed, args.seconds, args.size)
+        result, frames = evaluate_clip(model, vae, seed, args.seconds, args.size, sigmas=sigmas)
         results.append(result)
         if shown is None:
             shown = (seed, frames)
@@ -57,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
               f"follows {result.follows}", flush=True)
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
+    summary["sigmas"] = list(sigmas)
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
@@ -111,15 +119,16 @@ def write_docs(summary: dict, results, shown, args) -> None:
         ["eval scene", "PSNR model", "PSNR repeat", "PSNR warp", "follows (mirrored yaw)", "follows (reversed)"],
         [[r.scene_seed, f"{np.mean(r.psnr['model']):.2f}", f"{np.mean(r.psnr['repeat']):.2f}", f"{np.mean(r.psnr['warp']):.2f}",
           r.follows["mirrored_yaw"], r.follows["reversed_motion"]] for r in results])
+    sigmas_flag = f" --sigmas {args.sigmas}" if args.sigmas is not None else ""
     text = f"""# Evaluation of the embedded model on held-out scenes
 
-Written by `python run.py eval --clips {args.clips} --seconds {args.seconds} --size {args.size} --write-docs`
+Written by `python run.py eval --clips {args.clips} --seconds {args.seconds} --size {args.size}{sigmas_flag} --write-docs`
 (train/eval_cmd.py, train/evaluate.py) on {machine_description()}.
 
 Model: `{summary['model']}` ({json.dumps(summary.get('model_info', {}).get('trained_on', {}))}).
 Each of {summary['clips']} eval-split scenes (seeds ≥ 1 000 000, never trained on) gives one random walk of
 {args.seconds} s at 16 fps, {args.size}×{args.size}. The live chunk generator (`streaming.generator.ChunkGenerator`,
-4 Euler steps per 0.5 s chunk, KV window 2 + sink) starts from the walk's first rendered frame and is driven
+{len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}, KV window 2 + sink) starts from the walk's first rendered frame and is driven
 with the walk's poses; metrics compare each second of its output with the ground-truth render.
 
 ![PSNR and SSIM per second](eval.png)

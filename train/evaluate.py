@@ -107,11 +107,15 @@ def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric)
     return [metric(pred[fps * (s - 1) + 1: fps * s + 1], gt[fps * (s - 1) + 1: fps * s + 1]) for s in range(1, seconds + 1)]
 
 
-def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The live generator's frames along `world_T_cams` from `frame0` -> uint8 [F, H, W, 3]."""
+def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndarray, seed: int = 0,
+            sigmas: tuple[float, ...] | None = None) -> np.ndarray:
+    """The live generator's frames along `world_T_cams` from `frame0` -> uint8 [F, H, W, 3].
+
+    `sigmas`: the few-step sampler (None = the generator's default, the official 4-step list)."""
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
-    gen = ChunkGenerator(model, vae, GeneratorConfig(seed=seed), (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    config = GeneratorConfig(seed=seed) if sigmas is None else GeneratorConfig(seed=seed, sigmas=tuple(sigmas))
+    gen = ChunkGenerator(model, vae, config, (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     gen.start(frame0, world_T_cams[0])
     frames, start = [], 0
     while start < len(world_T_cams):
@@ -123,8 +127,9 @@ def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndar
     return np.concatenate(frames)
 
 
-def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16) -> tuple[ClipResult, dict[str, np.ndarray]]:
-    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp)."""
+def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
+                  sigmas: tuple[float, ...] | None = None) -> tuple[ClipResult, dict[str, np.ndarray]]:
+    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`."""
     from sim import default_intrinsics
     from sim.clips import check_split_seed, sample_clip
     from sim.world import Scene
@@ -136,7 +141,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     gt, poses = clip.frames, clip.world_T_cams
     frames = {
         "gt": gt,
-        "model": rollout(model, vae, gt[0], poses, K),
+        "model": rollout(model, vae, gt[0], poses, K, sigmas=sigmas),
         "repeat": np.repeat(gt[:1], len(gt), axis=0),
         "warp": depth_warp(gt[0], clip.depth[0], clip.depth, poses[0], poses, K),
     }

@@ -7,7 +7,8 @@ Reproduce the shipped weights (model/weights/roam_tiny.safetensors + .json) with
 which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.jsonl):
   1. prepare  render training clips of the sim and encode them with the installed TinyVAE (data/, cached)
   2. teacher  chunk-causal flow matching with per-chunk noise levels (diffusion forcing)
-  3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (1, .96, .889, .727, 0)
+  3. distil   teacher rollouts -> ODE pairs -> student on the live σ list (--sigmas; the official
+              1, .96, .889, .727, 0 by default)
   4. selfforce the student streams its own context with the live sampler and learns the next chunk
               against the ground truth (exposure bias, on the MSE the eval scores)
   5. export   the student's EMA weights to model/weights/ (also a stage of its own), with a copy of the
@@ -62,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "later stages take the size from the teacher's checkpoint")
     parser.add_argument("--init", default=None,
                         help="teacher: start from these weights (a stage checkpoint.pt's EMA or roam .safetensors) "
-                             "instead of a fresh model; ignored when the run resumes")
+                             "instead of a fresh model; selfforce: instead of the last student stage's checkpoint "
+                             "(e.g. the shipped model/weights/roam_tiny.safetensors); ignored when the run resumes")
+    parser.add_argument("--sigmas", default=None,
+                        help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
+                             "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
+                             "records it in the model's json, which the app, generate and eval then run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -80,10 +86,13 @@ def _model_config(vae, size: str = "h64-d4"):
     return candidate_config(size, vae)
 
 
-def _generator_defaults():
+def _generator_defaults(args=None):
+    """The live generator's settings; the sampler σ list from `--sigmas` (validated) when args are given."""
     from streaming.generator import GeneratorConfig
 
-    return GeneratorConfig()
+    if args is None or getattr(args, "sigmas", None) is None:
+        return GeneratorConfig()
+    return GeneratorConfig(sigmas=tuple(float(s) for s in str(args.sigmas).split(",")))
 
 
 def _vae_path(args) -> Path:
@@ -170,7 +179,7 @@ def run_distil(args, teacher=None):
     from train.recipes import DistilLoss, make_pairs
     from train.trainer import LoopConfig, distributed, train_loop
 
-    gen = _generator_defaults()
+    gen = _generator_defaults(args)
     run_dir = Path(args.run_dir)
     if teacher is None:
         teacher = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt")
@@ -187,6 +196,10 @@ def run_distil(args, teacher=None):
         if world > 1:
             torch.distributed.barrier()
     pairs = torch.load(pairs_path, weights_only=True)
+    wanted = [s for s in gen.sigmas if s > 0]
+    if [round(float(s), 6) for s in pairs["sigmas"]] != [round(s, 6) for s in wanted]:
+        raise ValueError(f"{pairs_path} holds pairs for the sampler σ {pairs['sigmas'].tolist()}, not --sigmas {wanted}: "
+                         "delete it (or use another --run-dir) to make pairs for this sampler")
     student = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt").train()
     loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context,
                       channel_weights=_channel_weights(args))
@@ -198,11 +211,15 @@ def run_distil(args, teacher=None):
 def run_selfforce(args):
     from train.data import LatentClips
     from train.recipes import SelfForcedLoss
-    from train.trainer import LoopConfig, train_loop
+    from train.trainer import LoopConfig, build_model, train_loop
 
-    gen = _generator_defaults()
+    gen = _generator_defaults(args)
     run_dir = Path(args.run_dir)
-    student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
+    if args.init is not None:
+        init = Path(args.init)
+        student = (_load_checkpoint_ema(init) if init.suffix == ".pt" else build_model(None, init=init)).train()
+    else:
+        student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                           gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
                           channel_weights=_channel_weights(args))
@@ -240,7 +257,7 @@ def run_export(args, ema) -> Path:
     from train.data import vae_tag
     from train.embedded import EMBEDDED_WEIGHTS, save_weights
 
-    gen = _generator_defaults()
+    gen = _generator_defaults(args)
     out = Path(args.out) if args.out else EMBEDDED_WEIGHTS
     info = {
         "vae_tag": vae_tag(_vae_path(args)),

@@ -80,3 +80,63 @@ def test_model_size_picks_a_sweep_candidate_that_later_stages_keep(tmp_path):
     assert model.config.hidden_size == 96 and model.config.num_cross_heads == 3
     with pytest.raises(ValueError, match="unknown sweep candidate 'h7'"):
         train_cmd.main(_args(tmp_path, vae, "teacher", teacher_steps=1, model_size="h7", run_dir=str(tmp_path / "r2")))
+
+
+@pytest.mark.timeout(240)
+def test_a_one_step_sampler_trains_ships_and_is_what_every_entry_point_runs(tmp_path, monkeypatch):
+    """--sigmas 1,0: self-forcing warm-started (--init) from roam weights trains its context with one step,
+    export records the list, and the release, the app's generator and the offline distilled mode run it."""
+    import numpy as np
+
+    from app.config import AppConfig, StreamConfig
+    from app.runtime import build_runtime
+    from model.release import load_embedded
+    from streaming import offline
+    from streaming.generator import ChunkGenerator
+    from train import recipes
+
+    vae = write_vae(tmp_path / "vae.safetensors")
+    write_latent_clips(tmp_path / "data" / "latents" / vae_tag(vae) / "train", 2, frames=5)
+    assert train_cmd.main(_args(tmp_path, vae, "teacher", teacher_steps=1)) == 0
+    assert train_cmd.main(_args(tmp_path, vae, "export", run_dir=str(tmp_path / "runs"),
+                                out=str(tmp_path / "base" / "m.safetensors"))) == 0
+    base = tmp_path / "base" / "m.safetensors"
+
+    rollouts = []
+    real_rollout = recipes.teacher_rollout
+    monkeypatch.setattr(recipes, "teacher_rollout", lambda *a, **k: rollouts.append(a[5]) or real_rollout(*a, **k))
+    args = _args(tmp_path, vae, "selfforce", selfforce_steps=6, init=str(base), sigmas="1,0",
+                 run_dir=str(tmp_path / "sf"))
+    assert train_cmd.main(args) == 0
+    assert rollouts and all(list(s) == [1.0, 0.0] for s in rollouts)  # the context is made with the one-step sampler
+    saved = torch.load(tmp_path / "sf" / "selfforce" / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 6
+    # warm start: the first step's weights came from `base`, not a fresh model
+    start = load_weights(base).state_dict()
+    moved = max(float((saved["model"][k] - start[k]).abs().max()) for k in start)
+    assert 0 < moved < 0.1
+
+    out = tmp_path / "out" / "m.safetensors"
+    assert train_cmd.main(_args(tmp_path, vae, "export", run_dir=str(tmp_path / "sf"), sigmas="1,0")) == 0
+    assert read_info(out)["generator"]["sigmas"] == [1.0, 0.0]
+    (tmp_path / "out" / "m_vae.safetensors").write_bytes(vae.read_bytes())
+
+    release = load_embedded(height=32, width=32, fps=16, hfov_deg=60.0, weights=out)
+    assert release.sampler_sigmas == (1.0, 0.0)
+
+    # the app: StreamConfig leaves the sampler to the model, an explicit list still wins
+    monkeypatch.setattr("model.release.load_embedded", lambda **kw: load_embedded(**kw, weights=out))
+    runtime = build_runtime(AppConfig(stream=StreamConfig(width=32, height=32)))
+    assert runtime.make_generator().config.sigmas == (1.0, 0.0)
+    runtime = build_runtime(AppConfig(stream=StreamConfig(width=32, height=32, sigmas=(1.0, 0.5, 0.0))))
+    assert runtime.make_generator().config.sigmas == (1.0, 0.5, 0.0)
+
+    # offline distilled mode: one model call per chunk, and --steps must match the model's list
+    calls = []
+    real_step = ChunkGenerator.step
+    monkeypatch.setattr(ChunkGenerator, "step", lambda self, poses: calls.append(self.config.sigmas) or real_step(self, poses))
+    image = np.full((32, 32, 3), 120, dtype=np.uint8)
+    video = offline.generate_video(release, image, "w-16", mode="distilled", seconds=1.0)
+    assert calls and all(s == (1.0, 0.0) for s in calls) and len(video.frames) == 17
+    with pytest.raises(ValueError, match="1-step list"):
+        offline.generate_video(release, image, "w-16", mode="distilled", seconds=1.0, steps=4)
