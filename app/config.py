@@ -112,9 +112,10 @@ class StreamConfig:
     def worker_threads(self) -> int:
         return self.torch_threads or max(1, (os.cpu_count() or 2) - 1)
 
-    def generator_config(self, model_sigmas: tuple[float, ...] = DISTILLED_SIGMAS) -> GeneratorConfig:
-        """The generator's settings; `model_sigmas` (the model's own sampler) apply unless `sigmas` is set."""
-        sigmas = model_sigmas if self.sigmas is None else tuple(self.sigmas)
+    def generator_config(self) -> GeneratorConfig:
+        """The generator's settings. `build_runtime` fills `sigmas` with the model's own sampler when it is None;
+        a bare config falls back to the official 4-step list."""
+        sigmas = DISTILLED_SIGMAS if self.sigmas is None else tuple(self.sigmas)
         return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=sigmas, kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)
 
     def buffer_capacity(self, temporal_stride: int) -> int:

@@ -330,15 +330,20 @@ def embedded_vae_path(weights: str | Path | None = None) -> Path:
     return candidates[0]
 
 
+def _read_embedded_json(path: Path) -> Any:
+    """The parsed `roam_tiny.json` beside the tiny model's weights (None when absent); CheckpointError if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
+
+
 def embedded_sampler_sigmas(path: Path) -> tuple[float, ...]:
     """The σ list the tiny model was distilled for: `generator.sigmas` of `roam_tiny.json` (written by
     `python run.py train export`), else the official 4-step list."""
-    if not path.is_file():
-        return distilled_sigmas()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
+    data = _read_embedded_json(path)
     generator = data.get("generator") if isinstance(data, dict) else None
     if not isinstance(generator, dict) or "sigmas" not in generator:
         return distilled_sigmas()
@@ -352,10 +357,7 @@ def _embedded_config(path: Path):
 
     if not path.is_file():
         return ModelConfig.preset("tiny")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
+    data = _read_embedded_json(path)
     fields = set(ModelConfig.__dataclass_fields__)
     for candidate in (data, data.get("model") if isinstance(data, dict) else None,
                       data.get("config") if isinstance(data, dict) else None):

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from model.release import check_sampler_sigmas
+from model.schedulers import distilled_sigmas
 
-DISTILLED_SIGMAS: tuple[float, ...] = (1.0, 0.96, 0.889, 0.727, 0.0)
+DISTILLED_SIGMAS: tuple[float, ...] = distilled_sigmas()  # the official 4-step list (1, 0.96, 0.889, 0.727, 0)
 
 
 @dataclass(frozen=True)

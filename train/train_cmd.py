@@ -90,9 +90,11 @@ def _generator_defaults(args=None):
     """The live generator's settings; the sampler σ list from `--sigmas` (validated) when args are given."""
     from streaming.generator import GeneratorConfig
 
-    if args is None or getattr(args, "sigmas", None) is None:
+    from model.release import check_sampler_sigmas
+
+    if args is None or args.sigmas is None:
         return GeneratorConfig()
-    return GeneratorConfig(sigmas=tuple(float(s) for s in str(args.sigmas).split(",")))
+    return GeneratorConfig(sigmas=check_sampler_sigmas(str(args.sigmas).split(","), "--sigmas"))
 
 
 def _vae_path(args) -> Path:
@@ -142,13 +144,20 @@ def _channel_weights(args, vae=None):
     return pixel_channel_weights(vae.decoder.skip.weight.flatten(1), vae.latents_std, args.pixel_weighting)
 
 
+def _load_init(init: Path):
+    """`--init` weights in train mode: a stage checkpoint.pt's EMA, or roam .safetensors (+ its .json)."""
+    from train.embedded import load_weights
+
+    return (_load_checkpoint_ema(init) if init.suffix == ".pt" else load_weights(init)).train()
+
+
 def _initial_model(args, config):
     from train.trainer import build_model
 
     if args.init is None:
         return build_model(config, seed=args.seed)
     init = Path(args.init)
-    model = _load_checkpoint_ema(init).train() if init.suffix == ".pt" else build_model(config, init=init).train()
+    model = _load_init(init)
     if model.config != config:
         raise ValueError(f"--init {init} holds a model of config {model.config.to_dict()}, not {config.to_dict()}")
     return model
@@ -211,13 +220,12 @@ def run_distil(args, teacher=None):
 def run_selfforce(args):
     from train.data import LatentClips
     from train.recipes import SelfForcedLoss
-    from train.trainer import LoopConfig, build_model, train_loop
+    from train.trainer import LoopConfig, train_loop
 
     gen = _generator_defaults(args)
     run_dir = Path(args.run_dir)
     if args.init is not None:
-        init = Path(args.init)
-        student = (_load_checkpoint_ema(init) if init.suffix == ".pt" else build_model(None, init=init)).train()
+        student = _load_init(Path(args.init))
     else:
         student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
