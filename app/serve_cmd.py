@@ -9,6 +9,7 @@ any other --host requires --token, which every connection must then carry.
 Examples:
   python run.py                                   # http://127.0.0.1:8080/
   python run.py serve --port 9000 --width 256 --height 176
+  python run.py serve --sigmas 1,0.75,0.5,0.25,0          # another sampler than the model's own
   python run.py serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
   python run.py serve --model /path/to/SANA-WM_streaming --device cuda
 """
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
     parser.add_argument("--seed", type=int, default=stream.seed, help="noise seed of every walk (default %(default)s)")
+    parser.add_argument("--sigmas", default=None,
+                        help="comma-separated sampler σ list, e.g. 1,0.75,0.5,0.25,0 (default: the one the model was trained for)")
     parser.add_argument("--record-dir", type=Path, default=Path("recordings"), help="where walks are recorded when the user turns Record on (default %(default)s)")
     parser.add_argument("--rewind-chunks", type=int, default=server.rewind_chunks, help="chunk snapshots kept per walk for Rewind (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -44,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     """The AppConfig the arguments describe (ValueError names any bad value)."""
     from app.config import AppConfig, ServerConfig, StreamConfig
+    from model.release import check_sampler_sigmas
 
     server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
-    stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed, **explicit)
+    sigmas = None if args.sigmas is None else check_sampler_sigmas(args.sigmas.split(","), "--sigmas")
+    stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
+                          sigmas=sigmas, **explicit)
     # A release brings its own size and chunking unless the command line sets them.
     from_model = args.model is not None and not explicit
     return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)

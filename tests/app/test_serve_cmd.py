@@ -30,6 +30,16 @@ def test_arguments_build_a_validated_config():
         serve_cmd.main(_args("--fps", "0"))
 
 
+def test_sigmas_flag_picks_another_sampler_and_bad_lists_are_named():
+    assert serve_cmd.config_from_args(_args()).stream.sigmas is None  # the model's own sampler
+    config = serve_cmd.config_from_args(_args("--sigmas", "1,0.5,0"))
+    assert config.stream.sigmas == (1.0, 0.5, 0.0)
+    assert config.stream.generator_config().sigmas == (1.0, 0.5, 0.0)
+    for bad in ("1,0.5", "0.5,1,0", "1,x,0", "2,0"):
+        with pytest.raises(ValueError, match="--sigmas"):
+            serve_cmd.config_from_args(_args("--sigmas", bad))
+
+
 async def test_serve_prints_the_url_and_serves_the_embedded_model(capsys):
     config = serve_cmd.config_from_args(_args("--port", "0", "--width", "64", "--height", "48", "--threads", "1"))
     ready = asyncio.get_running_loop().create_future()
