@@ -101,6 +101,9 @@ class ClipResult:
     ssim: dict[str, list[float]] = field(default_factory=dict)
     follows: dict[str, bool] = field(default_factory=dict)  # perturbation -> rollout closer to commanded GT
     margins: dict[str, float] = field(default_factory=dict)  # perturbation -> MSE(perturbed) − MSE(commanded)
+    # the same test on the baselines (method -> perturbation -> closer to commanded GT): what the score is for a
+    # static frame (chance) and for the true-depth warp (a geometry-exact reference that still loses the view)
+    baseline_follows: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric) -> list[float]:
@@ -149,15 +152,23 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     for method in ("model", "repeat", "warp"):
         result.psnr[method] = per_second(frames[method], gt, fps, seconds, psnr)
         result.ssim[method] = per_second(frames[method], gt, fps, seconds, ssim)
-    pred = frames["model"][1:].astype(np.float64)
-    mse_cmd = float(np.mean((pred - gt[1:]) ** 2))
     for kind in PERTURBATIONS:
-        other = scene.render(perturb(poses, kind), K, size, size).rgb
-        mse_other = float(np.mean((pred - other[1:]) ** 2))
-        result.follows[kind] = mse_cmd < mse_other
-        result.margins[kind] = mse_other - mse_cmd
-        frames[kind] = other
+        frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
+    for method in ("model", "repeat", "warp"):
+        margins = following_margins(frames[method], gt, {kind: frames[kind] for kind in PERTURBATIONS})
+        if method == "model":
+            result.margins = margins
+            result.follows = {kind: margin > 0 for kind, margin in margins.items()}
+        else:
+            result.baseline_follows[method] = {kind: margin > 0 for kind, margin in margins.items()}
     return result, frames
+
+
+def following_margins(pred: np.ndarray, gt: np.ndarray, perturbed: dict[str, np.ndarray]) -> dict[str, float]:
+    """MSE(pred, perturbed GT) − MSE(pred, commanded GT) over frames 1…end, per perturbation (> 0: follows)."""
+    pred = pred[1:].astype(np.float64)
+    mse_cmd = float(np.mean((pred - gt[1:]) ** 2))
+    return {kind: float(np.mean((pred - other[1:]) ** 2)) - mse_cmd for kind, other in perturbed.items()}
 
 
 def summarise(results: list[ClipResult], seconds: int) -> dict:
@@ -170,5 +181,11 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
             out["mean"][f"{metric}_{method}"] = float(table.mean())
     out["follow"] = {kind: float(np.mean([r.follows[kind] for r in results])) for kind in PERTURBATIONS}
     out["follow"]["all"] = float(np.mean([r.follows[k] for r in results for k in PERTURBATIONS]))
+    out["follow_baselines"] = {}
+    for method in sorted({m for r in results for m in r.baseline_follows}):
+        scored = [r.baseline_follows[method] for r in results if method in r.baseline_follows]
+        fractions = {kind: float(np.mean([f[kind] for f in scored])) for kind in PERTURBATIONS}
+        fractions["all"] = float(np.mean([f[k] for f in scored for k in PERTURBATIONS]))
+        out["follow_baselines"][method] = fractions
     out["gain_over_repeat_db"] = out["mean"]["psnr_model"] - out["mean"]["psnr_repeat"]
     return out

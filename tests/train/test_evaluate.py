@@ -5,7 +5,7 @@ import pytest
 
 from controls.camera import make_pose, rotation_yaw
 from sim import default_intrinsics
-from train.evaluate import ClipResult, depth_warp, per_second, perturb, psnr, ssim, summarise
+from train.evaluate import ClipResult, depth_warp, following_margins, per_second, perturb, psnr, ssim, summarise
 
 
 def _walk(n: int) -> np.ndarray:
@@ -60,7 +60,25 @@ def test_per_second_and_summary():
     assert per_second(pred, gt, 16, 2, lambda a, b: float(np.abs(a.astype(int) - b).mean())) == [0.0, 50.0]
     results = [ClipResult(1, psnr={m: [10.0, 12.0] for m in ("model", "repeat", "warp")},
                           ssim={m: [0.5, 0.5] for m in ("model", "repeat", "warp")},
-                          follows={"mirrored_yaw": True, "reversed_motion": False})]
+                          follows={"mirrored_yaw": True, "reversed_motion": False},
+                          baseline_follows={"warp": {"mirrored_yaw": True, "reversed_motion": True}}),
+               ClipResult(2, psnr={m: [10.0, 12.0] for m in ("model", "repeat", "warp")},
+                          ssim={m: [0.5, 0.5] for m in ("model", "repeat", "warp")},
+                          follows={"mirrored_yaw": True, "reversed_motion": True},
+                          baseline_follows={"warp": {"mirrored_yaw": False, "reversed_motion": True}})]
     summary = summarise(results, 2)
-    assert summary["follow"] == {"mirrored_yaw": 1.0, "reversed_motion": 0.0, "all": 0.5}
+    assert summary["follow"] == {"mirrored_yaw": 1.0, "reversed_motion": 0.5, "all": 0.75}
+    assert summary["follow_baselines"] == {"warp": {"mirrored_yaw": 0.5, "reversed_motion": 1.0, "all": 0.75}}
     assert summary["mean"]["psnr_model"] == 11.0 and summary["gain_over_repeat_db"] == 0.0
+
+
+def test_following_margins_are_positive_towards_the_commanded_truth():
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    other[0] = gt[0]  # every path starts at the same frame, which the score leaves out
+    towards_gt = following_margins(gt, gt, {"mirrored_yaw": other})
+    towards_other = following_margins(other, gt, {"mirrored_yaw": other})
+    assert towards_gt["mirrored_yaw"] > 1000 and towards_other["mirrored_yaw"] == -towards_gt["mirrored_yaw"]
+    halfway = ((gt.astype(int) + other) // 2).astype(np.uint8)
+    assert abs(following_margins(halfway, gt, {"mirrored_yaw": other})["mirrored_yaw"]) < 0.02 * towards_gt["mirrored_yaw"]

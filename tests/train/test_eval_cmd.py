@@ -1,0 +1,28 @@
+"""`python run.py eval` end to end on the shipped model, at a small size: summary, docs and figures."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from train import eval_cmd
+
+
+def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_notes(tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cmd, "DOCS", tmp_path)
+    (tmp_path / "eval.md").write_text("# old\n\n## Notes (hand-written, on the numbers above)\n\nkept by hand\n")
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    args = parser.parse_args(["--clips", "2", "--seconds", "1", "--size", "64", "--json", str(tmp_path / "s.json"),
+                              "--write-docs"])
+    assert eval_cmd.main(args) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["clips"] == 2 and summary["sigmas"][-1] == 0.0
+    assert set(summary["follow"]) == {"mirrored_yaw", "reversed_motion", "all"}
+    assert set(summary["follow_baselines"]) == {"repeat", "warp"}
+    for fractions in summary["follow_baselines"].values():
+        assert fractions["mirrored_yaw"] in (0.0, 0.5, 1.0) and fractions["reversed_motion"] in (0.0, 0.5, 1.0)
+        assert fractions["all"] == (fractions["mirrored_yaw"] + fractions["reversed_motion"]) / 2
+    text = (tmp_path / "eval.md").read_text()
+    assert text.startswith("# Evaluation of the embedded model") and text.endswith("kept by hand\n")
+    assert "| warp first frame (true depth) |" in text and "| repeat first frame |" in text
+    assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0
