@@ -151,7 +151,8 @@ with the walk's poses; metrics compare each second of its output with the ground
 Camera following counts a (clip, perturbation) pair when the rollout's MSE to the ground truth along the
 commanded poses is lower than to the ground truth rendered along the perturbed poses (relative motions
 mirrored left-right, or inverted), over seconds 1–{args.seconds}. The same test scored on the baselines
-(a static frame is at chance; the true-depth warp is exact geometry but loses the view as the camera moves on):
+(a static frame follows no camera, so its score is what the test gives by accident; the true-depth warp is
+exact geometry but loses the view as the camera moves on):
 
 {following_table}
 

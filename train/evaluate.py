@@ -102,7 +102,7 @@ class ClipResult:
     follows: dict[str, bool] = field(default_factory=dict)  # perturbation -> rollout closer to commanded GT
     margins: dict[str, float] = field(default_factory=dict)  # perturbation -> MSE(perturbed) − MSE(commanded)
     # the same test on the baselines (method -> perturbation -> closer to commanded GT): what the score is for a
-    # static frame (chance) and for the true-depth warp (a geometry-exact reference that still loses the view)
+    # static frame (which follows no camera) and for the true-depth warp (exact geometry that still loses the view)
     baseline_follows: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
