@@ -109,42 +109,19 @@ class ShortConv(nn.Module):
 
         within_chunk: the forward half too stays inside each chunk (no left context across chunks).
         """
-        if within_chunk:
-            context = None
         taps = self.weight[:, 0, :].to(x.dtype)  # [C, K]
         kernel = taps.shape[1]
         batch, frames, spatial, channels = x.shape
         if kernel == 1:
             return x * taps[:, 0]
-        if context is None:
+        if within_chunk or context is None:
             context = x.new_zeros(batch, kernel - 1, spatial, channels)
-        if len(layout.chunk_sizes) == 1:
-            # one chunk: forward and backward halves make one symmetric filter w_0..w_{K-1}..w_0 over
-            # [context, x, zeros]; shifted multiply-adds beat a depthwise conv1d here (no layout copies,
-            # and oneDNN's conv1d is pathologically slow at some sizes, e.g. S = 880)
-            symmetric = torch.cat((taps, taps[:, :-1].flip(1)), dim=1)  # [C, 2K−1]
-            padded = torch.cat((context, x, x.new_zeros(batch, kernel - 1, spatial, channels)), dim=1)
-            y = padded[:, :frames] * symmetric[:, 0]
-            for j in range(1, 2 * kernel - 1):
-                y = y + padded[:, j:j + frames] * symmetric[:, j]
-            return y
         padded = torch.cat((context, x), dim=1)  # [B, K−1+T, S, C]
-        y = x * taps[:, kernel - 1]
-        since = layout.frames_from_chunk_start(x.device) if within_chunk else None  # [T]
-        for j in range(kernel - 1):
-            term = padded[:, j:j + frames] * taps[:, j]  # x[t − (K−1−j)]
-            if since is not None:
-                term = term * (since >= kernel - 1 - j).to(x.dtype)[None, :, None, None]
-            y = y + term
-        # backward half: x[t + d] with tap w_{K−1−d}, only inside the chunk
-        remaining = layout.frames_to_chunk_end(x.device)  # [T]
-        for d in range(1, kernel):
-            if frames <= d:
-                break
-            shifted = torch.cat((x[:, d:], x.new_zeros(batch, d, spatial, channels)), dim=1)
-            keep = (remaining >= d).to(x.dtype)[None, :, None, None]
-            y = y + shifted * keep * taps[:, kernel - 1 - d]
-        return y
+        # Both halves and every chunk boundary as one banded [T, K−1+T] matrix per channel, applied by one
+        # batched matmul: a single pass over x instead of 2K−1 shifted multiply-adds (and their masks).
+        band = _short_conv_band(layout.chunk_sizes, kernel, within_chunk, x.device)  # [T, K−1+T], K = no tap
+        weights = torch.cat((taps, taps.new_zeros(channels, 1)), dim=1)[:, band]  # [C, T, K−1+T]
+        return torch.einsum("ctu,busc->btsc", weights, padded)  # [B, T, S, C]
 
     @staticmethod
     def next_context(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -226,3 +203,23 @@ def heads_to_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
 def frames_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """[B, H, T, S, D] -> [B, N, H·D]."""
     return x.permute(0, 2, 3, 1, 4).flatten(1, 2).flatten(2)
+
+
+@functools.lru_cache(maxsize=64)
+def _short_conv_band(chunk_sizes: tuple[int, ...], kernel: int, within_chunk: bool, device: torch.device) -> torch.Tensor:
+    """[T, K−1+T] tap index of the short conv: output frame t reads padded frame u (= x[u − K + 1]) with tap
+    band[t, u]; K marks "no tap". Forward half: u = t + j with tap j (inside the chunk only when
+    `within_chunk`); backward half: x[t + d] with tap K−1−d while t + d stays in t's chunk."""
+    frames = sum(chunk_sizes)
+    band = torch.full((frames, kernel - 1 + frames), kernel, dtype=torch.long)
+    position = 0
+    for size in chunk_sizes:
+        for offset in range(size):
+            t = position + offset
+            for j in range(kernel):
+                if not within_chunk or offset >= kernel - 1 - j:
+                    band[t, t + j] = j
+            for d in range(1, min(kernel, size - offset)):
+                band[t, t + kernel - 1 + d] = kernel - 1 - d
+        position += size
+    return band.to(device)
