@@ -211,15 +211,17 @@ def _short_conv_band(chunk_sizes: tuple[int, ...], kernel: int, within_chunk: bo
     band[t, u]; K marks "no tap". Forward half: u = t + j with tap j (inside the chunk only when
     `within_chunk`); backward half: x[t + d] with tap K−1−d while t + d stays in t's chunk."""
     frames = sum(chunk_sizes)
-    band = torch.full((frames, kernel - 1 + frames), kernel, dtype=torch.long)
+    band = [[kernel] * (kernel - 1 + frames) for _ in range(frames)]
     position = 0
     for size in chunk_sizes:
         for offset in range(size):
             t = position + offset
             for j in range(kernel):
                 if not within_chunk or offset >= kernel - 1 - j:
-                    band[t, t + j] = j
+                    band[t][t + j] = j
             for d in range(1, min(kernel, size - offset)):
-                band[t, t + kernel - 1 + d] = kernel - 1 - d
+                band[t][t + kernel - 1 + d] = kernel - 1 - d
         position += size
-    return band.to(device)
+    # A normal tensor even when first built under inference_mode, so later training forwards can index with it.
+    with torch.inference_mode(False):
+        return torch.tensor(band, dtype=torch.long, device=device)

@@ -2,8 +2,8 @@
 
     python run.py train sweep --write-docs        # -> docs/tiny_sweep.md
 
-Each candidate runs the live loop (`streaming.generator.ChunkGenerator`: 4 Euler steps, a commit, the
-VAE's stream decode) for a few chunks from a sim start frame and reports the median chunk time and
+Each candidate runs the live loop (`streaming.generator.ChunkGenerator`: the sampler's Euler steps (by
+default the shipped model's, `--sigmas` to compare), a commit, the VAE's stream decode) for a few chunks from a sim start frame and reports the median chunk time and
 fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching validation loss after
 `--train-steps` teacher steps on the latent cache `--latents` (lower is better; the same draws of clips,
 σ and noise for every candidate), when a cache is given.
@@ -39,8 +39,9 @@ def candidate_config(name: str, vae) -> ModelConfig:
         plucker_channels=6 * vae.temporal_stride, **CANDIDATES[name])
 
 
-def stream_fps(model: WorldModel, vae, size: int, chunks: int = 6, chunk_latents: int = 2) -> tuple[float, float]:
-    """(median ms per chunk after the first, fps) of the live loop at size×size."""
+def stream_fps(model: WorldModel, vae, size: int, sigmas: tuple[float, ...], chunks: int = 6,
+               chunk_latents: int = 2) -> tuple[float, float]:
+    """(median ms per chunk after the first, fps) of the live loop at size×size with the sampler `sigmas`."""
     from sim import default_intrinsics
     from sim.clips import sample_trajectory
     from sim.world import Scene
@@ -48,7 +49,7 @@ def stream_fps(model: WorldModel, vae, size: int, chunks: int = 6, chunk_latents
 
     scene = Scene.from_seed(1_000_003)
     K = default_intrinsics(size, size)
-    gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=chunk_latents), (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=chunk_latents, sigmas=sigmas), (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     n_frames = 1 + vae.temporal_stride * chunk_latents * chunks
     poses = sample_trajectory(scene, 0, 8 * ((n_frames + 7) // 8) + 1)[:n_frames]
     gen.start(scene.render(poses[:1], K, size, size).rgb[0], poses[0])
@@ -94,6 +95,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the server's worker uses cores - 1)")
     parser.add_argument("--latents", default=None, help="encoded clips (data/latents/<vae>/train) for the quality proxy")
     parser.add_argument("--train-steps", type=int, default=60, help="teacher steps per candidate for the quality proxy")
+    parser.add_argument("--sigmas", default=None,
+                        help="sampler σ list, comma-separated (default: the shipped model's, its json's generator.sigmas)")
     parser.add_argument("--write-docs", action="store_true", help=f"write {DOCS_SWEEP.name}")
 
 
@@ -102,6 +105,7 @@ def main(args) -> int:
     from model.vae import TinyVAE, load_tiny_vae
 
     torch.set_num_threads(args.threads)
+    args.sigmas = sampler_sigmas(args.sigmas)
     load_at_start = load_average()
     vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -114,7 +118,7 @@ def main(args) -> int:
         params = sum(p.numel() for p in model.parameters())
         quality = f"{quality_proxy(config, args.latents, args.train_steps):.4f}" if args.latents else "–"
         for size in sizes:
-            ms, fps = stream_fps(model, vae, size)
+            ms, fps = stream_fps(model, vae, size, args.sigmas)
             rows.append([name, f"{params / 1e6:.2f} M", f"{size}×{size}", f"{ms:.0f}", f"{fps:.1f}",
                          "yes" if fps >= 16 else "no", quality])
             print(f"{name} {params / 1e6:.2f}M {size}: {ms:.0f} ms/chunk, {fps:.1f} fps, val loss {quality}", flush=True)
@@ -122,6 +126,16 @@ def main(args) -> int:
         if args.write_docs:
             write_docs(rows, vae_ms, args, load_at_start)
     return 0
+
+
+def sampler_sigmas(flag: str | None) -> tuple[float, ...]:
+    """The σ list of `--sigmas`, or the shipped model's sampler (the loop the app runs) when it is None."""
+    from model.release import check_sampler_sigmas, embedded_sampler_sigmas
+    from train.embedded import EMBEDDED_WEIGHTS
+
+    if flag is None:
+        return embedded_sampler_sigmas(Path(EMBEDDED_WEIGHTS).with_suffix(".json"))
+    return check_sampler_sigmas(flag.split(","), "--sigmas")
 
 
 def decode_ms(vae, size: int) -> float:
@@ -147,8 +161,8 @@ def write_docs(rows: list[list[str]], vae_ms: list[str], args, load_at_start: fl
     body = (
         "# Tiny model size sweep\n\n"
         "Written by `python run.py train sweep --write-docs` (train/sweep.py). The live loop of "
-        "`streaming.generator.ChunkGenerator`: chunks of 2 latents = 8 frames = 0.5 s at 16 fps, 4 Euler steps, "
-        "one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
+        "`streaming.generator.ChunkGenerator`: chunks of 2 latents = 8 frames = 0.5 s at 16 fps, "
+        f"{len(args.sigmas) - 1} Euler step(s) over σ = {', '.join(f'{s:g}' for s in args.sigmas)}, one commit pass and the TinyVAE stream decode, random weights (speed does not depend on them), "
         f"torch threads = {args.threads}, median over chunks 2–6 of one walk.\n\n"
         f"Machine: {machine_description()}; 1-minute load average {load_at_start:.1f} at the start and "
         f"{load_average():.1f} when this was written (above 1, other jobs shared the two cores and the fps figures "

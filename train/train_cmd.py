@@ -302,7 +302,7 @@ def main(args: argparse.Namespace) -> int:
             latents = str(_latents_dir(args))
         sweep_args = argparse.Namespace(vae=args.vae, sizes=args.sizes, threads=args.threads, write_docs=args.write_docs,
                                         candidates=args.candidates or ",".join(sweep.CANDIDATES), latents=latents,
-                                        train_steps=args.sweep_steps)
+                                        train_steps=args.sweep_steps, sigmas=args.sigmas)
         return sweep.main(sweep_args)
     if args.stage == "export":
         path = run_export(args, _load_checkpoint_ema(_last_student_checkpoint(Path(args.run_dir))))

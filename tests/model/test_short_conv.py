@@ -63,3 +63,13 @@ def test_a_kernel_of_one_is_a_per_channel_scale():
     x = torch.randn(1, 4, 2, 3)
     layout = RunLayout(4, 1, 2, (2, 2), "chunk_causal")
     torch.testing.assert_close(conv(x, layout, None), x)
+
+
+def test_a_band_first_built_under_inference_mode_still_serves_training():
+    conv = ShortConv(4, 3)
+    layout = RunLayout(7, 1, 2, (3, 2, 2), "chunk_causal")  # a layout no other test builds first
+    with torch.inference_mode():
+        conv(torch.randn(1, 7, 2, 4), layout, None)
+    x = torch.randn(1, 7, 2, 4, requires_grad=True)
+    conv(x, layout, None).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
