@@ -74,12 +74,6 @@ class RunLayout:
         """[T] number of frames after each frame inside its own chunk."""
         return _frames_to_chunk_end(self.chunk_sizes, torch.device(device))
 
-    def frames_from_chunk_start(self, device: torch.device) -> torch.Tensor:
-        """[T] number of frames before each frame inside its own chunk."""
-        sizes = torch.tensor(self.chunk_sizes, device=device)
-        starts = torch.cumsum(sizes, 0) - sizes
-        return torch.arange(self.frames, device=device) - starts[self.chunk_of_frame(device)]
-
 
 @functools.lru_cache(maxsize=64)
 def _chunk_of_frame(chunk_sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:

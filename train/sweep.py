@@ -3,10 +3,11 @@
     python run.py train sweep --write-docs        # -> docs/tiny_sweep.md
 
 Each candidate runs the live loop (`streaming.generator.ChunkGenerator`: the sampler's Euler steps (by
-default the shipped model's, `--sigmas` to compare), a commit, the VAE's stream decode) for a few chunks from a sim start frame and reports the median chunk time and
-fps = raw frames per chunk / chunk time. The quality proxy is the flow-matching validation loss after
-`--train-steps` teacher steps on the latent cache `--latents` (lower is better; the same draws of clips,
-σ and noise for every candidate), when a cache is given.
+default the shipped model's, `--sigmas` to compare), a commit, the VAE's stream decode) for a few chunks
+from a sim start frame and reports the median chunk time and fps = raw frames per chunk / chunk time.
+The quality proxy is the flow-matching validation loss after `--train-steps` teacher steps on the latent
+cache `--latents` (lower is better; the same draws of clips, σ and noise for every candidate), when a
+cache is given.
 """
 from __future__ import annotations
 
