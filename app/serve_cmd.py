@@ -47,11 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     """The AppConfig the arguments describe (ValueError names any bad value)."""
     from app.config import AppConfig, ServerConfig, StreamConfig
-    from model.release import check_sampler_sigmas
+    from model.release import sigmas_flag
 
     server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
-    sigmas = None if args.sigmas is None else check_sampler_sigmas(args.sigmas.split(","), "--sigmas")
+    sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
                           sigmas=sigmas, **explicit)
     # A release brings its own size and chunking unless the command line sets them.

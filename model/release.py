@@ -350,6 +350,18 @@ def embedded_sampler_sigmas(path: Path) -> tuple[float, ...]:
     return check_sampler_sigmas(generator["sigmas"], f"{str(path)!r} (generator.sigmas)")
 
 
+def sigmas_flag(text: str, flag: str = "--sigmas") -> tuple[float, ...]:
+    """A command line's comma-separated sampler σ list, checked by `check_sampler_sigmas` (errors name `flag`)."""
+    return check_sampler_sigmas(str(text).split(","), flag)
+
+
+def model_sampler_sigmas(flag: str | None, weights: str | Path) -> tuple[float, ...]:
+    """The sampler a tool runs: `--sigmas` when given, else the one `weights`' roam_tiny.json records (the app's)."""
+    if flag is not None:
+        return sigmas_flag(flag)
+    return embedded_sampler_sigmas(Path(weights).with_suffix(".json"))
+
+
 def _embedded_config(path: Path):
     """The tiny model's config from `roam_tiny.json` (our field names, at the top level or under
     "model" / "config"); the `tiny` preset when the file is absent."""

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from model.release import check_sampler_sigmas, embedded_sampler_sigmas, embedded_vae_path
+    from model.release import embedded_vae_path, model_sampler_sigmas
     from model.vae import load_tiny_vae
     from sim.clips import ClipDataset
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
@@ -48,10 +48,7 @@ def main(args: argparse.Namespace) -> int:
     vae = load_tiny_vae(args.vae or embedded_vae_path(args.model))
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
-    if args.sigmas is not None:
-        sigmas = check_sampler_sigmas(args.sigmas.split(","), "--sigmas")
-    else:
-        sigmas = embedded_sampler_sigmas(Path(args.model or EMBEDDED_WEIGHTS).with_suffix(".json"))
+    sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
     results, shown = [], None
     for i in range(args.clips):
         seed = ClipDataset.scene_seed("eval", i)

@@ -103,10 +103,12 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from common.bench import load_average
+    from model.release import model_sampler_sigmas
     from model.vae import TinyVAE, load_tiny_vae
+    from train.embedded import EMBEDDED_WEIGHTS
 
     torch.set_num_threads(args.threads)
-    args.sigmas = sampler_sigmas(args.sigmas)
+    args.sigmas = model_sampler_sigmas(args.sigmas, EMBEDDED_WEIGHTS)
     load_at_start = load_average()
     vae = TinyVAE().eval() if args.vae == "random" else load_tiny_vae(args.vae)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -127,16 +129,6 @@ def main(args) -> int:
         if args.write_docs:
             write_docs(rows, vae_ms, args, load_at_start)
     return 0
-
-
-def sampler_sigmas(flag: str | None) -> tuple[float, ...]:
-    """The σ list of `--sigmas`, or the shipped model's sampler (the loop the app runs) when it is None."""
-    from model.release import check_sampler_sigmas, embedded_sampler_sigmas
-    from train.embedded import EMBEDDED_WEIGHTS
-
-    if flag is None:
-        return embedded_sampler_sigmas(Path(EMBEDDED_WEIGHTS).with_suffix(".json"))
-    return check_sampler_sigmas(flag.split(","), "--sigmas")
 
 
 def decode_ms(vae, size: int) -> float:

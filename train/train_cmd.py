@@ -90,11 +90,11 @@ def _generator_defaults(args=None):
     """The live generator's settings; the sampler σ list from `--sigmas` (validated) when args are given."""
     from streaming.generator import GeneratorConfig
 
-    from model.release import check_sampler_sigmas
+    from model.release import sigmas_flag
 
     if args is None or args.sigmas is None:
         return GeneratorConfig()
-    return GeneratorConfig(sigmas=check_sampler_sigmas(str(args.sigmas).split(","), "--sigmas"))
+    return GeneratorConfig(sigmas=sigmas_flag(args.sigmas))
 
 
 def _vae_path(args) -> Path:
