@@ -250,14 +250,13 @@ def load_embedded(
     from model.checkpoint import load_state_dict_exact, read_weights
     from model.config import ModelConfig
     from model.transformer import WorldModel
-    from model.vae import DEFAULT_WEIGHTS, TinyVAE, TinyVAEConfig, load_tiny_vae
+    from model.vae import TinyVAE, TinyVAEConfig, load_tiny_vae
 
     weights = weights or Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
     sources: dict[str, str] = {}
     sampler = distilled_sigmas()
     if weights.is_file():
-        config = _embedded_config(weights.with_suffix(".json"))
-        sampler = embedded_sampler_sigmas(weights.with_suffix(".json"))
+        config, sampler = _embedded_config_and_sampler(weights.with_suffix(".json"))
         dit = WorldModel(config)
         load_state_dict_exact(dit, read_weights(weights), repr(str(weights)))
         sources["DiT"] = str(weights)
@@ -340,10 +339,11 @@ def _read_embedded_json(path: Path) -> Any:
         raise CheckpointError(f"cannot read the tiny model config {str(path)!r}: {error}") from error
 
 
-def embedded_sampler_sigmas(path: Path) -> tuple[float, ...]:
+def embedded_sampler_sigmas(path: Path, data: Any = None) -> tuple[float, ...]:
     """The σ list the tiny model was distilled for: `generator.sigmas` of `roam_tiny.json` (written by
-    `python run.py train export`), else the official 4-step list."""
-    data = _read_embedded_json(path)
+    `python run.py train export`), else the official 4-step list. `data`: the file already parsed."""
+    if data is None:
+        data = _read_embedded_json(path)
     generator = data.get("generator") if isinstance(data, dict) else None
     if not isinstance(generator, dict) or "sigmas" not in generator:
         return distilled_sigmas()
@@ -362,14 +362,22 @@ def model_sampler_sigmas(flag: str | None, weights: str | Path) -> tuple[float, 
     return embedded_sampler_sigmas(Path(weights).with_suffix(".json"))
 
 
-def _embedded_config(path: Path):
-    """The tiny model's config from `roam_tiny.json` (our field names, at the top level or under
-    "model" / "config"); the `tiny` preset when the file is absent."""
+def _embedded_config_and_sampler(path: Path):
+    """(ModelConfig, sampler σ list) from one read of `roam_tiny.json`: the `tiny` preset and the official
+    4-step list when the file is absent."""
     from model.config import ModelConfig
 
-    if not path.is_file():
-        return ModelConfig.preset("tiny")
     data = _read_embedded_json(path)
+    if data is None:
+        return ModelConfig.preset("tiny"), distilled_sigmas()
+    return _embedded_config(path, data), embedded_sampler_sigmas(path, data)
+
+
+def _embedded_config(path: Path, data: Any):
+    """The tiny model's config from the parsed `roam_tiny.json` `data` (our field names, at the top level or
+    under "model" / "config"); CheckpointError naming `path` when none is there."""
+    from model.config import ModelConfig
+
     fields = set(ModelConfig.__dataclass_fields__)
     for candidate in (data, data.get("model") if isinstance(data, dict) else None,
                       data.get("config") if isinstance(data, dict) else None):

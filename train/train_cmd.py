@@ -16,7 +16,8 @@ which runs, in order (each stage resumable, logs in runs/embedded/<stage>/log.js
 
 Stages can also run alone (`python run.py train teacher ...`), under torchrun for several processes
 (`torchrun --nproc-per-node 2 run.py train teacher ...`). `python run.py train sweep` times candidate
-sizes for docs/tiny_sweep.md.
+sizes for docs/tiny_sweep.md. `python run.py train grow --init W --out W2` appends blocks to trained
+weights without changing their output (train/grow.py), for `selfforce --init W2` to train on.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import json
 import shutil
 from pathlib import Path
 
-STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "sweep")
+STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "grow", "sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/embedded", help="checkpoints and logs (one folder per stage)")
     parser.add_argument("--out", default=None, help="weights to write (default: model/weights/roam_tiny.safetensors)")
     parser.add_argument("--clips", type=int, default=600, help="training clips to render and encode")
+    parser.add_argument("--first-clip", type=int, default=0,
+                        help="prepare: index of the first training clip (clip i is scene i // 2 of the train split), "
+                             "so a second data folder can hold scenes the first never saw")
     parser.add_argument("--frames", type=int, default=49, help="frames per training clip (8k+1)")
     parser.add_argument("--size", type=int, default=128, help="square frame size of training clips")
     parser.add_argument("--teacher-steps", type=int, default=20000)
@@ -65,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="teacher: start from these weights (a stage checkpoint.pt's EMA or roam .safetensors) "
                              "instead of a fresh model; selfforce: instead of the last student stage's checkpoint "
                              "(e.g. the shipped model/weights/roam_tiny.safetensors); ignored when the run resumes")
+    parser.add_argument("--append-blocks", default="softmax",
+                        help="grow: comma-separated kinds (softmax, gdn) of the blocks to append to --init's model; "
+                             "each starts as a copy of the last block of its kind with its residual outputs zeroed, "
+                             "so the grown model computes exactly what --init does (train/grow.py)")
     parser.add_argument("--sigmas", default=None,
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
@@ -118,7 +126,9 @@ def run_prepare(args) -> None:
 
     vae = load_tiny_vae(_vae_path(args))
     out = _latents_dir(args)
-    iterator = range(args.clips)
+    if args.first_clip < 0 or args.clips < 0:
+        raise ValueError(f"--first-clip and --clips must be >= 0, got {args.first_clip} and {args.clips}")
+    iterator = range(args.first_clip, args.first_clip + args.clips)
     if not args.no_progress:
         from tqdm import tqdm
 
@@ -290,6 +300,26 @@ def run_export(args, ema) -> Path:
     return save_weights(ema, out, info)
 
 
+def run_grow(args) -> Path:
+    """--init's model with --append-blocks appended, written to --out with --init's provenance (+ what grew)."""
+    from train.embedded import read_info, save_weights
+    from train.grow import append_blocks
+
+    if args.init is None or args.out is None:
+        raise ValueError("train grow needs --init (the weights to grow) and --out (where to write the grown ones)")
+    init, out = Path(args.init), Path(args.out)
+    if out.resolve() == init.resolve():
+        raise ValueError(f"train grow would overwrite its --init {init}: pass another --out")
+    kinds = tuple(kind.strip() for kind in args.append_blocks.split(",") if kind.strip())
+    source = _load_init(init)
+    grown = append_blocks(source, kinds)
+    info = {k: v for k, v in read_info(init).items() if k != "model"} if init.suffix != ".pt" else {}
+    info["grown"] = {"from": str(init), "depth": [source.config.depth, grown.config.depth],
+                     "appended": list(kinds), "command": f"python run.py train grow --init {init} --out {out} "
+                                                         f"--append-blocks {','.join(kinds)}"}
+    return save_weights(grown, out, info)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -304,6 +334,10 @@ def main(args: argparse.Namespace) -> int:
                                         candidates=args.candidates or ",".join(sweep.CANDIDATES), latents=latents,
                                         train_steps=args.sweep_steps, sigmas=args.sigmas)
         return sweep.main(sweep_args)
+    if args.stage == "grow":
+        path = run_grow(args)
+        print(f"wrote {path} and {path.with_suffix('.json')}")
+        return 0
     if args.stage == "export":
         path = run_export(args, _load_checkpoint_ema(_last_student_checkpoint(Path(args.run_dir))))
         print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -140,3 +140,18 @@ def test_a_one_step_sampler_trains_ships_and_is_what_every_entry_point_runs(tmp_
     assert calls and all(s == (1.0, 0.0) for s in calls) and len(video.frames) == 17
     with pytest.raises(ValueError, match="1-step list"):
         offline.generate_video(release, image, "w-16", mode="distilled", seconds=1.0, steps=4)
+
+
+def test_prepare_starts_at_first_clip(tmp_path):
+    """`prepare --first-clip` renders and encodes clips first..first+clips−1 (scenes the default range skips)."""
+    from sim.clips import ClipDataset
+    from train.data import clip_name
+
+    vae = write_vae(tmp_path / "vae.safetensors")
+    args = _args(tmp_path, vae, "prepare", first_clip=3, clips=2, frames=9, size=32)
+    train_cmd.main(args)
+    latents = sorted(p.stem for p in (tmp_path / "data" / "latents" / vae_tag(vae) / "train").glob("*.pt"))
+    expected = sorted(clip_name(ClipDataset.scene_seed("train", i // 2), i % 2) for i in (3, 4))
+    assert latents == expected
+    with pytest.raises(ValueError, match="--first-clip"):
+        train_cmd.main(_args(tmp_path, vae, "prepare", first_clip=-1))

@@ -1,0 +1,90 @@
+"""Growing a trained model (train/grow.py, `python run.py train grow`) keeps its output exactly, and the new
+blocks can learn."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from model import ModelConfig, WorldModel
+from tests.model.helpers import inputs, randomise
+from tests.model.test_streaming import stream
+from train import train_cmd
+from train.embedded import load_weights, read_info, save_weights
+from train.grow import append_blocks, grown_config
+
+
+def _trained_like(seed: int = 0) -> WorldModel:
+    """A tiny model with every parameter random (no zero-initialised path left), as trained weights are."""
+    model = WorldModel(ModelConfig.preset("tiny"))
+    randomise(model, seed)
+    return model.eval()
+
+
+def test_grown_config_appends_in_order():
+    config = grown_config(ModelConfig.preset("tiny"), ("gdn", "softmax", "softmax"))
+    assert config.depth == 7
+    assert config.softmax_layers == (3, 5, 6)
+
+
+@pytest.mark.parametrize("kinds", [("softmax",), ("gdn", "softmax")])
+def test_grown_model_computes_what_the_model_did(kinds):
+    model = _trained_like()
+    grown = append_blocks(model, kinds).eval()
+    assert grown.config.depth == model.config.depth + len(kinds)
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
+        # streaming through the carried state too: the new blocks' states fill, but add nothing
+        ours, state = stream(grown, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+        theirs, _ = stream(model, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+    assert torch.equal(ours, theirs)
+    assert len(state.layers) == grown.config.depth
+
+
+def test_new_block_copies_its_kind_and_learns():
+    model = _trained_like()
+    grown = append_blocks(model, ("softmax",))
+    new, donor = grown.blocks[4], model.blocks[3]
+    assert new.is_softmax
+    assert torch.equal(new.attn.qkv.weight, donor.attn.qkv.weight)
+    assert new.attn.proj.weight.abs().max() == 0 and new.mlp.point_conv.conv.weight.abs().max() == 0
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 5, 4, 4)
+    grown(x, t, text, mask, cam, plucker).square().mean().backward()
+    assert torch.equal(new.attn.out_proj_cam.weight, donor.attn.out_proj_cam.weight)  # behind proj, kept
+    for name in ("attn.proj.weight", "cross_attn.proj.weight",
+                 "plucker_proj.weight", "mlp.point_conv.conv.weight"):
+        grad = new.get_parameter(name).grad
+        assert grad is not None and grad.abs().max() > 0, f"no gradient reaches the zeroed {name}"
+
+
+def test_bad_kinds_are_named():
+    model = _trained_like()
+    with pytest.raises(ValueError, match="'attention'"):
+        append_blocks(model, ("softmax", "attention"))
+    with pytest.raises(ValueError, match="at least one"):
+        append_blocks(model, ())
+    all_gdn = WorldModel(ModelConfig.preset("tiny", softmax_every_n=0))
+    with pytest.raises(ValueError, match="no softmax block to copy"):
+        append_blocks(all_gdn, ("softmax",))
+
+
+def _grow_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    return parser.parse_args(["grow", *argv])
+
+
+def test_train_grow_command(tmp_path):
+    source = save_weights(_trained_like(), tmp_path / "m.safetensors", {"vae_tag": "abc", "generator": {"sigmas": [1.0, 0.0]}})
+    out = tmp_path / "grown.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "gdn,softmax"))
+    grown, info = load_weights(out), read_info(out)
+    assert grown.config.depth == 6 and grown.config.softmax_layers == (3, 5)
+    assert info["vae_tag"] == "abc" and info["generator"] == {"sigmas": [1.0, 0.0]}
+    assert info["grown"]["appended"] == ["gdn", "softmax"] and info["grown"]["depth"] == [4, 6]
+    with pytest.raises(ValueError, match="overwrite"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(source)))
+    with pytest.raises(ValueError, match="--out"):
+        train_cmd.main(_grow_args("--init", str(source)))

@@ -1,0 +1,93 @@
+"""Grow a trained model deeper without changing what it computes (function-preserving growth).
+
+    grown = append_blocks(model, ("softmax",))      # depth 4 -> 5, block 4 softmax
+
+Each appended block starts as a copy of the model's last block of the same kind (softmax or GDN),
+so its projections, norms and gates are already tuned to the model's features, and then every path
+by which a block writes into the residual stream is zeroed:
+
+    attn.proj                         the self-attention (its camera branch's out_proj_cam feeds it, so
+                                      it keeps the donor's weights and starts to matter once proj moves)
+    plucker_proj                      the Plücker injection
+    cross_attn.proj                   the text cross-attention
+    mlp.point_conv                    the FFN (its temporal conv reads p = point_conv(...) and adds p)
+
+With those zero the block adds exactly 0 to x, so the grown model's output equals the original's,
+bit for bit, in every mode (bidirectional, chunk-causal, streaming). Training then only has to learn
+what the new block adds: the gradient reaches the zeroed projections at once (their input is the
+copied block's non-zero features) and flows to the rest after the first update. Nothing is zeroed that
+only feeds a zeroed writer: zeroing both proj and out_proj_cam would leave the camera branch's gradient
+at zero until proj had grown, a saddle the copied weights avoid.
+Why: the embedded model's second softmax block is meant to look the start image up token by token
+(only softmax attention can; a GDN block keeps a D×D summary), and growing it from the trained
+weights keeps the hours of CPU training that went into them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from model import ModelConfig, WorldModel
+
+KINDS = ("softmax", "gdn")
+
+# Parameters through which a block writes to the residual stream; zero => the block is the identity.
+RESIDUAL_WRITERS = (
+    "attn.proj.weight", "attn.proj.bias",
+    "plucker_proj.weight", "plucker_proj.bias",
+    "cross_attn.proj.weight", "cross_attn.proj.bias",
+    "mlp.point_conv.conv.weight",
+)
+
+
+def grown_config(config: ModelConfig, kinds: Sequence[str]) -> ModelConfig:
+    """`config` with one block appended per entry of `kinds` ("softmax" or "gdn"), in order."""
+    if not kinds:
+        raise ValueError("append_blocks needs at least one block kind to append")
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown block kind(s) {unknown}; known: {list(KINDS)}")
+    softmax = list(config.softmax_layers)
+    for offset, kind in enumerate(kinds):
+        if kind == "softmax":
+            softmax.append(config.depth + offset)
+    return config.replace(depth=config.depth + len(kinds), softmax_layers=tuple(softmax))
+
+
+def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing exactly what `model` does, with blocks appended.
+
+    Each new block copies the last existing block of its kind; ValueError if the model has none of that
+    kind (there is nothing trained to copy, and a fresh block would not be tuned to the model's features).
+    """
+    config = grown_config(model.config, kinds)
+    source = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    grown = WorldModel(config)
+    target = grown.state_dict()
+    old_depth = model.config.depth
+    state: dict[str, torch.Tensor] = {}
+    for key in target:
+        if not key.startswith("blocks."):
+            state[key] = source[key].clone()
+            continue
+        index, rest = key.split(".", 2)[1:]
+        block = int(index)
+        if block < old_depth:
+            state[key] = source[key].clone()
+            continue
+        kind = "softmax" if config.is_softmax(block) else "gdn"
+        donor = _last_block_of_kind(model.config, kind)
+        state[key] = source[f"blocks.{donor}.{rest}"].clone()
+        if rest in RESIDUAL_WRITERS:
+            state[key].zero_()
+    grown.load_state_dict(state, strict=True)
+    return grown.train()
+
+
+def _last_block_of_kind(config: ModelConfig, kind: str) -> int:
+    blocks = [i for i in range(config.depth) if config.is_softmax(i) == (kind == "softmax")]
+    if not blocks:
+        raise ValueError(f"the model has no {kind} block to copy (depth {config.depth}, "
+                         f"softmax layers {list(config.softmax_layers)})")
+    return blocks[-1]
