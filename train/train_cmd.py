@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
                              "records it in the model's json, which the app, generate and eval then run")
+    parser.add_argument("--lr-scale", default="",
+                        help="per-parameter lr multipliers as name=multiplier[,name=multiplier]: parameters whose name "
+                             "contains `name` train at lr × multiplier (e.g. plucker=10: the Plücker branch, which starts "
+                             "at zero, catching up with trained weights)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -138,6 +142,20 @@ def run_prepare(args) -> None:
         encode_clip_file(vae, clip, out / f"{clip.stem}.pt")
 
 
+def _lr_scales(text: str) -> tuple[tuple[str, float], ...]:
+    """"plucker=10,blocks.4.=3" -> (("plucker", 10.0), ("blocks.4.", 3.0)); "" -> ()."""
+    scales = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            scales.append((name.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--lr-scale entries are name=multiplier, got {item!r}")
+    return tuple(scales)
+
+
 def _crops(text: str) -> tuple[int, ...]:
     """"8,12,16" -> (8, 12, 16); "" -> () (no cropping)."""
     return tuple(int(c) for c in text.split(",")) if text else ()
@@ -186,7 +204,8 @@ def run_teacher(args):
                        frames=args.train_latents, channel_weights=_channel_weights(args, vae))
     model = _initial_model(args, _model_config(vae, args.model_size))
     loop = LoopConfig(run_dir=str(Path(args.run_dir) / "teacher"), steps=args.teacher_steps, minutes=args.teacher_minutes,
-                      lr=args.lr, seed=args.seed, progress=not args.no_progress)
+                      lr=args.lr, seed=args.seed, progress=not args.no_progress,
+                      lr_scales=_lr_scales(args.lr_scale))
     return train_loop(model, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink,
                       extra_state={"vae_tag": _latents_dir(args).parent.name})
 
@@ -223,7 +242,8 @@ def run_distil(args, teacher=None):
     loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context,
                       channel_weights=_channel_weights(args))
     loop = LoopConfig(run_dir=str(run_dir / "distil"), steps=args.distil_steps, minutes=args.distil_minutes,
-                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 1, progress=not args.no_progress)
+                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 1, progress=not args.no_progress,
+                      lr_scales=_lr_scales(args.lr_scale))
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
 
 
@@ -242,7 +262,8 @@ def run_selfforce(args):
                           gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
                           channel_weights=_channel_weights(args))
     loop = LoopConfig(run_dir=str(run_dir / "selfforce"), steps=args.selfforce_steps, minutes=args.selfforce_minutes,
-                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress)
+                      lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress,
+                      lr_scales=_lr_scales(args.lr_scale))
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
 
 

@@ -45,8 +45,14 @@ class LoopConfig:
     checkpoint_every_s: float = 120.0
     seed: int = 0
     progress: bool = True
+    # (name substring, lr multiplier): a parameter whose name contains the substring (first match) trains at
+    # lr × multiplier, e.g. (("plucker", 10.0),) lets a branch that starts at zero catch up with trained weights
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        for pattern, scale in self.lr_scales:
+            if not pattern or not scale > 0:
+                raise ValueError(f"lr_scales entries need a non-empty name and a multiplier > 0, got {pattern!r}: {scale}")
         if self.steps < 1 or self.minutes < 0:
             raise ValueError(f"steps must be >= 1 and minutes >= 0, got steps={self.steps}, minutes={self.minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -95,6 +101,39 @@ def _lr_at(step: int, cfg: LoopConfig, elapsed_s: float) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _param_groups(model: nn.Module, cfg: LoopConfig) -> list[dict]:
+    """One AdamW group per lr multiplier of `cfg.lr_scales` (matched by name, first match wins), plus the rest at 1."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        scale = next((s for pattern, s in cfg.lr_scales if pattern in name), 1.0)
+        groups.setdefault(scale, []).append(param)
+    unmatched = [pattern for pattern, _ in cfg.lr_scales if not any(pattern in n for n, _ in model.named_parameters())]
+    if unmatched:
+        raise ValueError(f"lr_scales names {unmatched} match no parameter of the model")
+    return [{"params": params, "lr_scale": scale} for scale, params in sorted(groups.items())]
+
+
+@torch.no_grad()
+def revive_plucker_branch(model: WorldModel, seed: int) -> bool:
+    """Give the Plücker embedder random weights when the whole Plücker branch sits at its zero saddle.
+
+    The official init zeroes both `plucker_embedder` and every block's `plucker_proj` (so step 0 is the
+    model without the branch). Two stacked zero linears never learn: each one's gradient is the other's
+    weight times the upstream gradient, i.e. zero. With the embedder random and the projections still
+    zero the output is unchanged, bit for bit, and the projections get a gradient from the first step.
+    Only when every one of those weights is zero; returns whether it re-initialised. Seeded, so every
+    rank of a run draws the same weights.
+    """
+    embedder = model.plucker_embedder.proj.weight
+    if embedder.any() or any(block.plucker_proj.weight.any() for block in model.blocks):
+        return False
+    generator = torch.Generator().manual_seed(seed)
+    fan_in = embedder[0].numel()
+    bound = fan_in ** -0.5  # the default Conv3d weight range, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    embedder.copy_((torch.rand(embedder.shape, generator=generator) * 2 - 1) * bound)
+    return True
+
+
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -120,8 +159,11 @@ def train_loop(
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).train()
+    if revive_plucker_branch(model, cfg.seed) and rank == 0:
+        print("train: the Plücker branch was at its zero saddle (embedder and projections all zero); "
+              "the embedder now has random weights, the output is unchanged", flush=True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     step = 0
     checkpoint = run_dir / "checkpoint.pt"
@@ -160,7 +202,7 @@ def train_loop(
                 dist.broadcast(elapsed, 0)
             lr = _lr_at(step, cfg, float(elapsed))
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # a checkpoint from before lr_scales has none
             loss, metrics = loss_fn(net, rng, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -155,3 +155,11 @@ def test_prepare_starts_at_first_clip(tmp_path):
     assert latents == expected
     with pytest.raises(ValueError, match="--first-clip"):
         train_cmd.main(_args(tmp_path, vae, "prepare", first_clip=-1))
+
+
+def test_lr_scale_flag():
+    assert train_cmd._lr_scales("plucker=10, blocks.4.=3") == (("plucker", 10.0), ("blocks.4.", 3.0))
+    assert train_cmd._lr_scales("") == ()
+    for bad in ("plucker", "plucker=x", "=3"):
+        with pytest.raises(ValueError, match="name=multiplier"):
+            train_cmd._lr_scales(bad)

@@ -158,3 +158,47 @@ def test_pixel_channel_weights_follow_the_decoders_linear_path():
     assert float(masked_mse(pred, target, frames, w)) == pytest.approx(float(w.sum()) / 3)
     with pytest.raises(ValueError, match="channel_weights"):
         masked_mse(pred, target, frames, torch.ones(2))
+
+
+def test_plucker_branch_leaves_its_zero_saddle(tmp_path):
+    """The official init zeroes the Plücker embedder and every projection; trained as is, neither moves (the
+    shipped weights of stop 13 had both exactly zero). train_loop revives the embedder without changing the
+    output, and then the projections learn."""
+    from tests.model.helpers import inputs
+    from train.trainer import revive_plucker_branch
+
+    torch.set_num_threads(1)
+    model = tiny_model().eval()
+    assert not model.plucker_embedder.proj.weight.any()
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 5, 4, 4)
+    model(x, t, text, mask, cam, plucker).square().mean().backward()
+    assert not any(block.plucker_proj.weight.grad.any() for block in model.blocks), "the saddle this test is about"
+
+    model.zero_grad()
+    with torch.no_grad():
+        before = model(x, t, text, mask, cam, plucker)
+    assert revive_plucker_branch(model, seed=0)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, text, mask, cam, plucker), before)
+    model(x, t, text, mask, cam, plucker).square().mean().backward()
+    assert all(block.plucker_proj.weight.grad.any() for block in model.blocks)
+    assert not revive_plucker_branch(model, seed=0), "a live branch is left alone"
+
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 4))
+    loss_fn = TeacherLoss(clips, batch_size=2, chunk_latents=2, shift=1.0, p_clean_context=0.3)
+    cfg = LoopConfig(run_dir=str(tmp_path / "run"), steps=3, lr=1e-3, warmup_steps=0, progress=False,
+                     lr_scales=(("plucker_proj", 10.0),))
+    trained, _, _ = train_loop(tiny_model(), loss_fn, cfg, kv_window_chunks=2, sink=True)
+    assert all(block.plucker_proj.weight.any() for block in trained.blocks)
+    # lr × 10 on the projections: Adam's first steps move each weight by about lr × multiplier
+    step = max(block.plucker_proj.weight.abs().max() for block in trained.blocks)
+    assert 3 * 10 * 1e-3 * 0.5 < step <= 3 * 10 * 1e-3 * 1.01
+
+
+def test_lr_scales_are_checked():
+    with pytest.raises(ValueError, match="multiplier > 0"):
+        LoopConfig(run_dir="r", lr_scales=(("plucker", 0.0),))
+    from train.trainer import _param_groups
+
+    with pytest.raises(ValueError, match="'nothing_like_this'"):
+        _param_groups(tiny_model(), LoopConfig(run_dir="r", lr_scales=(("nothing_like_this", 2.0),)))
