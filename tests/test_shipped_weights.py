@@ -50,3 +50,13 @@ def test_a_bad_sampler_in_the_json_is_refused_by_name(tmp_path, sigmas):
     (tmp_path / "m.safetensors").write_bytes((WEIGHTS / "roam_tiny.safetensors").read_bytes())
     with pytest.raises(ValueError, match="generator.sigmas"):
         load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, weights=tmp_path / "m.safetensors")
+
+
+def test_the_shipped_plucker_branch_is_trained():
+    """Both halves of the Plücker branch carry weights: at the official zero init neither gets a gradient
+    (train.trainer.revive_plucker_branch), and the weights shipped before stop 14 had both exactly zero."""
+    from train.embedded import load_weights
+
+    model = load_weights()
+    assert model.plucker_embedder.proj.weight.abs().mean() > 0.01
+    assert all(block.plucker_proj.weight.abs().mean() > 1e-3 for block in model.blocks)
