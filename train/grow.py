@@ -62,23 +62,20 @@ def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
     kind (there is nothing trained to copy, and a fresh block would not be tuned to the model's features).
     """
     config = grown_config(model.config, kinds)
+    old_depth = model.config.depth
+    # new block index -> the existing block it copies (checked before anything is built)
+    donors = {block: _last_block_of_kind(model.config, "softmax" if config.is_softmax(block) else "gdn")
+              for block in range(old_depth, config.depth)}
     source = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     grown = WorldModel(config)
-    target = grown.state_dict()
-    old_depth = model.config.depth
     state: dict[str, torch.Tensor] = {}
-    for key in target:
-        if not key.startswith("blocks."):
+    for key in grown.state_dict():
+        block = int(key.split(".", 2)[1]) if key.startswith("blocks.") else -1
+        if block not in donors:
             state[key] = source[key].clone()
             continue
-        index, rest = key.split(".", 2)[1:]
-        block = int(index)
-        if block < old_depth:
-            state[key] = source[key].clone()
-            continue
-        kind = "softmax" if config.is_softmax(block) else "gdn"
-        donor = _last_block_of_kind(model.config, kind)
-        state[key] = source[f"blocks.{donor}.{rest}"].clone()
+        rest = key.split(".", 2)[2]
+        state[key] = source[f"blocks.{donors[block]}.{rest}"].clone()
         if rest in RESIDUAL_WRITERS:
             state[key].zero_()
     grown.load_state_dict(state, strict=True)

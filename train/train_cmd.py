@@ -146,13 +146,14 @@ def _lr_scales(text: str) -> tuple[tuple[str, float], ...]:
     """"plucker=10,blocks.4.=3" -> (("plucker", 10.0), ("blocks.4.", 3.0)); "" -> ()."""
     scales = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
-            scales.append((name.strip(), float(value)))
+            scale = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+            scale = None
+        if scale is None or not name.strip():
             raise ValueError(f"--lr-scale entries are name=multiplier, got {item!r}")
+        scales.append((name.strip(), scale))
     return tuple(scales)
 
 
