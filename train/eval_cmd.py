@@ -15,6 +15,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BAR_GAIN_DB = 2.0
 BAR_FOLLOW = 0.9
+METRICS = ("psnr", "ssim", "detail")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,13 +86,14 @@ def write_docs(summary: dict, results, shown, args) -> None:
     from common.bench import machine_description, markdown_table
 
     seconds = list(range(1, args.seconds + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     names = {"model": "roam-tiny (distilled, streaming)", "repeat": "repeat first frame", "warp": "warp first frame (true depth)"}
-    for ax, metric in zip(axes, ("psnr", "ssim")):
+    axis_labels = {"psnr": "PSNR (dB)", "ssim": "SSIM", "detail": "detail kept (ground truth = 1)"}
+    for ax, metric in zip(axes, METRICS):
         for method, label in names.items():
             ax.plot(seconds, summary["per_second"][f"{metric}_{method}"], marker="o", label=label)
         ax.set_xlabel("second of rollout")
-        ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+        ax.set_ylabel(axis_labels[metric])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"held-out rollouts: {summary['clips']} eval scenes, {args.size}×{args.size}")
@@ -100,17 +102,19 @@ def write_docs(summary: dict, results, shown, args) -> None:
     plt.close(fig)
 
     seed, frames = shown
-    picks = [0] + [16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])]
+    # 0.25 s and 0.5 s (the end of the first chunk) show how long the start frame's content lasts.
+    picks = [0, 4, 8] + [16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])]
     rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp")]
     Image.fromarray(np.concatenate(rows, axis=0)).save(DOCS / "eval_rollout.png")
 
-    header = ["second"] + [f"{m} {k}" for k in ("PSNR", "SSIM") for m in ("model", "repeat", "warp")]
+    methods = ("model", "repeat", "warp")
+    header = ["second"] + [f"{m} {k if k == 'detail' else k.upper()}" for k in METRICS for m in methods]
     table_rows = []
     for s in range(args.seconds):
         table_rows.append([s + 1] + [f"{summary['per_second'][f'{k}_{m}'][s]:.{2 if k == 'psnr' else 3}f}"
-                                     for k in ("psnr", "ssim") for m in ("model", "repeat", "warp")])
+                                     for k in METRICS for m in methods])
     table_rows.append(["mean 1–%d" % args.seconds] + [f"{summary['mean'][f'{k}_{m}']:.{2 if k == 'psnr' else 3}f}"
-                                                      for k in ("psnr", "ssim") for m in ("model", "repeat", "warp")])
+                                                      for k in METRICS for m in methods])
     gain, follow = summary["gain_over_repeat_db"], summary["follow"]
     per_clip = markdown_table(
         ["eval scene", "PSNR model", "PSNR repeat", "PSNR warp", "follows (mirrored yaw)", "follows (reversed)"],
@@ -132,9 +136,14 @@ Each of {summary['clips']} eval-split scenes (seeds ≥ 1 000 000, never trained
 {len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}, KV window 2 + sink) starts from the walk's first rendered frame and is driven
 with the walk's poses; metrics compare each second of its output with the ground-truth render.
 
-![PSNR and SSIM per second](eval.png)
+![PSNR, SSIM and detail per second](eval.png)
 
 {markdown_table(header, table_rows)}
+
+`detail` is the mean absolute spatial gradient of the frames' luma over that of the ground truth
+(`train.evaluate.detail`): 1 keeps as much edge and texture as the real view, a blur tends to 0. PSNR and
+SSIM both reward a blurred expectation of an uncertain view, so this column shows what they hide. The
+warp's detail is low where it has lost the view (those pixels are filled with one flat colour).
 
 ## Against the bar
 
@@ -162,7 +171,7 @@ exact geometry but loses the view as the camera moves on):
 ![held-out rollout](eval_rollout.png)
 
 `eval_rollout.png`, eval scene {seed}: top row ground truth, middle row the model's rollout, bottom row the
-true-depth warp of frame 0; columns at 0, 1, 2, 4, 6 and {args.seconds} s.
+true-depth warp of frame 0; columns at 0, 0.25, 0.5, 1, 2, 4, 6 and {args.seconds} s.
 """
     # The hand-written "## Notes" section of the previous file is kept.
     previous = (DOCS / "eval.md").read_text() if (DOCS / "eval.md").exists() else ""

@@ -5,7 +5,7 @@ import pytest
 
 from controls.camera import make_pose, rotation_yaw
 from sim import default_intrinsics
-from train.evaluate import ClipResult, depth_warp, following_margins, per_second, perturb, psnr, ssim, summarise
+from train.evaluate import ClipResult, depth_warp, detail, following_margins, per_second, perturb, psnr, ssim, summarise
 
 
 def _walk(n: int) -> np.ndarray:
@@ -21,6 +21,23 @@ def test_psnr_and_ssim():
     assert psnr(a, a) > 90 and ssim(a, a) == pytest.approx(1.0)
     assert 25 < psnr(a, b) < 30
     assert ssim(a, rng.integers(0, 256, a.shape, dtype=np.uint8)) < 0.1
+
+
+def test_detail_is_one_for_the_truth_lower_for_a_blur_and_zero_for_a_flat_frame():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    blurred = F.avg_pool2d(torch.from_numpy(truth).permute(0, 3, 1, 2).double(), 5, stride=1, padding=2,
+                           count_include_pad=False).round().byte().permute(0, 2, 3, 1).numpy()
+    flat = np.full_like(truth, 128)
+    assert detail(truth, truth) == pytest.approx(1.0)
+    assert 0.05 < detail(blurred, truth) < 0.5
+    assert detail(flat, truth) == 0.0
+    # Position-free: the same texture shifted keeps its detail, though PSNR drops.
+    shifted = np.roll(truth, 3, axis=2)
+    assert detail(shifted, truth) == pytest.approx(1.0, abs=0.05) and psnr(shifted, truth) < 15
 
 
 def test_depth_warp_is_exact_for_a_still_camera_and_moves_content_when_turning():
@@ -60,16 +77,19 @@ def test_per_second_and_summary():
     assert per_second(pred, gt, 16, 2, lambda a, b: float(np.abs(a.astype(int) - b).mean())) == [0.0, 50.0]
     results = [ClipResult(1, psnr={m: [10.0, 12.0] for m in ("model", "repeat", "warp")},
                           ssim={m: [0.5, 0.5] for m in ("model", "repeat", "warp")},
+                          detail={m: [1.0, 0.5] for m in ("model", "repeat", "warp")},
                           follows={"mirrored_yaw": True, "reversed_motion": False},
                           baseline_follows={"warp": {"mirrored_yaw": True, "reversed_motion": True}}),
                ClipResult(2, psnr={m: [10.0, 12.0] for m in ("model", "repeat", "warp")},
                           ssim={m: [0.5, 0.5] for m in ("model", "repeat", "warp")},
+                          detail={m: [0.8, 0.3] for m in ("model", "repeat", "warp")},
                           follows={"mirrored_yaw": True, "reversed_motion": True},
                           baseline_follows={"warp": {"mirrored_yaw": False, "reversed_motion": True}})]
     summary = summarise(results, 2)
     assert summary["follow"] == {"mirrored_yaw": 1.0, "reversed_motion": 0.5, "all": 0.75}
     assert summary["follow_baselines"] == {"warp": {"mirrored_yaw": 0.5, "reversed_motion": 1.0, "all": 0.75}}
     assert summary["mean"]["psnr_model"] == 11.0 and summary["gain_over_repeat_db"] == 0.0
+    assert summary["per_second"]["detail_model"] == pytest.approx([0.9, 0.4])
 
 
 def test_following_margins_are_positive_towards_the_commanded_truth():
