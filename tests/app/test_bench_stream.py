@@ -22,10 +22,18 @@ def test_summary_takes_steady_fps_over_the_walk_not_a_burst():
     log.chunk_ms = {0: 900.0, 1: 1000.0, 2: 1100.0}
     log.drops = 3
     out = bench.summarize([log], seconds=30.0, chunk_frames=8, fps=16.0)
-    # (80 frames − the first chunk of 9) over the 10 s from the first frame to the end.
-    assert out["fps"] == pytest.approx(7.1) and out["total_fps"] == pytest.approx(7.1)
+    # 8 frames a second, measured between chunk starts (not 7.1 = (80 − 9) / 10 s, which counts the time of
+    # the first chunk but not its frames).
+    assert out["fps"] == pytest.approx(8.0) and out["total_fps"] == pytest.approx(8.0)
     assert out["ttff_ms"] == pytest.approx(1000.0) and out["chunk_ms"] == pytest.approx(1050.0)
     assert out["drops_per_min"] == pytest.approx(6.0) and out["sessions_ok"] == 1
+
+
+def test_steady_fps_is_exact_for_paced_frames_and_needs_two_chunk_starts():
+    paced = [0.5 + i / 16.0 for i in range(9 + 8 * 30)]  # 16 fps from the first frame on, 31 chunks
+    assert bench.steady_fps(paced, 8) == pytest.approx(16.0)
+    assert bench.steady_fps(paced[:9 + 8], 8) is None  # one chunk start after chunk 0 only
+    assert bench.steady_fps(paced[:9 + 8 + 1], 8) == pytest.approx(16.0)
 
 
 @pytest.mark.heavy
