@@ -60,3 +60,22 @@ def test_the_shipped_plucker_branch_is_trained():
     model = load_weights()
     assert model.plucker_embedder.proj.weight.abs().mean() > 0.01
     assert all(block.plucker_proj.weight.abs().mean() > 1e-3 for block in model.blocks)
+
+
+def test_the_grown_softmax_block_of_the_shipped_model_is_trained():
+    """`train grow` appended block 4 with its writes into the residual stream zeroed (output unchanged); the
+    shipped weights must have trained those writers, or the block would be dead weight on every chunk."""
+    from train.embedded import load_weights
+    from train.grow import RESIDUAL_WRITERS
+
+    info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
+    model = load_weights()
+    assert list(model.config.softmax_layers) == info["grown"]["softmax_layers"]
+    grown = model.blocks[info["grown"]["from_depth"]:]
+    assert len(grown) == len(info["grown"]["append_blocks"]) == 1
+    weights = {name: p for name, p in grown[0].named_parameters()
+               if name in RESIDUAL_WRITERS and name.endswith("weight")}
+    assert set(weights) == {"attn.proj.weight", "plucker_proj.weight", "cross_attn.proj.weight",
+                            "mlp.point_conv.conv.weight"}
+    for name, weight in weights.items():
+        assert weight.detach().abs().mean() > 1e-3, f"grown block writer {name} is still (near) zero"
