@@ -103,7 +103,7 @@ def write_docs(summary: dict, results, shown, args) -> None:
 
     seed, frames = shown
     # 0.25 s and 0.5 s (the end of the first chunk) show how long the start frame's content lasts.
-    picks = [0, 4, 8] + [16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])]
+    picks = sorted({0, 4, 8} | {16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])})
     rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp")]
     Image.fromarray(np.concatenate(rows, axis=0)).save(DOCS / "eval_rollout.png")
 
@@ -171,7 +171,7 @@ exact geometry but loses the view as the camera moves on):
 ![held-out rollout](eval_rollout.png)
 
 `eval_rollout.png`, eval scene {seed}: top row ground truth, middle row the model's rollout, bottom row the
-true-depth warp of frame 0; columns at 0, 0.25, 0.5, 1, 2, 4, 6 and {args.seconds} s.
+true-depth warp of frame 0; columns at {", ".join(f"{i / 16:g}" for i in picks[:-1])} and {picks[-1] / 16:g} s.
 """
     # The hand-written "## Notes" section of the previous file is kept.
     previous = (DOCS / "eval.md").read_text() if (DOCS / "eval.md").exists() else ""

@@ -26,5 +26,6 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     assert text.startswith("# Evaluation of the embedded model") and text.endswith("kept by hand\n")
     assert "| warp first frame (true depth) |" in text and "| repeat first frame |" in text
     assert "| model detail | repeat detail | warp detail |" in text
+    assert "columns at 0, 0.25, 0.5 and 1 s." in text  # the caption names the frames the 1 s rollout shows
     assert 0.0 <= summary["mean"]["detail_model"] and summary["mean"]["detail_repeat"] > 0.0
     assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0
