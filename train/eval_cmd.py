@@ -15,7 +15,6 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BAR_GAIN_DB = 2.0
 BAR_FOLLOW = 0.9
-METRICS = ("psnr", "ssim", "detail")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +83,7 @@ def write_docs(summary: dict, results, shown, args) -> None:
     from PIL import Image
 
     from common.bench import machine_description, markdown_table
+    from train.evaluate import METHODS, METRICS
 
     seconds = list(range(1, args.seconds + 1))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
@@ -107,14 +107,13 @@ def write_docs(summary: dict, results, shown, args) -> None:
     rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp")]
     Image.fromarray(np.concatenate(rows, axis=0)).save(DOCS / "eval_rollout.png")
 
-    methods = ("model", "repeat", "warp")
-    header = ["second"] + [f"{m} {k if k == 'detail' else k.upper()}" for k in METRICS for m in methods]
+    header = ["second"] + [f"{m} {k if k == 'detail' else k.upper()}" for k in METRICS for m in METHODS]
     table_rows = []
     for s in range(args.seconds):
         table_rows.append([s + 1] + [f"{summary['per_second'][f'{k}_{m}'][s]:.{2 if k == 'psnr' else 3}f}"
-                                     for k in METRICS for m in methods])
+                                     for k in METRICS for m in METHODS])
     table_rows.append(["mean 1–%d" % args.seconds] + [f"{summary['mean'][f'{k}_{m}']:.{2 if k == 'psnr' else 3}f}"
-                                                      for k in METRICS for m in methods])
+                                                      for k in METRICS for m in METHODS])
     gain, follow = summary["gain_over_repeat_db"], summary["follow"]
     per_clip = markdown_table(
         ["eval scene", "PSNR model", "PSNR repeat", "PSNR warp", "follows (mirrored yaw)", "follows (reversed)"],

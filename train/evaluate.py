@@ -5,8 +5,8 @@ The model starts from the walk's first rendered frame and streams the whole walk
 `streaming.generator.ChunkGenerator` (the loop users see: few-step chunks, commits, stream decode).
 Metrics per second of rollout (frames 16(s−1)+1 … 16s): PSNR and SSIM against ground truth, and
 `detail` (how much fine structure the frames keep, as a fraction of the ground truth's: PSNR and SSIM
-both reward a blurred expectation, this shows the blur), also for two baselines: repeating the first frame, and warping the first frame with the true depth
-(`depth_warp`). Camera following: for each clip and each perturbation of its trajectory (mirrored yaw,
+both reward a blurred expectation, this shows the blur), also for two baselines: repeating the first
+frame, and warping the first frame with the true depth (`depth_warp`). Camera following: for each clip and each perturbation of its trajectory (mirrored yaw,
 reversed motion) the ground truth along the perturbed path is rendered; the clip follows the camera
 when the rollout's MSE (seconds 1…end) to the commanded ground truth is below that to the perturbed one.
 """
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from controls.camera import compose, invert
 
 PERTURBATIONS = ("mirrored_yaw", "reversed_motion")
+METHODS = ("model", "repeat", "warp")  # the rollout and the two baselines
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,6 +61,10 @@ def detail(pred: np.ndarray, gt: np.ndarray) -> float:
         return float(np.abs(np.diff(luma, axis=1)).mean() + np.abs(np.diff(luma, axis=2)).mean())
 
     return gradient_energy(pred) / max(gradient_energy(gt), 1e-9)
+
+
+# The per-second metrics by name; each name is also the ClipResult field that holds it.
+METRICS = {"psnr": psnr, "ssim": ssim, "detail": detail}
 
 
 def depth_warp(frame0: np.ndarray, depth0: np.ndarray, depth: np.ndarray, world_T_cam0: np.ndarray,
@@ -164,13 +169,12 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
         "warp": depth_warp(gt[0], clip.depth[0], clip.depth, poses[0], poses, K),
     }
     result = ClipResult(scene_seed=scene_seed)
-    for method in ("model", "repeat", "warp"):
-        result.psnr[method] = per_second(frames[method], gt, fps, seconds, psnr)
-        result.ssim[method] = per_second(frames[method], gt, fps, seconds, ssim)
-        result.detail[method] = per_second(frames[method], gt, fps, seconds, detail)
+    for method in METHODS:
+        for name, metric in METRICS.items():
+            getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
     for kind in PERTURBATIONS:
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
-    for method in ("model", "repeat", "warp"):
+    for method in METHODS:
         margins = following_margins(frames[method], gt, {kind: frames[kind] for kind in PERTURBATIONS})
         if method == "model":
             result.margins = margins
@@ -190,8 +194,8 @@ def following_margins(pred: np.ndarray, gt: np.ndarray, perturbed: dict[str, np.
 def summarise(results: list[ClipResult], seconds: int) -> dict:
     """Means over clips per second, means over seconds 1…end, and the camera-following fractions."""
     out: dict = {"clips": len(results), "seconds": seconds, "per_second": {}, "mean": {}}
-    for metric in ("psnr", "ssim", "detail"):
-        for method in ("model", "repeat", "warp"):
+    for metric in METRICS:
+        for method in METHODS:
             table = np.array([getattr(r, metric)[method] for r in results])  # [clips, seconds]
             out["per_second"][f"{metric}_{method}"] = table.mean(0).tolist()
             out["mean"][f"{metric}_{method}"] = float(table.mean())
