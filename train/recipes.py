@@ -1,10 +1,10 @@
 """Recipes: the chunk-causal flow-matching teacher and its few-step ODE-trajectory distillation.
 
-Self-forcing (`SelfForcedLoss`), the last stage: the student rolls a clip out with the live few-step
-sampler (no gradient), committing its own chunks, and then learns the next chunk against the ground
-truth at a live σ, with exactly that self-made context. Streaming conditions on the model's own
-outputs, never on the data, so this trains the situation the app is in (exposure bias) on the metric
-it is judged by (MSE to what the camera would really see).
+Self-forcing (`SelfForcedLoss`), the last stage: the student streams a clip chunk by chunk as the app
+does, committing the clean chunks its live few-step sampler makes, and learns every chunk against the
+ground truth at a live σ, with exactly that self-made context (`self_forced_stream`). Streaming
+conditions on the model's own outputs, never on the data, so this trains the situation the app is in
+(exposure bias) on the metric it is judged by (MSE to what the camera would really see).
 
 Teacher (`TeacherLoss`): a clip of T latents in the streaming layout [1 + c, c, ...]; every chunk gets
 its own shifted logit-normal σ (diffusion forcing), some context chunks are clean as in streaming,
@@ -21,7 +21,7 @@ many-step ODE.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -109,26 +109,85 @@ def teacher_rollout(model, image_latent: torch.Tensor, camera: torch.Tensor, plu
     start = 0
     for c, size in enumerate(chunk_sizes):
         sl = slice(start, start + size)
-        x = noise[:, :, sl].clone()
-        if c == 0:
-            x[:, :, :1] = image_latent
         cam, pl = camera[:, sl], plucker[:, :, sl]
-        for sigma, sigma_next in zip(grid[:-1], grid[1:]):
+
+        def record(sigma: float, x: torch.Tensor) -> None:
             if sigma in keep_index:
                 trajectory[:, keep_index[sigma], :, sl] = x
-                if c == 0:
-                    trajectory[:, keep_index[sigma], :, :1] = image_latent
-            timestep = torch.full((batch, 1, size), sigma * 1000.0, device=x.device)
-            if c == 0:
-                timestep[:, :, 0] = 0.0
-            v = model.stream_forward(x, timestep, text, mask, cam, pl, state)
-            x = x + (sigma_next - sigma) * v
-            if c == 0:
-                x[:, :, :1] = image_latent
+
+        x = euler_chunk(model, noise[:, :, sl], image_latent if c == 0 else None, cam, pl, text, mask, state, grid,
+                        record)
         x0[:, :, sl] = x
         state = model.stream_commit(x, text, mask, cam, pl, state)
         start += size
     return trajectory, x0
+
+
+@torch.no_grad()
+def euler_chunk(model, noise: torch.Tensor, image_latent: torch.Tensor | None, camera: torch.Tensor,
+                plucker: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, state, grid: Sequence[float],
+                record: Callable[[float, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """One chunk of the live sampler: Euler steps over `grid` (descending, ending at 0) from `noise`
+    [B, C, Tc, h, w] against the read-only `state` -> the clean chunk. With `image_latent` [B, C, 1, h, w]
+    (chunk 0) its frame 0 is that image at t = 0 throughout. `record(σ, x)` sees x before each step."""
+    batch, size = noise.shape[0], noise.shape[2]
+    x = noise.clone()
+    if image_latent is not None:
+        x[:, :, :1] = image_latent
+    for sigma, sigma_next in zip(grid[:-1], grid[1:]):
+        if record is not None:
+            record(sigma, x)
+        timestep = torch.full((batch, 1, size), sigma * 1000.0, device=x.device)
+        if image_latent is not None:
+            timestep[:, :, 0] = 0.0
+        v = model.stream_forward(x, timestep, text, mask, camera, plucker, state)
+        x = x + (sigma_next - sigma) * v
+        if image_latent is not None:
+            x[:, :, :1] = image_latent
+    return x
+
+
+def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
+                       chunk_sizes: Sequence[int], sigmas: Sequence[float], noise: torch.Tensor,
+                       kv_window_chunks: int | None, sink: bool) -> torch.Tensor:
+    """The velocity [B, C, T, h, w] of every chunk of `x`, each streamed against the model's own past.
+
+    Chunk by chunk, with gradients: v_c = stream_forward(x_c, timestep_c) against the state of the clean
+    chunks the live sampler (`sigmas`, Euler from `noise` [B, C, T, h, w], no gradient through its chunks)
+    made before c; that sampler's chunk c is then committed, with gradients through the commit pass (the
+    context's keys, values and recurrent states are trained), none through the chunk's values. So v_c is what
+    the app's call at chunk c gives, and equals the chunk-causal forward over [own chunks 0..c−1 at t = 0,
+    x_c] (tests/train): one rollout trains every chunk instead of one. Frame 0 of `x` is the clean image
+    (t = 0). With the one-step sampler (σ 1, 0) and x_c = noise_c at t = 1000, the sampler's forward is the
+    training forward, and its output is reused: own chunk = x_c − v_c.
+    """
+    batch = x.shape[0]
+    text, mask = model.null_text(batch)
+    state = model.init_stream_state(batch, latent_hw=tuple(x.shape[-2:]), kv_window_chunks=kv_window_chunks, sink=sink)
+    image = x[:, :, :1]
+    one_step = [float(s) for s in sigmas] == [1.0, 0.0]
+    velocities = []
+    start = 0
+    for c, size in enumerate(chunk_sizes):
+        sl = slice(start, start + size)
+        cam, pl = camera[:, sl], plucker[:, :, sl]
+        v = model.stream_forward(x[:, :, sl], timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
+        velocities.append(v)
+        if c == len(chunk_sizes) - 1:
+            break  # nothing streams after the last chunk
+        first = 1 if c == 0 else 0  # chunk 0's frame 0 is the image
+        reuse = (one_step and bool((timestep[:, :, sl][:, :, first:] == 1000.0).all())
+                 and torch.equal(x[:, :, sl][:, :, first:], noise[:, :, sl][:, :, first:]))
+        if reuse:
+            own = (x[:, :, sl] - v).detach()
+            if c == 0:
+                own[:, :, :1] = image
+        else:
+            own = euler_chunk(model, noise[:, :, sl], image if c == 0 else None, cam, pl, text, mask, state,
+                              [float(s) for s in sigmas])
+        state = model.stream_commit(own, text, mask, cam, pl, state)
+        start += size
+    return torch.cat(velocities, dim=2)
 
 
 class DistilLoss:
@@ -215,19 +274,26 @@ def _unwrap(net):
 class SelfForcedLoss:
     """Ground-truth targets on the student's own streamed context (see the module docstring).
 
-    Each step picks one target chunk c per batch (uniform over the clip's chunks). Chunks 0..c−1 are
-    generated by the live sampler (`sigmas`, Euler, committing each clean chunk, the `teacher_rollout`
-    loop) from the clip's clean first latent; chunk c gets the ground truth noised to a σ drawn from
-    the live list. The chunk-causal forward over [own chunks (t = 0), noisy chunk c] equals the
-    streaming call the app makes at that step (streaming == chunk-causal, tested in tests/model), and
-    the loss is the (channel-weighted) MSE to v* = (x_σ − x₀)/σ on chunk c only.
+    `targets="all"` (the default): one streamed rollout per step trains every chunk. Each chunk c gets the
+    ground truth noised to its own σ from the live list and is run, with gradients, against the state of
+    the clean chunks the live sampler made before it (`self_forced_stream`); the loss is the
+    (channel-weighted) MSE to v* = (x_σ − x₀)/σ over all chunks.
+
+    `targets="one"`: one target chunk c per step (uniform over the clip's chunks). Chunks 0..c−1 are
+    generated by the live sampler without gradient (the `teacher_rollout` loop), then the chunk-causal
+    forward over [own chunks (t = 0), noisy chunk c] (the streaming call the app makes at that step,
+    streaming == chunk-causal, tested in tests/model) is trained on chunk c only. Same objective per
+    chunk; it spends a whole rollout and a forward over the prefix on one chunk's loss.
     """
 
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
                  kv_window_chunks: int, sink: bool, crops: tuple[int, ...] = (), frames: int | None = None,
-                 channel_weights: torch.Tensor | None = None, refresh_every: int = 200):
+                 channel_weights: torch.Tensor | None = None, refresh_every: int = 200, targets: str = "all"):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
+        if targets not in ("all", "one"):
+            raise ValueError(f"targets must be 'all' or 'one', got {targets!r}")
+        self.targets = targets
         live = [float(s) for s in sigmas]
         if live[-1] != 0.0 or any(a <= b for a, b in zip(live[:-1], live[1:])):
             raise ValueError(f"sigmas must decrease strictly and end at 0, got {live}")
@@ -241,6 +307,8 @@ class SelfForcedLoss:
         x0 = batch["latents"]  # [B, C, T, h, w]
         camera, plucker = batch["camera_conditions"], batch["chunk_plucker"]
         sizes = chunk_layout(x0.shape[2], self.chunk_latents)
+        if self.targets == "all":
+            return self._all_chunks(net, rng, x0, camera, plucker, sizes)
         target = int(torch.randint(len(sizes), (1,), generator=rng))
         start = sum(sizes[:target])
         end = start + sizes[target]
@@ -268,3 +336,17 @@ class SelfForcedLoss:
                 plucker[:, :, :end].to(device), sizes[:target + 1])
         loss = masked_mse(v, velocity_target.to(device), (sigma > 0).float().to(device), self.channel_weights)
         return loss, {"target_chunk": target}
+
+    def _all_chunks(self, net, rng, x0, camera, plucker, sizes) -> tuple[torch.Tensor, dict[str, float]]:
+        live = torch.tensor(self.sigmas[:-1])
+        sigma_chunk = live[torch.randint(len(live), (x0.shape[0], len(sizes)), generator=rng)]  # [B, K]
+        sigma = sigma_chunk[:, chunk_index_of_frames(sizes)]  # [B, T]
+        sigma[:, 0] = 0.0
+        noise = torch.randn(x0.shape, generator=rng)
+        x_in = add_noise(x0, sigma, noise)  # frame 0 has σ = 0: the clean image
+        velocity_target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        device = next(net.parameters()).device
+        v = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device), sizes,
+                live_sampler=(self.sigmas, noise.to(device)))
+        loss = masked_mse(v, velocity_target.to(device), (sigma > 0).float().to(device), self.channel_weights)
+        return loss, {"chunks": len(sizes)}

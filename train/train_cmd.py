@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distil-minutes", type=float, default=10.0)
     parser.add_argument("--selfforce-steps", type=int, default=20000)
     parser.add_argument("--selfforce-minutes", type=float, default=30.0)
+    parser.add_argument("--selfforce-targets", choices=("all", "one"), default="all",
+                        help="self-forcing: train every chunk of each streamed rollout (all) or one random chunk "
+                             "after a gradient-free rollout (one, the recipe of the shipped steps 3-7)")
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -261,7 +264,7 @@ def run_selfforce(args):
         student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                           gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
-                          channel_weights=_channel_weights(args))
+                          channel_weights=_channel_weights(args), targets=args.selfforce_targets)
     loop = LoopConfig(run_dir=str(run_dir / "selfforce"), steps=args.selfforce_steps, minutes=args.selfforce_minutes,
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress,
                       lr_scales=_lr_scales(args.lr_scale))

@@ -70,7 +70,15 @@ class ChunkCausalNet(nn.Module):
         self.kv_window_chunks = kv_window_chunks
         self.sink = sink
 
-    def forward(self, x, timestep, camera_conditions, chunk_plucker, chunk_sizes):
+    def forward(self, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, *, live_sampler=None):
+        """Velocity [B, C, T, h, w]. With `live_sampler` = (σ list, noise [B, C, T, h, w]) the chunks stream
+        one by one instead, each against the model's own earlier chunks (`train.recipes.self_forced_stream`)."""
+        if live_sampler is not None:
+            from train.recipes import self_forced_stream
+
+            sigmas, noise = live_sampler
+            return self_forced_stream(self.model, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, sigmas,
+                                      noise, self.kv_window_chunks, self.sink)
         text, mask = self.model.null_text(x.shape[0])
         return self.model.forward_chunk_causal(
             x, timestep, text, mask, camera_conditions, chunk_plucker,

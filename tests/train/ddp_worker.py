@@ -1,4 +1,5 @@
-"""Run by test_ddp.py under torchrun: a few teacher steps, then each rank saves its weights."""
+"""Run by test_ddp.py under torchrun: a few teacher steps, then a few self-forcing steps (every chunk streamed, the
+chunk loop inside the DDP module's forward), and each rank saves its weights after each."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.train.helpers import tiny_model  # noqa: E402
 from train.data import LatentClips  # noqa: E402
-from train.recipes import TeacherLoss  # noqa: E402
+from train.recipes import SelfForcedLoss, TeacherLoss  # noqa: E402
 from train.trainer import LoopConfig, train_loop  # noqa: E402
 
 
@@ -23,6 +24,11 @@ def main(latents: str, out: str) -> None:
     rank = dist.get_rank()
     torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "losses": [r["loss"] for r in records],
                 "world": dist.get_world_size(), "backend": dist.get_backend()}, Path(out) / f"rank{rank}.pt")
+    selfforce = SelfForcedLoss(LatentClips(latents), batch_size=2, chunk_latents=2, sigmas=(1.0, 0.0),
+                               kv_window_chunks=2, sink=True)
+    cfg = LoopConfig(run_dir=str(Path(out) / "selfforce"), steps=2, lr=1e-2, warmup_steps=1, progress=False)
+    model, _, records = train_loop(model, selfforce, cfg, kv_window_chunks=2, sink=True)
+    torch.save({"model": model.state_dict(), "losses": [r["loss"] for r in records]}, Path(out) / f"selfforce{rank}.pt")
     dist.destroy_process_group()
 
 

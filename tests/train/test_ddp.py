@@ -33,3 +33,9 @@ def test_torchrun_two_gloo_ranks_end_with_identical_weights(tmp_path):
     start = tiny_model().state_dict()
     assert any(not torch.equal(start[k], v) for k, v in ranks[0]["model"].items()), "the weights must have trained"
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+    # Self-forcing streams the chunks inside the DDP module's forward: the grads are still averaged.
+    streamed = [torch.load(tmp_path / f"selfforce{r}.pt", weights_only=False) for r in (0, 1)]
+    assert streamed[0]["losses"] != streamed[1]["losses"]
+    for key, value in streamed[0]["model"].items():
+        assert torch.equal(value, streamed[1]["model"][key]), key
+    assert any(not torch.equal(ranks[0]["model"][k], v) for k, v in streamed[0]["model"].items())

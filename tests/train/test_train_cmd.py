@@ -103,8 +103,8 @@ def test_a_one_step_sampler_trains_ships_and_is_what_every_entry_point_runs(tmp_
     base = tmp_path / "base" / "m.safetensors"
 
     rollouts = []
-    real_rollout = recipes.teacher_rollout
-    monkeypatch.setattr(recipes, "teacher_rollout", lambda *a, **k: rollouts.append(a[5]) or real_rollout(*a, **k))
+    real_stream = recipes.self_forced_stream
+    monkeypatch.setattr(recipes, "self_forced_stream", lambda *a, **k: rollouts.append(a[6]) or real_stream(*a, **k))
     args = _args(tmp_path, vae, "selfforce", selfforce_steps=6, init=str(base), sigmas="1,0",
                  run_dir=str(tmp_path / "sf"))
     assert train_cmd.main(args) == 0

@@ -84,8 +84,8 @@ def test_crop_moves_the_principal_point_with_the_window():
         crop_batch(batch, 5, None, gen)
 
 
-def test_self_forced_loss_trains_on_the_students_own_streamed_context(tmp_path, monkeypatch):
-    """The context chunks are the live sampler's own rollout (the teacher_rollout loop on the live σ),
+def test_self_forced_loss_one_target_trains_on_the_students_own_streamed_context(tmp_path, monkeypatch):
+    """targets="one": the context chunks are the live sampler's own rollout (the teacher_rollout loop on the live σ),
     the target chunk is the ground truth noised to a live σ, and only the target chunk is scored."""
     import train.recipes as recipes
 
@@ -111,7 +111,8 @@ def test_self_forced_loss_trains_on_the_students_own_streamed_context(tmp_path, 
         return inner_forward(x, timestep, camera, plucker, sizes)
 
     net.forward = spy_forward
-    loss_fn = recipes.SelfForcedLoss(clips, batch_size=2, chunk_latents=2, sigmas=live, kv_window_chunks=2, sink=True)
+    loss_fn = recipes.SelfForcedLoss(clips, batch_size=2, chunk_latents=2, sigmas=live, kv_window_chunks=2, sink=True,
+                                     targets="one")
     targets = set()
     for seed in range(12):
         seen.clear()
@@ -134,6 +135,86 @@ def test_self_forced_loss_trains_on_the_students_own_streamed_context(tmp_path, 
         loss.backward()
         assert torch.isfinite(loss)
     assert targets == {0, 1, 2}
+
+
+
+@pytest.mark.parametrize("live", [(1.0, 0.0), (1.0, 0.8, 0.4, 0.0)], ids=["one-step", "three-step"])
+def test_self_forced_stream_equals_the_chunk_causal_call_on_the_own_rollout(tmp_path, live):
+    """Every chunk's velocity from the streamed rollout equals the chunk-causal forward over [the live sampler's
+    own earlier chunks at t = 0, this chunk], and so do the gradients of a loss on the last chunk (which flow
+    back through the earlier chunks' commit passes)."""
+    from train.recipes import self_forced_stream
+
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 2, frames=7))
+    batch = clips.batch([0, 1])
+    x0, camera, plucker = batch["latents"], batch["camera_conditions"], batch["chunk_plucker"]
+    sizes = [3, 2, 2]
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=gen)
+    levels = torch.tensor(live[:-1])
+    sigma = levels[torch.randint(len(levels), (2, 3), generator=gen)][:, [0, 0, 0, 1, 1, 2, 2]]  # [B, T]
+    sigma[:, 0] = 0.0
+    sigma[0, 3:5] = live[0]  # at least one chunk starts where the sampler starts
+    x_in = (1 - sigma[:, None, :, None, None]) * x0 + sigma[:, None, :, None, None] * noise
+    timestep = (sigma * 1000.0)[:, None]
+    model = tiny_model(seed=3)
+    with torch.no_grad():
+        model.plucker_embedder.proj.weight.normal_(0, 0.2)  # every branch live, so every path is compared
+        for block in model.blocks:
+            block.plucker_proj.weight.normal_(0, 0.2)
+    _, own = teacher_rollout(model, x0[:, :, :1], camera, plucker, sizes[:-1], list(live), [], noise[:, :, :5], 2, True)
+
+    streamed = self_forced_stream(model, x_in, timestep, camera, plucker, sizes, live, noise, 2, True)
+    weights = torch.randn(streamed[:, :, 5:].shape, generator=gen)
+    model.zero_grad()
+    (streamed[:, :, 5:] * weights).sum().backward()
+    grads_streamed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    text, mask = model.null_text(2)
+    for c, (start, end) in enumerate([(0, 3), (3, 5), (5, 7)]):
+        x = torch.cat((own[:, :, :start], x_in[:, :, start:end]), dim=2)
+        t = torch.cat((torch.zeros(2, 1, start), timestep[:, :, start:end]), dim=2)
+        model.zero_grad()
+        reference = model.forward_chunk_causal(x, t, text, mask, camera[:, :end], plucker[:, :, :end],
+                                               chunk_sizes=sizes[:c + 1], kv_window_chunks=2, sink=True)[:, :, start:]
+        torch.testing.assert_close(streamed[:, :, start:end].detach(), reference.detach(), atol=2e-5, rtol=1e-4)
+    (reference * weights).sum().backward()
+    grads_reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads_streamed.keys() == grads_reference.keys()
+    for name, grad in grads_reference.items():
+        torch.testing.assert_close(grads_streamed[name], grad, atol=1e-4, rtol=1e-3, msg=name)
+    assert grads_reference["blocks.0.attn.qkv.weight"].abs().max() > 0
+
+
+def test_self_forced_loss_all_targets_scores_every_chunk_and_goes_down(tmp_path):
+    import train.recipes as recipes
+
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 6, frames=7))
+    loss_fn = recipes.SelfForcedLoss(clips, batch_size=4, chunk_latents=2, sigmas=(1.0, 0.0), kv_window_chunks=2,
+                                     sink=True)
+    model = tiny_model()
+    calls = {}
+    net = ChunkCausalNet(model, kv_window_chunks=2, sink=True)
+    inner = net.forward
+
+    def spy(x, timestep, camera, plucker, sizes, **kwargs):
+        calls["t"], calls["sizes"], calls["kwargs"] = timestep.clone(), list(sizes), kwargs
+        return inner(x, timestep, camera, plucker, sizes, **kwargs)
+
+    net.forward = spy
+    loss, metrics = loss_fn(net, torch.Generator().manual_seed(0), 1)
+    assert calls["sizes"] == [3, 2, 2] and metrics["chunks"] == 3
+    assert bool((calls["t"][:, 0, 0] == 0).all()) and bool((calls["t"][:, 0, 1:] == 1000.0).all())
+    assert calls["kwargs"]["live_sampler"][0] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="targets"):
+        recipes.SelfForcedLoss(clips, 4, 2, (1.0, 0.0), 2, True, targets="some")
+
+    before = _fixed_loss(model, loss_fn)
+    cfg = LoopConfig(run_dir=str(tmp_path / "run"), steps=ci_size(30, 20), lr=3e-3, warmup_steps=5, progress=False)
+    model, _, _ = train_loop(model, loss_fn, cfg, kv_window_chunks=2, sink=True)
+    assert _fixed_loss(model, loss_fn) < 0.8 * before
 
 
 def test_pixel_channel_weights_follow_the_decoders_linear_path():
