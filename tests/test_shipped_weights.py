@@ -70,9 +70,12 @@ def test_the_grown_softmax_block_of_the_shipped_model_is_trained():
 
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     model = load_weights()
-    assert list(model.config.softmax_layers) == info["grown"]["softmax_layers"]
-    grown = model.blocks[info["grown"]["from_depth"]:]
-    assert len(grown) == len(info["grown"]["append_blocks"]) == 1
+    # the `grown` entry `train grow` writes: depth [before, after] and the kinds appended
+    before, after = info["grown"]["depth"]
+    assert model.config.depth == after and info["grown"]["appended"] == ["softmax"]
+    assert list(model.config.softmax_layers) == [3, 4]
+    grown = model.blocks[before:]
+    assert len(grown) == 1
     weights = {name: p for name, p in grown[0].named_parameters()
                if name in RESIDUAL_WRITERS and name.endswith("weight")}
     assert set(weights) == {"attn.proj.weight", "plucker_proj.weight", "cross_attn.proj.weight",
