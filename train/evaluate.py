@@ -6,9 +6,10 @@ The model starts from the walk's first rendered frame and streams the whole walk
 Metrics per second of rollout (frames 16(s−1)+1 … 16s): PSNR and SSIM against ground truth, and
 `detail` (how much fine structure the frames keep, as a fraction of the ground truth's: PSNR and SSIM
 both reward a blurred expectation, this shows the blur), also for two baselines: repeating the first
-frame, and warping the first frame with the true depth (`depth_warp`). Camera following: for each clip and each perturbation of its trajectory (mirrored yaw,
-reversed motion) the ground truth along the perturbed path is rendered; the clip follows the camera
-when the rollout's MSE (seconds 1…end) to the commanded ground truth is below that to the perturbed one.
+frame, and warping the first frame with the true depth (`depth_warp`). Camera following: for each clip
+and each perturbation of its trajectory (mirrored yaw, reversed motion) the ground truth along the
+perturbed path is rendered; the clip follows the camera when the rollout's MSE (seconds 1…end) to the
+commanded ground truth is below that to the perturbed one.
 """
 from __future__ import annotations
 

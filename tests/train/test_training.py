@@ -137,7 +137,6 @@ def test_self_forced_loss_one_target_trains_on_the_students_own_streamed_context
     assert targets == {0, 1, 2}
 
 
-
 @pytest.mark.parametrize("live", [(1.0, 0.0), (1.0, 0.8, 0.4, 0.0)], ids=["one-step", "three-step"])
 def test_self_forced_stream_equals_the_chunk_causal_call_on_the_own_rollout(tmp_path, live):
     """Every chunk's velocity from the streamed rollout equals the chunk-causal forward over [the live sampler's
