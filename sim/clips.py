@@ -27,6 +27,7 @@ EVAL_SEED_BASE = 1_000_000
 CLEARANCE_M = 0.3
 LOOKAHEAD_S = 0.8
 TEMPORAL_STRIDE = 8
+MAX_SPEED = 4.0  # retimed walks (see sample_trajectory): above this a frame step outruns the free-space lookahead
 
 # behaviour -> (relative frequency, duration range in seconds)
 BEHAVIOURS: dict[str, tuple[float, tuple[float, float]]] = {
@@ -115,17 +116,33 @@ class _Program:
                              yaw_deg=self.yaw, pitch_deg=self.pitch, roll_deg=0.0)
 
 
+def check_speed(speed) -> float:
+    if isinstance(speed, bool) or not isinstance(speed, numbers.Real) or not 0 <= speed <= MAX_SPEED:
+        raise ValueError(f"speed must be a number in [0, {MAX_SPEED}], got {speed!r}")
+    return float(speed)
+
+
 def sample_trajectory(scene: Scene, clip_seed: int, n_frames: int, fps: float = DEFAULT_FPS,
-                      settings: ControlSettings = ControlSettings()) -> np.ndarray:
-    """A free-space random walk in `scene`: world_T_cams [n_frames, 4, 4] (see the module docstring)."""
+                      settings: ControlSettings = ControlSettings(), speed: float = 1.0) -> np.ndarray:
+    """A free-space random walk in `scene`: world_T_cams [n_frames, 4, 4] (see the module docstring).
+
+    `speed` retimes the walk: the same program of inputs runs with a frame interval of speed/fps
+    seconds, so played at `fps` it moves `speed` times as fast (0.25: a slow stroll along the same
+    path; 0: the camera stands at the walk's start for every frame).
+    """
     check_seed(clip_seed)
     if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and 0 < fps <= 240):
         raise ValueError(f"fps must be a number in (0, 240], got {fps!r}")
+    speed = check_speed(speed)
     rng = np.random.default_rng([int(clip_seed), scene.seed, 0xC11B])
     start = scene.spawn_world_T_cam(int(rng.integers(0, 2**31)))
+    if speed == 0.0:
+        return np.repeat(start[None], n_frames, axis=0)
+    # the integrator and the program step on the walk's own clock: `sim_fps` frames per simulated second
+    sim_fps = fps / speed
     yaw0 = math.degrees(math.atan2(start[0, 2], start[2, 2]))
-    integrator = PoseIntegrator(settings, start, fps)
-    program = _Program(rng, fps, yaw0)
+    integrator = PoseIntegrator(settings, start, sim_fps)
+    program = _Program(rng, sim_fps, yaw0)
     poses = [start]
     while len(poses) < n_frames:
         velocity = integrator.velocity
@@ -146,10 +163,10 @@ def sample_trajectory(scene: Scene, clip_seed: int, n_frames: int, fps: float = 
 
 def sample_clip(scene_seed: int, clip_seed: int, n_frames: int = 33, width: int = DEFAULT_WIDTH,
                 height: int = DEFAULT_HEIGHT, fps: float = DEFAULT_FPS, hfov_deg: float = DEFAULT_HFOV_DEG,
-                theme: str | None = None, scene: Scene | None = None) -> Clip:
+                theme: str | None = None, scene: Scene | None = None, speed: float = 1.0) -> Clip:
     """Render one random-walk clip of `n_frames` (8k+1) frames in scene `scene_seed`.
 
-    `scene` may pass the already built `Scene.from_seed(scene_seed, theme)` to save rebuilding it.
+    `speed` retimes the walk (`sample_trajectory`; 0 = a standing camera). `scene` may pass the already built `Scene.from_seed(scene_seed, theme)` to save rebuilding it.
     Same arguments -> the same clip, byte for byte.
     """
     check_seed(scene_seed)
@@ -159,7 +176,7 @@ def sample_clip(scene_seed: int, clip_seed: int, n_frames: int = 33, width: int 
     elif scene.seed != scene_seed or (theme is not None and scene.theme.name != theme):
         raise ValueError(f"scene (seed {scene.seed}, theme {scene.theme.name}) is not scene {scene_seed} ({theme})")
     K = default_intrinsics(width, height, hfov_deg)
-    poses = sample_trajectory(scene, clip_seed, n, fps)
+    poses = sample_trajectory(scene, clip_seed, n, fps, speed=speed)
     result = scene.render(poses, K, width, height)
     return Clip(frames=result.rgb, depth=result.depth, world_T_cams=poses, K=K, fps=float(fps),
                 scene_seed=int(scene_seed), theme=scene.theme.name, clip_seed=int(clip_seed))

@@ -29,16 +29,22 @@ def clip_name(scene_seed: int, clip_seed: int) -> str:
     return f"{scene_seed:07d}_{clip_seed:04d}"
 
 
-def render_clip_file(out_dir: Path, split: str, index: int, n_frames: int, size: int, clips_per_scene: int = 2) -> Path:
-    """Render clip `index` of `split` (scene index // clips_per_scene) to an npz; skip if it exists."""
-    from sim.clips import ClipDataset, sample_clip
+def render_clip_file(out_dir: Path, split: str, index: int, n_frames: int, size: int, clips_per_scene: int = 2,
+                     speed: float = 1.0) -> Path:
+    """Render clip `index` of `split` (scene index // clips_per_scene) to an npz; skip if it exists.
 
+    `speed` retimes the walk (`sim.clips.sample_trajectory`, 0 = standing); a clip at speed != 1 is named
+    `<scene>_<clip>_v<speed>`, so it sits beside the clip of the same walk at full speed."""
+    from sim.clips import ClipDataset, check_speed, sample_clip
+
+    speed = check_speed(speed)
     scene_seed = ClipDataset.scene_seed(split, index // clips_per_scene)
     clip_seed = index % clips_per_scene
-    path = out_dir / split / f"{clip_name(scene_seed, clip_seed)}.npz"
+    name = clip_name(scene_seed, clip_seed) + ("" if speed == 1.0 else f"_v{speed:g}")
+    path = out_dir / split / f"{name}.npz"
     if path.exists():
         return path
-    clip = sample_clip(scene_seed, clip_seed, n_frames, size, size)
+    clip = sample_clip(scene_seed, clip_seed, n_frames, size, size, speed=speed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, frames=clip.frames, world_T_cams=clip.world_T_cams, K=clip.K)
@@ -135,17 +141,3 @@ def crop_batch(batch: dict[str, torch.Tensor], size: int, frames: int | None, rn
     camera[:, :, 19] -= torch.tensor(oy, dtype=camera.dtype)[:, None]
     out["camera_conditions"] = camera
     return out
-
-
-def prepare_main(args) -> int:
-    """Render + encode training clips [start, start + count) (a background job next to training)."""
-    from model.vae import load_tiny_vae
-
-    torch.set_num_threads(args.threads)
-    vae = load_tiny_vae(args.vae)
-    clips_dir = Path(args.data) / "clips"
-    latents_dir = Path(args.data) / "latents" / vae_tag(args.vae) / args.split
-    for index in range(args.start, args.start + args.count):
-        clip_path = render_clip_file(clips_dir, args.split, index, args.frames, args.size)
-        encode_clip_file(vae, clip_path, latents_dir / f"{clip_path.stem}.pt")
-    return 0

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from model.release import embedded_vae_path, model_sampler_sigmas
@@ -58,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
             shown = (seed, frames)
         print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / args.seconds:.2f} repeat "
               f"{sum(result.psnr['repeat']) / args.seconds:.2f} warp {sum(result.psnr['warp']) / args.seconds:.2f} dB; "
-              f"follows {result.follows}", flush=True)
+              f"follows {result.follows}; standing PSNR {np.mean(result.standing['psnr']):.2f} dB, detail "
+              f"{np.mean(result.standing['detail']):.3f}", flush=True)
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
@@ -66,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
         pass
-    print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing")}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if args.write_docs:
@@ -104,7 +106,7 @@ def write_docs(summary: dict, results, shown, args) -> None:
     seed, frames = shown
     # 0.25 s and 0.5 s (the end of the first chunk) show how long the start frame's content lasts.
     picks = sorted({0, 4, 8} | {16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])})
-    rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp")]
+    rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp", "standing")]
     Image.fromarray(np.concatenate(rows, axis=0)).save(DOCS / "eval_rollout.png")
 
     header = ["second"] + [f"{m} {k if k == 'detail' else k.upper()}" for k in METRICS for m in METHODS]
@@ -123,6 +125,11 @@ def write_docs(summary: dict, results, shown, args) -> None:
     following_table = markdown_table(
         ["camera following", "mirrored yaw", "reversed motion", "both"],
         [[names[m], *(f"{scored[m][k]:.2f}" for k in ("mirrored_yaw", "reversed_motion", "all"))] for m in names if m in scored])
+    standing = summary["standing"]
+    standing_table = markdown_table(
+        ["second", "PSNR to the start frame", "detail"],
+        [[s + 1, f"{standing['per_second']['psnr'][s]:.2f}", f"{standing['per_second']['detail'][s]:.3f}"] for s in range(args.seconds)]
+        + [[f"mean 1–{args.seconds}", f"{standing['mean']['psnr']:.2f}", f"{standing['mean']['detail']:.3f}"]])
     sigmas_flag = f" --sigmas {args.sigmas}" if args.sigmas is not None else ""
     text = f"""# Evaluation of the embedded model on held-out scenes
 
@@ -161,6 +168,14 @@ exact geometry but loses the view as the camera moves on):
 
 {following_table}
 
+## Standing still
+
+The same generator from the same {summary['clips']} first frames with the camera never moving, for {args.seconds} s: the
+ground truth is the start frame throughout, so this is how long the model keeps the place it was shown.
+Frame 0 (the start image through the VAE, the most a rollout can keep) is at {standing['frame0_psnr']:.2f} dB.
+
+{standing_table}
+
 ## Per clip
 
 {per_clip}
@@ -169,8 +184,9 @@ exact geometry but loses the view as the camera moves on):
 
 ![held-out rollout](eval_rollout.png)
 
-`eval_rollout.png`, eval scene {seed}: top row ground truth, middle row the model's rollout, bottom row the
-true-depth warp of frame 0; columns at {", ".join(f"{i / 16:g}" for i in picks[:-1])} and {picks[-1] / 16:g} s.
+`eval_rollout.png`, eval scene {seed}, rows from the top: ground truth, the model's rollout, the true-depth
+warp of frame 0, and the model's rollout with the camera standing still (its ground truth is the first
+frame of the top row); columns at {", ".join(f"{i / 16:g}" for i in picks[:-1])} and {picks[-1] / 16:g} s.
 """
     # The hand-written "## Notes" section of the previous file is kept.
     previous = (DOCS / "eval.md").read_text() if (DOCS / "eval.md").exists() else ""

@@ -9,7 +9,10 @@ both reward a blurred expectation, this shows the blur), also for two baselines:
 frame, and warping the first frame with the true depth (`depth_warp`). Camera following: for each clip
 and each perturbation of its trajectory (mirrored yaw, reversed motion) the ground truth along the
 perturbed path is rendered; the clip follows the camera when the rollout's MSE (seconds 1…end) to the
-commanded ground truth is below that to the perturbed one.
+commanded ground truth is below that to the perturbed one. Standing still: the generator also runs from
+the same first frame with the camera never moving, where the ground truth is that frame for every
+second, so PSNR and detail per second say how long the model keeps the place it was shown (frame 0,
+the start image through the VAE, is the ceiling).
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def detail(pred: np.ndarray, gt: np.ndarray) -> float:
 
 # The per-second metrics by name; each name is also the ClipResult field that holds it.
 METRICS = {"psnr": psnr, "ssim": ssim, "detail": detail}
+STANDING_METRICS = ("psnr", "detail")  # scored on the standing-camera rollout against frame 0
 
 
 def depth_warp(frame0: np.ndarray, depth0: np.ndarray, depth: np.ndarray, world_T_cam0: np.ndarray,
@@ -125,6 +129,9 @@ class ClipResult:
     # the same test on the baselines (method -> perturbation -> closer to commanded GT): what the score is for a
     # static frame (which follows no camera) and for the true-depth warp (exact geometry that still loses the view)
     baseline_follows: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # camera standing at frame 0's pose (the ground truth is frame 0 throughout): metric -> per second
+    standing: dict[str, list[float]] = field(default_factory=dict)
+    standing_frame0_psnr: float = float("nan")  # the start image through the VAE, what standing could reach
 
 
 def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric) -> list[float]:
@@ -173,6 +180,11 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     for method in METHODS:
         for name, metric in METRICS.items():
             getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
+    standing_poses = np.repeat(poses[:1], len(poses), axis=0)
+    frames["standing"] = rollout(model, vae, gt[0], standing_poses, K, sigmas=sigmas)
+    start = np.repeat(gt[:1], len(gt), axis=0)
+    result.standing = {name: per_second(frames["standing"], start, fps, seconds, METRICS[name]) for name in STANDING_METRICS}
+    result.standing_frame0_psnr = psnr(frames["standing"][0], gt[0])
     for kind in PERTURBATIONS:
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
     for method in METHODS:
@@ -209,4 +221,12 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
         fractions["all"] = float(np.mean([f[k] for f in scored for k in PERTURBATIONS]))
         out["follow_baselines"][method] = fractions
     out["gain_over_repeat_db"] = out["mean"]["psnr_model"] - out["mean"]["psnr_repeat"]
+    standing = [r for r in results if r.standing]
+    if standing:
+        out["standing"] = {"per_second": {}, "mean": {}}
+        for metric in STANDING_METRICS:
+            table = np.array([r.standing[metric] for r in standing])  # [clips, seconds]
+            out["standing"]["per_second"][metric] = table.mean(0).tolist()
+            out["standing"]["mean"][metric] = float(table.mean())
+        out["standing"]["frame0_psnr"] = float(np.mean([r.standing_frame0_psnr for r in standing]))
     return out

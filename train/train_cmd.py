@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-clip", type=int, default=0,
                         help="prepare: index of the first training clip (clip i is scene i // 2 of the train split), "
                              "so a second data folder can hold scenes the first never saw")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="prepare: play the walks at this speed (0.25 = a slow stroll along the same path, 0 = "
+                             "standing still); such clips are named <scene>_<clip>_v<speed> and train beside the others")
+    parser.add_argument("--export-weights", choices=("ema", "live"), default="ema",
+                        help="export: the checkpoint's EMA weights (default), or the live weights the optimiser last "
+                             "wrote (to warm-start a run at a higher lr from a run stopped early)")
     parser.add_argument("--frames", type=int, default=49, help="frames per training clip (8k+1)")
     parser.add_argument("--size", type=int, default=128, help="square frame size of training clips")
     parser.add_argument("--teacher-steps", type=int, default=20000)
@@ -141,7 +147,7 @@ def run_prepare(args) -> None:
 
         iterator = tqdm(iterator, desc="prepare clips")
     for index in iterator:
-        clip = render_clip_file(Path(args.data) / "clips", "train", index, args.frames, args.size)
+        clip = render_clip_file(Path(args.data) / "clips", "train", index, args.frames, args.size, speed=args.speed)
         encode_clip_file(vae, clip, out / f"{clip.stem}.pt")
 
 
@@ -180,7 +186,7 @@ def _load_init(init: Path):
     """`--init` weights in train mode: a stage checkpoint.pt's EMA, or roam .safetensors (+ its .json)."""
     from train.embedded import load_weights
 
-    return (_load_checkpoint_ema(init) if init.suffix == ".pt" else load_weights(init)).train()
+    return (_load_checkpoint(init) if init.suffix == ".pt" else load_weights(init)).train()
 
 
 def _initial_model(args, config):
@@ -224,7 +230,7 @@ def run_distil(args, teacher=None):
     gen = _generator_defaults(args)
     run_dir = Path(args.run_dir)
     if teacher is None:
-        teacher = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt")
+        teacher = _load_checkpoint(run_dir / "teacher" / "checkpoint.pt")
     rank, world, _ = distributed()
     pairs_path = run_dir / "distil_pairs.pt"
     if not pairs_path.exists():
@@ -242,7 +248,7 @@ def run_distil(args, teacher=None):
     if [round(float(s), 6) for s in pairs["sigmas"]] != [round(s, 6) for s in wanted]:
         raise ValueError(f"{pairs_path} holds pairs for the sampler σ {pairs['sigmas'].tolist()}, not --sigmas {wanted}: "
                          "delete it (or use another --run-dir) to make pairs for this sampler")
-    student = _load_checkpoint_ema(run_dir / "teacher" / "checkpoint.pt").train()
+    student = _load_checkpoint(run_dir / "teacher" / "checkpoint.pt").train()
     loss = DistilLoss(pairs, args.batch_size, gen.chunk_latents, args.p_clean_context,
                       channel_weights=_channel_weights(args))
     loop = LoopConfig(run_dir=str(run_dir / "distil"), steps=args.distil_steps, minutes=args.distil_minutes,
@@ -261,7 +267,7 @@ def run_selfforce(args):
     if args.init is not None:
         student = _load_init(Path(args.init))
     else:
-        student = _load_checkpoint_ema(_last_student_checkpoint(run_dir, before="selfforce")).train()
+        student = _load_checkpoint(_last_student_checkpoint(run_dir, before="selfforce")).train()
     loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                           gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
                           channel_weights=_channel_weights(args), targets=args.selfforce_targets)
@@ -283,7 +289,8 @@ def _last_student_checkpoint(run_dir: Path, before: str | None = None) -> Path:
     raise FileNotFoundError(f"no {' / '.join(order)} checkpoint under {run_dir} (run those stages first)")
 
 
-def _load_checkpoint_ema(path: Path):
+def _load_checkpoint(path: Path, weights: str = "ema"):
+    """The model of a stage checkpoint with its EMA weights, or ("live") the weights the optimiser last wrote."""
     import torch
 
     from model import ModelConfig, WorldModel
@@ -292,7 +299,7 @@ def _load_checkpoint_ema(path: Path):
         raise FileNotFoundError(f"checkpoint {path} not found (run its stage first)")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     model = WorldModel(ModelConfig.from_dict(saved["model_config"]))
-    model.load_state_dict(saved["ema"])
+    model.load_state_dict(saved["ema" if weights == "ema" else "model"])
     return model.eval()
 
 
@@ -364,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {path} and {path.with_suffix('.json')}")
         return 0
     if args.stage == "export":
-        path = run_export(args, _load_checkpoint_ema(_last_student_checkpoint(Path(args.run_dir))))
+        path = run_export(args, _load_checkpoint(_last_student_checkpoint(Path(args.run_dir)), args.export_weights))
         print(f"wrote {path} and {path.with_suffix('.json')}")
         return 0
     from train.trainer import distributed

@@ -30,6 +30,23 @@ def test_bad_frame_counts_are_rejected(n_frames):
         sample_clip(3, 1, n_frames, 16, 16)
 
 
+def test_speed_retimes_the_same_walk_and_zero_stands_still():
+    """speed 0.5 traces the walk of speed 1 at half the pace (frame 2k ≈ frame k); speed 0 never leaves the start."""
+    scene = Scene.from_seed(3)
+    full = sample_trajectory(scene, 0, 33)
+    half = sample_trajectory(scene, 0, 65, speed=0.5)
+    standing = sample_trajectory(scene, 0, 17, speed=0)
+    assert np.abs(half[::2, :3, 3] - full[:, :3, 3]).max() < 0.05  # the integrator's discretisation only
+    path = np.linalg.norm(np.diff(full[:, :3, 3], axis=0), axis=1).sum()
+    assert path > 0.5 and abs(np.linalg.norm(np.diff(half[:, :3, 3], axis=0), axis=1).sum() - path) < 0.05 * path
+    assert np.array_equal(standing, np.repeat(full[:1], 17, axis=0))
+    clip = sample_clip(3, 0, 9, 16, 16, scene=scene, speed=0)
+    assert np.array_equal(clip.frames, np.repeat(clip.frames[:1], 9, axis=0))
+    for bad in (-0.5, 5.0, True, "1"):
+        with pytest.raises(ValueError, match="speed"):
+            sample_trajectory(scene, 0, 9, speed=bad)
+
+
 @pytest.mark.heavy
 def test_random_walks_stay_free_and_move_like_a_person():
     n_frames = ci_size(241, 121)

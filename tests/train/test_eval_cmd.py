@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from PIL import Image
+
 from train import eval_cmd
 
 
@@ -28,4 +30,11 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     assert "| model detail | repeat detail | warp detail |" in text
     assert "columns at 0, 0.25, 0.5 and 1 s." in text  # the caption names the frames the 1 s rollout shows
     assert 0.0 <= summary["mean"]["detail_model"] and summary["mean"]["detail_repeat"] > 0.0
+    standing = summary["standing"]
+    assert len(standing["per_second"]["psnr"]) == 1 and 0.0 < standing["mean"]["detail"]
+    # a rollout that stands still cannot beat the start image through the VAE, its own frame 0
+    assert 10.0 < standing["mean"]["psnr"] < standing["frame0_psnr"]
+    assert "## Standing still" in text and "| second | PSNR to the start frame | detail |" in text
+    rollout_png = Image.open(tmp_path / "eval_rollout.png")
+    assert rollout_png.size == (4 * 64, 4 * 64)  # 4 rows (gt, model, warp, standing) x 4 columns
     assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0

@@ -90,6 +90,12 @@ def test_per_second_and_summary():
     assert summary["follow_baselines"] == {"warp": {"mirrored_yaw": 0.5, "reversed_motion": 1.0, "all": 0.75}}
     assert summary["mean"]["psnr_model"] == 11.0 and summary["gain_over_repeat_db"] == 0.0
     assert summary["per_second"]["detail_model"] == pytest.approx([0.9, 0.4])
+    assert "standing" not in summary  # results without a standing rollout
+    results[0].standing, results[0].standing_frame0_psnr = {"psnr": [30.0, 20.0], "detail": [0.8, 0.2]}, 33.0
+    results[1].standing, results[1].standing_frame0_psnr = {"psnr": [28.0, 22.0], "detail": [0.6, 0.4]}, 35.0
+    standing = summarise(results, 2)["standing"]
+    assert standing["per_second"] == {"psnr": [29.0, 21.0], "detail": pytest.approx([0.7, 0.3])}
+    assert standing["mean"] == {"psnr": 25.0, "detail": pytest.approx(0.5)} and standing["frame0_psnr"] == 34.0
 
 
 def test_following_margins_are_positive_towards_the_commanded_truth():

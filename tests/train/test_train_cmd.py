@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,12 @@ def test_teacher_init_selfforce_and_export(tmp_path):
         assert torch.equal(value, selfforce["ema"][key]), key
     info = read_info(out)
     assert info["vae_tag"] == vae_tag(vae) and info["selfforce_steps"] == 2 and info["teacher_steps"] == 2
+    # --export-weights live ships what the optimiser last wrote instead (in warm-up the EMA equals it, so shift it)
+    selfforce["model"] = {key: value + 1.0 if value.is_floating_point() else value for key, value in selfforce["model"].items()}
+    torch.save(selfforce, tmp_path / "runs" / "selfforce" / "checkpoint.pt")
+    assert train_cmd.main(_args(tmp_path, vae, "export", export_weights="live")) == 0
+    for key, value in load_weights(out).state_dict().items():
+        assert torch.equal(value, selfforce["model"][key]), key
 
 
 @pytest.mark.timeout(240)
@@ -153,6 +160,11 @@ def test_prepare_starts_at_first_clip(tmp_path):
     latents = sorted(p.stem for p in (tmp_path / "data" / "latents" / vae_tag(vae) / "train").glob("*.pt"))
     expected = sorted(clip_name(ClipDataset.scene_seed("train", i // 2), i % 2) for i in (3, 4))
     assert latents == expected
+    train_cmd.main(_args(tmp_path, vae, "prepare", first_clip=3, clips=1, frames=9, size=32, speed=0.0))
+    standing = tmp_path / "data" / "clips" / "train" / f"{expected[0]}_v0.npz"
+    with np.load(standing) as f:  # a standing walk beside the moving one, with its own name
+        assert np.array_equal(f["world_T_cams"], np.repeat(f["world_T_cams"][:1], 9, axis=0))
+    assert (tmp_path / "data" / "latents" / vae_tag(vae) / "train" / f"{expected[0]}_v0.pt").is_file()
     with pytest.raises(ValueError, match="--first-clip"):
         train_cmd.main(_args(tmp_path, vae, "prepare", first_clip=-1))
 
