@@ -27,7 +27,10 @@ EVAL_SEED_BASE = 1_000_000
 CLEARANCE_M = 0.3
 LOOKAHEAD_S = 0.8
 TEMPORAL_STRIDE = 8
-MAX_SPEED = 4.0  # retimed walks (see sample_trajectory): above this a frame step outruns the free-space lookahead
+# retimed walks (sample_trajectory): at 4x a sprinting frame step is already ~1 m, and free space is only checked
+# at the frames' positions, so faster steps could pass through thin objects
+MAX_SPEED = 4.0
+MAX_SIM_FPS = 1000.0  # the PoseIntegrator's limit on its frame rate, which bounds how slow a retimed walk can be
 
 # behaviour -> (relative frequency, duration range in seconds)
 BEHAVIOURS: dict[str, tuple[float, tuple[float, float]]] = {
@@ -140,6 +143,9 @@ def sample_trajectory(scene: Scene, clip_seed: int, n_frames: int, fps: float = 
         return np.repeat(start[None], n_frames, axis=0)
     # the integrator and the program step on the walk's own clock: `sim_fps` frames per simulated second
     sim_fps = fps / speed
+    if sim_fps > MAX_SIM_FPS:
+        raise ValueError(f"speed {speed:g} at {fps:g} fps needs {sim_fps:g} integrator steps per second; "
+                         f"the slowest walk at this fps is speed {fps / MAX_SIM_FPS:g} (or 0, standing)")
     yaw0 = math.degrees(math.atan2(start[0, 2], start[2, 2]))
     integrator = PoseIntegrator(settings, start, sim_fps)
     program = _Program(rng, sim_fps, yaw0)
@@ -166,7 +172,8 @@ def sample_clip(scene_seed: int, clip_seed: int, n_frames: int = 33, width: int 
                 theme: str | None = None, scene: Scene | None = None, speed: float = 1.0) -> Clip:
     """Render one random-walk clip of `n_frames` (8k+1) frames in scene `scene_seed`.
 
-    `speed` retimes the walk (`sample_trajectory`; 0 = a standing camera). `scene` may pass the already built `Scene.from_seed(scene_seed, theme)` to save rebuilding it.
+    `speed` retimes the walk (`sample_trajectory`; 0 = a standing camera). `scene` may pass the already
+    built `Scene.from_seed(scene_seed, theme)` to save rebuilding it.
     Same arguments -> the same clip, byte for byte.
     """
     check_seed(scene_seed)

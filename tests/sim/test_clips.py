@@ -42,7 +42,7 @@ def test_speed_retimes_the_same_walk_and_zero_stands_still():
     assert np.array_equal(standing, np.repeat(full[:1], 17, axis=0))
     clip = sample_clip(3, 0, 9, 16, 16, scene=scene, speed=0)
     assert np.array_equal(clip.frames, np.repeat(clip.frames[:1], 9, axis=0))
-    for bad in (-0.5, 5.0, True, "1"):
+    for bad in (-0.5, 5.0, True, "1", 0.001):
         with pytest.raises(ValueError, match="speed"):
             sample_trajectory(scene, 0, 9, speed=bad)
 
