@@ -182,8 +182,9 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
             getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
     standing_poses = np.repeat(poses[:1], len(poses), axis=0)
     frames["standing"] = rollout(model, vae, gt[0], standing_poses, K, sigmas=sigmas)
-    start = np.repeat(gt[:1], len(gt), axis=0)
-    result.standing = {name: per_second(frames["standing"], start, fps, seconds, METRICS[name]) for name in STANDING_METRICS}
+    # standing still, the ground truth is the start frame throughout: the repeat baseline's frames
+    result.standing = {name: per_second(frames["standing"], frames["repeat"], fps, seconds, METRICS[name])
+                       for name in STANDING_METRICS}
     result.standing_frame0_psnr = psnr(frames["standing"][0], gt[0])
     for kind in PERTURBATIONS:
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
