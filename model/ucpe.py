@@ -75,8 +75,11 @@ class CameraGeometry:
 
     @classmethod
     def build(cls, camera_conditions: torch.Tensor, height: int, width: int, rotary: Rotary, dtype: torch.dtype) -> CameraGeometry:
-        p = ray_T_world(camera_conditions.float(), height, width)
-        p_inv = invert_rigid(p)
+        # the geometry is fp32 maths whatever the model runs in: under autocast the einsum and matmuls would
+        # otherwise come back in bf16, and cross products of mixed dtypes fail
+        with torch.autocast(camera_conditions.device.type, enabled=False):
+            p = ray_T_world(camera_conditions.float(), height, width)
+            p_inv = invert_rigid(p)
         return cls(p=p.to(dtype), p_t=p.transpose(-1, -2).to(dtype), p_inv=p_inv.to(dtype), rotary=rotary)
 
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from model import GDNState, ModelConfig, SoftmaxState, StreamState, WorldModel
+from model.rope import rotary
+from model.ucpe import CameraGeometry
 from tests.model.helpers import SMALL_OFFICIAL, inputs, randomise
 
 
@@ -160,6 +162,23 @@ def test_bf16_model_keeps_fp32_recurrent_state():
     assert state.layers[0].kv.dtype == state.layers[0].z.dtype == torch.float32
     assert state.layers[3].main.k.dtype == torch.bfloat16
     assert (late.float() - reference[:, :, 4:]).abs().max() <= 5e-2 * reference.abs().max()
+
+
+def test_autocast_keeps_camera_geometry_fp32():
+    """Under bf16 autocast the per-ray transforms are still built in fp32 (they used to fail there:
+    the einsum came back bf16 and the cross product refused mixed dtypes); outputs stay near fp32's."""
+    model = _model(ModelConfig.preset("tiny"))
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 5, 2, 3)
+    with torch.no_grad():
+        reference = model(x, t, text, mask, cam, plucker)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            geometry = CameraGeometry.build(cam, 2, 3, rotary(torch.zeros(5 * 6, 8), device="cpu", dtype=torch.float32),
+                                           torch.float32)
+            out = model(x, t, text, mask, cam, plucker)
+    assert geometry.p.dtype == torch.float32
+    assert torch.allclose(geometry.p_inv @ geometry.p, torch.eye(4).expand_as(geometry.p), atol=1e-5)
+    assert torch.isfinite(out).all()
+    assert (out.float() - reference).abs().max() <= 5e-2 * reference.abs().max()
 
 
 def test_causal_scale_switch_only_changes_causal_paths():
