@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from train.evaluate import ClipResult
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BAR_GAIN_DB = 2.0
@@ -23,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=8, help="held-out scenes (one walk each)")
     parser.add_argument("--seconds", type=int, default=8, help="rollout length in seconds (16 fps)")
     parser.add_argument("--size", type=int, default=128, help="square frame size")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes sharing the clips (each loads the model; the figures do not depend on it)")
     parser.add_argument("--sigmas", default=None,
                         help="few-step sampler as comma-separated σ, e.g. 1,0 (default: the one the model ships with, "
                              "its json's generator.sigmas)")
@@ -32,34 +39,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from model.release import embedded_vae_path, model_sampler_sigmas
     from model.vae import load_tiny_vae
     from sim.clips import ClipDataset
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
-    from train.evaluate import evaluate_clip, summarise
+    from train.evaluate import summarise
 
     if args.clips < 1 or args.seconds < 1:
         raise ValueError(f"--clips and --seconds must be >= 1, got {args.clips}, {args.seconds}")
-    torch.set_num_threads(args.threads)
-    model = load_weights(args.model)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    model = load_weights(args.model)  # loaded here to check it against the VAE; each job loads its own copy
     # The VAE whose latent space the model was trained in (its recorded vae_tag), unless one is named.
-    vae = load_tiny_vae(args.vae or embedded_vae_path(args.model))
+    vae_path = args.vae or embedded_vae_path(args.model)
+    vae = load_tiny_vae(vae_path)
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
     sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
-    results, shown = [], None
-    for i in range(args.clips):
-        seed = ClipDataset.scene_seed("eval", i)
-        result, frames = evaluate_clip(model, vae, seed, args.seconds, args.size, sigmas=sigmas)
-        results.append(result)
-        if shown is None:
-            shown = (seed, frames)
-        print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / args.seconds:.2f} repeat "
-              f"{sum(result.psnr['repeat']) / args.seconds:.2f} warp {sum(result.psnr['warp']) / args.seconds:.2f} dB; "
-              f"follows {result.follows}; standing PSNR {sum(result.standing['psnr']) / args.seconds:.2f} dB, detail "
-              f"{sum(result.standing['detail']) / args.seconds:.3f}", flush=True)
+    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads)
+    if args.workers == 1:
+        evaluated = job.run(range(args.clips))
+    else:
+        # Round-robin shares (walks differ in cost), one process each; every clip's rollout is seeded,
+        # so the result of a clip does not depend on the process that ran it.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        shares = [range(w, args.clips, args.workers) for w in range(min(args.workers, args.clips))]
+        with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+            evaluated = sorted((item for part in pool.map(job.run, shares) for item in part), key=lambda item: item[0])
+    results = [result for _, result, _ in evaluated]
+    first_index, _, first_frames = evaluated[0]
+    shown = (ClipDataset.scene_seed("eval", first_index), first_frames)
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
@@ -73,6 +84,40 @@ def main(args: argparse.Namespace) -> int:
     if args.write_docs:
         write_docs(summary, results, shown, args)
     return 0
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """What every worker needs to evaluate clips by index: picklable, the model is loaded in the worker."""
+
+    model: str | None  # None: the embedded weights
+    vae: str
+    sigmas: tuple[float, ...]
+    seconds: int
+    size: int
+    threads: int
+
+    def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
+        """(index, result, frames) per eval scene index; frames only for index 0 (the docs' figure)."""
+        import torch
+
+        from model.vae import load_tiny_vae
+        from sim.clips import ClipDataset
+        from train.embedded import load_weights
+        from train.evaluate import evaluate_clip
+
+        torch.set_num_threads(self.threads)
+        model, vae = load_weights(self.model), load_tiny_vae(self.vae)
+        out = []
+        for i in indices:
+            seed = ClipDataset.scene_seed("eval", i)
+            result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sigmas=self.sigmas)
+            out.append((i, result, frames if i == 0 else None))
+            print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / self.seconds:.2f} repeat "
+                  f"{sum(result.psnr['repeat']) / self.seconds:.2f} warp {sum(result.psnr['warp']) / self.seconds:.2f} dB; "
+                  f"follows {result.follows}; standing PSNR {sum(result.standing['psnr']) / self.seconds:.2f} dB, "
+                  f"detail {sum(result.standing['detail']) / self.seconds:.3f}", flush=True)
+        return out
 
 
 def write_docs(summary: dict, results, shown, args) -> None:

@@ -38,3 +38,32 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     rollout_png = Image.open(tmp_path / "eval_rollout.png")
     assert rollout_png.size == (4 * 64, 4 * 64)  # 4 rows (gt, model, warp, standing) x 4 columns
     assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0
+
+
+def test_eval_workers_share_the_clips_and_change_no_figure(tmp_path, capfd):
+    """Two spawned workers (round-robin shares) give exactly the figures of one process, in clip order."""
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    summaries = []
+    for workers in (1, 2):
+        path = tmp_path / f"w{workers}.json"
+        args = parser.parse_args(["--clips", "3", "--seconds", "1", "--size", "32", "--workers", str(workers),
+                                  "--json", str(path)])
+        assert eval_cmd.main(args) == 0
+        summaries.append(json.loads(path.read_text()))
+    assert summaries[0]["clips"] == summaries[1]["clips"] == 3
+    for key in ("per_second", "mean", "follow", "follow_baselines", "standing"):
+        assert summaries[0][key] == summaries[1][key], key
+    printed = [line.split(":")[0] for line in capfd.readouterr().out.splitlines() if line.startswith("scene ")]
+    assert sorted(printed[:3]) == sorted(printed[3:])  # the same three scenes in both runs
+
+
+def test_eval_refuses_no_workers():
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    try:
+        eval_cmd.main(parser.parse_args(["--workers", "0"]))
+    except ValueError as error:
+        assert "--workers must be >= 1, got 0" in str(error)
+    else:
+        raise AssertionError("--workers 0 was accepted")
