@@ -1,6 +1,7 @@
 """Evaluate a streaming model against the procedural world's ground truth (held-out scenes).
 
     python run.py eval --write-docs          # the embedded model -> docs/eval.md, docs/eval.png, docs/eval_rollout.png
+    python run.py eval --clips 24 --workers 2 --json eval24.json   # more held-out scenes, two processes
 
 Rolls the live chunk generator out from the first rendered frame of each held-out walk, then reports
 PSNR / SSIM per second against ground truth, the repeat-first-frame and true-depth-warp baselines,
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from model.release import embedded_vae_path, model_sampler_sigmas
     from model.vae import load_tiny_vae
     from sim.clips import ClipDataset
@@ -74,6 +77,11 @@ def main(args: argparse.Namespace) -> int:
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
+    # per clip, so subsets (e.g. eval scenes 8–15 of a 24-clip run) can be read off one run
+    summary["per_clip"] = [{"scene": r.scene_seed, "psnr_model": float(np.mean(r.psnr["model"])),
+                            "psnr_repeat": float(np.mean(r.psnr["repeat"])), "follows": r.follows,
+                            "margins": r.margins, "standing_psnr": float(np.mean(r.standing["psnr"]))}
+                           for r in results]
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:

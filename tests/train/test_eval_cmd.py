@@ -52,7 +52,8 @@ def test_eval_workers_share_the_clips_and_change_no_figure(tmp_path, capfd):
         assert eval_cmd.main(args) == 0
         summaries.append(json.loads(path.read_text()))
     assert summaries[0]["clips"] == summaries[1]["clips"] == 3
-    for key in ("per_second", "mean", "follow", "follow_baselines", "standing"):
+    assert [clip["scene"] for clip in summaries[1]["per_clip"]] == [1000000, 1000001, 1000002]
+    for key in ("per_second", "mean", "follow", "follow_baselines", "standing", "per_clip"):
         assert summaries[0][key] == summaries[1][key], key
     printed = [line.split(":")[0] for line in capfd.readouterr().out.splitlines() if line.startswith("scene ")]
     assert sorted(printed[:3]) == sorted(printed[3:])  # the same three scenes in both runs
