@@ -40,11 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from model.release import embedded_vae_path, model_sampler_sigmas
     from model.vae import load_tiny_vae
-    from sim.clips import ClipDataset
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
     from train.evaluate import summarise
 
@@ -52,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--clips and --seconds must be >= 1, got {args.clips}, {args.seconds}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    model = load_weights(args.model)  # loaded here to check it against the VAE; each job loads its own copy
+    model = load_weights(args.model)
     # The VAE whose latent space the model was trained in (its recorded vae_tag), unless one is named.
     vae_path = args.vae or embedded_vae_path(args.model)
     vae = load_tiny_vae(vae_path)
@@ -61,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
     job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads)
     if args.workers == 1:
-        evaluated = job.run(range(args.clips))
+        evaluated = job.evaluate(model, vae, range(args.clips))
     else:
         # Round-robin shares (walks differ in cost), one process each; every clip's rollout is seeded,
         # so the result of a clip does not depend on the process that ran it.
@@ -72,16 +69,10 @@ def main(args: argparse.Namespace) -> int:
         with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
             evaluated = sorted((item for part in pool.map(job.run, shares) for item in part), key=lambda item: item[0])
     results = [result for _, result, _ in evaluated]
-    first_index, _, first_frames = evaluated[0]
-    shown = (ClipDataset.scene_seed("eval", first_index), first_frames)
+    shown = (results[0].scene_seed, evaluated[0][2])
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
-    # per clip, so subsets (e.g. eval scenes 8–15 of a 24-clip run) can be read off one run
-    summary["per_clip"] = [{"scene": r.scene_seed, "psnr_model": float(np.mean(r.psnr["model"])),
-                            "psnr_repeat": float(np.mean(r.psnr["repeat"])), "follows": r.follows,
-                            "margins": r.margins, "standing_psnr": float(np.mean(r.standing["psnr"]))}
-                           for r in results]
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
@@ -90,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if args.write_docs:
-        write_docs(summary, results, shown, args)
+        write_docs(summary, shown, args)
     return 0
 
 
@@ -106,16 +97,20 @@ class EvalJob:
     threads: int
 
     def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
+        """In a worker process: load the model and VAE, then `evaluate`."""
+        from model.vae import load_tiny_vae
+        from train.embedded import load_weights
+
+        return self.evaluate(load_weights(self.model), load_tiny_vae(self.vae), indices)
+
+    def evaluate(self, model, vae, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """(index, result, frames) per eval scene index; frames only for index 0 (the docs' figure)."""
         import torch
 
-        from model.vae import load_tiny_vae
         from sim.clips import ClipDataset
-        from train.embedded import load_weights
         from train.evaluate import evaluate_clip
 
         torch.set_num_threads(self.threads)
-        model, vae = load_weights(self.model), load_tiny_vae(self.vae)
         out = []
         for i in indices:
             seed = ClipDataset.scene_seed("eval", i)
@@ -128,7 +123,7 @@ class EvalJob:
         return out
 
 
-def write_docs(summary: dict, results, shown, args) -> None:
+def write_docs(summary: dict, shown, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +166,8 @@ def write_docs(summary: dict, results, shown, args) -> None:
     gain, follow = summary["gain_over_repeat_db"], summary["follow"]
     per_clip = markdown_table(
         ["eval scene", "PSNR model", "PSNR repeat", "PSNR warp", "follows (mirrored yaw)", "follows (reversed)"],
-        [[r.scene_seed, f"{np.mean(r.psnr['model']):.2f}", f"{np.mean(r.psnr['repeat']):.2f}", f"{np.mean(r.psnr['warp']):.2f}",
-          r.follows["mirrored_yaw"], r.follows["reversed_motion"]] for r in results])
+        [[clip["scene"], f"{clip['psnr_model']:.2f}", f"{clip['psnr_repeat']:.2f}", f"{clip['psnr_warp']:.2f}",
+          clip["follows"]["mirrored_yaw"], clip["follows"]["reversed_motion"]] for clip in summary["per_clip"]])
     scored = {"model": follow, **summary.get("follow_baselines", {})}
     following_table = markdown_table(
         ["camera following", "mirrored yaw", "reversed motion", "both"],

@@ -222,6 +222,11 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
         fractions["all"] = float(np.mean([f[k] for f in scored for k in PERTURBATIONS]))
         out["follow_baselines"][method] = fractions
     out["gain_over_repeat_db"] = out["mean"]["psnr_model"] - out["mean"]["psnr_repeat"]
+    # per clip, so subsets (e.g. eval scenes 8–15 of a 24-clip run) can be read off one run
+    out["per_clip"] = [{"scene": r.scene_seed, **{f"psnr_{m}": float(np.mean(r.psnr[m])) for m in METHODS},
+                        "follows": r.follows, "margins": r.margins,
+                        "standing_psnr": float(np.mean(r.standing["psnr"])) if r.standing else None}
+                       for r in results]
     standing = [r for r in results if r.standing]
     if standing:
         out["standing"] = {"per_second": {}, "mean": {}}
