@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigmas", default=None,
                         help="few-step sampler as comma-separated σ, e.g. 1,0 (default: the one the model ships with, "
                              "its json's generator.sigmas)")
+    parser.add_argument("--attention", type=int, default=0, metavar="SCENES",
+                        help="also measure how sharply the softmax blocks attend (train/attention_probe.py) over the "
+                             "first 2 s of this many eval scenes, walking and standing")
     parser.add_argument("--json", default=None, help="also write the summary here")
     parser.add_argument("--write-docs", action="store_true", help="write docs/eval.md, eval.png, eval_rollout.png")
 
@@ -49,6 +52,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--clips and --seconds must be >= 1, got {args.clips}, {args.seconds}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.attention < 0:
+        raise ValueError(f"--attention must be >= 0 scenes, got {args.attention}")
     model = load_weights(args.model)
     # The VAE whose latent space the model was trained in (its recorded vae_tag), unless one is named.
     vae_path = args.vae or embedded_vae_path(args.model)
@@ -78,11 +83,34 @@ def main(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         pass
     print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing")}, indent=2))
+    if args.attention:
+        summary["attention"] = attention_summary(model, vae, args.attention, args.size, sigmas)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if args.write_docs:
         write_docs(summary, shown, args)
     return 0
+
+
+def attention_summary(model, vae, scenes: int, size: int, sigmas) -> dict[str, list[dict]]:
+    """The attention probe over the first 2 s of `scenes` eval scenes, printed and returned per path."""
+    import dataclasses
+
+    from common.bench import markdown_table
+    from sim.clips import ClipDataset
+    from train.attention_probe import mean_stats, probe_scene
+
+    probes = [probe_scene(model, vae, ClipDataset.scene_seed("eval", i), 2, size, sigmas) for i in range(scenes)]
+    out = {}
+    for path in ("walking", "standing"):
+        stats = mean_stats([probe[path] for probe in probes])
+        print(f"attention, {path}, {scenes} eval scene(s):")
+        print(markdown_table(
+            ["block", "branch", "top weight", "same pixel of frame 0", "on frame 0", "effective keys", "logit max", "logit cap"],
+            [[s.block, s.branch, f"{s.top_weight:.3f}", f"{s.same_pixel_weight:.3f}", f"{s.start_weight:.3f}",
+              f"{s.effective_keys:.0f}", f"{s.logit_max:.2f}", f"{s.logit_cap:.2f}"] for s in stats]))
+        out[path] = [dataclasses.asdict(s) for s in stats]
+    return out
 
 
 @dataclass(frozen=True)

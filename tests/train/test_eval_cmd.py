@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 from PIL import Image
 
 from train import eval_cmd
@@ -15,7 +16,7 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     parser = argparse.ArgumentParser()
     eval_cmd.add_arguments(parser)
     args = parser.parse_args(["--clips", "2", "--seconds", "1", "--size", "64", "--json", str(tmp_path / "s.json"),
-                              "--write-docs"])
+                              "--write-docs", "--attention", "1"])
     assert eval_cmd.main(args) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["clips"] == 2 and summary["sigmas"][-1] == 0.0
@@ -35,9 +36,22 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     # a rollout that stands still cannot beat the start image through the VAE, its own frame 0
     assert 10.0 < standing["mean"]["psnr"] < standing["frame0_psnr"]
     assert "## Standing still" in text and "| second | PSNR to the start frame | detail |" in text
+    # the attention probe: every softmax block's two branches, walking and standing
+    for path in ("walking", "standing"):
+        stats = summary["attention"][path]
+        assert [(s["block"], s["branch"]) for s in stats] == [(3, "camera"), (3, "main"), (4, "camera"), (4, "main")]
+        for s in stats:
+            assert 0 < s["same_pixel_weight"] <= s["top_weight"] <= 1 and s["logit_max"] <= s["logit_cap"] + 1e-4
     rollout_png = Image.open(tmp_path / "eval_rollout.png")
     assert rollout_png.size == (4 * 64, 4 * 64)  # 4 rows (gt, model, warp, standing) x 4 columns
     assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0
+
+
+def test_eval_refuses_a_negative_attention_probe():
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    with pytest.raises(ValueError, match="--attention must be >= 0"):
+        eval_cmd.main(parser.parse_args(["--attention", "-1"]))
 
 
 def test_eval_workers_share_the_clips_and_change_no_figure(tmp_path, capfd):
