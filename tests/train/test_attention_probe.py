@@ -1,13 +1,15 @@
 """The attention probe measures the softmax blocks without changing what the model computes."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from model import ModelConfig, WorldModel
 from model.softmax_mixer import SoftmaxMixer
 from tests.model.helpers import inputs, randomise
-from train.attention_probe import BRANCHES, _call_stats, record_attention
+from train.attention_probe import BRANCHES, AttentionStats, _call_stats, mean_stats, record_attention
 
 
 def _stream(model, x, t, text, mask, cam, plucker, chunk_sizes):
@@ -61,3 +63,13 @@ def test_call_stats_of_a_query_that_copies_its_own_pixel():
     blunt = _call_stats(torch.zeros_like(start), keys, scale=1.0, frame_tokens=frame_tokens)
     assert blunt["effective_keys"] == pytest.approx(3 * frame_tokens, rel=1e-5)
     assert blunt["start_weight"] == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_mean_stats_weights_each_probe_by_its_calls():
+    def stats(calls, value):
+        return AttentionStats(block=3, branch="camera", calls=calls, top_weight=value, same_pixel_weight=value,
+                              start_weight=value, effective_keys=value, logit_max=value, logit_cap=value)
+
+    merged = mean_stats([[stats(1, 0.0)], [stats(3, 1.0), dataclasses.replace(stats(2, 0.5), branch="main")]])
+    assert [(s.block, s.branch, s.calls) for s in merged] == [(3, "camera", 4), (3, "main", 2)]
+    assert merged[0].top_weight == pytest.approx(0.75) and merged[1].logit_cap == pytest.approx(0.5)
