@@ -18,6 +18,7 @@ A logit_max close to logit_cap means the branch is as sharp as its norm weights 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -43,8 +44,8 @@ def _call_stats(q: torch.Tensor, keys: torch.Tensor, scale: float, frame_tokens:
     """q [B, H, Nq, D] against keys [B, H, Nk, D] whose first `frame_tokens` are the start frame."""
     logits = (q @ keys.transpose(-1, -2)).float() * scale  # [B, H, Nq, Nk]
     weights = torch.softmax(logits, dim=-1)
-    pixel = torch.arange(q.shape[2], device=q.device) % frame_tokens  # a query's own pixel in the start frame
-    same = weights[..., torch.arange(q.shape[2], device=q.device), pixel]
+    query = torch.arange(q.shape[2], device=q.device)
+    same = weights[..., query, query % frame_tokens]  # on the query's own pixel in the start frame
     entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
     cap = q.norm(dim=-1).float() * keys.norm(dim=-1).float().amax(-1, keepdim=True) * scale
     return {
@@ -66,8 +67,7 @@ def record_attention(model: torch.nn.Module):
     """
     from model.softmax_mixer import SoftmaxMixer
 
-    sums: dict[tuple[int, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    counts: dict[tuple[int, str], int] = defaultdict(int)
+    per_call: list[AttentionStats] = []
     mixers = [(int(name.split(".")[1]), module) for name, module in model.named_modules()
               if isinstance(module, SoftmaxMixer) and name.startswith("blocks.")]
     if not mixers:
@@ -87,9 +87,8 @@ def record_attention(model: torch.nn.Module):
             if cache is not None and cache.sink_k is not None:
                 past_k, _ = cache.keys_values()
                 keys = torch.cat((past_k.to(k.dtype), k.transpose(1, 2)), dim=2)
-                for name, value in _call_stats(q.transpose(1, 2), keys, scale, layout.spatial).items():
-                    sums[(block, branch)][name] += value
-                counts[(block, branch)] += 1
+                per_call.append(AttentionStats(block=block, branch=branch, calls=1,
+                                               **_call_stats(q.transpose(1, 2), keys, scale, layout.spatial)))
             return attend(q, k, v, layout, cache, scale)
 
         mixer.forward, mixer._attend = watched_forward, watched_attend
@@ -102,26 +101,17 @@ def record_attention(model: torch.nn.Module):
     finally:
         for _, mixer in mixers:  # drop the instance attributes: the class methods show through again
             del mixer.forward, mixer._attend
-        for (block, branch), n in sorted(counts.items()):
-            results.append(AttentionStats(block=block, branch=branch, calls=n,
-                                          **{name: value / n for name, value in sums[(block, branch)].items()}))
+        results.extend(mean_stats([per_call]))
 
 
 def probe_scene(model, vae, scene_seed: int, seconds: int, size: int,
                 sigmas: tuple[float, ...] | None = None) -> dict[str, list[AttentionStats]]:
     """Attention statistics of the live generator from an eval scene's first frame, for its walk and for
     the camera standing at the walk's first pose: {"walking": [...], "standing": [...]}."""
-    import numpy as np
+    from train.evaluate import held_out_walk, rollout, standing_at_start
 
-    from sim import default_intrinsics
-    from sim.clips import check_split_seed, sample_clip
-    from sim.world import Scene
-    from train.evaluate import rollout
-
-    check_split_seed("eval", scene_seed)
-    clip = sample_clip(scene_seed, 0, 1 + 16 * seconds, size, size, fps=16, scene=Scene.from_seed(scene_seed))
-    K = default_intrinsics(size, size)
-    paths = {"walking": clip.world_T_cams, "standing": np.repeat(clip.world_T_cams[:1], len(clip.world_T_cams), axis=0)}
+    _, clip, K = held_out_walk(scene_seed, seconds, size)
+    paths = {"walking": clip.world_T_cams, "standing": standing_at_start(clip.world_T_cams)}
     out = {}
     for name, poses in paths.items():
         with record_attention(model) as stats:
@@ -131,12 +121,12 @@ def probe_scene(model, vae, scene_seed: int, seconds: int, size: int,
 
 
 def mean_stats(runs: list[list[AttentionStats]]) -> list[AttentionStats]:
-    """Per (block, branch), the call-weighted mean over several probes."""
+    """Per (block, branch), the call-weighted mean of stats: of single calls, or of whole probes."""
     by_key: dict[tuple[int, str], list[AttentionStats]] = defaultdict(list)
     for stats in runs:
         for s in stats:
             by_key[(s.block, s.branch)].append(s)
-    names = [f for f in AttentionStats.__dataclass_fields__ if f not in ("block", "branch", "calls")]
+    names = [f.name for f in dataclasses.fields(AttentionStats) if f.name not in ("block", "branch", "calls")]
     out = []
     for (block, branch), group in sorted(by_key.items()):
         calls = sum(s.calls for s in group)

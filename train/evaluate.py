@@ -158,9 +158,8 @@ def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndar
     return np.concatenate(frames)
 
 
-def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-                  sigmas: tuple[float, ...] | None = None) -> tuple[ClipResult, dict[str, np.ndarray]]:
-    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`."""
+def held_out_walk(scene_seed: int, seconds: int, size: int, fps: int = 16):
+    """(scene, clip, K) of an eval-split scene's walk of 1 + fps·seconds frames at size×size with depth."""
     from sim import default_intrinsics
     from sim.clips import check_split_seed, sample_clip
     from sim.world import Scene
@@ -168,7 +167,18 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     check_split_seed("eval", scene_seed)
     scene = Scene.from_seed(scene_seed)
     clip = sample_clip(scene_seed, 0, 1 + fps * seconds, size, size, fps=fps, scene=scene)
-    K = default_intrinsics(size, size)
+    return scene, clip, default_intrinsics(size, size)
+
+
+def standing_at_start(world_T_cams: np.ndarray) -> np.ndarray:
+    """The same number of poses [F, 4, 4], every one the first: the camera standing where the walk starts."""
+    return np.repeat(world_T_cams[:1], len(world_T_cams), axis=0)
+
+
+def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
+                  sigmas: tuple[float, ...] | None = None) -> tuple[ClipResult, dict[str, np.ndarray]]:
+    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`."""
+    scene, clip, K = held_out_walk(scene_seed, seconds, size, fps)
     gt, poses = clip.frames, clip.world_T_cams
     frames = {
         "gt": gt,
@@ -180,8 +190,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     for method in METHODS:
         for name, metric in METRICS.items():
             getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
-    standing_poses = np.repeat(poses[:1], len(poses), axis=0)
-    frames["standing"] = rollout(model, vae, gt[0], standing_poses, K, sigmas=sigmas)
+    frames["standing"] = rollout(model, vae, gt[0], standing_at_start(poses), K, sigmas=sigmas)
     # standing still, the ground truth is the start frame throughout: the repeat baseline's frames
     result.standing = {name: per_second(frames["standing"], frames["repeat"], fps, seconds, METRICS[name])
                        for name in STANDING_METRICS}
