@@ -171,11 +171,9 @@ class Session:
         self.record_consent = on
         if self.recorder is None:
             self.send_json({"type": "error", "message": "recording is not available on this server (no record dir); consent noted"})
-        elif on:
-            self.recorder.set_consent(True)
         else:
-            # The hand-over may wait for the recorder's writer (a bounded queue): off the event loop.
-            self.loop.run_in_executor(None, self.recorder.set_consent, False)
+            # Never waits for the writer, so toggles apply here, in the order they arrive.
+            self.recorder.set_consent(on)
 
     def _apply_input(self, message: m.Input) -> None:
         from controls.integrator import InputSnapshot

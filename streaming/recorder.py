@@ -33,6 +33,7 @@ frames that precede the branch (the branch's frame 0 follows the parent's frame
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -303,12 +304,16 @@ class SessionRecorder:
 
     The generation worker hands each chunk to `on_chunk`; a writer thread of the recorder encodes
     and writes it (a 720p chunk takes a few hundred ms of libx264 on a small CPU, which must not hold
-    up generation). Chunks, resets, rewinds and consent changes go through one bounded queue, so the
-    writer sees them in the order they happened; when it falls `max_pending` commands behind, the
-    worker waits (no frame is dropped from a recording). Consent on opens an episode at the next
-    chunk; consent off, `close()` and resets close it. `on_rewind` closes it and makes the next
-    chunk open a branch episode linked to it (`parent_episode`, `branch_from_frame`). A write error
-    (full disk) stops recording, logged; the walk goes on.
+    up generation). Chunks, resets, rewinds and consent withdrawals go through one command list, so
+    the writer sees them in the order they happened. Chunks are bounded: when the writer falls
+    `max_pending` chunks behind, the worker waits (no frame is dropped from a recording). Control
+    commands never wait, so `set_consent` can be called on the event loop and toggles apply in the
+    order they are made; repeated withdrawals with no chunk between them are one command, which
+    keeps the list bounded. A chunk is recorded when consent is on at the moment it is handed over.
+    Consent on opens an episode at the next chunk; consent off, `close()` and resets close it.
+    `on_rewind` closes it and makes the next chunk open a branch episode linked to it
+    (`parent_episode`, `branch_from_frame`). A write error (full disk) stops recording, logged;
+    the walk goes on.
 
     Args:
         root: the record dir; episodes are `<root>/<UTC time>-<session id>-<n>`.
@@ -316,11 +321,10 @@ class SessionRecorder:
         fps, intrinsics, width, height: the stream's.
         walk_start_image: the session's start image (start.png of episodes that begin at the walk's frame 0).
         meta: extra meta.json fields (model, checkpoint, seed, ...).
-        max_pending: commands queued for the writer before `on_chunk` waits.
+        max_pending: chunks queued for the writer before `on_chunk` waits.
     """
 
     def __init__(self, root: str | Path, session_id: str, *, fps: float, intrinsics: Sequence[float], width: int, height: int, walk_start_image: np.ndarray, meta: dict | None = None, max_pending: int = 2):
-        import queue
         import threading
 
         if max_pending < 1:
@@ -330,10 +334,15 @@ class SessionRecorder:
         self.fps, self.intrinsics, self.width, self.height = fps, tuple(intrinsics), width, height
         self.walk_start_image = walk_start_image
         self.base_meta = {"session_id": session_id, "start_image_sha256": image_sha256(walk_start_image), **(meta or {})}
-        self._lock = threading.Lock()
+        self.max_pending = max_pending
+        # Guards the consent flag, the command list and the counters below.
+        self._cond = threading.Condition()
         self._consent = False
         self._closed = False
-        self._queue: queue.Queue[tuple] = queue.Queue(maxsize=max_pending)
+        self._commands: collections.deque[tuple] = collections.deque()
+        self._pending_chunks = 0
+        # Commands taken by the writer and not yet finished (flush waits for 0 and an empty list).
+        self._busy = 0
         self._thread: threading.Thread | None = None
         # Writer-thread state.
         self._writer: EpisodeWriter | None = None
@@ -349,81 +358,102 @@ class SessionRecorder:
     def consent(self) -> bool:
         return self._consent
 
-    def _send(self, *command: Any) -> None:
-        import queue
+    def _start_writer(self) -> None:
+        # Called with self._cond held.
         import threading
 
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"roam-recorder-{self.session_id}", daemon=True)
-                self._thread.start()
-        while True:
-            try:
-                self._queue.put(command, timeout=0.2)
-                return
-            except queue.Full:
-                # A writer that has finished (closed meanwhile) will never make room.
-                if not self._thread.is_alive():
-                    return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"roam-recorder-{self.session_id}", daemon=True)
+            self._thread.start()
+
+    def _post(self, *command: Any) -> None:
+        """Queue a control command; never waits. Called with self._cond held."""
+        if command == ("stop",) and self._commands and self._commands[-1] == ("stop",):
+            return
+        self._start_writer()
+        self._commands.append(command)
+        self._cond.notify_all()
 
     def set_consent(self, on: bool) -> None:
-        """Start (at the next chunk) or stop recording; stopping closes the open episode."""
-        with self._lock:
+        """Start (at the next chunk) or stop recording; stopping closes the open episode. Never waits."""
+        with self._cond:
             if self._closed:
                 return
             self._consent = bool(on)
-        if not on:
-            self._send("stop")
+            # Without a writer thread no episode was ever opened: nothing to stop.
+            if not on and self._thread is not None:
+                self._post("stop")
 
     def on_chunk(self, frames: Sequence[RecordedFrame], walk_frame0: int) -> None:
         """Record a chunk whose first frame is frame `walk_frame0` of the walk (worker thread)."""
-        if self._consent and not self._closed and frames:
-            self._send("chunk", list(frames), walk_frame0)
+        if not frames:
+            return
+        with self._cond:
+            # Consent is read again after any wait: a withdrawal made meanwhile counts.
+            while self._consent and not self._closed and self._pending_chunks >= self.max_pending and self._thread is not None and self._thread.is_alive():
+                self._cond.wait(0.2)
+            if not self._consent or self._closed:
+                return
+            self._pending_chunks += 1
+            self._post("chunk", list(frames), walk_frame0)
 
     def on_reset(self) -> None:
         """The walk restarted: the open episode ends; the next chunk opens an unlinked one."""
-        if not self._closed:
-            self._send("reset")
+        with self._cond:
+            if not self._closed:
+                self._post("reset")
 
     def on_rewind(self, walk_frame: int) -> None:
         """The walk went back to walk frame `walk_frame`: the open episode ends, the next one branches off it."""
-        if not self._closed:
-            self._send("rewind", walk_frame)
+        with self._cond:
+            if not self._closed:
+                self._post("rewind", walk_frame)
 
     def flush(self) -> None:
         """Wait until everything handed over so far is written."""
-        while self._thread is not None and self._thread.is_alive() and self._queue.unfinished_tasks:
-            time.sleep(0.01)
+        with self._cond:
+            while self._thread is not None and self._thread.is_alive() and (self._commands or self._busy):
+                self._cond.wait(0.2)
 
     def close(self, timeout: float = 60.0) -> None:
         """End recording for good (session closed): the writer finishes the queue and closes the episode."""
-        with self._lock:
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._consent = False
             started = self._thread is not None
+            if started:
+                self._post("close")
         if started:
-            self._queue.put(("close",))
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("[%s] recorder did not finish within %.0f s", self.session_id, timeout)
 
     def _run(self) -> None:
         while True:
-            command = self._queue.get()
+            with self._cond:
+                while not self._commands:
+                    self._cond.wait()
+                command = self._commands.popleft()
+                self._busy += 1
             try:
                 self._handle(command)
             except Exception as error:
                 log.exception("[%s] recording failed; recording stopped", self.session_id)
                 self.failed = error
-                self._consent = False
+                with self._cond:
+                    self._consent = False
                 try:
                     self._close_writer()
                 except Exception:
                     self._writer = None
             finally:
-                self._queue.task_done()
+                with self._cond:
+                    self._busy -= 1
+                    if command[0] == "chunk":
+                        self._pending_chunks -= 1
+                    self._cond.notify_all()
             if command[0] == "close":
                 return
 
