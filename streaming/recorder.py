@@ -42,11 +42,12 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.video import write_mp4
 
 log = logging.getLogger("roam.recorder")
 
@@ -120,30 +121,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def encode_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
-    """uint8 [F, H, W, 3] -> H.264 mp4 at `path` (temp file renamed when complete)."""
-    import av
-
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def concat_segments(segments: Sequence[Path], out: Path) -> int:
@@ -258,7 +235,8 @@ class EpisodeWriter:
         if images.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"frames are {images.shape[1:]}, the episode records [{self.height}, {self.width}, 3]")
         segment = self.chunks_written
-        encode_mp4(self.folder / SEGMENT_DIR / f"{segment:06d}.mp4", images, self.fps)
+        # Recording runs live beside generation: a faster preset than the offline videos use.
+        write_mp4(self.folder / SEGMENT_DIR / f"{segment:06d}.mp4", images, self.fps, crf=18, preset="veryfast")
         now = time.time()
         fx, fy, cx, cy = self.intrinsics
         lines = []
