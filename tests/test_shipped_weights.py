@@ -18,6 +18,12 @@ def test_the_shipped_model_names_a_shipped_vae_with_its_latent_space():
     assert vae_tag(vae) == info["vae_tag"], f"{vae} is not the VAE the embedded model was trained with"
 
 
+def test_training_tags_latents_with_the_function_loading_reads():
+    import train.data
+
+    assert train.data.vae_tag is vae_tag
+
+
 def test_every_entry_point_gets_the_trained_pair():
     release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)
     assert release.name == "roam-tiny"

@@ -9,7 +9,6 @@ Training reads only the latent files (`LatentClips`), which keeps a CPU step to 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,12 +16,8 @@ import numpy as np
 import torch
 
 from controls.camera import intrinsics_vec4, prepare_camera
-
-
-def vae_tag(path: str | Path) -> str:
-    """First 12 hex digits of the sha256 of the VAE weights file."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return digest[:12]
+# Training writes the tag and loading picks the VAE by it: one definition, in model.release.
+from model.release import vae_tag  # noqa: F401  (train.data.vae_tag is what the training commands use)
 
 
 def clip_name(scene_seed: int, clip_seed: int) -> str:
