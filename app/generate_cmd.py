@@ -41,15 +41,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_device(device: str) -> None:
+    """ValueError naming the problem unless `device` is cpu or a CUDA device this machine has."""
+    import re
+
+    import torch
+
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device != "cpu" and match is None:
+        raise ValueError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if match is None:
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def load_components(args: argparse.Namespace):
     """The `Release` named by --model (or the embedded tiny model), on --device in --dtype."""
     import torch
 
     dtype = getattr(torch, DTYPES[args.dtype])
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    check_device(args.device)
     if args.model is None:
         if args.vae is not None or args.text_encoder is not None:
             raise ValueError("--vae and --text-encoder need --model (the embedded model has its own VAE and no text encoder)")
@@ -83,12 +98,14 @@ def main(args: argparse.Namespace) -> int:
         if Path(trajectory).is_dir():
             trajectory = read_episode_trajectory(trajectory)
         bar = None
-        if not args.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(desc=f"generate ({args.mode or release.default_mode})", unit="step")
 
         def progress(done: int, total: int) -> None:
+            nonlocal bar
+            # Made at the first step, so input refused before any work prints no empty bar.
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(desc=f"generate ({args.mode or release.default_mode})", unit="step", total=total)
             bar.total = total
             bar.n = done
             bar.refresh()
@@ -97,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
             video = generate_video(
                 release, image, trajectory, mode=args.mode, seconds=args.seconds, steps=args.steps, seed=args.seed,
                 cfg_scale=args.cfg, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                progress=progress if bar is not None else None,
+                progress=None if args.quiet else progress,
             )
         finally:
             if bar is not None:

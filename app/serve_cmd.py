@@ -64,21 +64,41 @@ def main(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.generate_cmd import check_device
+
     try:
         config = config_from_args(args)
+        check_device(config.device)
     except ValueError as error:
         raise SystemExit(f"run.py serve: {error}") from None
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
+    except ValueError as error:
+        # Only start-up raises out of serve (port taken, no weights in --model, ...).
+        raise SystemExit(f"run.py serve: {error}") from None
     return 0
+
+
+def listen_socket(host: str, port: int):
+    """A listening TCP socket on host:port; ValueError naming the address if it cannot be had."""
+    import os
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 async def serve(config, ready=None) -> None:
     """Run the app until SIGINT/SIGTERM (or cancellation); prints the URL once it is listening.
 
-    `ready`, if given, is an asyncio.Future set to the URL once bound.
+    `ready`, if given, is an asyncio.Future set to the URL once bound. Raises ValueError, naming the
+    problem, when it cannot start (the port is taken, --model holds no weights).
     """
     import asyncio
     import signal
@@ -87,12 +107,19 @@ async def serve(config, ready=None) -> None:
 
     from app.server import RUNTIME, create_app
 
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    # Bind before the model loads, so a port in use fails at once and not after minutes of loading.
+    sock = listen_socket(config.server.host, config.server.port)
+    try:
+        app = create_app(config)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        # The runtime (the model) is built here, by the app's startup hook.
+        await runner.setup()
+    except BaseException:
+        sock.close()
+        raise
+    site = web.SockSite(runner, sock)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = sock.getsockname()[1]
     host = config.server.host if ":" not in config.server.host else f"[{config.server.host}]"
     url = f"http://{host}:{port}/"
     print(f"roam is serving {app[RUNTIME].model_name} at {url}", flush=True)

@@ -139,7 +139,9 @@ def build_ui(release: Any, record_dir: Path, out_dir: Path):
             return render(release, out_dir, record_dir, image=image, source=source, preset=preset, action=action, upload=upload_path,
                           episode=episode, mode=mode, steps=steps_arg, seed=int(seed or 0), seconds=seconds_arg, progress=report)
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            # The user's mistake, shown in the page: one log line, no traceback.
+            log.info("refused: %s", error)
+            raise gr.Error(str(error), print_exception=False) from None
 
     def episodes():
         names = list_episodes(record_dir)
@@ -191,14 +193,22 @@ def main(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app.generate_cmd import load_components
+    from app.serve_cmd import listen_socket
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"run.py ui: --port must be in [0, 65535], got {args.port}")
     try:
+        if args.port:
+            # A taken port fails now, not after the model has loaded (Gradio binds it again below).
+            listen_socket(args.host, args.port).close()
         release = load_components(argparse.Namespace(**vars(args), compile=False))
     except ValueError as error:
         raise SystemExit(f"run.py ui: {error}") from None
     demo = build_ui(release, args.record_dir, args.out_dir)
-    demo.queue().launch(server_name=args.host, server_port=args.port or None, show_error=True, allowed_paths=[str(args.record_dir), str(args.out_dir)])
+    try:
+        demo.queue().launch(server_name=args.host, server_port=args.port or None, show_error=True, allowed_paths=[str(args.record_dir), str(args.out_dir)])
+    except OSError as error:
+        # Gradio's message names the port range it tried (taken port, address not on this machine).
+        raise SystemExit(f"run.py ui: cannot listen on {args.host}:{args.port}: {error}") from None
     return 0

@@ -99,7 +99,10 @@ def load_image(image: Any) -> np.ndarray:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"image {name} of {img.width}x{img.height} pixels is too large")
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        # PIL's own message names its BytesIO object, not the file.
+        raise ValueError(f"{name} is not a readable image: not in any image format PIL reads") from None
+    except (OSError, SyntaxError) as error:
         raise ValueError(f"{name} is not a readable image: {error}") from None
 
 

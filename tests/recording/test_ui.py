@@ -72,7 +72,7 @@ def test_generation_through_the_ui_returns_an_mp4_with_the_right_frame_count(ui)
     ("too_long", "longer than the model can take"),
     ("missing_episode", "no recorded episode"),
 ])
-def test_bad_input_is_reported_and_writes_nothing(ui, case, message):
+def test_bad_input_is_reported_and_writes_nothing(ui, case, message, capfd):
     from gradio_client.exceptions import AppError
 
     client, root, too_long_s = ui
@@ -84,7 +84,10 @@ def test_bad_input_is_reported_and_writes_nothing(ui, case, message):
         "too_long": {"image": str(root / "start.png"), "seconds": too_long_s},
         "missing_episode": {"source": "episode", "episode": "../../etc"},
     }[case]
+    capfd.readouterr()
     with pytest.raises(AppError, match=message):
         _generate(client, **overrides)
     after = sorted((root / "out").glob("*")) if (root / "out").exists() else []
     assert after == before
+    # A user's mistake is the page's message, not a traceback in the server's log.
+    assert "Traceback" not in capfd.readouterr().err
