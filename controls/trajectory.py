@@ -256,6 +256,28 @@ PRESETS = {
 }
 
 
+# What each key of the action DSL does, for help texts (`trajectory_help`).
+ACTION_KEY_HELP = {
+    "w": "forward", "s": "back", "a": "strafe left", "d": "strafe right",
+    "i": "pitch up", "k": "pitch down", "j": "yaw left", "l": "yaw right",
+}
+
+
+def trajectory_help() -> str:
+    """The presets (with what each does) and the action-string keys, as lines for a --help epilog."""
+    width = max(len(name) for name in PRESETS)
+    lines = ["presets:"]
+    lines += [f"  {name:<{width}}  {fn.__doc__.strip()}" for name, fn in PRESETS.items()]
+    keys = ", ".join(f"{k} {what}" for k, what in ACTION_KEY_HELP.items())
+    lines += [
+        "action strings: comma-separated <keys>-<frames> segments, e.g. w-16,jl-8: the keys are held together",
+        "  for that many frames ('none' holds none: the camera stands still).",
+        f"  keys: {keys}",
+        f"  per frame {DEFAULT_TRANSLATION_SPEED:g} m and {DEFAULT_ROTATION_SPEED_DEG:g} deg; pitch stops at +-{DEFAULT_PITCH_LIMIT_DEG:g} deg",
+    ]
+    return "\n".join(lines)
+
+
 def _check_n_frames(n_frames) -> int:
     if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or not 1 <= n_frames <= MAX_ACTION_FRAMES:
         raise ValueError(f"n_frames must be an integer in [1, {MAX_ACTION_FRAMES}], got {n_frames!r}")

@@ -19,6 +19,9 @@ from sim import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HFOV_DEG, DEFAULT_WIDTH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from controls.trajectory import trajectory_help
+
+    parser.epilog = trajectory_help()
     parser.add_argument("--scene", type=int, default=0, help="scene seed (>= 0)")
     parser.add_argument("--theme", default=None, help="meadow, desert, snow, dusk, autumn (default: the seed picks)")
     parser.add_argument("--trajectory", default="orbit", help="preset name, action string or trajectory file")

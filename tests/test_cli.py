@@ -22,3 +22,15 @@ def test_docs_section_is_replaced_not_duplicated(tmp_path):
     write_docs_section("model", "second", path)
     text = path.read_text()
     assert text.count("## model") == 1 and "second" in text and "first" not in text and "## other" in text
+
+
+def test_render_help_lists_the_presets_and_the_action_keys():
+    from controls.trajectory import ACTION_KEY_HELP, ACTION_KEYS, PRESETS
+
+    out = subprocess.run([sys.executable, "run.py", "render", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert set(ACTION_KEY_HELP) == ACTION_KEYS
+    for name in PRESETS:
+        assert f"  {name}  " in out
+    for key, what in ACTION_KEY_HELP.items():
+        assert f"{key} {what}" in out
+    assert "w-16,jl-8" in out and "'none'" in out
