@@ -5,7 +5,8 @@
         --trajectory orbit --mode bidirectional --seconds 5 --out orbit.mp4
 
 --trajectory is a preset name, an action string (e.g. "w-16,jl-8"), a trajectory file, or a recorded
-episode folder (its frames.jsonl), so a live walk can be re-rendered with another mode. Without
+episode folder (its frames.jsonl), so a live walk can be re-rendered with another mode. A file that
+does not store its frame size (RealEstate10K) is read at the start image's size, or --trajectory-size. Without
 --model the embedded tiny model runs at the procedural world's default camera (sim.DEFAULT_*). With
 --model the release folder decides the kind (bidirectional, chunk-causal teacher, distilled
 streaming) and the default --mode. The video is written to a temporary file beside --out and renamed
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler (default: the release's own: bidirectional, chunk_causal, or distilled for streaming "
                              "and the embedded model)")
     parser.add_argument("--seconds", type=float, default=None, help="clip length (default: the trajectory's)")
+    parser.add_argument("--trajectory-size", default=None, metavar="WxH",
+                        help="frame size the trajectory file's intrinsics describe, for files that do not store it "
+                             "(RealEstate10K .txt, a bare benchmark .npz; default: the start image's size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (bidirectional / chunk_causal; default 60)")
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 5.0)")
@@ -39,6 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def size_flag(text: str | None) -> tuple[int, int] | None:
+    """'WxH' -> (W, H); ValueError naming the flag otherwise (None stays None)."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--trajectory-size must be WxH in pixels, e.g. 1280x704, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def check_device(device: str) -> None:
@@ -91,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".mp4":
         raise SystemExit(f"run.py generate: --out must end in .mp4, got {args.out}")
     try:
-        # Read the image before loading any weights, so a wrong path fails at once.
+        # Read the image and the flags before loading any weights, so a mistake fails at once.
         image = load_image(args.image)
+        trajectory_size = size_flag(args.trajectory_size)
         release = load_components(args)
         trajectory = args.trajectory
         if Path(trajectory).is_dir():
@@ -114,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
             video = generate_video(
                 release, image, trajectory, mode=args.mode, seconds=args.seconds, steps=args.steps, seed=args.seed,
                 cfg_scale=args.cfg, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                progress=None if args.quiet else progress,
+                progress=None if args.quiet else progress, trajectory_size=trajectory_size,
             )
         finally:
             if bar is not None:

@@ -9,8 +9,9 @@ Formats:
 - "re10k": RealEstate10K camera txt. Line 1 is the video URL; then one line per frame with 19 numbers:
   timestamp (microseconds), fx/W, fy/H, cx/W, cy/H, two zeros, then the 3x4 world-to-camera matrix row
   by row. Its units are not metres: metres = file units * scene_scale.
-- "sana_bench": SANA-WM-Bench `.npz` with `c2w` [F, 4, 4] and `intrinsics` [F, 3, 3] (source pixels);
-  the image size is not stored by the benchmark, so our writer adds `width`, `height`, `fps`.
+- "sana_bench": SANA-WM-Bench `.npz` with `c2w` [F, 4, 4], `intrinsics` [F, 3, 3] (source pixels) and
+  `num_frames` (F); the image size is not stored by the benchmark, so our writer adds `width`, `height`,
+  `fps`. A file without a size loads at the size the caller gives (`ImageSizeMissing` otherwise).
 - "nerfstudio": `transforms.json` with OpenGL camera axes (x right, y up, z back) in `transform_matrix`
   and intrinsics `fl_x, fl_y, cx, cy, w, h` (global, or per frame when they vary). Only the camera axes
   are converted; the world frame is kept as is.
@@ -31,6 +32,11 @@ from controls.camera import intrinsics_matrix, intrinsics_vec4, invert, opencv_t
 FORMATS = ("re10k", "sana_bench", "nerfstudio", "json")
 JSON_FORMAT_TAG = "roam.trajectory"
 RE10K_URL = "https://roam.invalid/trajectory"
+
+
+class ImageSizeMissing(ValueError):
+    """The file does not say the image size its intrinsics are in (RealEstate10K, a bare benchmark npz);
+    the caller must give width and height."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +98,7 @@ def read_re10k(path: str | Path, *, width: int, height: int, scene_scale: float 
     """RealEstate10K txt -> poses in metres (file units * scene_scale) and pixel intrinsics for W x H."""
     _check_scale(scene_scale)
     if width is None or height is None:
-        raise ValueError(f"{path}: RealEstate10K intrinsics are normalised; pass width= and height= to load it")
+        raise ImageSizeMissing(f"{path}: RealEstate10K intrinsics are normalised; pass width= and height= to load it")
     lines = Path(path).read_text().splitlines()
     rows: list[list[float]] = []
     for lineno, line in enumerate(lines, start=1):
@@ -157,6 +163,8 @@ def read_sana_bench(
     K = _array(found["intrinsics"], (3, 3), "intrinsics", where)
     if len(K) != len(c2w):
         raise ValueError(f"{where}: {len(c2w)} poses but {len(K)} intrinsics")
+    if "num_frames" in found and _size(found["num_frames"].item(), "num_frames", where) != len(c2w):
+        raise ValueError(f"{where}: num_frames is {found['num_frames'].item()} but c2w holds {len(c2w)} poses")
     size = {}
     for key, given in (("width", width), ("height", height)):
         stored = _size(found[key].item(), key, where) if key in found else None
@@ -169,7 +177,8 @@ def read_sana_bench(
 
 def write_sana_bench(data: TrajectoryData, path: str | Path, *, scene_scale: float = 1.0) -> None:
     _check_scale(scene_scale)
-    extra = {"width": np.int64(data.width), "height": np.int64(data.height)}
+    # num_frames as the official benchmark files carry it; width, height and fps are ours.
+    extra = {"num_frames": np.int64(len(data.world_T_cams)), "width": np.int64(data.width), "height": np.int64(data.height)}
     if data.fps is not None:
         extra["fps"] = np.float64(data.fps)
     with open(path, "wb") as f:

@@ -320,7 +320,8 @@ def load(
     """A trajectory from a file, a preset name, or an action string.
 
     Files: width/height come from the file where it stores them (passing different ones is an error;
-    use `Trajectory.resized_to`), else they must be given (RealEstate10K, a bare benchmark npz); fps
+    use `Trajectory.resized_to`), else they must be given (RealEstate10K, a bare benchmark npz; without
+    them `formats.ImageSizeMissing`, a ValueError); fps
     from the file where stored, else `fps`. scene_scale: metres = file units * scene_scale.
     Presets and action strings: width x height (default 1280 x 704) with a `hfov_deg` pinhole; n_frames
     applies to presets only (an action string says its own length) and scene_scale scales them too.
@@ -333,7 +334,7 @@ def load(
             raise ValueError(f"trajectory file {path} does not exist")
         data = formats.read(path, width=width, height=height, scene_scale=scene_scale)
         if data.width is None or data.height is None:
-            raise ValueError(f"{path}: the file does not store the image size; pass width= and height=")
+            raise formats.ImageSizeMissing(f"{path}: the file does not store the image size; pass width= and height=")
         return Trajectory(data.world_T_cams, data.intrinsics, data.width, data.height, data.fps or fps)
     if not isinstance(source, str):
         raise ValueError(f"source must be a path, preset name or action string, got {type(source).__name__}")

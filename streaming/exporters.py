@@ -13,6 +13,8 @@ Formats (files written under the output folder):
 - `lerobot`: a LeRobot v3.0 dataset of one episode written with pyarrow and PyAV:
   `meta/info.json`, `meta/stats.json`, `meta/tasks.parquet`, `meta/episodes/chunk-000/file-000.parquet`,
   `data/chunk-000/file-000.parquet`, `videos/observation.images.cam/chunk-000/file-000.mp4`.
+  `meta/tasks.parquet` is written by pandas as lerobot writes it: a `task_index` column indexed by the
+  task string (lerobot names each item's task by that index).
   `observation.state` = [x, y, z, qx, qy, qz, qw] (c2w position in metres and rotation quaternion);
   `action` = [vx, vy, vz] body velocity (m/s, camera axes, forward difference of positions),
   [yaw_rate, pitch_rate] (deg/s, forward difference), then the 10 key bits of
@@ -128,6 +130,7 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def _lerobot(episode: Episode, out: Path) -> None:
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -161,7 +164,9 @@ def _lerobot(episode: Episode, out: Path) -> None:
         "task_index": pa.array(np.zeros(n, np.int64)),
     })
     pq.write_table(table, data_dir / "file-000.parquet")
-    pq.write_table(pa.table({"task_index": pa.array([0], pa.int64()), "task": pa.array([TASK])}), out / "meta" / "tasks.parquet")
+    # As lerobot writes and reads it: a pandas frame of task_index whose index is the task string
+    # (LeRobotDataset gives each item `tasks.iloc[task_index].name`).
+    pd.DataFrame({"task_index": [0]}, index=pd.Index([TASK], name="task")).to_parquet(out / "meta" / "tasks.parquet")
     duration = float(n / fps)
     pq.write_table(pa.table({
         "episode_index": pa.array([0], pa.int64()),
@@ -237,7 +242,9 @@ def _lerobot(episode: Episode, out: Path) -> None:
 
 def read_lerobot(root: str | Path) -> dict:
     """Read a LeRobot v3.0 export back: {"world_T_cams" [F, 4, 4], "intrinsics" [4], "width", "height",
-    "fps", "state" [F, 7], "action" [F, 15], "timestamps" [F], "video" path}. ValueError if malformed."""
+    "fps", "state" [F, 7], "action" [F, 15], "timestamps" [F], "tasks" [F] (each frame's task string,
+    looked up as lerobot does), "video" path}. ValueError if malformed."""
+    import pandas as pd
     import pyarrow.parquet as pq
     from scipy.spatial.transform import Rotation
 
@@ -258,6 +265,10 @@ def read_lerobot(root: str | Path) -> dict:
     poses = np.tile(np.eye(4), (len(state), 1, 1))
     poses[:, :3, :3] = Rotation.from_quat(state[:, 3:]).as_matrix()
     poses[:, :3, 3] = state[:, :3]
+    tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
+    task_index = table.column("task_index").to_pylist()
+    if not all(isinstance(t, int) and 0 <= t < len(tasks) for t in task_index):
+        raise ValueError(f"{data_path}: task_index values must be in [0, {len(tasks)}), the rows of meta/tasks.parquet")
     extra = info.get("roam", {})
     video = root / info["video_path"].format(video_key=LEROBOT_VIDEO_KEY, chunk_index=0, file_index=0)
     return {
@@ -269,6 +280,7 @@ def read_lerobot(root: str | Path) -> dict:
         "state": state,
         "action": action,
         "timestamps": np.asarray(table.column("timestamp").to_pylist()),
+        "tasks": [tasks.iloc[t].name for t in task_index],
         "video": video,
     }
 

@@ -5,7 +5,9 @@
 
 Preparation (as the official pipeline): the image is resized to cover the release's frame size and
 centre-cropped (`controls.camera.resize_crop_geometry`); a trajectory stored for another image size
-gets the same resize-crop applied to its intrinsics (`Trajectory.resized_to`). Frame counts are
+gets the same resize-crop applied to its intrinsics (`Trajectory.resized_to`); a file that does not
+store its image size (RealEstate10K's intrinsics are normalised) is read at the start image's size,
+the frames it was made for, or at `trajectory_size`. Frame counts are
 stride·k + 1: `seconds` snaps to the nearest such count (a preset is rolled out that long), no length
 means the trajectory's own (snapped down). Frame 0 is the start image's reconstruction and has pose world_T_cams[0]; unlike the
 official script, it is kept, so every frame has exactly one pose.
@@ -275,23 +277,35 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
-def _load_trajectory(source: Any, release, n_frames: int | None = None):
+def _check_size(size: Any, name: str) -> tuple[int, int]:
+    """(width, height) as positive ints; ValueError naming `name` otherwise."""
+    try:
+        width, height = size
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (width, height), got {size!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 16384 for v in (width, height)):
+        raise ValueError(f"{name} must be two integers in [1, 16384], got {size!r}")
+    return width, height
+
+
+def _load_trajectory(source: Any, release, n_frames: int | None = None, file_size: tuple[int, int] | None = None):
     """A trajectory source sized for the release: files keep their own image size where they store one
-    (resized later), presets and action strings get the release's size and default field of view; a
-    preset lasts `n_frames` when given."""
+    (resized later); a file that does not (RealEstate10K, a bare benchmark npz) is read at `file_size`
+    (width, height): the size of the frames its intrinsics describe. Presets and action strings get the
+    release's size and default field of view; a preset lasts `n_frames` when given."""
+    from controls.formats import ImageSizeMissing
     from controls.trajectory import PRESETS, load
 
     if isinstance(source, str) and source in PRESETS:
         return load(source, width=release.width, height=release.height, fps=release.fps, hfov_deg=release.hfov_deg,
                     n_frames=n_frames)
-
     if isinstance(source, (str, Path)) and Path(source).is_file():
         try:
             return load(source, fps=release.fps)
-        except ValueError as error:
-            if "does not store the image size" not in str(error):
+        except ImageSizeMissing:
+            if file_size is None:
                 raise
-        return load(source, width=release.width, height=release.height, fps=release.fps)
+        return load(source, width=file_size[0], height=file_size[1], fps=release.fps)
     return load(source, width=release.width, height=release.height, fps=release.fps, hfov_deg=release.hfov_deg)
 
 
@@ -309,10 +323,13 @@ def generate_video(
     prompt: str = "",
     negative_prompt: str = "",
     progress: Progress | None = None,
+    trajectory_size: tuple[int, int] | None = None,
 ) -> OfflineVideo:
     """Generate a clip (see the module docstring). `release` is a `model.release.Release`; `trajectory` a
     `controls.trajectory.Trajectory` or anything `controls.trajectory.load` takes (sized to the release);
-    `progress(done, total)` is called after every denoising step (every chunk in distilled mode)."""
+    `progress(done, total)` is called after every denoising step (every chunk in distilled mode).
+    `trajectory_size` (width, height): the frame size a trajectory file's intrinsics describe when the
+    file does not store it (RealEstate10K's are normalised); default: the start image's size."""
     from controls.camera import prepare_camera
     from controls.trajectory import Trajectory
     from streaming.generator import image_to_video_tensor, video_tensor_to_frames
@@ -333,18 +350,23 @@ def generate_video(
         logger.warning("running a %s release in %s mode: it was not trained for it", release.kind, mode)
 
     width, height = release.width, release.height
+    source = load_image(image)
+    if trajectory_size is not None:
+        trajectory_size = _check_size(trajectory_size, "trajectory_size")
     if not isinstance(trajectory, Trajectory):
         wanted = n_frames
         if seconds is not None and n_frames is None:
             wanted = snap_frames(seconds, release.fps, release.vae.temporal_stride)
-        trajectory = _load_trajectory(trajectory, release, wanted)
+        # The start image is a frame of the video the file was made for: its size is the file's.
+        file_size = trajectory_size or (source.shape[1], source.shape[0])
+        trajectory = _load_trajectory(trajectory, release, wanted, file_size)
     if (trajectory.width, trajectory.height) != (width, height):
         trajectory = trajectory.resized_to(width, height)
     if abs(trajectory.fps - release.fps) > 1e-6:
         logger.warning("the trajectory runs at %g fps, the model at %g fps: poses are used frame by frame",
                        trajectory.fps, release.fps)
     n = _frame_count(release, trajectory, seconds, n_frames)
-    start = fit_image(load_image(image), width, height)
+    start = fit_image(source, width, height)
     poses = np.asarray(trajectory.world_T_cams[:n])
     intrinsics = np.asarray(trajectory.intrinsics[:n])
 

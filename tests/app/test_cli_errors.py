@@ -98,3 +98,13 @@ def test_not_an_image_is_named_without_python_internals(tmp_path):
     with pytest.raises(ValueError) as raised:
         load_image(b"not an image either")
     assert "BytesIO" not in str(raised.value) and str(raised.value).startswith("<bytes> is not a readable image")
+
+
+def test_generate_names_a_malformed_trajectory_size(tmp_path):
+    from PIL import Image
+
+    from app import generate_cmd
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "start.png")
+    args = _args(generate_cmd, "--image", str(tmp_path / "start.png"), "--trajectory", "w-8", "--out", str(tmp_path / "o.mp4"), "--trajectory-size", "640")
+    assert _one_line_exit(generate_cmd.main, args) == "run.py generate: --trajectory-size must be WxH in pixels, e.g. 1280x704, got '640'"

@@ -48,6 +48,13 @@ def test_sana_bench_round_trip(episode, tmp_path):
     np.testing.assert_allclose(data.intrinsics, episode.intrinsics, atol=1e-9)
     assert (data.width, data.height, data.fps) == (W, H, FPS)
     assert (out / f"{episode.name}.png").is_file()
+    # The official benchmark files carry num_frames; a file whose count disagrees with its poses is refused.
+    with np.load(out / f"{episode.name}.npz") as z:
+        assert z["num_frames"].item() == episode.n_frames
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "wrong.npz", **{**arrays, "num_frames": np.int64(episode.n_frames + 1)})
+    with pytest.raises(ValueError, match="num_frames is"):
+        formats.read_sana_bench(tmp_path / "wrong.npz")
 
 
 def test_nerfstudio_round_trip(episode, tmp_path):
@@ -80,6 +87,15 @@ def test_lerobot_layout_and_round_trip(episode, tmp_path):
     assert episodes[0]["length"] == episode.n_frames and episodes[0]["dataset_to_index"] == episode.n_frames
     stats = json.loads((out / "meta/stats.json").read_text())
     assert stats["observation.state"]["count"] == [episode.n_frames]
+    # Each item's task as LeRobotDataset names it: meta.tasks.iloc[task_index].name, tasks read by pandas.
+    import pandas as pd
+
+    from streaming.exporters import TASK
+
+    tasks = pd.read_parquet(out / "meta/tasks.parquet")
+    assert list(tasks.columns) == ["task_index"] and list(tasks.index) == [TASK]
+    rows = pq.read_table(out / "data/chunk-000/file-000.parquet").column("task_index").to_pylist()
+    assert [tasks.iloc[t].name for t in rows] == [TASK] * episode.n_frames == back["tasks"]
 
 
 def test_actions_are_body_velocity_turn_rates_and_keys():
@@ -131,3 +147,32 @@ def test_export_command(episode, tmp_path):
     assert code != 0 and "not valid JSON" in message
     assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("fmt, name", [("re10k", "{}.txt"), ("sana-bench", "{}.npz")])
+def test_an_export_replays_with_generate(episode, tmp_path, fmt, name):
+    """`generate --trajectory` takes the exported file: RealEstate10K at the start image's size (its
+    intrinsics are normalised) or at --trajectory-size, the benchmark npz at its own."""
+    import argparse
+
+    import av
+
+    from app import generate_cmd
+
+    out = export_episode(episode, fmt, tmp_path / fmt)
+    trajectory = out / name.format(episode.name)
+    start = episode.folder / "start.png"
+    parser = argparse.ArgumentParser()
+    generate_cmd.add_arguments(parser)
+    video = tmp_path / "replay.mp4"
+    extra = ["--trajectory-size", f"{W}x{H}"] if fmt == "re10k" else []
+    args = parser.parse_args(["--image", str(start), "--trajectory", str(trajectory), "--out", str(video), "--quiet", *extra])
+    assert generate_cmd.main(args) == 0
+    with av.open(str(video)) as container:
+        # 25 recorded poses: 8k + 1 frames, all of them.
+        assert sum(1 for _ in container.decode(video=0)) == episode.n_frames
+    if fmt == "re10k":
+        # Without the flag the start image (the episode's own frame size) gives the size.
+        video.unlink()
+        args = parser.parse_args(["--image", str(start), "--trajectory", str(trajectory), "--out", str(video), "--quiet"])
+        assert generate_cmd.main(args) == 0 and video.is_file()
