@@ -141,6 +141,10 @@ class StreamState:
         """Deep copy: a snapshot that later chunks cannot alter."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.clone()) for layer in self.layers))
 
+    def detach(self) -> StreamState:
+        """The same state cut from the autograd graph (truncated backpropagation through a long stream)."""
+        return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.detach()) for layer in self.layers))
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamState:
         """Move to `device`; `dtype` converts the KV caches and conv contexts (GDN states stay fp32)."""
 

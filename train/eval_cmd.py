@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BAR_GAIN_DB = 2.0
 BAR_FOLLOW = 0.9
+# The goals of "a walk that stays a world" (issue 21): (figure, comparison, bar)
+GOAL_DETAIL = 0.6  # 8 s walks, and seconds 22–30 of the long walk
+GOAL_STANDING_DB = 28.0  # standing still, mean PSNR to the start frame over the first 4 s
+GOAL_BLOCKINESS = 1.3  # long walk, seconds 22–30
+GOAL_COLOUR = 12.0  # long walk, seconds 22–30, on 0–255
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default=None, help="TinyVAE weights (default: the one the model was trained with, by its vae_tag)")
     parser.add_argument("--clips", type=int, default=8, help="held-out scenes (one walk each)")
     parser.add_argument("--seconds", type=int, default=8, help="rollout length in seconds (16 fps)")
+    parser.add_argument("--long-seconds", type=int, default=30,
+                        help="also stream one walk this long per scene and score drift at seconds 1-8 and 22-30 "
+                             "(detail, blockiness, colour error; 0 = skip)")
     parser.add_argument("--size", type=int, default=128, help="square frame size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--workers", type=int, default=1,
@@ -50,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.clips < 1 or args.seconds < 1:
         raise ValueError(f"--clips and --seconds must be >= 1, got {args.clips}, {args.seconds}")
+    if args.long_seconds < 0:
+        raise ValueError(f"--long-seconds must be >= 0 (0 = no long walk), got {args.long_seconds}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.attention < 0:
@@ -61,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
     sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
-    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads)
+    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads, args.long_seconds)
     if args.workers == 1:
         evaluated = job.evaluate(model, vae, range(args.clips))
     else:
@@ -82,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
         pass
-    print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing", "long")
+                      if k in summary}, indent=2))
     if args.attention:
         summary["attention"] = attention_summary(model, vae, args.attention, args.size, sigmas)
     if args.json:
@@ -123,6 +134,7 @@ class EvalJob:
     seconds: int
     size: int
     threads: int
+    long_seconds: int = 0  # > 0: also a walk this long per scene (train.evaluate.long_walk)
 
     def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """In a worker process: load the model and VAE, then `evaluate`."""
@@ -142,13 +154,75 @@ class EvalJob:
         out = []
         for i in indices:
             seed = ClipDataset.scene_seed("eval", i)
-            result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sigmas=self.sigmas)
+            result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sigmas=self.sigmas,
+                                           long_seconds=self.long_seconds)
             out.append((i, result, frames if i == 0 else None))
+            late = {f"{w}": {k: round(v, 3) for k, v in m.items()} for w, m in result.long_windows.items()}
             print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / self.seconds:.2f} repeat "
                   f"{sum(result.psnr['repeat']) / self.seconds:.2f} warp {sum(result.psnr['warp']) / self.seconds:.2f} dB; "
                   f"follows {result.follows}; standing PSNR {sum(result.standing['psnr']) / self.seconds:.2f} dB, "
-                  f"detail {sum(result.standing['detail']) / self.seconds:.3f}", flush=True)
+                  f"detail {sum(result.standing['detail']) / self.seconds:.3f}" + (f"; long walk {late}" if late else ""),
+                  flush=True)
         return out
+
+
+def _goals_table(summary: dict) -> str:
+    """Each goal of a walk that stays a world: measured, bar, met (only the figures this run has)."""
+    from common.bench import markdown_table
+
+    rows = [["8 s walks: gain over repeat-first-frame", f"{summary['gain_over_repeat_db']:+.2f} dB", f"≥ +{BAR_GAIN_DB:g} dB",
+             summary["gain_over_repeat_db"] >= BAR_GAIN_DB],
+            ["8 s walks: camera following", f"{summary['follow']['all']:.3f}", f"≥ {BAR_FOLLOW}",
+             summary["follow"]["all"] >= BAR_FOLLOW],
+            ["8 s walks: detail", f"{summary['mean']['detail_model']:.3f}", f"≥ {GOAL_DETAIL}",
+             summary["mean"]["detail_model"] >= GOAL_DETAIL]]
+    standing = summary.get("standing", {})
+    for key, value in standing.items():
+        if key.startswith("psnr_first_"):
+            rows.append([f"standing still: PSNR to the start frame, first {key[len('psnr_first_'):]}", f"{value:.2f} dB",
+                         f"≥ {GOAL_STANDING_DB:g} dB", value >= GOAL_STANDING_DB])
+    late = summary.get("long", {}).get("windows", {}).get("22-30")
+    if late:
+        rows += [["30 s walks, seconds 22–30: detail", f"{late['detail']:.3f}", f"≥ {GOAL_DETAIL}", late["detail"] >= GOAL_DETAIL],
+                 ["30 s walks, seconds 22–30: blockiness", f"{late['blockiness']:.2f}", f"≤ {GOAL_BLOCKINESS}",
+                  late["blockiness"] <= GOAL_BLOCKINESS],
+                 ["30 s walks, seconds 22–30: colour error", f"{late['colour_error']:.1f}", f"≤ {GOAL_COLOUR:g}",
+                  late["colour_error"] <= GOAL_COLOUR]]
+    return markdown_table(["goal", "measured", "bar", "met"], [[*row[:3], "yes" if row[3] else "**no**"] for row in rows])
+
+
+def _long_walk_section(summary: dict, frames: dict | None, args) -> str:
+    """The long walks' table (windows and a few seconds) and, when the shown clip has one, eval_long.png."""
+    import numpy as np
+    from PIL import Image
+
+    from common.bench import markdown_table
+    from train.evaluate import LONG_METRICS
+
+    long = summary["long"]
+    names = {"psnr": "PSNR", "detail": "detail", "blockiness": "blockiness", "colour_error": "colour error"}
+    digits = {"psnr": 2, "detail": 3, "blockiness": 2, "colour_error": 1}
+    rows = [[f"seconds {w}"] + [f"{long['windows'][w][m]:.{digits[m]}f}" for m in LONG_METRICS] for w in long["windows"]]
+    seconds = long["seconds"]
+    for s in sorted({1, 5, 10, 15, 20, 25, seconds} & set(range(1, seconds + 1))):
+        rows.append([f"second {s}"] + [f"{long['per_second'][m][s - 1]:.{digits[m]}f}" for m in LONG_METRICS])
+    picture = ""
+    if frames is not None and "long_model" in frames:
+        picks = [16 * s for s in (0, 1, 5, 10, 15, 20, 25, seconds) if 16 * s < len(frames["long_gt"])]
+        grid = np.concatenate([np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("long_gt", "long_model")], 0)
+        Image.fromarray(grid).save(DOCS / "eval_long.png")
+        picture = (f"\n![{seconds} s walk](eval_long.png)\n\n`eval_long.png`, the same eval scene's {seconds} s walk: ground "
+                   f"truth (top) and the model's rollout, at {', '.join(f'{i // 16}' for i in picks)} s.\n")
+    return f"""
+## Long walks: does the world last?
+
+One more walk of {seconds} s per scene ({long['clips']} scenes), streamed whole. Per window (all its frames at once)
+and at a few seconds: PSNR to the ground truth, `detail` (as above), `blockiness` (mean |luma step| across the 8-pixel
+grid over the steps inside the cells, the model's over the ground truth's: 1 = no more 8×8 blocks than the real view)
+and `colour error` (mean |frame-mean RGB − the ground truth's| on 0–255; `train.evaluate`).
+
+{markdown_table(["", *(names[m] for m in LONG_METRICS)], rows)}
+{picture}"""
 
 
 def write_docs(summary: dict, shown, args) -> None:
@@ -183,6 +257,9 @@ def write_docs(summary: dict, shown, args) -> None:
     picks = sorted({0, 4, 8} | {16 * s for s in (1, 2, 4, 6, args.seconds) if 16 * s < len(frames["gt"])})
     rows = [np.concatenate([frames[k][i] for i in picks], axis=1) for k in ("gt", "model", "warp", "standing")]
     Image.fromarray(np.concatenate(rows, axis=0)).save(DOCS / "eval_rollout.png")
+
+    long_section = _long_walk_section(summary, frames, args) if "long" in summary else ""
+    goals = _goals_table(summary)
 
     header = ["second"] + [f"{m} {k if k == 'detail' else k.upper()}" for k in METRICS for m in METHODS]
     table_rows = []
@@ -250,6 +327,10 @@ ground truth is the start frame throughout, so this is how long the model keeps 
 Frame 0 (the start image through the VAE, the most a rollout can keep) is at {standing['frame0_psnr']:.2f} dB.
 
 {standing_table}
+{long_section}
+## Goals of a walk that stays a world
+
+{goals}
 
 ## Per clip
 

@@ -61,15 +61,54 @@ def detail(pred: np.ndarray, gt: np.ndarray) -> float:
     added noise or sharper-than-true texture. Position-free: it says how sharp, not whether the right things.
     """
     def gradient_energy(frames: np.ndarray) -> float:
-        luma = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # [N, H, W]
+        luma = _luma(frames)
         return float(np.abs(np.diff(luma, axis=1)).mean() + np.abs(np.diff(luma, axis=2)).mean())
 
     return gradient_energy(pred) / max(gradient_energy(gt), 1e-9)
 
 
+def _luma(frames: np.ndarray) -> np.ndarray:
+    return frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # [N, H, W]
+
+
+def grid_step_ratio(frames: np.ndarray, block: int = 8) -> float:
+    """Mean |luma step| across the `block`-pixel grid lines over that inside the blocks, uint8 [N, H, W, 3].
+
+    A decoder that paints each 8×8 latent cell on its own (the TinyVAE's mosaic) makes steps at the cell
+    borders much larger than inside; a natural image has no preference, ratio ≈ 1.
+    """
+    luma = _luma(frames)
+    steps_x, steps_y = np.abs(np.diff(luma, axis=2)), np.abs(np.diff(luma, axis=1))  # [N, H, W−1], [N, H−1, W]
+    on_x = (np.arange(steps_x.shape[2]) % block) == block - 1  # the step from column 8k+7 to 8k+8
+    on_y = (np.arange(steps_y.shape[1]) % block) == block - 1
+    across = np.concatenate([steps_x[:, :, on_x].ravel(), steps_y[:, on_y, :].ravel()]).mean()
+    inside = np.concatenate([steps_x[:, :, ~on_x].ravel(), steps_y[:, ~on_y, :].ravel()]).mean()
+    return float(across / max(inside, 1e-9))
+
+
+def blockiness(pred: np.ndarray, gt: np.ndarray) -> float:
+    """`grid_step_ratio` of pred over that of gt, uint8 [N, H, W, 3]: 1 = no more 8-px blocks than the truth."""
+    return grid_step_ratio(pred) / max(grid_step_ratio(gt), 1e-9)
+
+
+def colour_error(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean |frame-mean RGB of pred − that of gt| on 0–255, over frames and channels, uint8 [N, H, W, 3].
+
+    Position-free: it says whether the colours of the view drifted, not whether the layout is right.
+    """
+    def frame_means(frames: np.ndarray) -> np.ndarray:
+        return frames.reshape(len(frames), -1, 3).astype(np.float64).mean(1)  # [N, 3]
+
+    return float(np.abs(frame_means(pred) - frame_means(gt)).mean())
+
+
 # The per-second metrics by name; each name is also the ClipResult field that holds it.
 METRICS = {"psnr": psnr, "ssim": ssim, "detail": detail}
 STANDING_METRICS = ("psnr", "detail")  # scored on the standing-camera rollout against frame 0
+STANDING_SECONDS = 4  # the standing-still goal is the mean PSNR over the first 4 s
+# The long walk: does the world last? Scored early (seconds 1–8) and late (22–30) on one 30 s walk per scene.
+LONG_METRICS = {"psnr": psnr, "detail": detail, "blockiness": blockiness, "colour_error": colour_error}
+LONG_WINDOWS = ((1, 8), (22, 30))
 
 
 def depth_warp(frame0: np.ndarray, depth0: np.ndarray, depth: np.ndarray, world_T_cam0: np.ndarray,
@@ -132,6 +171,9 @@ class ClipResult:
     # camera standing at frame 0's pose (the ground truth is frame 0 throughout): metric -> per second
     standing: dict[str, list[float]] = field(default_factory=dict)
     standing_frame0_psnr: float = float("nan")  # the start image through the VAE, what standing could reach
+    # a second, long walk of the same scene (`long_walk`): metric -> per second, and "a-b" window -> metric -> value
+    long_per_second: dict[str, list[float]] = field(default_factory=dict)
+    long_windows: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric) -> list[float]:
@@ -175,9 +217,37 @@ def standing_at_start(world_T_cams: np.ndarray) -> np.ndarray:
     return np.repeat(world_T_cams[:1], len(world_T_cams), axis=0)
 
 
+def window_frames(frames: np.ndarray, first_s: int, last_s: int, fps: int = 16) -> np.ndarray:
+    """Frames of seconds first_s…last_s (second s = frames fps·(s−1)+1 … fps·s; frame 0 is the given image)."""
+    return frames[fps * (first_s - 1) + 1: fps * last_s + 1]
+
+
+def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
+              sigmas: tuple[float, ...] | None = None) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """A `seconds`-long held-out walk streamed whole: (per-second metrics, window metrics, frames gt/model).
+
+    Per second: `LONG_METRICS` (metric -> list). Windows: each of `LONG_WINDOWS` that fits ("22-30" ->
+    metric -> value over all its frames at once). This is where drift shows: colours that wander off,
+    the decoder's 8×8 cells that come apart, detail that fades.
+    """
+    _, clip, K = held_out_walk(scene_seed, seconds, size, fps)
+    gt = clip.frames
+    pred = rollout(model, vae, gt[0], clip.world_T_cams, K, sigmas=sigmas)
+    per_second_metrics = {name: per_second(pred, gt, fps, seconds, metric) for name, metric in LONG_METRICS.items()}
+    windows = {}
+    for first, last in LONG_WINDOWS:
+        if last <= seconds:
+            p, g = window_frames(pred, first, last, fps), window_frames(gt, first, last, fps)
+            windows[f"{first}-{last}"] = {name: metric(p, g) for name, metric in LONG_METRICS.items()}
+    return per_second_metrics, windows, {"long_gt": gt, "long_model": pred}
+
+
 def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-                  sigmas: tuple[float, ...] | None = None) -> tuple[ClipResult, dict[str, np.ndarray]]:
-    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`."""
+                  sigmas: tuple[float, ...] | None = None,
+                  long_seconds: int = 0) -> tuple[ClipResult, dict[str, np.ndarray]]:
+    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`.
+
+    With `long_seconds` > 0 the scene also gets a walk that long (`long_walk`; frames long_gt, long_model)."""
     scene, clip, K = held_out_walk(scene_seed, seconds, size, fps)
     gt, poses = clip.frames, clip.world_T_cams
     frames = {
@@ -197,6 +267,10 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     result.standing_frame0_psnr = psnr(frames["standing"][0], gt[0])
     for kind in PERTURBATIONS:
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
+    if long_seconds:
+        result.long_per_second, result.long_windows, long_frames = long_walk(model, vae, scene_seed, long_seconds, size,
+                                                                             fps, sigmas)
+        frames.update(long_frames)
     for method in METHODS:
         margins = following_margins(frames[method], gt, {kind: frames[kind] for kind in PERTURBATIONS})
         if method == "model":
@@ -234,7 +308,8 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
     # per clip, so subsets (e.g. eval scenes 8–15 of a 24-clip run) can be read off one run
     out["per_clip"] = [{"scene": r.scene_seed, **{f"psnr_{m}": float(np.mean(r.psnr[m])) for m in METHODS},
                         "follows": r.follows, "margins": r.margins,
-                        "standing_psnr": float(np.mean(r.standing["psnr"])) if r.standing else None}
+                        "standing_psnr": float(np.mean(r.standing["psnr"])) if r.standing else None,
+                        "long": r.long_windows}
                        for r in results]
     standing = [r for r in results if r.standing]
     if standing:
@@ -244,4 +319,14 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
             out["standing"]["per_second"][metric] = table.mean(0).tolist()
             out["standing"]["mean"][metric] = float(table.mean())
         out["standing"]["frame0_psnr"] = float(np.mean([r.standing_frame0_psnr for r in standing]))
+        # the goal's figure: PSNR to the start frame over the first STANDING_SECONDS (or all, if shorter)
+        first = min(STANDING_SECONDS, seconds)
+        out["standing"][f"psnr_first_{first}s"] = float(np.mean([r.standing["psnr"][:first] for r in standing]))
+    long = [r for r in results if r.long_windows]
+    if long:
+        out["long"] = {"clips": len(long), "seconds": len(long[0].long_per_second["psnr"]),
+                       "per_second": {name: np.mean([r.long_per_second[name] for r in long], 0).tolist()
+                                      for name in LONG_METRICS},
+                       "windows": {window: {name: float(np.mean([r.long_windows[window][name] for r in long]))
+                                            for name in LONG_METRICS} for window in long[0].long_windows}}
     return out

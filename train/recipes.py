@@ -22,6 +22,7 @@ many-step ODE.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -161,10 +162,25 @@ def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: t
     (t = 0). With the one-step sampler (σ 1, 0) and x_c = noise_c at t = 1000, the sampler's forward is the
     training forward, and its output is reused: own chunk = x_c − v_c.
     """
+    state = model.init_stream_state(x.shape[0], latent_hw=tuple(x.shape[-2:]), kv_window_chunks=kv_window_chunks,
+                                    sink=sink)
+    velocities, _ = stream_window(model, x, timestep, camera, plucker, chunk_sizes, sigmas, noise, state,
+                                  starts_clip=True, commit_last=False)
+    return velocities
+
+
+def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
+                  chunk_sizes: Sequence[int], sigmas: Sequence[float], noise: torch.Tensor, state, *,
+                  starts_clip: bool, commit_last: bool):
+    """`self_forced_stream` over consecutive chunks of a stream that may have begun before them.
+
+    `state` holds what the stream committed before `x`'s first chunk; `starts_clip` says that chunk is the
+    clip's first (its frame 0 is the clean image, t = 0). Returns (velocities [B, C, T, h, w], state after
+    the last chunk committed, or before it when not `commit_last`). The last chunk's commit only feeds
+    chunks after this window, so it runs without gradients.
+    """
     batch = x.shape[0]
     text, mask = model.null_text(batch)
-    state = model.init_stream_state(batch, latent_hw=tuple(x.shape[-2:]), kv_window_chunks=kv_window_chunks, sink=sink)
-    image = x[:, :, :1]
     grid = [float(s) for s in sigmas]
     one_step = grid == [1.0, 0.0]
     velocities = []
@@ -174,20 +190,27 @@ def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: t
         cam, pl = camera[:, sl], plucker[:, :, sl]
         v = model.stream_forward(x[:, :, sl], timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
         velocities.append(v)
-        if c == len(chunk_sizes) - 1:
+        last = c == len(chunk_sizes) - 1
+        if last and not commit_last:
             break  # nothing streams after the last chunk
-        first = 1 if c == 0 else 0  # chunk 0's frame 0 is the image
+        with_image = starts_clip and c == 0
+        first = 1 if with_image else 0  # the clip's chunk 0 starts with the image
         reuse = (one_step and bool((timestep[:, :, sl][:, :, first:] == 1000.0).all())
                  and torch.equal(x[:, :, sl][:, :, first:], noise[:, :, sl][:, :, first:]))
         if reuse:
             own = (x[:, :, sl] - v).detach()
-            if c == 0:
-                own[:, :, :1] = image
+            if with_image:
+                own[:, :, :1] = x[:, :, :1]
         else:
-            own = euler_chunk(model, noise[:, :, sl], image if c == 0 else None, cam, pl, text, mask, state, grid)
-        state = model.stream_commit(own, text, mask, cam, pl, state)
+            own = euler_chunk(model, noise[:, :, sl], x[:, :, :1] if with_image else None, cam, pl, text, mask, state,
+                              grid)
+        if last:
+            with torch.no_grad():
+                state = model.stream_commit(own, text, mask, cam, pl, state)
+        else:
+            state = model.stream_commit(own, text, mask, cam, pl, state)
         start += size
-    return torch.cat(velocities, dim=2)
+    return torch.cat(velocities, dim=2), state
 
 
 class DistilLoss:
@@ -350,3 +373,78 @@ class SelfForcedLoss:
                 live_sampler=(self.sigmas, noise.to(device)))
         loss = masked_mse(v, velocity_target.to(device), (sigma > 0).float().to(device), self.channel_weights)
         return loss, {"chunks": len(sizes)}
+
+
+@dataclass
+class _Walk:
+    """A batch of long walks being streamed across training steps (`RollingSelfForcedLoss`)."""
+
+    batch: dict[str, torch.Tensor]  # one draw_clip_batch: latents [B, C, T, h, w], camera tensors
+    sizes: list[int]  # chunk_layout of the whole walk
+    next_chunk: int = 0
+    next_latent: int = 0
+    state: object = None  # the StreamState after chunk next_chunk − 1 (None before the first)
+
+
+class RollingSelfForcedLoss:
+    """Self-forcing over walks as long as the app's, a window of chunks per step (truncated backpropagation).
+
+    The short-walk recipe (`SelfForcedLoss`) streams a whole clip per step, so its horizon is the clip's
+    (6 s), while the app streams for minutes and its drift (colours that wander, the decoder's 8×8 cells
+    coming apart) grows with time. Here a batch of long walks (e.g. 30 s, 60 chunks) is streamed across
+    consecutive steps: each step continues the stream by `window_chunks` chunks, against the state the
+    model's own one-step rollout left (detached: no gradient flows back into earlier windows), trains
+    each of them against the ground truth (so a drifted context learns to come back, not to amplify), and
+    keeps the state for the next step. When a walk ends, the next batch of walks starts from its image.
+    Every window costs what a `window_chunks`-chunk clip costs `SelfForcedLoss`, with no prefix to
+    recompute, yet over an episode every horizon from 0 to the walk's length is trained equally often.
+    The state is at most `window_chunks` optimiser steps stale. Streaming windows of one walk gives the
+    same velocities as `self_forced_stream` over the whole walk (without updates in between; tests/train).
+    """
+
+    def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
+                 kv_window_chunks: int, sink: bool, window_chunks: int, crops: tuple[int, ...] = (),
+                 frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200):
+        if len(clips) == 0:
+            raise ValueError(f"no encoded clips in {clips.directory}")
+        if window_chunks < 1:
+            raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
+        live = [float(s) for s in sigmas]
+        if live[-1] != 0.0 or any(a <= b for a, b in zip(live[:-1], live[1:])):
+            raise ValueError(f"sigmas must decrease strictly and end at 0, got {live}")
+        self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
+        self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
+        self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
+        self.channel_weights, self.refresh_every = channel_weights, refresh_every
+        self.walk: _Walk | None = None
+        self.walks_started = 0
+
+    def _next_window(self, rng: torch.Generator, step: int) -> tuple[_Walk, list[int], int, int]:
+        if self.walk is None or self.walk.next_chunk >= len(self.walk.sizes):
+            batch = draw_clip_batch(self.clips, self.batch_size, self.crops, self.frames, rng, step, self.refresh_every)
+            self.walk = _Walk(batch, chunk_layout(batch["latents"].shape[2], self.chunk_latents))
+            self.walks_started += 1
+        walk = self.walk
+        sizes = walk.sizes[walk.next_chunk: walk.next_chunk + self.window_chunks]
+        return walk, sizes, walk.next_latent, walk.next_latent + sum(sizes)
+
+    def __call__(self, net, rng: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        walk, sizes, start, end = self._next_window(rng, step)
+        starts_clip = walk.next_chunk == 0
+        x0 = walk.batch["latents"][:, :, start:end]  # [B, C, Tw, h, w]
+        camera, plucker = walk.batch["camera_conditions"][:, start:end], walk.batch["chunk_plucker"][:, :, start:end]
+        live = torch.tensor(self.sigmas[:-1])
+        sigma_chunk = live[torch.randint(len(live), (x0.shape[0], len(sizes)), generator=rng)]  # [B, K]
+        sigma = sigma_chunk[:, chunk_index_of_frames(sizes)]  # [B, Tw]
+        if starts_clip:
+            sigma[:, 0] = 0.0  # the clean start image
+        noise = torch.randn(x0.shape, generator=rng)
+        x_in = add_noise(x0, sigma, noise)
+        velocity_target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        device = next(net.parameters()).device
+        v, state = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device),
+                       sizes, continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip))
+        loss = masked_mse(v, velocity_target.to(device), (sigma > 0).float().to(device), self.channel_weights)
+        first_chunk = walk.next_chunk
+        walk.state, walk.next_chunk, walk.next_latent = state, walk.next_chunk + len(sizes), end
+        return loss, {"chunk": first_chunk, "walks": self.walks_started}

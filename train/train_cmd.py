@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--selfforce-targets", choices=("all", "one"), default="all",
                         help="self-forcing: train every chunk of each streamed rollout (all) or one random chunk "
                              "after a gradient-free rollout (one, the recipe of the shipped steps 3-7)")
+    parser.add_argument("--selfforce-rolling", type=int, default=0, metavar="CHUNKS",
+                        help="self-forcing on walks as long as --train-latents (e.g. 121 = 30 s), streamed across "
+                             "steps CHUNKS chunks at a time from the state the model's own rollout left "
+                             "(train.recipes.RollingSelfForcedLoss; 0 = whole clips per step)")
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -259,7 +263,7 @@ def run_distil(args, teacher=None):
 
 def run_selfforce(args):
     from train.data import LatentClips
-    from train.recipes import SelfForcedLoss
+    from train.recipes import RollingSelfForcedLoss, SelfForcedLoss
     from train.trainer import LoopConfig, train_loop
 
     gen = _generator_defaults(args)
@@ -268,9 +272,18 @@ def run_selfforce(args):
         student = _load_init(Path(args.init))
     else:
         student = _load_checkpoint(_last_student_checkpoint(run_dir, before="selfforce")).train()
-    loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
-                          gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops), frames=args.train_latents,
-                          channel_weights=_channel_weights(args), targets=args.selfforce_targets)
+    if args.selfforce_rolling < 0:
+        raise ValueError(f"--selfforce-rolling must be >= 0 chunks, got {args.selfforce_rolling}")
+    if args.selfforce_rolling:
+        loss = RollingSelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
+                                     gen.kv_window_chunks, gen.sink, args.selfforce_rolling,
+                                     crops=_crops(args.selfforce_crops), frames=args.train_latents,
+                                     channel_weights=_channel_weights(args))
+    else:
+        loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
+                              gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops),
+                              frames=args.train_latents, channel_weights=_channel_weights(args),
+                              targets=args.selfforce_targets)
     loop = LoopConfig(run_dir=str(run_dir / "selfforce"), steps=args.selfforce_steps, minutes=args.selfforce_minutes,
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress,
                       lr_scales=_lr_scales(args.lr_scale))

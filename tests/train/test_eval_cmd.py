@@ -16,7 +16,7 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     parser = argparse.ArgumentParser()
     eval_cmd.add_arguments(parser)
     args = parser.parse_args(["--clips", "2", "--seconds", "1", "--size", "64", "--json", str(tmp_path / "s.json"),
-                              "--write-docs", "--attention", "1"])
+                              "--write-docs", "--attention", "1", "--long-seconds", "30"])
     assert eval_cmd.main(args) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["clips"] == 2 and summary["sigmas"][-1] == 0.0
@@ -45,6 +45,14 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     rollout_png = Image.open(tmp_path / "eval_rollout.png")
     assert rollout_png.size == (4 * 64, 4 * 64)  # 4 rows (gt, model, warp, standing) x 4 columns
     assert (tmp_path / "eval.png").stat().st_size > 0 and (tmp_path / "eval_rollout.png").stat().st_size > 0
+    # the 30 s walks: both windows, second 25 in the table and in the picture (gt and model rows, 8 columns)
+    long = summary["long"]
+    assert set(long["windows"]) == {"1-8", "22-30"} and long["seconds"] == 30
+    for window in long["windows"].values():
+        assert window["blockiness"] > 0 and window["colour_error"] >= 0 and window["detail"] > 0
+    assert "## Long walks" in text and "| second 25 |" in text and "## Goals of a walk that stays a world" in text
+    assert "30 s walks, seconds 22–30: blockiness" in text and "standing still: PSNR to the start frame, first 1s" in text
+    assert Image.open(tmp_path / "eval_long.png").size == (8 * 64, 2 * 64)
 
 
 def test_eval_refuses_a_negative_attention_probe():
@@ -61,7 +69,7 @@ def test_eval_workers_share_the_clips_and_change_no_figure(tmp_path, capfd):
     summaries = []
     for workers in (1, 2):
         path = tmp_path / f"w{workers}.json"
-        args = parser.parse_args(["--clips", "3", "--seconds", "1", "--size", "32", "--workers", str(workers),
+        args = parser.parse_args(["--clips", "3", "--seconds", "1", "--size", "32", "--workers", str(workers), "--long-seconds", "0",
                                   "--json", str(path)])
         assert eval_cmd.main(args) == 0
         summaries.append(json.loads(path.read_text()))

@@ -94,7 +94,7 @@ def test_per_second_and_summary():
     assert [clip["scene"] for clip in summary["per_clip"]] == [1, 2]
     assert summary["per_clip"][1] == {"scene": 2, "psnr_model": 11.0, "psnr_repeat": 11.0, "psnr_warp": 11.0,
                                       "follows": {"mirrored_yaw": True, "reversed_motion": True}, "margins": {},
-                                      "standing_psnr": None}
+                                      "standing_psnr": None, "long": {}}
     results[0].standing, results[0].standing_frame0_psnr = {"psnr": [30.0, 20.0], "detail": [0.8, 0.2]}, 33.0
     results[1].standing, results[1].standing_frame0_psnr = {"psnr": [28.0, 22.0], "detail": [0.6, 0.4]}, 35.0
     standing = summarise(results, 2)["standing"]
@@ -112,3 +112,45 @@ def test_following_margins_are_positive_towards_the_commanded_truth():
     assert towards_gt["mirrored_yaw"] > 1000 and towards_other["mirrored_yaw"] == -towards_gt["mirrored_yaw"]
     halfway = ((gt.astype(int) + other) // 2).astype(np.uint8)
     assert abs(following_margins(halfway, gt, {"mirrored_yaw": other})["mirrored_yaw"]) < 0.02 * towards_gt["mirrored_yaw"]
+
+
+def test_blockiness_and_colour_error_on_hand_made_frames():
+    """A mosaic of flat 8×8 cells has all its luma steps on the grid; a shifted copy of natural-ish noise has none
+    preferred; a frame brightened by 10 levels is 10 levels off in colour."""
+    from train.evaluate import blockiness, colour_error, grid_step_ratio
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.cumsum(rng.normal(0, 3, (2, 64, 64, 3)), axis=2) + 128, 0, 255).astype(np.uint8)
+    cells = np.repeat(np.repeat(rng.integers(0, 255, (2, 8, 8, 3)), 8, 1), 8, 2).astype(np.uint8)
+    mosaic = np.clip(cells.astype(int) + rng.integers(0, 2, cells.shape), 0, 255).astype(np.uint8)
+    assert 0.8 < grid_step_ratio(smooth) < 1.25
+    assert grid_step_ratio(mosaic) > 20
+    assert blockiness(mosaic, smooth) > 15 and abs(blockiness(smooth, smooth) - 1.0) < 1e-9
+    brighter = np.clip(smooth.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert colour_error(smooth, smooth) == 0.0
+    assert 9.0 < colour_error(brighter, smooth) <= 10.0
+
+
+def test_long_walk_windows_summarise_per_clip_and_overall():
+    """summarise averages each window's metrics over the clips that have a long walk, and the first 4 s of
+    standing still."""
+    from train.evaluate import ClipResult, summarise
+
+    results = []
+    for k in (1, 3):
+        r = ClipResult(scene_seed=k)
+        for metric in ("psnr", "ssim", "detail"):
+            getattr(r, metric).update({m: [float(k)] * 8 for m in ("model", "repeat", "warp")})
+        r.follows = {"mirrored_yaw": True, "reversed_motion": False}
+        r.standing = {"psnr": [20.0 + k] * 4 + [0.0] * 4, "detail": [0.5] * 8}
+        r.long_per_second = {name: [float(k)] * 30 for name in ("psnr", "detail", "blockiness", "colour_error")}
+        r.long_windows = {"1-8": {"psnr": 1.0, "detail": 0.1 * k, "blockiness": 2.0, "colour_error": k},
+                          "22-30": {"psnr": 1.0, "detail": 0.2, "blockiness": 1.0 * k, "colour_error": 4.0}}
+        results.append(r)
+    summary = summarise(results, 8)
+    assert summary["long"]["clips"] == 2 and summary["long"]["seconds"] == 30
+    assert summary["long"]["windows"]["1-8"]["detail"] == pytest.approx(0.2)
+    assert summary["long"]["windows"]["22-30"]["blockiness"] == pytest.approx(2.0)
+    assert summary["long"]["per_second"]["colour_error"] == [2.0] * 30
+    assert summary["standing"]["psnr_first_4s"] == pytest.approx(22.0)
+    assert summary["per_clip"][0]["long"]["1-8"]["colour_error"] == 1

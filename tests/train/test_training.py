@@ -282,3 +282,49 @@ def test_lr_scales_are_checked():
 
     with pytest.raises(ValueError, match="'nothing_like_this'"):
         _param_groups(tiny_model(), LoopConfig(run_dir="r", lr_scales=(("nothing_like_this", 2.0),)))
+
+
+def test_rolling_windows_stream_the_same_walk_as_one_self_forced_stream(tmp_path):
+    """Windows of a long walk, each continuing the detached state the last one left, give the velocities of
+    one `self_forced_stream` over the whole walk (no optimiser step in between); the loss walks the clip a
+    window per call and starts a new walk after the last chunk."""
+    from train.recipes import RollingSelfForcedLoss, self_forced_stream
+    from train.trainer import ChunkCausalNet
+
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 2, frames=11))
+    batch = clips.batch([0, 1])
+    x0, camera, plucker = batch["latents"], batch["camera_conditions"], batch["chunk_plucker"]
+    sizes = [3, 2, 2, 2, 2]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    sigma = torch.ones(2, 11)
+    sigma[:, 0] = 0.0
+    x_in = (1 - sigma[:, None, :, None, None]) * x0 + sigma[:, None, :, None, None] * noise
+    timestep = (sigma * 1000.0)[:, None]
+    model = tiny_model(seed=3)
+    net = ChunkCausalNet(model, kv_window_chunks=2, sink=True)
+    with torch.no_grad():
+        whole = self_forced_stream(model, x_in, timestep, camera, plucker, sizes, (1.0, 0.0), noise, 2, True)
+        state, parts, start = None, [], 0
+        for window in ([3, 2], [2, 2], [2]):
+            end = start + sum(window)
+            v, state = net(x_in[:, :, start:end], timestep[:, :, start:end], camera[:, start:end],
+                           plucker[:, :, start:end], window,
+                           continue_stream=((1.0, 0.0), noise[:, :, start:end], state, start == 0))
+            parts.append(v)
+            start = end
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=2e-5, rtol=1e-4)
+    assert state.chunk_index == len(sizes) and not any(
+        t.requires_grad for layer in state.layers for t in (layer.ffn_context,))
+
+    loss_fn = RollingSelfForcedLoss(clips, batch_size=2, chunk_latents=2, sigmas=(1.0, 0.0), kv_window_chunks=2,
+                                    sink=True, window_chunks=2)
+    rng = torch.Generator().manual_seed(0)
+    chunks = []
+    for step in range(4):
+        loss, metrics = loss_fn(net, rng, step)
+        assert torch.isfinite(loss) and loss.requires_grad
+        chunks.append((metrics["chunk"], metrics["walks"]))
+    assert chunks == [(0, 1), (2, 1), (4, 1), (0, 2)]  # 5 chunks: windows of 2, 2, 1, then a new walk
+    with pytest.raises(ValueError, match="window_chunks"):
+        RollingSelfForcedLoss(clips, 2, 2, (1.0, 0.0), 2, True, window_chunks=0)
