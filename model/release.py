@@ -299,19 +299,35 @@ def vae_tag(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+def latent_space_tag(path: str | Path) -> str:
+    """The latent space a TinyVAE file decodes: its `latent_space` metadata when it is a decoder refined
+    for a space it did not define (train/decoder.py; its encoder is that space's), else its own `vae_tag`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            refined_for = (f.metadata() or {}).get("latent_space")
+    except Exception:  # not a safetensors file: load_tiny_vae will say so by name
+        refined_for = None
+    return refined_for or vae_tag(path)
+
+
 def embedded_vae_path(weights: str | Path | None = None) -> Path:
-    """The TinyVAE weights the embedded model was trained with.
+    """The TinyVAE weights the embedded model was trained with (or a decoder refined for them).
 
     A diffusion model only works in the latent space it was trained in, so the embedded model's
-    `roam_tiny.json` records the `vae_tag` of its VAE. The VAE shipped beside it
-    (`roam_tiny_vae.safetensors`) is taken when present, then the default TinyVAE weights; a file
-    whose tag differs from the recorded one is used only with a loud warning (the picture will be
-    poor), so the app still starts.
+    `roam_tiny.json` records the `vae_tag` of its VAE. The candidates, in order: the decoder refined on
+    the model's own rollouts (`roam_tiny_decoder.safetensors`, train/decoder.py: the same encoder and
+    latent space, a decoder that paints the model's drifted latents without 8×8 blocks), the VAE shipped
+    beside the model (`roam_tiny_vae.safetensors`), the default TinyVAE weights. The first whose latent
+    space (`latent_space_tag`) is the recorded one is taken; when none is, the first with a loud warning
+    (the picture will be poor), so the app still starts.
     """
     from model.vae import DEFAULT_WEIGHTS
 
     weights = Path(weights) if weights is not None else Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
-    candidates = [p for p in (weights.with_name(weights.stem + "_vae.safetensors"), DEFAULT_WEIGHTS) if p.is_file()]
+    candidates = [p for p in (weights.with_name(weights.stem + "_decoder.safetensors"),
+                              weights.with_name(weights.stem + "_vae.safetensors"), DEFAULT_WEIGHTS) if p.is_file()]
     if not candidates:
         return DEFAULT_WEIGHTS
     info_path = weights.with_suffix(".json")
@@ -321,6 +337,12 @@ def embedded_vae_path(weights: str | Path | None = None) -> Path:
         wanted = None
     if wanted is None:
         return candidates[0]
+    for path in candidates:
+        if latent_space_tag(path) == wanted:
+            return path
+    logger.warning("no installed TinyVAE matches the tiny model's vae_tag %s (looked at %s): using %s, whose latent "
+                   "space differs, so the video will be poor", wanted, [str(p) for p in candidates], candidates[0])
+    return candidates[0]
     for path in candidates:
         if vae_tag(path) == wanted:
             return path

@@ -26,7 +26,7 @@ import json
 import shutil
 from pathlib import Path
 
-STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "grow", "sweep")
+STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "grow", "sweep", "decoder")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="self-forcing on walks as long as --train-latents (e.g. 121 = 30 s), streamed across "
                              "steps CHUNKS chunks at a time from the state the model's own rollout left "
                              "(train.recipes.RollingSelfForcedLoss; 0 = whole clips per step)")
+    parser.add_argument("--decoder-minutes", type=float, default=30.0,
+                        help="decoder: wall-clock budget of the decoder fine-tune on the model's rollouts (train/decoder.py)")
+    parser.add_argument("--decoder-steps", type=int, default=4000)
+    parser.add_argument("--decoder-lr", type=float, default=2e-4)
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -365,6 +369,37 @@ def run_grow(args) -> Path:
     return save_weights(grown, out, info)
 
 
+def run_decoder(args) -> Path:
+    """Stream --init's model over the first --clips encoded walks, then fine-tune its VAE's decoder on them
+    (train/decoder.py) and write the refined TinyVAE to --out (default model/weights/roam_tiny_decoder.safetensors)."""
+    from dataclasses import asdict
+
+    from model.release import model_sampler_sigmas
+    from model.vae import load_tiny_vae, save_tiny_vae
+    from train.data import vae_tag
+    from train.decoder import RefineConfig, RolloutPairs, make_rollouts, refine_decoder
+    from train.embedded import EMBEDDED_WEIGHTS
+
+    gen = _generator_defaults(args)
+    weights = Path(args.init) if args.init else EMBEDDED_WEIGHTS
+    model = _load_init(weights).eval()
+    sigmas = model_sampler_sigmas(args.sigmas, weights) if weights.suffix != ".pt" else gen.sigmas
+    run_dir = Path(args.run_dir) / "decoder"
+    latents_dir = _latents_dir(args)
+    count = make_rollouts(model, latents_dir, run_dir / "rollouts", sigmas, gen.kv_window_chunks, gen.sink,
+                          gen.chunk_latents, args.clips, seed=args.seed, progress=not args.no_progress)
+    print(f"decoder: {count} rollouts of {weights} under {run_dir / 'rollouts'}", flush=True)
+    pairs = RolloutPairs(run_dir / "rollouts", latents_dir, Path(args.data) / "clips" / "train")
+    vae = load_tiny_vae(_vae_path(args))
+    cfg = RefineConfig(run_dir=str(run_dir), steps=args.decoder_steps, minutes=args.decoder_minutes, lr=args.decoder_lr,
+                       batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    refined = refine_decoder(vae, pairs, cfg)
+    out = Path(args.out) if args.out else EMBEDDED_WEIGHTS.with_name("roam_tiny_decoder.safetensors")
+    meta = {"latent_space": vae_tag(_vae_path(args)), "refined_on": f"{len(pairs)} rollouts of {weights}",
+            "refine_config": json.dumps(asdict(cfg))}
+    return save_tiny_vae(refined, out, extra_metadata=meta)
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -379,6 +414,10 @@ def main(args: argparse.Namespace) -> int:
                                         candidates=args.candidates or ",".join(sweep.CANDIDATES), latents=latents,
                                         train_steps=args.sweep_steps, sigmas=args.sigmas)
         return sweep.main(sweep_args)
+    if args.stage == "decoder":
+        path = run_decoder(args)
+        print(f"wrote {path}")
+        return 0
     if args.stage == "grow":
         path = run_grow(args)
         print(f"wrote {path} and {path.with_suffix('.json')}")

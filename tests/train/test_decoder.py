@@ -1,0 +1,118 @@
+"""The decoder refined on the model's own rollouts (train/decoder.py) and how the embedded model picks it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.vae import load_tiny_vae, save_tiny_vae
+from tests.train.helpers import STRIDE, tiny_model, write_latent_clips, write_vae
+from train.decoder import (RefineConfig, RolloutPairs, decode_window, draw_windows, make_rollouts, refine_decoder,
+                           refine_loss, warmup_latents)
+
+
+def test_a_window_decoded_after_its_warmup_equals_the_streamed_decode(tmp_path):
+    """The decoder's temporal receptive field is warmup_latents(vae) latents: a window decoded from a zero
+    context after that many latents gives exactly the frames the live stream decoder gives them."""
+    vae = load_tiny_vae(write_vae(tmp_path / "vae.safetensors"))
+    with torch.no_grad():
+        for block in vae.decoder.temporal:  # make the temporal path matter (the deep path starts silent)
+            block.conv_s.weight.normal_(0, 0.3)
+        vae.decoder.stages[-1][1].weight.normal_(0, 0.3)
+    latents = torch.randn(1, 8, 9, 4, 4, generator=torch.Generator().manual_seed(0))
+    warmup = warmup_latents(vae)
+    assert warmup == 4
+    with torch.no_grad():
+        streamed = vae.stream_decoder(1)
+        frames = torch.cat([streamed.decode_chunk(latents[:, :, :3]), streamed.decode_chunk(latents[:, :, 3:])], dim=2)
+        window = decode_window(vae, latents[:, :, 5 - warmup: 8], warmup).clamp(-1, 1)  # latents 5, 6, 7
+    # latent i >= 1 holds frames stride·(i−1)+1 … stride·i
+    torch.testing.assert_close(window, frames[:, :, STRIDE * 4 + 1: STRIDE * 7 + 1], atol=1e-5, rtol=1e-5)
+    short = decode_window(vae, latents[:, :, 5 - 1: 8], 1).clamp(-1, 1)  # too little warm-up: not the stream
+    assert not torch.allclose(short, window, atol=1e-4)
+
+
+def _pairs(tmp_path, n=3, frames=9):
+    """Rollouts of a tiny model over tiny clips, the clips' frames (random), and the pairs read back."""
+    latents_dir = write_latent_clips(tmp_path / "latents", n, frames=frames)
+    clips_dir = tmp_path / "clips"
+    clips_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for path in latents_dir.glob("*.pt"):
+        np.savez(clips_dir / f"{path.stem}.npz", frames=rng.integers(0, 255, (STRIDE * (frames - 1) + 1, 32, 32, 3),
+                                                                       dtype=np.uint8))
+    count = make_rollouts(tiny_model(), latents_dir, tmp_path / "rollouts", (1.0, 0.0), 2, True, 2, count=n,
+                          batch_size=2, progress=False)
+    return count, RolloutPairs(tmp_path / "rollouts", latents_dir, clips_dir)
+
+
+def test_rollouts_are_the_models_stream_and_pair_with_the_true_frames(tmp_path):
+    count, pairs = _pairs(tmp_path)
+    assert count == 3 and len(pairs) == 3
+    rollout, clean = pairs.rollouts[0].float(), pairs.clean[0].float()
+    assert rollout.shape == clean.shape == (8, 9, 4, 4)
+    torch.testing.assert_close(rollout[:, :1], clean[:, :1], atol=1e-3, rtol=1e-3)  # frame 0: the clip's image
+    assert (rollout[:, 1:] - clean[:, 1:]).abs().mean() > 0.1  # the rest is the model's, not the data
+    before = (tmp_path / "rollouts" / f"{pairs.names[0]}.pt").stat().st_mtime_ns
+    make_rollouts(tiny_model(), tmp_path / "latents", tmp_path / "rollouts", (1.0, 0.0), 2, True, 2, count=3,
+                  progress=False)
+    assert (tmp_path / "rollouts" / f"{pairs.names[0]}.pt").stat().st_mtime_ns == before  # resumable: kept
+    latents, video = draw_windows(pairs, 2, 3, 4, 0.5, STRIDE, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 8, 7, 4, 4) and video.shape == (2, 3, 12, 32, 32)
+    assert video.min() >= -1 and video.max() <= 1
+
+
+def test_refining_lowers_the_loss_keeps_the_encoder_and_resumes(tmp_path):
+    _, pairs = _pairs(tmp_path)
+    vae = load_tiny_vae(write_vae(tmp_path / "vae.safetensors"))
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    rng = torch.Generator().manual_seed(5)
+    fixed = draw_windows(pairs, 4, 3, 4, 0.0, STRIDE, rng)
+
+    def loss_of(model) -> float:
+        with torch.no_grad():
+            return float(refine_loss(decode_window(model, fixed[0], 4), fixed[1], 1.0))
+
+    start = loss_of(vae)
+    cfg = RefineConfig(run_dir=str(tmp_path / "run"), steps=40, minutes=0.0, lr=3e-3, batch_size=4, ema_decay=0.5,
+                       progress=False)
+    refined = refine_decoder(vae, pairs, cfg)
+    assert loss_of(refined) < 0.95 * start  # random target frames: only their mean and scale can be learned
+    for key, value in refined.encoder.state_dict().items():
+        torch.testing.assert_close(value, encoder_before[key])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 40
+    again = refine_decoder(load_tiny_vae(tmp_path / "vae.safetensors"), pairs,
+                           RefineConfig(**{**cfg.__dict__, "steps": 50}))
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == 50
+    assert loss_of(again) < start
+
+
+def test_the_embedded_model_takes_a_decoder_refined_for_its_latent_space(tmp_path):
+    """roam_tiny_decoder.safetensors is taken when its latent_space is the model's vae_tag, and passed over
+    (for the VAE itself) when it was refined for another space."""
+    from model.release import embedded_vae_path, latent_space_tag, vae_tag
+
+    weights = tmp_path / "roam_tiny.safetensors"
+    weights.write_bytes(b"")
+    vae_path = write_vae(tmp_path / "roam_tiny_vae.safetensors")
+    (tmp_path / "roam_tiny.json").write_text(json.dumps({"vae_tag": vae_tag(vae_path)}))
+    decoder = tmp_path / "roam_tiny_decoder.safetensors"
+    vae = load_tiny_vae(vae_path)
+    with torch.no_grad():
+        vae.decoder.skip.weight.add_(0.1)
+    save_tiny_vae(vae, decoder, extra_metadata={"latent_space": vae_tag(vae_path)})
+    assert latent_space_tag(decoder) == vae_tag(vae_path) != vae_tag(decoder)
+    assert embedded_vae_path(weights) == decoder
+    save_tiny_vae(vae, decoder, extra_metadata={"latent_space": "0123456789ab"})
+    assert embedded_vae_path(weights) == vae_path
+
+
+def test_refine_loss_weighs_edges():
+    flat = torch.zeros(1, 3, 1, 8, 8)
+    edge = flat.clone()
+    edge[..., 4:] = 1.0
+    assert refine_loss(flat, edge, 0.0) == pytest.approx(0.5)
+    assert refine_loss(flat, edge, 1.0) > refine_loss(flat, edge, 0.0)

@@ -1,0 +1,213 @@
+"""Refine the TinyVAE decoder on the world model's own rollouts: the embedded model's decode-side refiner.
+
+SANA-WM's official pipeline refines long videos with a second stage. The embedded model's latents drift
+off the autoencoder's manifold as a walk goes on (blurred, with colours that wander), and the TinyVAE's
+decoder, trained on clean latents only, paints such latents as a mosaic of 8×8 cells: its linear path
+maps each latent cell to its own 8×8 pixels. The sim gives the true frames of every generated one, so
+the decoder is fine-tuned on pairs (the model's streamed latents, the frames the camera really saw),
+mixed with clean latents of the same clips so that the round trip of real frames (the start image)
+stays as it was. It costs nothing at run time: same network, new weights.
+
+    rollouts   the world model streams each encoded training walk from its image with its live sampler
+               (`train.recipes.teacher_rollout`), as the app does -> run_dir/rollouts/<clip>.pt
+    decoder    fine-tune the decoder (encoder and latent statistics frozen, so the latent space is
+               unchanged) on windows of those latents against the rendered frames: L1 on pixels plus
+               L1 on their spatial gradients (edges where the truth has them)
+
+The result is a whole TinyVAE file whose metadata names the latent space it decodes (`latent_space`,
+the `vae_tag` of the VAE it was refined from): `model.release.embedded_vae_path` takes it for the
+model trained in that space.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The decoder's causal temporal receptive field in latents: temporal_blocks × (kernel − 1). A window
+# decoded from a zero context after this many warm-up latents equals the streamed decode exactly.
+def warmup_latents(vae) -> int:
+    return vae.cfg.temporal_blocks * (vae.cfg.temporal_kernel - 1)
+
+
+@torch.no_grad()
+def make_rollouts(model, latents_dir: Path, out_dir: Path, sigmas, kv_window_chunks: int, sink: bool,
+                  chunk_latents: int, count: int, batch_size: int = 4, seed: int = 0, progress: bool = True) -> int:
+    """Stream the first `count` encoded clips of `latents_dir` with the model's live sampler; store each
+    rollout's latents [C, T, h, w] (f16, frame 0 = the clip's image) as out_dir/<clip>.pt. Resumable."""
+    from train.flow import chunk_layout
+    from train.recipes import teacher_rollout
+
+    names = sorted(p.stem for p in latents_dir.glob("*.pt"))[:count]
+    todo = [n for n in names if not (out_dir / f"{n}.pt").exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    batches = range(0, len(todo), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="rollouts")
+    for start in batches:
+        group = todo[start:start + batch_size]
+        items = [torch.load(latents_dir / f"{n}.pt", weights_only=True) for n in group]
+        lat = torch.stack([i["latents"] for i in items]).float()
+        camera = torch.stack([i["camera_conditions"] for i in items]).float()
+        plucker = torch.stack([i["chunk_plucker"] for i in items]).float()
+        noise = torch.randn(lat.shape, generator=generator)
+        _, own = teacher_rollout(model, lat[:, :, :1], camera, plucker, chunk_layout(lat.shape[2], chunk_latents),
+                                 list(sigmas), [], noise, kv_window_chunks, sink)
+        for name, latents in zip(group, own):
+            tmp = out_dir / f"{name}.tmp"
+            torch.save(latents.to(torch.float16).clone(), tmp)
+            os.replace(tmp, out_dir / f"{name}.pt")
+    return len(names)
+
+
+class RolloutPairs:
+    """(rollout latents, clean latents, true frames) of every clip that has a rollout, held in memory."""
+
+    def __init__(self, rollouts_dir: Path, latents_dir: Path, clips_dir: Path):
+        self.rollouts, self.clean, self.frames, self.names = [], [], [], []
+        for path in sorted(Path(rollouts_dir).glob("*.pt")):
+            clip = Path(clips_dir) / f"{path.stem}.npz"
+            if not clip.is_file():
+                raise FileNotFoundError(f"rollout {path} has no rendered clip {clip}")
+            with np.load(clip) as f:
+                frames = torch.from_numpy(np.ascontiguousarray(f["frames"]))  # [F, H, W, 3] uint8
+            self.rollouts.append(torch.load(path, weights_only=True))
+            self.clean.append(torch.load(Path(latents_dir) / path.name, weights_only=True)["latents"])
+            self.frames.append(frames)
+            self.names.append(path.stem)
+        if not self.names:
+            raise ValueError(f"no rollouts in {rollouts_dir}: run the rollouts stage first")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def draw_windows(pairs: RolloutPairs, batch_size: int, window: int, warmup: int, p_clean: float, stride: int,
+                 rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents [B, C, warmup + window, h, w] (rollout, or clean with probability p_clean) starting `warmup`
+    latents before a random latent k ≥ 1, and the true frames [B, 3, stride·window, H, W] in [-1, 1] of
+    latents k … k + window − 1 (latent i ≥ 1 holds frames stride·(i−1)+1 … stride·i)."""
+    latents, frames = [], []
+    for _ in range(batch_size):
+        i = int(torch.randint(len(pairs), (1,), generator=rng))
+        total = pairs.rollouts[i].shape[1]
+        k = int(torch.randint(max(1, warmup), total - window + 1, (1,), generator=rng))
+        source = pairs.clean[i] if float(torch.rand((), generator=rng)) < p_clean else pairs.rollouts[i]
+        latents.append(source[:, k - warmup: k + window].float())
+        frames.append(pairs.frames[i][stride * (k - 1) + 1: stride * (k + window - 1) + 1])
+    video = torch.stack(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [B, 3, F, H, W]
+    return torch.stack(latents), video
+
+
+def decode_window(vae, latents: torch.Tensor, warmup: int) -> torch.Tensor:
+    """Frames [B, 3, stride·(T − warmup), H, W] of latents [B, C, T, h, w] (none of them latent 0), with
+    the first `warmup` latents only as causal context (not clamped: the training path)."""
+    mean, std = vae._stats()
+    frames, _ = vae.decoder(latents * std + mean, None, first=False)
+    return frames[:, :, vae.temporal_stride * warmup:]
+
+
+def refine_loss(pred: torch.Tensor, target: torch.Tensor, gradient_weight: float) -> torch.Tensor:
+    """L1 on pixels plus `gradient_weight` × L1 on horizontal and vertical differences, [B, 3, F, H, W]."""
+    loss = (pred - target).abs().mean()
+    if gradient_weight:
+        for dim in (-1, -2):
+            loss = loss + gradient_weight * (pred.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return loss
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    run_dir: str
+    steps: int = 4000
+    minutes: float = 30.0
+    lr: float = 2e-4
+    batch_size: int = 4
+    window: int = 3  # latents of loss per sample (12 frames)
+    p_clean: float = 0.25
+    gradient_weight: float = 1.0
+    ema_decay: float = 0.99
+    checkpoint_every_s: float = 120.0
+    seed: int = 0
+    progress: bool = True
+
+
+def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
+    """Fine-tune `vae`'s decoder in place on `pairs`; returns the EMA copy. Resumes from run_dir/checkpoint.pt."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vae.train()
+    vae.encoder.requires_grad_(False)
+    ema = copy.deepcopy(vae).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(vae.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        vae.load_state_dict(saved["vae"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+        rng.set_state(saved["rng"])
+    warmup = warmup_latents(vae)
+    start = last_save = time.monotonic()
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="decoder", dynamic_ncols=True)
+
+    def save() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"vae": vae.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "rng": rng.get_state(), "config": asdict(cfg)}, tmp)
+        os.replace(tmp, checkpoint)
+
+    with open(run_dir / "log.jsonl", "a") as log:
+        while step < cfg.steps:
+            elapsed = time.monotonic() - start
+            progress = max(step / cfg.steps, elapsed / (cfg.minutes * 60) if cfg.minutes else 0.0)
+            lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            latents, target = draw_windows(pairs, cfg.batch_size, cfg.window, warmup, cfg.p_clean,
+                                           vae.temporal_stride, rng)
+            loss = refine_loss(decode_window(vae, latents, warmup), target, cfg.gradient_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                for e, p in zip(ema.decoder.parameters(), vae.decoder.parameters()):
+                    e.lerp_(p, 1.0 - cfg.ema_decay)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % 10 == 0:
+                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr,
+                                      "elapsed_s": round(time.monotonic() - start, 1)}) + "\n")
+                log.flush()
+            now = time.monotonic()
+            done = step >= cfg.steps or (cfg.minutes and now - start >= cfg.minutes * 60)
+            if done or now - last_save >= cfg.checkpoint_every_s:
+                save()
+                last_save = now
+            if done:
+                break
+    if bar is not None:
+        bar.close()
+    return ema.eval()
