@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from streaming.generator import DISTILLED_SIGMAS, GeneratorConfig
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# A DNS name or an IPv4/IPv6 address, as `--allow-host` takes it.
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|[0-9a-f:.]+")
 
 
 def is_loopback(host: str) -> bool:
@@ -28,7 +31,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Network side. A non-loopback `host` requires a `token`."""
+    """Network side. A non-loopback `host` requires a `token`. Requests are served only for loopback
+    Hosts, the bound address and `allowed_hosts` (app/guards.py)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -42,6 +46,11 @@ class ServerConfig:
     record_dir: Path | None = None
     # Chunk-boundary snapshots kept per session for rewind.
     rewind_chunks: int = 16
+    # Public host names (lower case, no port) served besides loopback and the bound address.
+    allowed_hosts: tuple[str, ...] = ()
+    # A WebRTC peer not connected this long after its answer is closed and its slot freed; a page on
+    # the same machine connects in well under a second, and gives up itself after 4 s.
+    connect_timeout_s: float = 4.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -60,6 +69,11 @@ class ServerConfig:
             raise ValueError(f"record_dir {self.record_dir} exists and is not a folder")
         if not 1 <= self.rewind_chunks <= 4096:
             raise ValueError(f"rewind_chunks must be in [1, 4096], got {self.rewind_chunks}")
+        for name in self.allowed_hosts:
+            if not HOST_NAME.fullmatch(name):
+                raise ValueError(f"allowed host {name!r} must be a lower-case host name or address without scheme or port, e.g. roam.example.org")
+        if not (math.isfinite(self.connect_timeout_s) and 0.1 <= self.connect_timeout_s <= 120.0):
+            raise ValueError(f"connect_timeout_s must be in [0.1, 120], got {self.connect_timeout_s}")
 
 
 @dataclass(frozen=True)

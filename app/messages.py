@@ -14,6 +14,8 @@ from typing import Any
 # Bits of controls.integrator.Key (FORWARD=1 ... SLOW=512).
 KEY_MASK = (1 << 10) - 1
 MAX_SEQ = 2**53
+# Longest scene or upload id a hello or offer may name.
+MAX_START_ID_CHARS = 128
 
 
 class MessageError(ValueError):
@@ -86,6 +88,12 @@ class Ack:
 Message = Input | Reset | Record | Rewind | Settings | Ping | Hello | Ack
 
 
+def brief(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: errors name the bad value without echoing 64 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
 def _reject_constant(name: str) -> float:
     raise MessageError("nan", f"non-finite number {name}")
 
@@ -97,20 +105,25 @@ def _number(msg: dict, name: str, required: bool = True, lo: float = -math.inf, 
         return None
     value = msg[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MessageError("invalid", f"field {name!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise MessageError("nan", f"field {name!r} is {value}")
-    if not lo <= value <= hi:
-        raise MessageError("invalid", f"field {name!r}={value} outside [{lo}, {hi}]")
-    return float(value)
+        raise MessageError("invalid", f"field {name!r} must be a number, got {brief(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        # A JSON integer of hundreds of digits: no float holds it.
+        raise MessageError("invalid", f"field {name!r}={brief(value)} outside [{lo}, {hi}]") from None
+    if not math.isfinite(number):
+        raise MessageError("nan", f"field {name!r} is {number}")
+    if not lo <= number <= hi:
+        raise MessageError("invalid", f"field {name!r}={number} outside [{lo}, {hi}]")
+    return number
 
 
 def _int(msg: dict, name: str, lo: int, hi: int) -> int:
     value = msg.get(name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise MessageError("invalid", f"field {name!r} must be an integer, got {value!r}")
+        raise MessageError("invalid", f"field {name!r} must be an integer, got {brief(value)}")
     if not lo <= value <= hi:
-        raise MessageError("invalid", f"field {name!r}={value} outside [{lo}, {hi}]")
+        raise MessageError("invalid", f"field {name!r}={brief(value)} outside [{lo}, {hi}]")
     return value
 
 
@@ -119,7 +132,7 @@ def _bool(msg: dict, name: str, required: bool = True) -> bool | None:
         return None
     value = msg.get(name)
     if not isinstance(value, bool):
-        raise MessageError("invalid", f"field {name!r} must be true or false, got {value!r}")
+        raise MessageError("invalid", f"field {name!r} must be true or false, got {brief(value)}")
     return value
 
 
@@ -171,12 +184,12 @@ def parse_message(data: str | bytes, max_bytes: int) -> Message:
         return Ping(t=_number(msg, "t"))
     if kind == "hello":
         start = msg.get("start")
-        if not isinstance(start, str) or not 1 <= len(start) <= 128:
-            raise MessageError("invalid", f"hello needs a start id string, got {start!r}")
+        if not isinstance(start, str) or not 1 <= len(start) <= MAX_START_ID_CHARS:
+            raise MessageError("invalid", f"hello needs a start id string of 1 to {MAX_START_ID_CHARS} characters, got {brief(start)}")
         token = msg.get("token")
         if token is not None and not isinstance(token, str):
             raise MessageError("invalid", "token must be a string")
         return Hello(start=start, token=token)
     if kind == "ack":
         return Ack(frame_id=_int(msg, "frame_id", 0, 2**32 - 1))
-    raise MessageError("unknown_type", f"unknown message type {kind!r}")
+    raise MessageError("unknown_type", f"unknown message type {brief(kind)}")

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +26,21 @@ from streaming.generator import ChunkGenerator
 log = logging.getLogger("roam.runtime")
 
 MAX_UPLOADS = 32
+# Formats an upload may be in: the usual photo and web formats. Pillow reads many more, and each one
+# is a decoder that a stranger's bytes would reach.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+# Pixels an upload may decode to (after a JPEG's reduced-size decode, see `Uploads.add`): 25 MP
+# is a 6144 x 4096 photo or a 4K screenshot thrice over.
+MAX_UPLOAD_PIXELS = 25_000_000
+# Pixels its header may declare: a JPEG this large still decodes at 1/8 of its size or less.
+MAX_UPLOAD_HEADER_PIXELS = 100_000_000
+# Longest side over shortest side: a start image is cropped to the stream's aspect, and a strip
+# thinner than this shows next to nothing of itself.
+MAX_UPLOAD_ASPECT = 8.0
+# Modes Pillow shrinks by averaging (a palette's indices cannot be averaged).
+REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F")
+# Scene ids are "scene:<seed>", the seed in at most this many ASCII digits.
+MAX_SEED_DIGITS = 9
 
 
 @dataclass(frozen=True)
@@ -49,10 +65,15 @@ class SimScenes:
         return [f"scene:{seed}" for seed in self.seeds]
 
     def seed_of(self, scene_id: str) -> int | None:
+        """The seed of one of `ids()`, or None for any other string. Only a few ASCII digits are read
+        as a number: `int` also reads Unicode digits ("²" passes `isdigit` and fails `int`) and
+        raises ValueError past 4300 digits."""
         prefix, _, number = scene_id.partition(":")
-        if prefix != "scene" or not number.isdigit() or int(number) not in self.seeds:
+        if prefix != "scene" or not (number.isascii() and number.isdigit()) or len(number) > MAX_SEED_DIGITS:
             return None
-        return int(number)
+        seed = int(number)
+        # One spelling per scene: "scene:01" is not "scene:1".
+        return seed if seed in self.seeds and str(seed) == number else None
 
     def name(self, scene_id: str) -> str:
         """The theme's name once the scene has been built (see `prewarm`), else a numbered one."""
@@ -87,42 +108,93 @@ class SimScenes:
         return view
 
 
+class UploadRefused(ValueError):
+    """An upload that is not stored; `status` is the HTTP status that says why (400 not a usable
+    image, 413 too many pixels)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class Uploads:
-    """Uploaded start images (resized and centre-cropped to the stream size), newest MAX_UPLOADS kept."""
+    """Uploaded start images (resized and centre-cropped to the stream size), newest MAX_UPLOADS kept.
+
+    Bounded cost: an upload's dimensions are read from its header before anything is decoded, so a
+    few bytes that declare a huge or absurdly thin image are refused without decoding them. What is
+    decoded is at most MAX_UPLOAD_PIXELS pixels at no more than 4 bytes each; shrinking its crop box
+    may copy it once more (Pillow premultiplies RGBA into a full-size copy), so one upload peaks at
+    about 8 bytes x 25 MP = 200 MB on top of its bytes, whatever it declares. Uploads decode one at
+    a time, so that is also the bound for all of them together. Measured peaks: docs/protocol.md.
+    """
 
     def __init__(self, width: int, height: int):
         self.width, self.height = width, height
         self._items: OrderedDict[str, StartView] = OrderedDict()
         self._lock = threading.Lock()
+        self._decode_lock = threading.Lock()
 
     def add(self, data: bytes) -> str:
-        """Decode and store an image (any thread); ValueError if `data` is not a decodable image."""
+        """Decode and store an image (any thread); UploadRefused (a ValueError) says why not."""
         import io
 
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
                 probe.verify()
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > 64_000_000:
-                    raise ValueError(f"image of {img.width}x{img.height} pixels is too large")
-                rgb = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"not a decodable image: {error}") from None
-        scale = max(self.width / rgb.width, self.height / rgb.height)
-        size = (max(self.width, round(rgb.width * scale)), max(self.height, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
-        left, top = (size[0] - self.width) // 2, (size[1] - self.height) // 2
-        rgb = rgb.crop((left, top, left + self.width, top + self.height))
+            with self._decode_lock, Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
+                rgb = self._start_image(img)
+        except UploadRefused:
+            raise
+        except Image.DecompressionBombError as error:
+            raise UploadRefused(413, f"image refused: {error}") from None
+        except UnidentifiedImageError:
+            raise UploadRefused(400, f"not a {'/'.join(UPLOAD_FORMATS)} image") from None
+        # Any decoder error on a stranger's bytes means the same to the page: not a usable image
+        # (Pillow raises OSError, SyntaxError, ValueError, struct.error, EOFError, ...).
+        except Exception as error:
+            raise UploadRefused(400, f"not a decodable {'/'.join(UPLOAD_FORMATS)} image: {error}") from None
         upload_id = "upload:" + hashlib.sha256(data).hexdigest()[:12]
-        view = StartView(image=np.asarray(rgb, dtype=np.uint8).copy(), world_T_cam=np.eye(4), name="Upload")
+        view = StartView(image=rgb, world_T_cam=np.eye(4), name="Upload")
         with self._lock:
             self._items[upload_id] = view
             self._items.move_to_end(upload_id)
             while len(self._items) > MAX_UPLOADS:
                 self._items.popitem(last=False)
         return upload_id
+
+    def _start_image(self, img) -> np.ndarray:
+        """The stream-sized RGB start image [H, W, 3] of an opened (not yet decoded) image."""
+        from PIL import Image
+
+        # 1. Refuse by the header's size: nothing is decoded yet.
+        width, height = img.size
+        if width < 1 or height < 1 or width * height > MAX_UPLOAD_HEADER_PIXELS:
+            raise UploadRefused(413, f"image of {width}x{height} pixels is too large (at most {MAX_UPLOAD_HEADER_PIXELS // 1_000_000} MP)")
+        if max(width, height) > MAX_UPLOAD_ASPECT * min(width, height):
+            raise UploadRefused(400, f"image of {width}x{height} pixels is too thin: at most {MAX_UPLOAD_ASPECT:g}:1 between its sides")
+        # 2. The centre crop with the stream's aspect; a JPEG decodes at the smallest 1/2, 1/4 or
+        # 1/8 scale that still covers the stream size over that crop.
+        scale = min(width / self.width, height / self.height)
+        crop_w, crop_h = self.width * scale, self.height * scale
+        img.draft("RGB", (math.ceil(width * self.width / crop_w), math.ceil(height * self.height / crop_h)))
+        if img.width * img.height > MAX_UPLOAD_PIXELS:
+            raise UploadRefused(413, f"image of {img.width}x{img.height} pixels is too large (at most {MAX_UPLOAD_PIXELS // 1_000_000} MP)")
+        # 3. Decode, shrink the crop box by a whole factor in the decoded mode (rather than first
+        # copying all of it to RGB), then to RGB (resizing a palette image would pick nearest
+        # pixels) and the final resize.
+        fx, fy = img.width / width, img.height / height
+        box = ((width - crop_w) / 2 * fx, (height - crop_h) / 2 * fy, (width + crop_w) / 2 * fx, (height + crop_h) / 2 * fy)
+        factor = int(min((box[2] - box[0]) / self.width, (box[3] - box[1]) / self.height) / 2)
+        if factor > 1 and img.mode in REDUCIBLE_MODES:
+            whole = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+            img = img.reduce(factor, box=whole)
+            box = tuple((b - whole[i % 2]) / factor for i, b in enumerate(box))
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        out = img.resize((self.width, self.height), Image.Resampling.BICUBIC, box=box)
+        return np.asarray(out, dtype=np.uint8).copy()
 
     def view(self, upload_id: str) -> StartView | None:
         with self._lock:

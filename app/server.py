@@ -5,8 +5,11 @@ runtime (model, VAE, scenes), the generation worker, the live sessions. With `ru
 model is loaded at startup (`app.runtime.build_runtime`). Routes and messages: docs/protocol.md.
 
 Limits: `max_sessions` live sessions per server (one more gets 503 with a message); uploads of at
-most `max_upload_bytes`, images only; JSON messages of at most `max_message_bytes`. A non-loopback
-bind needs a token, checked on /offer, /ws and /api/upload; websocket Origins must match the Host.
+most `max_upload_bytes`, images only, decoded within a bounded memory (`app.runtime.Uploads`); JSON
+messages of at most `max_message_bytes`. A non-loopback bind needs a token, checked on /offer, /ws
+and /api/upload. Foreign Hosts and cross-site requests are refused before any handler runs
+(`app.guards`). A WebRTC peer that has not connected `connect_timeout_s` after its answer is closed.
+Every bad request gets a 4xx with `{"error": ...}` naming what is wrong, never a 500.
 """
 from __future__ import annotations
 
@@ -19,13 +22,13 @@ import secrets
 import struct
 import threading
 import time
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from app import messages as m
 from app.config import AppConfig
-from app.runtime import Runtime, build_runtime
+from app.guards import add_security_headers, check_offer_sdp, guard_middleware
+from app.runtime import Runtime, UploadRefused, build_runtime
 from app.session import Session
 from app.tracks import GeneratedVideoTrack, patch_encoder_bitrates
 from streaming.buffer import BufferClosed
@@ -47,13 +50,12 @@ WS_HEADER = struct.Struct("<4sHHIIdHHI")
 WS_MAGIC = b"ROAM"
 WS_VERSION = 1
 WS_MAX_IN_FLIGHT = 2
-# A peer that has not connected by then (the page went away mid-handshake) is closed.
-WEBRTC_CONNECT_TIMEOUT_S = 30.0
 
 
 def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
     """The roam web application (see the module docstring)."""
-    app = web.Application(client_max_size=config.server.max_upload_bytes + 1024)
+    app = web.Application(client_max_size=config.server.max_upload_bytes + 1024, middlewares=[guard_middleware(config.server)])
+    app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
     app[SESSIONS] = {}
     app[STATS] = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0}
@@ -114,14 +116,6 @@ def _token_ok(request: web.Request, supplied: str | None = None) -> bool:
     return any(c is not None and hmac.compare_digest(c.encode(), expected.encode()) for c in candidates)
 
 
-def _origin_ok(request: web.Request) -> bool:
-    """Browsers always send Origin on websockets; it must name this server's Host."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 def _reserve_slot(app: web.Application) -> str | None:
     """A new session id if the server has room (the slot is held until the session closes)."""
     config = app[CONFIG].server
@@ -175,7 +169,7 @@ async def _thumbnail(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     scene_id = request.match_info["scene_id"]
     if runtime.scenes.seed_of(scene_id) is None:
-        return _json_error(404, f"unknown scene {scene_id!r}")
+        return _json_error(404, f"unknown scene {m.brief(scene_id)}")
     view = await asyncio.to_thread(runtime.scenes.view, scene_id)
     data = await asyncio.to_thread(encode_jpeg, view.image, 85)
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -186,21 +180,33 @@ async def _upload(request: web.Request) -> web.Response:
     if not _token_ok(request):
         app[STATS]["rejected_auth"] += 1
         return _json_error(401, "bad or missing token")
-    limit = app[CONFIG].server.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _json_error(400, f"upload of {request.content_length} bytes exceeds the {limit}-byte limit")
     if not request.content_type.startswith("image/"):
-        return _json_error(400, f"Content-Type must be image/*, got {request.content_type!r}")
+        return _json_error(400, f"Content-Type must be image/*, got {m.brief(request.content_type)}")
+    try:
+        data = await _read_body(request, app[CONFIG].server.max_upload_bytes, "upload")
+    except _TooLarge as error:
+        return _json_error(413, str(error))
+    try:
+        upload_id = await asyncio.to_thread(app[RUNTIME].uploads.add, data)
+    except UploadRefused as error:
+        return _json_error(error.status, str(error))
+    return web.json_response({"id": upload_id})
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, read up to `limit` bytes; _TooLarge past that (declared or sent)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _TooLarge(f"{what} of {request.content_length} bytes exceeds the {limit}-byte limit")
     data = bytearray()
     async for block in request.content.iter_chunked(1 << 16):
         data += block
         if len(data) > limit:
-            return _json_error(400, f"upload exceeds the {limit}-byte limit")
-    try:
-        upload_id = await asyncio.to_thread(app[RUNTIME].uploads.add, bytes(data))
-    except ValueError as error:
-        return _json_error(400, str(error))
-    return web.json_response({"id": upload_id})
+            raise _TooLarge(f"{what} exceeds the {limit}-byte limit")
+    return bytes(data)
 
 
 def _parse_offer(body: bytes, max_bytes: int) -> dict:
@@ -210,14 +216,15 @@ def _parse_offer(body: bytes, max_bytes: int) -> dict:
         raise ValueError(f"offer must be a JSON object: {error}") from None
     sdp, kind, start = offer.get("sdp"), offer.get("type"), offer.get("start")
     if kind != "offer":
-        raise ValueError(f"type must be 'offer', got {kind!r}")
+        raise ValueError(f"type must be 'offer', got {m.brief(kind)}")
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise ValueError("sdp must be an SDP string starting with 'v=0'")
-    if not isinstance(start, str):
-        raise ValueError(f"start must be a scene or upload id string, got {start!r}")
+    if not isinstance(start, str) or not 1 <= len(start) <= m.MAX_START_ID_CHARS:
+        raise ValueError(f"start must be a scene or upload id string of 1 to {m.MAX_START_ID_CHARS} characters, got {m.brief(start)}")
     token = offer.get("token")
     if token is not None and not isinstance(token, str):
         raise ValueError("token must be a string")
+    check_offer_sdp(sdp)
     return offer
 
 
@@ -226,9 +233,18 @@ async def _offer(request: web.Request) -> web.Response:
 
     app = request.app
     config = app[CONFIG]
-    body = await request.read()
+    # Only JSON: a page on another site can POST text/plain or a form without a preflight.
+    if request.content_type != "application/json":
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(415, f"Content-Type must be application/json, got {m.brief(request.content_type)}")
+    max_bytes = config.server.max_message_bytes * 4
     try:
-        offer = _parse_offer(body, config.server.max_message_bytes * 4)
+        body = await _read_body(request, max_bytes, "offer")
+    except _TooLarge as error:
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(413, str(error))
+    try:
+        offer = _parse_offer(body, max_bytes)
     except ValueError as error:
         app[STATS]["rejected_bad_request"] += 1
         return _json_error(400, str(error))
@@ -241,7 +257,7 @@ async def _offer(request: web.Request) -> web.Response:
     start = await asyncio.to_thread(app[RUNTIME].start_view, offer["start"])
     if start is None:
         app[STATS]["rejected_bad_request"] += 1
-        return _json_error(400, f"unknown start {offer['start']!r}")
+        return _json_error(400, f"unknown start {m.brief(offer['start'])}")
     session_id = _reserve_slot(app)
     if session_id is None:
         return _json_error(503, _full_message(app))
@@ -297,10 +313,14 @@ async def _offer(request: web.Request) -> web.Response:
         return _json_error(400, f"could not negotiate the offer: {error}")
     session.begin()
 
+    # A peer that never connects (the page went away mid-handshake, or a client that only ever
+    # wanted the slot) would hold it until ICE gives up, ~30 s; free it sooner.
+    timeout = config.server.connect_timeout_s
+
     async def connect_deadline() -> None:
-        await asyncio.sleep(WEBRTC_CONNECT_TIMEOUT_S)
+        await asyncio.sleep(timeout)
         if pc.connectionState != "connected":
-            await session.close(f"not connected within {WEBRTC_CONNECT_TIMEOUT_S:.0f} s")
+            await session.close(f"not connected within {timeout:g} s")
 
     deadline = asyncio.ensure_future(connect_deadline())
 
@@ -315,9 +335,7 @@ async def _offer(request: web.Request) -> web.Response:
 async def _websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     config = app[CONFIG]
-    if not _origin_ok(request):
-        app[STATS]["rejected_auth"] += 1
-        return _json_error(403, f"websocket Origin {request.headers.get('Origin')!r} does not match host {request.host!r}")
+    # (Origin and Host were checked by app.guards.)
     # Messages above max_message_bytes are dropped and counted by the session; only far larger
     # ones make aiohttp close the socket.
     ws = web.WebSocketResponse(max_msg_size=max(1 << 22, 16 * config.server.max_message_bytes), compress=False, heartbeat=20.0)
@@ -343,13 +361,24 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
     config = app[CONFIG]
 
     async def refuse(message: str) -> None:
-        await ws.send_str(json.dumps({"type": "error", "message": message}))
+        # The page may be gone already: then there is nobody to tell.
+        if ws.closed:
+            return
+        try:
+            await ws.send_str(json.dumps({"type": "error", "message": message}))
+        except ConnectionError:
+            pass
         await ws.close()
 
     try:
         msg = await ws.receive(timeout=10.0)
     except asyncio.TimeoutError:
         await refuse("no hello within 10 s")
+        return None
+    if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        # A first message over max_msg_size (aiohttp closed the socket with 1009, message too big),
+        # or the page left before saying hello.
+        log.info("websocket closed before its hello: %s", m.brief(msg.data))
         return None
     if msg.type != WSMsgType.TEXT:
         await refuse("the first message must be a JSON hello")
@@ -373,7 +402,7 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
         return None
     start = await asyncio.to_thread(runtime.start_view, hello.start)
     if start is None:
-        await refuse(f"unknown start {hello.start!r}")
+        await refuse(f"unknown start {m.brief(hello.start)}")
         return None
     session_id = _reserve_slot(app)
     if session_id is None:

@@ -134,9 +134,9 @@ def _png(width: int = 40, height: int = 30) -> bytes:
 
 async def test_uploads_accept_images_only():
     async with serve(_runtime(), max_upload_bytes=200_000) as (url, app), aiohttp.ClientSession() as http:
-        for data, ctype in [(b"definitely not an image", "image/png"), (_png(), "text/plain"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "image/png"), (b"\x00" * 300_000, "image/jpeg")]:
+        for data, ctype, status in [(b"definitely not an image", "image/png", 400), (_png(), "text/plain", 400), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "image/png", 400), (b"\x00" * 300_000, "image/jpeg", 413)]:
             async with http.post(f"{url}/api/upload", data=data, headers={"Content-Type": ctype}) as response:
-                assert response.status == 400, (ctype, len(data))
+                assert response.status == status, (ctype, len(data))
                 assert "error" in await response.json()
         async with http.post(f"{url}/api/upload", data=_png(), headers={"Content-Type": "image/png"}) as response:
             assert response.status == 200
