@@ -4,13 +4,16 @@ websocket when WebRTC cannot connect).
 
 With no --model it serves the embedded tiny model (seeded random weights, with a warning, until the
 trained ones are installed at model/weights/roam_tiny.safetensors). Binds 127.0.0.1 by default;
-any other --host requires --token, which every connection must then carry.
+any other --host requires --token, which every connection must then carry. Requests are served only
+for loopback Host names, the bound address and the names given with --allow-host (a DNS-rebinding
+page names its own host); see docs/protocol.md, "Who may connect".
 
 Examples:
   python run.py                                   # http://127.0.0.1:8080/
   python run.py serve --port 9000 --width 256 --height 176
   python run.py serve --sigmas 1,0.75,0.5,0.25,0          # another sampler than the model's own
   python run.py serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+  python run.py serve --host 0.0.0.0 --token "$TOKEN" --allow-host roam.example.org   # behind that name
   python run.py serve --model /path/to/SANA-WM_streaming --device cuda
 """
 from __future__ import annotations
@@ -41,7 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated sampler σ list, e.g. 1,0.75,0.5,0.25,0 (default: the one the model was trained for)")
     parser.add_argument("--record-dir", type=Path, default=Path("recordings"), help="where walks are recorded when the user turns Record on (default %(default)s)")
     parser.add_argument("--rewind-chunks", type=int, default=server.rewind_chunks, help="chunk snapshots kept per walk for Rewind (default %(default)s)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also serve requests for this public host name (repeatable; loopback names and the bound address are always served)")
+    parser.add_argument("--connect-timeout", type=float, default=server.connect_timeout_s,
+                        help="seconds a WebRTC peer has to connect after its answer before its slot is freed (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default %(default)s; aioice and aiortc log at WARNING and above unless DEBUG)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -49,7 +57,8 @@ def config_from_args(args: argparse.Namespace):
     from app.config import AppConfig, ServerConfig, StreamConfig
     from model.release import sigmas_flag
 
-    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks)
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks,
+                          allowed_hosts=tuple(name.lower().rstrip(".") for name in args.allow_host), connect_timeout_s=args.connect_timeout)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
@@ -59,11 +68,24 @@ def config_from_args(args: argparse.Namespace):
     return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)
 
 
-def main(args: argparse.Namespace) -> int:
-    import asyncio
+# Loggers that narrate every ICE candidate pair and DTLS step at INFO (most of a session's log lines).
+CHATTY_LOGGERS = ("aioice", "aiortc")
+
+
+def configure_logging(level: str) -> None:
+    """Log at `level`; aioice and aiortc only from WARNING unless `level` is DEBUG."""
     import logging
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+
+    configure_logging(args.log_level)
     from app.generate_cmd import check_device
 
     try:

@@ -371,3 +371,35 @@ async def test_every_response_carries_the_security_headers(path):
             assert response.headers["Server"] == "roam"
     finally:
         await client.close()
+
+
+def test_serve_flags_allow_host_names_and_set_the_connect_timeout():
+    import argparse
+
+    from app import serve_cmd
+
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    config = serve_cmd.config_from_args(parser.parse_args(["--allow-host", "Roam.Example.org", "--allow-host", "10.0.0.7", "--connect-timeout", "2.5"]))
+    assert config.server.allowed_hosts == ("roam.example.org", "10.0.0.7") and config.server.connect_timeout_s == 2.5
+    assert serve_cmd.config_from_args(parser.parse_args([])).server.allowed_hosts == ()
+    with pytest.raises(ValueError, match="allowed host 'roam.example.org:443'"):
+        serve_cmd.config_from_args(parser.parse_args(["--allow-host", "roam.example.org:443"]))
+
+
+def test_aioice_and_aiortc_log_warnings_only_unless_debug():
+    from app import serve_cmd
+
+    loggers = [logging.getLogger(name) for name in serve_cmd.CHATTY_LOGGERS]
+    saved = [logger.level for logger in loggers]
+    try:
+        serve_cmd.configure_logging("INFO")
+        assert all(not logging.getLogger(f"{name}.ice").isEnabledFor(logging.INFO) for name in serve_cmd.CHATTY_LOGGERS)
+        assert all(logging.getLogger(f"{name}.ice").isEnabledFor(logging.WARNING) for name in serve_cmd.CHATTY_LOGGERS)
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)
+        serve_cmd.configure_logging("DEBUG")
+        assert all(logger.level == logging.NOTSET for logger in loggers)
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
