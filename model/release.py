@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import CheckpointError, find_checkpoint, load_pretrained
-from model.schedulers import distilled_sigmas
+from model.schedulers import check_sampler_sigmas, distilled_sigmas  # noqa: F401 (check_sampler_sigmas: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,6 @@ MAX_LATENT_FRAMES = 121
 DEFAULT_HFOV_DEG = 60.0
 _ROAM_KEYS = {"height", "width", "fps", "chunk_latents", "hfov_deg"}
 _TEXT_ENCODER_NAMES = ("text_encoder", "gemma-2-2b-it", "gemma_2_2b_it", "gemma2")
-
-
-def check_sampler_sigmas(sigmas: Any, where: str = "sampler") -> tuple[float, ...]:
-    """A few-step sampler's σ list as floats: at least one step, strictly decreasing in [0, 1], ending at 0."""
-    try:
-        values = tuple(float(s) for s in sigmas)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"sampler sigmas of {where} must be a list of numbers, got {sigmas!r}") from error
-    if (len(values) < 2 or values[-1] != 0.0 or any(not 0.0 <= s <= 1.0 for s in values)
-            or any(a <= b for a, b in zip(values, values[1:]))):
-        raise ValueError(f"sampler sigmas of {where} must decrease strictly within [0, 1] and end at 0, got {list(values)}")
-    return values
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,6 +62,18 @@ def distilled_sigmas(timesteps: tuple[int, ...] = DISTILLED_TIMESTEPS,
     if len(timesteps) < 2 or timesteps[-1] != 0 or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
         raise ValueError(f"distilled timesteps must decrease strictly and end at 0, got {list(timesteps)}")
     return tuple(t / num_train_timesteps for t in timesteps)
+
+
+def check_sampler_sigmas(sigmas: Any, where: str = "sampler") -> tuple[float, ...]:
+    """A few-step sampler's σ list as floats: at least one step, strictly decreasing in [0, 1], ending at 0."""
+    try:
+        values = tuple(float(s) for s in sigmas)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampler sigmas of {where} must be a list of numbers, got {sigmas!r}") from error
+    if (len(values) < 2 or values[-1] != 0.0 or any(not 0.0 <= s <= 1.0 for s in values)
+            or any(a <= b for a, b in zip(values, values[1:]))):
+        raise ValueError(f"sampler sigmas of {where} must decrease strictly within [0, 1] and end at 0, got {list(values)}")
+    return values
 
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
