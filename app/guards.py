@@ -42,7 +42,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
 }
 # Sec-Fetch-Site values of requests this server's own page makes (or a user typing the URL).
 OWN_FETCH_SITES = ("same-origin", "none")
@@ -109,8 +108,9 @@ def cross_site_reason(request: web.Request) -> str | None:
     return None
 
 
-def guard_middleware(config: ServerConfig) -> Callable:
-    """The aiohttp middleware that applies the Host and cross-site rules to every route."""
+def guard_middleware(config: ServerConfig, stats: dict[str, int]) -> Callable:
+    """The aiohttp middleware that applies the Host and cross-site rules to every route, counting
+    refusals in `stats["rejected_host"]` and `stats["rejected_cross_site"]`."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -120,11 +120,13 @@ def guard_middleware(config: ServerConfig) -> Callable:
         if host is not None:
             name = hostname_of(host)
             if name is None or not host_allowed(name, config):
+                stats["rejected_host"] += 1
                 return web.json_response(
                     {"error": f"host {host[:100]!r} is not served here; serve with --allow-host NAME to allow a public name"}, status=403
                 )
         reason = cross_site_reason(request)
         if reason is not None:
+            stats["rejected_cross_site"] += 1
             return web.json_response({"error": reason}, status=403)
         return await handler(request)
 

@@ -54,11 +54,12 @@ WS_MAX_IN_FLIGHT = 2
 
 def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
     """The roam web application (see the module docstring)."""
-    app = web.Application(client_max_size=config.server.max_upload_bytes + 1024, middlewares=[guard_middleware(config.server)])
+    stats = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0, "rejected_host": 0, "rejected_cross_site": 0}
+    app = web.Application(client_max_size=config.server.max_upload_bytes + 1024, middlewares=[guard_middleware(config.server, stats)])
     app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
     app[SESSIONS] = {}
-    app[STATS] = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0}
+    app[STATS] = stats
     if runtime is not None:
         app[RUNTIME] = runtime
     app[WORKER] = GenerationWorker(num_threads=config.stream.worker_threads())
@@ -148,7 +149,13 @@ async def _healthz(request: web.Request) -> web.Response:
     app = request.app
     runtime = app.get(RUNTIME)
     return web.json_response(
-        {"ok": True, "sessions": sum(1 for s in app[SESSIONS].values() if s is not None), "max_sessions": app[CONFIG].server.max_sessions, "model": runtime.model_name if runtime else None}
+        {
+            "ok": True,
+            "sessions": sum(1 for s in app[SESSIONS].values() if s is not None),
+            "max_sessions": app[CONFIG].server.max_sessions,
+            "model": runtime.model_name if runtime else None,
+            "rejected": {name.removeprefix("rejected_"): count for name, count in app[STATS].items()},
+        }
     )
 
 

@@ -403,3 +403,15 @@ def test_aioice_and_aiortc_log_warnings_only_unless_debug():
     finally:
         for logger, level in zip(loggers, saved):
             logger.setLevel(level)
+
+
+async def test_healthz_counts_refusals():
+    client = await _client()
+    try:
+        await client.get("/healthz", headers={"Host": "evil.example"})
+        await client.post("/offer", data="{}", headers={"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"})
+        health = await (await client.get("/healthz")).json()
+        assert health["rejected"]["host"] == 1 and health["rejected"]["cross_site"] == 1
+        assert set(health["rejected"]) == {"full", "bad_request", "auth", "host", "cross_site"}
+    finally:
+        await client.close()
