@@ -27,6 +27,7 @@ const ARROW_RATE_DEG_S = 90;
 const ROLL_RATE_DEG_S = 45;
 const MAX_TICK_S = 0.25;
 const DRAG_CLICK_PX = 4;
+const HINT_FADE_MS = 8000;
 const DEFAULT_PITCH_LIMIT_DEG = 60;
 const LATENCY_WINDOW = 60;
 const MAX_PENDING_INPUTS = 600;
@@ -97,6 +98,9 @@ const state = {
   error: null,
   lastTick: null,
   timers: [],
+  // The mouse looks around only once the view holds the pointer lock: until the user has taken it
+  // once, the hint saying so stays up.
+  pointerLockTaken: false,
 };
 
 function connect(startId) {
@@ -554,8 +558,16 @@ function bindInput() {
     if (document.pointerLockElement === viewport || dragging) addLook(event.movementX, event.movementY);
   });
   document.addEventListener("pointerlockchange", () => {
-    viewport.classList.toggle("locked", document.pointerLockElement === viewport);
-    if (document.pointerLockElement !== viewport) dragging = false;
+    const locked = document.pointerLockElement === viewport;
+    viewport.classList.toggle("locked", locked);
+    if (locked) {
+      state.pointerLockTaken = true;
+    } else {
+      dragging = false;
+      // Released (Esc): the hint shows again for a while, then fades.
+      state.hintShownAt = null;
+      $("hint").classList.remove("faded");
+    }
   });
 }
 
@@ -757,7 +769,7 @@ function renderHud(now) {
   setText("hud-yaw", fmt(t?.yaw ?? state.yaw, 1));
   setText("hud-pitch", fmt(t?.pitch ?? state.pitch, 1));
   setText("hud-roll", fmt(t?.roll ?? state.roll, 1));
-  if (now - (state.hintShownAt ??= now) > 8000) $("hint").classList.add("faded");
+  if (state.pointerLockTaken && now - (state.hintShownAt ??= now) > HINT_FADE_MS) $("hint").classList.add("faded");
 }
 
 // Top-down view of the x/z plane (+z, the start heading, points up the map); yaw > 0 turns right.
