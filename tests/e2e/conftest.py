@@ -41,6 +41,8 @@ SERVER_START_TIMEOUT_S = 120.0
 class RunningServer:
     url: str
     process: subprocess.Popen
+    # Its stdout and stderr together.
+    log: Path
 
 
 def _free_port() -> int:
@@ -80,7 +82,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_serving(url, process, log)
-        yield RunningServer(url=url, process=process)
+        yield RunningServer(url=url, process=process, log=log)
     finally:
         process.terminate()
         try:
@@ -109,8 +111,12 @@ def browser():
 
 @pytest.fixture()
 def page(browser):
-    """A page in a fresh browser context (no cookies, storage or cache shared between tests)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    """A page in a fresh browser context (no cookies, storage or cache shared between tests).
+
+    The context bypasses the page's Content-Security-Policy: Playwright's `wait_for_function` runs
+    its string as script in the page, which the CSP (no 'unsafe-eval') forbids. tests/e2e/test_guards.py
+    drives the page under its CSP."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
     page = context.new_page()
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
