@@ -135,6 +135,7 @@ async def live(errors):
     assert errors() == []
 
 
+@pytest.mark.heavy
 @settings(max_examples=ci_size(400, 150), **FUZZ)
 @given(data=CHANNEL_MESSAGES)
 def test_the_parser_returns_a_message_or_a_drop_reason(data):
@@ -172,6 +173,7 @@ async def session():
         await worker.astop()
 
 
+@pytest.mark.heavy
 @settings(max_examples=ci_size(300, 120), **FUZZ)
 @given(batch=st.lists(CHANNEL_MESSAGES, min_size=1, max_size=8))
 async def test_session_handlers_drop_or_apply_every_message(session, batch):
