@@ -172,8 +172,11 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def load_pretrained(folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Build a `WorldModel` from a release folder and load its weights exactly."""
+def load_pretrained(folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    config_overrides: dict | None = None):
+    """Build a `WorldModel` from a release folder and load its weights exactly. `config_overrides` (our
+    `ModelConfig` field names) change how the weights are run, e.g. `cam_conv_cross_chunk` for a streaming
+    release (model.profile); they cannot change a shape, the exact load would fail."""
     from model.config import ModelConfig
     from model.transformer import WorldModel
 
@@ -196,6 +199,8 @@ def load_pretrained(folder: str | Path, *, device: str | torch.device | None = N
             raise CheckpointError(f"model config {str(files.config)!r} is not valid: {error}") from error
     else:
         config = infer_config(state_dict, source)
+    if config_overrides:
+        config = config.replace(**config_overrides)
     with torch.device("meta"):
         model = WorldModel(config)
     # Every tensor of the model is in its state dict (no non-persistent buffers), so after the exact

@@ -26,6 +26,14 @@ official 704×1280 / 16 fps / 3-latent chunks: keys `height`, `width`, `fps`, `c
 Every mismatch fails loudly: the DiT loader names file and keys (`model.checkpoint`), the VAE loader
 likewise, and `Release` checks that the parts fit (latent channels, Plücker channels = 6 × the VAE's
 temporal stride, caption width = the text encoder's hidden size).
+
+How a release is streamed is its `Release.profile` (`model.profile.StreamProfile`): the streaming
+release gets `OFFICIAL_STREAMING` (its DiT built with the camera key conv inside each chunk, the
+refiner from `refiner_diffusers/` + `gemma3_12b/` unless `refiner=False` or those folders are absent),
+the embedded model what its `roam_tiny.json` records, the two teacher releases roam's earlier
+defaults (they were not trained to stream). The streaming release conditions every chunk on a prompt
+through Gemma-2, which it does not ship: `preflight` says so in one line, before anything loads, when
+no text encoder is found (the live app needs one; `generate` warns).
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ from typing import Any
 import torch
 
 from model.checkpoint import CheckpointError, find_checkpoint, load_pretrained
+from model.profile import OFFICIAL_STREAMING, StreamProfile, embedded_profile
 from model.schedulers import check_sampler_sigmas, distilled_sigmas  # noqa: F401 (check_sampler_sigmas: re-exported)
 
 logger = logging.getLogger(__name__)
@@ -71,6 +80,10 @@ class Release:
     # σ list of the few-step streaming sampler this DiT was distilled for (the app's chunks and the
     # offline `distilled` mode): the official release's 4 steps unless the model ships its own.
     sampler_sigmas: tuple[float, ...] = field(default_factory=lambda: distilled_sigmas())
+    # How it is streamed (model.profile); None = the kind's profile (module docstring), made to agree
+    # with chunk_latents, sampler_sigmas, the DiT's camera conv and whether a refiner is loaded.
+    profile: StreamProfile | None = None
+    refiner: Any | None = None  # model.refiner.StreamRefiner
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,6 +110,20 @@ class Release:
         self.sampler_sigmas = check_sampler_sigmas(self.sampler_sigmas, where)
         if not (0 < self.fps <= 240) or not (0 < self.hfov_deg < 180):
             raise ValueError(f"fps must be in (0, 240] and hfov_deg in (0, 180), got {self.fps}, {self.hfov_deg}")
+        profile = self.profile if self.profile is not None else default_profile(self.kind, self.dit.config)
+        if self.refiner is None:
+            profile = profile.replace(refiner=None)
+        elif profile.refiner is None:
+            raise ValueError(f"a refiner was loaded but the profile {profile.name!r} runs none")
+        self.profile = profile.replace(chunk_latents=self.chunk_latents, sigmas=self.sampler_sigmas)
+        if self.refiner is not None and self.refiner.settings.block_latents != self.chunk_latents:
+            raise ValueError(f"the refiner refines blocks of {self.refiner.settings.block_latents} latents, but the "
+                             f"release streams chunks of {self.chunk_latents} ({where}); roam.json's chunk_latents "
+                             "must be the refiner's block size")
+        if self.profile.cam_conv_cross_chunk != cfg.cam_conv_cross_chunk:
+            raise ValueError(f"the profile {self.profile.name!r} runs the camera key conv "
+                             f"{'across' if self.profile.cam_conv_cross_chunk else 'within'} chunks, the DiT "
+                             f"{'across' if cfg.cam_conv_cross_chunk else 'within'} ({where})")
 
     @property
     def max_frames(self) -> int:
@@ -110,6 +137,51 @@ class Release:
     def describe(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in self.sources.items())
         return f"{self.name} ({self.kind}; {self.width}x{self.height} at {self.fps:g} fps; {parts})"
+
+
+def default_profile(kind: str, config: Any) -> StreamProfile:
+    """The profile a release of `kind` streams with (module docstring); `config`: its DiT's ModelConfig."""
+    if kind == "streaming":
+        return OFFICIAL_STREAMING
+    return embedded_profile(chunk_latents=OFFICIAL_CHUNK_LATENTS, sigmas=distilled_sigmas(),
+                            cam_conv_cross_chunk=config.cam_conv_cross_chunk,
+                            name=f"{kind} release (roam's defaults; not trained to stream)" if kind != "embedded"
+                            else "roam-tiny (as trained)")
+
+
+def release_kind(root: Path, layout: str) -> str:
+    """The kind a release folder's layout says (module docstring)."""
+    if layout == "streaming":
+        return "streaming"
+    if not any(_is_vae_folder(root / n) for n in ("vae", "ltx2_causal_vae")):
+        return "chunk_causal"
+    return "bidirectional"
+
+
+TEXT_ENCODER_FLAG = "--text-encoder"
+
+
+def preflight(folder: str | Path, *, text_encoder_folder: str | Path | None = None, kind: str | None = None) -> str:
+    """Check, before any weights load, what a streaming app needs of the release at `folder`; returns its kind.
+
+    The streaming release's profile requires a prompt through the stage-1 Gemma-2 text encoder, which the
+    release does not ship: ValueError (one line naming `--text-encoder`) when none is given or found, or when
+    the folder given has no config.json. Cheap: reads only the folder's layout.
+    """
+    root = Path(folder).expanduser()
+    files = find_checkpoint(root)
+    kind = kind or release_kind(root, files.layout)
+    if text_encoder_folder is not None:
+        path = Path(text_encoder_folder).expanduser()
+        if not (path / "config.json").is_file():
+            raise ValueError(f"the text encoder folder {str(path)!r} ({TEXT_ENCODER_FLAG}) has no config.json")
+        return kind
+    profile = OFFICIAL_STREAMING if kind == "streaming" else None
+    if profile is not None and profile.prompt_required and _find_text_encoder(root) is None:
+        raise ValueError(f"{root.name} conditions every chunk on a prompt through the Gemma-2 text encoder (2304-d), "
+                         f"which the release does not ship: pass its folder with {TEXT_ENCODER_FLAG} PATH "
+                         "(e.g. a local gemma-2-2b-it)")
+    return kind
 
 
 def _vae_candidates(root: Path, kind: str) -> list[Path]:
@@ -166,8 +238,10 @@ def load_release(
     kind: str | None = None,
     vae_folder: str | Path | None = None,
     text_encoder_folder: str | Path | None = None,
+    refiner: bool = True,
 ) -> Release:
-    """Load the DiT, VAE and (if present) text encoder of a release folder; see the module docstring."""
+    """Load the DiT, VAE and (if present) text encoder of a release folder, and the streaming release's
+    refiner unless `refiner` is False; see the module docstring."""
     from model.vae.ltx2 import LTX2VideoVAE
 
     root = Path(folder).expanduser()
@@ -175,13 +249,9 @@ def load_release(
     if kind is not None and kind not in KINDS[:3]:
         raise ValueError(f"kind must be one of {KINDS[:3]} or None, got {kind!r}")
     if kind is None:
-        if files.layout == "streaming":
-            kind = "streaming"
-        elif not any(_is_vae_folder(root / n) for n in ("vae", "ltx2_causal_vae")):
-            kind = "chunk_causal"
-        else:
-            kind = "bidirectional"
+        kind = release_kind(root, files.layout)
     settings = read_roam_json(root)
+    profile = OFFICIAL_STREAMING if kind == "streaming" else None
 
     if vae_folder is not None:
         vae_path = Path(vae_folder).expanduser()
@@ -202,7 +272,8 @@ def load_release(
     else:
         text_path = _find_text_encoder(root)
 
-    dit = load_pretrained(root, device=device, dtype=dtype)
+    overrides = None if profile is None else {"cam_conv_cross_chunk": profile.cam_conv_cross_chunk}
+    dit = load_pretrained(root, device=device, dtype=dtype, config_overrides=overrides)
     vae = LTX2VideoVAE.from_folder(vae_path, device=device, dtype=dtype)
     text_encoder = None
     if text_path is not None:
@@ -212,11 +283,25 @@ def load_release(
     sources = {"DiT": ", ".join(str(p) for p in files.weights), "VAE": str(vae_path)}
     if text_path is not None:
         sources["text encoder"] = str(text_path)
+    fps = float(settings.get("fps", OFFICIAL_FPS))
+    stage2 = None
+    if profile is not None and profile.refiner is not None and refiner:
+        refiner_root, gemma_root = root / "refiner_diffusers", root / "gemma3_12b"
+        if refiner_root.is_dir() and gemma_root.is_dir():
+            from model.refiner import StreamRefiner
+
+            stage2 = StreamRefiner.from_folders(refiner_root, gemma_root, fps=fps, settings=profile.refiner,
+                                                device=device, dtype=dtype)
+            sources["refiner"] = f"{refiner_root}, {gemma_root}"
+        else:
+            logger.warning("%s has no refiner_diffusers/ and gemma3_12b/: its stage-1 latents are decoded directly, "
+                           "which the official streaming code never does", root)
     return Release(
         dit=dit, vae=vae, text_encoder=text_encoder, kind=kind,
         height=settings.get("height", OFFICIAL_HEIGHT), width=settings.get("width", OFFICIAL_WIDTH),
-        fps=float(settings.get("fps", OFFICIAL_FPS)), chunk_latents=settings.get("chunk_latents", OFFICIAL_CHUNK_LATENTS),
+        fps=fps, chunk_latents=settings.get("chunk_latents", OFFICIAL_CHUNK_LATENTS),
         hfov_deg=float(settings.get("hfov_deg", DEFAULT_HFOV_DEG)), name=f"SANA-WM ({root.name})", sources=sources,
+        profile=profile, refiner=stage2,
     )
 
 
@@ -275,9 +360,25 @@ def load_embedded(
         sources["VAE"] = "random"
     dit = dit.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device).eval()
+    window, sink = embedded_window(weights.with_suffix(".json"))
+    profile = embedded_profile(chunk_latents=chunk_latents, sigmas=sampler, kv_window_chunks=window, sink=sink,
+                               cam_conv_cross_chunk=dit.config.cam_conv_cross_chunk, name=f"{name} (as trained)")
     return Release(dit=dit, vae=vae, text_encoder=None, kind="embedded", height=height, width=width, fps=float(fps),
                    chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources,
-                   sampler_sigmas=sampler)
+                   sampler_sigmas=sampler, profile=profile)
+
+
+def embedded_window(path: Path) -> tuple[int, bool]:
+    """(kv_window_chunks, sink) the tiny model was trained with: `generator.kv_window_chunks` and `generator.sink`
+    of `roam_tiny.json`, else (2, True), the window every tiny model so far was trained with."""
+    data = _read_embedded_json(path)
+    generator = data.get("generator") if isinstance(data, dict) else None
+    generator = generator if isinstance(generator, dict) else {}
+    window, sink = generator.get("kv_window_chunks", 2), generator.get("sink", True)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or not isinstance(sink, bool):
+        raise CheckpointError(f"{str(path)!r}: generator.kv_window_chunks must be an int >= 1 and generator.sink a bool, "
+                              f"got {window!r}, {sink!r}")
+    return window, sink
 
 
 def vae_tag(path: str | Path) -> str:
