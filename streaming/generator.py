@@ -11,7 +11,19 @@ list against the read-only `StreamState` (x_σ = (1−σ)x₀ + σε, v = ε −
 model sees timestep σ·1000 per latent frame), one commit pass at t = 0 on the clean chunk that
 returns the next state, then the VAE's own causal stream decoder. Everything random comes from
 one seeded `torch.Generator`, so a walk is reproducible, and `snapshot()`/`restore()` capture all of
-it (state, decoder cache, RNG, counters) for rewind.
+it (state, decoder cache, refiner state, RNG, counters) for rewind.
+
+What the model is run with follows its `model.profile.StreamProfile` (the app copies it into
+`GeneratorConfig`); the defaults are the embedded model's and change nothing for it:
+- `fp32_sampling`: noise, timesteps and Euler updates in fp32 whatever the model's dtype (the official
+  streaming sampler); off, they are in the model's dtype.
+- `drop_first_frame`: the first decoded frame of a walk (the start image's reconstruction) is not
+  returned, so chunk 0 yields s·Tc frames (the official `drop_first_pixel=True`). Poses are still
+  needed for every raw frame: `frames_for_next_chunk()` counts those, `frames_shown_for_next_chunk()` the frames returned.
+- `prompt`: a callable giving the walk's `model.prompts.EncodedPrompt`, called once per `start` (on the
+  worker thread); without one, the DiT's null caption conditions every chunk.
+- `refiner`: a `model.refiner.StreamRefiner`; each chunk's new latents (never the image latent, the
+  refiner's sink) are refined between the commit and the decoder, one refiner block per chunk.
 """
 from __future__ import annotations
 
@@ -39,6 +51,8 @@ class GeneratorConfig:
     kv_window_chunks: int = 2
     sink: bool = True
     seed: int = 0
+    fp32_sampling: bool = False
+    drop_first_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_latents < 1:
@@ -55,10 +69,11 @@ class ChunkTimings:
     denoise_ms: float
     commit_ms: float
     decode_ms: float
+    refine_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        return self.denoise_ms + self.commit_ms + self.decode_ms
+        return self.denoise_ms + self.commit_ms + self.decode_ms + self.refine_ms
 
 
 @dataclass
@@ -72,6 +87,8 @@ class GeneratorSnapshot:
     chunk_index: int
     latent_index: int
     frame_index: int
+    # The refiner's `RefinerState` (immutable: kept by reference), None without a refiner.
+    refiner: Any = None
 
 
 def _default_conditioner_factory(first_world_T_cam: np.ndarray, intrinsics: np.ndarray, target_size: tuple[int, int], vae_stride: tuple[int, int, int]):
@@ -104,6 +121,8 @@ class ChunkGenerator:
         device: where the model runs; frames come back to the CPU once per chunk.
         conditioner_factory: builds the camera conditioner; defaults to
             `controls.camera.ChunkCameraConditioner`.
+        prompt: returns the walk's `model.prompts.EncodedPrompt` (None: the null caption); see the module docstring.
+        refiner: a `model.refiner.StreamRefiner` between the commit and the decoder (None: decode stage 1).
     """
 
     def __init__(
@@ -115,6 +134,9 @@ class ChunkGenerator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         conditioner_factory: Callable[..., Any] | None = None,
+        *,
+        prompt: Callable[[], Any] | None = None,
+        refiner: Any = None,
     ):
         if len(intrinsics) != 4 or not all(np.isfinite(intrinsics)) or min(intrinsics[:2]) <= 0:
             raise ValueError(f"intrinsics must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intrinsics}")
@@ -130,6 +152,13 @@ class ChunkGenerator:
         self.rng = torch.Generator(device="cpu")
         self.last_timings: ChunkTimings | None = None
         self._started = False
+        self._prompt = prompt
+        self.refiner = refiner
+        self.refiner_state: Any = None
+        self.prompt: Any = None
+        if refiner is not None and refiner.settings.block_latents != config.chunk_latents:
+            raise ValueError(f"the refiner refines blocks of {refiner.settings.block_latents} latents, but chunks have "
+                             f"{config.chunk_latents}: one refiner block per chunk needs the two to agree")
 
     @property
     def started(self) -> bool:
@@ -141,6 +170,11 @@ class ChunkGenerator:
             raise RuntimeError("ChunkGenerator.start() must be called first")
         n = self.temporal_stride * self.config.chunk_latents
         return n + 1 if self.chunk_index == 0 else n
+
+    def frames_shown_for_next_chunk(self) -> int:
+        """Frames the next `step` returns: `frames_for_next_chunk()` less the dropped first frame of a walk."""
+        n = self.frames_for_next_chunk()
+        return n - 1 if self.chunk_index == 0 and self.config.drop_first_frame else n
 
     @torch.inference_mode()
     def start(self, start_image: np.ndarray, world_T_cam0: np.ndarray) -> None:
@@ -159,7 +193,15 @@ class ChunkGenerator:
         self.image_latent = self.vae.encode(video).to(self.dtype)  # [1, C, 1, h, w]
         latent_hw = tuple(self.image_latent.shape[-2:])
         self.state = self.model.init_stream_state(1, latent_hw=latent_hw, kv_window_chunks=self.config.kv_window_chunks, sink=self.config.sink)
-        self.text, self.text_mask = self.model.null_text(1)
+        self.prompt = None if self._prompt is None else self._prompt()
+        if self.prompt is None:
+            self.text, self.text_mask = self.model.null_text(1)
+        else:
+            self.text, self.text_mask = self.prompt.text, self.prompt.mask
+        if self.refiner is not None:
+            if self.prompt is None or self.prompt.refiner_text is None:
+                raise ValueError("the refiner needs the walk's prompt encoded for it (an EncodedPrompt with refiner_text)")
+            self.refiner_state = self.refiner.start(self.image_latent, self.prompt.refiner_text, self.prompt.refiner_mask)
         self.decoder = self.vae.stream_decoder(1)
         self.conditioner = self._conditioner_factory(
             first_world_T_cam=world_T_cam0,
@@ -172,14 +214,20 @@ class ChunkGenerator:
         self.frame_index = 0
         self._started = True
 
+    @property
+    def sampling_dtype(self) -> torch.dtype:
+        """The dtype of the noise, timesteps and Euler updates (see `GeneratorConfig.fp32_sampling`)."""
+        return torch.float32 if self.config.fp32_sampling else self.dtype
+
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=self.rng).to(self.device, self.dtype)
+        return torch.randn(shape, generator=self.rng).to(self.device, self.sampling_dtype)
 
     @torch.inference_mode()
     def step(self, world_T_cams: np.ndarray) -> np.ndarray:
         """Generate the next chunk for these raw-frame poses ([n, 4, 4], n = frames_for_next_chunk()).
 
-        Returns uint8 frames [n, H, W, 3]; `last_timings` holds the chunk's phase timings.
+        Returns uint8 frames [n', H, W, 3], n' = frames_shown_for_next_chunk() (n less a dropped first frame);
+        `last_timings` holds the chunk's phase timings.
         """
         n = self.frames_for_next_chunk()
         world_T_cams = np.asarray(world_T_cams, dtype=np.float64)
@@ -199,35 +247,48 @@ class ChunkGenerator:
         # 2. Few-step Euler denoising against the read-only state.
         t0 = time.perf_counter()
         _, channels, _, h, w = self.image_latent.shape
+        # Noise, timesteps and updates in `sampling_dtype` (the model's dtype unless fp32_sampling); the
+        # model casts its input to its own dtype.
+        work = self.sampling_dtype
+        image_latent = self.image_latent.to(work)
         x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
         if first:
-            x = torch.cat([self.image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
+            x = torch.cat([image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
         sigmas = self.config.sigmas
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            timestep = torch.full((1, 1, x.shape[2]), sigma * 1000.0, device=self.device, dtype=self.dtype)  # [1, 1, Tc']
+            timestep = torch.full((1, 1, x.shape[2]), sigma * 1000.0, device=self.device, dtype=work)  # [1, 1, Tc']
             if first:
                 timestep[:, :, 0] = 0.0
             velocity = self.model.stream_forward(x, timestep, self.text, self.text_mask, camera, plucker, self.state)
-            x = x + (sigma_next - sigma) * velocity
+            x = x + (sigma_next - sigma) * velocity.to(work)
             if first:
-                x[:, :, :1] = self.image_latent
+                x[:, :, :1] = image_latent
         t1 = time.perf_counter()
 
         # 3. Commit the clean chunk (t = 0) into the next state.
         self.state = self.model.stream_commit(x, self.text, self.text_mask, camera, plucker, self.state)
         t2 = time.perf_counter()
 
-        # 4. Stream-decode with the VAE's causal cache.
-        video = self.decoder.decode_chunk(x)  # [1, 3, n, H, W]
-        frames = video_tensor_to_frames(video)  # [n, H, W, 3]
+        # 4. Refine the chunk's new latents (the image latent is the refiner's sink, never refined).
+        latents = x
+        if self.refiner is not None:
+            refined, self.refiner_state = self.refiner.refine(x[:, :, 1:] if first else x, self.refiner_state)
+            latents = torch.cat([self.image_latent.to(refined.dtype), refined], dim=2) if first else refined
         t3 = time.perf_counter()
+
+        # 5. Stream-decode with the VAE's causal cache.
+        video = self.decoder.decode_chunk(latents)  # [1, 3, n, H, W]
+        frames = video_tensor_to_frames(video)  # [n, H, W, 3]
+        t4 = time.perf_counter()
         if frames.shape[0] != n:
             raise RuntimeError(f"decoder returned {frames.shape[0]} frames for a chunk of {n}")
+        if first and self.config.drop_first_frame:
+            frames = frames[1:]
 
-        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3, (t3 - t2) * 1e3)
         self.chunk_index += 1
         self.latent_index = lat_end
-        self.frame_index += n
+        self.frame_index += frames.shape[0]
         return frames
 
     def snapshot(self) -> GeneratorSnapshot:
@@ -242,6 +303,7 @@ class ChunkGenerator:
             chunk_index=self.chunk_index,
             latent_index=self.latent_index,
             frame_index=self.frame_index,
+            refiner=self.refiner_state,
         )
 
     def _copy_decoder(self, decoder: Any) -> Any:
@@ -259,3 +321,4 @@ class ChunkGenerator:
         self.chunk_index = snap.chunk_index
         self.latent_index = snap.latent_index
         self.frame_index = snap.frame_index
+        self.refiner_state = snap.refiner

@@ -15,6 +15,11 @@ generated, so a standing camera cannot drift into noise over time and the device
 other sessions. Any snapshot that moves the camera (keys held or look angles changed), a reset or
 new settings resume it.
 
+Memory: a removed job lets go of its generator, integrator and queued frames at once (after its
+running chunk, if any), instead of when the cycle collector frees the session around it; the worker
+thread then returns malloc's free memory to the system (`common.memory.trim_allocator`). Without
+both, the server's RSS grew by a fifth over 100 sessions (`python run.py bench soak`).
+
 Batching sessions into one forward pass is not done: on CPU a batch-of-B forward costs about B
 single forwards (measured by `python run.py bench stream`), and batching would couple the
 sessions' chunk boundaries; on a GPU it would pay and is the next step.
@@ -131,6 +136,16 @@ class StreamJob:
             self._settings_pending = settings
             self.paused = False
 
+    def release(self) -> None:
+        """Let go of the walk's memory once the job is removed (worker thread or, when no chunk is
+        running, the remover; idempotent): the generator (model state, decoder cache), the integrator
+        and the queued frames. A session's other objects (peer connection, callbacks) hold each other
+        in reference cycles, which only Python's cycle collector frees, whenever it next runs; this
+        job's megabytes must not wait for it."""
+        self.generator = None
+        self.integrator = None
+        self.buffer.clear()
+
     @property
     def latest_input(self) -> InputEnvelope:
         with self._lock:
@@ -178,9 +193,12 @@ class StreamJob:
         start = time.perf_counter()
         images = self.generator.step(poses)
         chunk_ms = (time.perf_counter() - start) * 1e3
+        # A generator that drops a walk's first decoded frame returns fewer frames than poses: each
+        # frame shown keeps the pose it was generated at (the last len(images) poses).
+        shown = poses[len(poses) - len(images):]
         frames = [
-            StreamFrame(image=images[i], frame_id=frame0 + i, chunk_id=chunk_id, input_seq=envelope.seq, world_T_cam=poses[i], chunk_ms=chunk_ms)
-            for i in range(n)
+            StreamFrame(image=images[i], frame_id=frame0 + i, chunk_id=chunk_id, input_seq=envelope.seq, world_T_cam=shown[i], chunk_ms=chunk_ms)
+            for i in range(len(images))
         ]
         standing = np.allclose(poses, self.last_pose[None], atol=1e-6) and not first
         self.standing_chunks = self.standing_chunks + 1 if standing else 0
@@ -190,10 +208,10 @@ class StreamJob:
         self.chunk_ms_history.append(chunk_ms)
         del self.chunk_ms_history[:-64]
         self.chunks_done += 1
-        self.frames_done += n
+        self.frames_done += len(images)
         timings = getattr(self.generator, "last_timings", None)
         if timings is not None:
-            log.debug("[%s] chunk %d: %d frames in %.0f ms (denoise %.0f, commit %.0f, decode %.0f)", self.session_id, chunk_id, n, chunk_ms, timings.denoise_ms, timings.commit_ms, timings.decode_ms)
+            log.debug("[%s] chunk %d: %d frames in %.0f ms (denoise %.0f, commit %.0f, refine %.0f, decode %.0f)", self.session_id, chunk_id, len(images), chunk_ms, timings.denoise_ms, timings.commit_ms, getattr(timings, "refine_ms", 0.0), timings.decode_ms)
         if self.first_frame_t is None:
             self.first_frame_t = time.monotonic()
         with self._lock:
@@ -219,6 +237,11 @@ class GenerationWorker:
         self.num_threads = num_threads
         self.poll_s = poll_s
         self._jobs: list[StreamJob] = []
+        # The job whose chunk is being generated (released by the worker when it was removed meanwhile).
+        self._running: StreamJob | None = None
+        # A job was released: the worker returns malloc's free memory to the system (common.memory).
+        self._trim_pending = False
+        self.trims = 0
         self._cursor = 0
         self._cond = threading.Condition()
         self._stop = False
@@ -251,11 +274,18 @@ class GenerationWorker:
             self._cond.notify_all()
 
     def remove(self, job: StreamJob) -> None:
-        """Unregister a job; a chunk already running for it finishes into its (closed) buffer."""
+        """Unregister a job and release its memory; a chunk already running for it finishes into its
+        (closed) buffer first, and the worker releases the job after it."""
         with self._cond:
             job.closed = True
             if job in self._jobs:
                 self._jobs.remove(job)
+            running = job is self._running
+        if not running:
+            job.release()
+        with self._cond:
+            self._trim_pending = True
+            self._cond.notify_all()
 
     def wake(self) -> None:
         with self._cond:
@@ -273,6 +303,7 @@ class GenerationWorker:
                 job = self._jobs[(self._cursor + offset) % count]
                 if job.ready():
                     self._cursor = (self._cursor + offset + 1) % count
+                    self._running = job
                     return job
         return None
 
@@ -289,10 +320,17 @@ class GenerationWorker:
             torch.set_num_threads(previous)
 
     def _loop(self) -> None:
+        from common.memory import trim_allocator
+
         while True:
             with self._cond:
                 if self._stop:
                     return
+                trim, self._trim_pending = self._trim_pending, False
+            if trim:
+                # Here, not on the event loop: the call releases the GIL and may take milliseconds.
+                trim_allocator()
+                self.trims += 1
             job = self._next_ready()
             if job is None:
                 with self._cond:
@@ -308,3 +346,9 @@ class GenerationWorker:
                 self.remove(job)
                 if job.on_failure is not None:
                     job.on_failure(error)
+            finally:
+                with self._cond:
+                    self._running = None
+                    removed = job.closed
+                if removed:
+                    job.release()
