@@ -316,7 +316,7 @@ def _time_batching(runtime, batch: int, repeats: int = 3) -> tuple[float, float]
     plucker_channels = 6 * runtime.temporal_stride
 
     def inputs(b: int):
-        state = model.init_stream_state(b, latent_hw=(h, w), kv_window_chunks=stream.kv_window_chunks, sink=stream.sink)
+        state = model.init_stream_state(b, latent_hw=(h, w), kv_window_chunks=stream.generator_config().kv_window_chunks, sink=stream.sink)
         text, mask = model.null_text(b)
         x = torch.randn(b, channels, tc, h, w)
         t = torch.full((b, 1, tc), 900.0)

@@ -16,6 +16,8 @@ from streaming.generator import DISTILLED_SIGMAS, GeneratorConfig
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# The KV window of a StreamConfig that names none and was not filled from a model (the embedded model's).
+DEFAULT_KV_WINDOW_CHUNKS = 2
 # A DNS name or an IPv4/IPv6 address, as `--allow-host` takes it.
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|[0-9a-f:.]+")
 
@@ -87,10 +89,20 @@ class StreamConfig:
     height: int = 128
     hfov_deg: float = 60.0
     chunk_latents: int = 2
-    kv_window_chunks: int = 2
+    # Recent chunks in the softmax KV window besides the sink; None = the model's profile
+    # (Release.profile, filled in by build_runtime); a bare config streams with 2.
+    kv_window_chunks: int | None = None
     sink: bool = True
     # The few-step sampler's σ list; None = the one the model was distilled for (Release.sampler_sigmas).
     sigmas: tuple[float, ...] | None = None
+    # Sampling in fp32 and the first decoded frame dropped: the model's profile (build_runtime sets them).
+    fp32_sampling: bool = False
+    drop_first_frame: bool = False
+    # The default prompt of every walk (`serve --prompt`); None = each start scene's own. Only for a
+    # model with a text encoder.
+    prompt: str | None = None
+    # Run the release's refiner when it has one (`serve --no-refiner` turns it off).
+    refiner: bool = True
     seed: int = 0
     # Buffer depth in chunks: beyond it the oldest frames are dropped.
     buffer_chunks: float = 1.5
@@ -119,6 +131,13 @@ class StreamConfig:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.kv_window_chunks is not None and (isinstance(self.kv_window_chunks, bool) or not isinstance(self.kv_window_chunks, int)
+                                                  or self.kv_window_chunks < 1):
+            raise ValueError(f"kv_window_chunks must be an int >= 1 or None, got {self.kv_window_chunks!r}")
+        if self.prompt is not None:
+            from model.prompts import check_prompt
+
+            check_prompt(self.prompt)
         if not 100_000 <= self.video_bitrate <= self.video_bitrate_max:
             raise ValueError(f"need 100 kbit/s <= video_bitrate <= video_bitrate_max, got {self.video_bitrate}, {self.video_bitrate_max}")
         self.generator_config()
@@ -127,10 +146,12 @@ class StreamConfig:
         return self.torch_threads or max(1, (os.cpu_count() or 2) - 1)
 
     def generator_config(self) -> GeneratorConfig:
-        """The generator's settings. `build_runtime` fills `sigmas` with the model's own sampler when it is None;
-        a bare config falls back to the official 4-step list."""
+        """The generator's settings. `build_runtime` fills `sigmas` and `kv_window_chunks` with the model's own when
+        they are None; a bare config falls back to the official 4-step list and a window of 2 chunks + the sink."""
         sigmas = DISTILLED_SIGMAS if self.sigmas is None else tuple(self.sigmas)
-        return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=sigmas, kv_window_chunks=self.kv_window_chunks, sink=self.sink, seed=self.seed)
+        window = DEFAULT_KV_WINDOW_CHUNKS if self.kv_window_chunks is None else self.kv_window_chunks
+        return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=sigmas, kv_window_chunks=window, sink=self.sink, seed=self.seed,
+                               fp32_sampling=self.fp32_sampling, drop_first_frame=self.drop_first_frame)
 
     def buffer_capacity(self, temporal_stride: int) -> int:
         """Frames a session's buffer keeps: `buffer_chunks` chunks, at least the first chunk."""
@@ -148,9 +169,13 @@ class AppConfig:
     device: str = "cpu"
     # With a model_path: take the stream's size, fps, chunking and FoV from the release.
     stream_from_model: bool = False
+    # The stage-1 Gemma-2 text encoder folder (`--text-encoder`), for a release that does not ship one.
+    text_encoder: Path | None = None
 
     def __post_init__(self) -> None:
         if self.model_path is not None and not Path(self.model_path).exists():
             raise ValueError(f"model path {self.model_path} does not exist")
+        if self.text_encoder is not None and not Path(self.text_encoder).is_dir():
+            raise ValueError(f"text encoder folder {self.text_encoder} (--text-encoder) does not exist")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")

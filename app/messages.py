@@ -16,6 +16,8 @@ KEY_MASK = (1 << 10) - 1
 MAX_SEQ = 2**53
 # Longest scene or upload id a hello or offer may name.
 MAX_START_ID_CHARS = 128
+# Longest prompt a hello or offer may carry (model.prompts.MAX_PROMPT_CHARS).
+MAX_PROMPT_CHARS = 2000
 
 
 class MessageError(ValueError):
@@ -78,6 +80,8 @@ class Ping:
 class Hello:
     start: str
     token: str | None = None
+    # The walk's prompt (a model with a text encoder); None or "" = the start's default.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,15 @@ def decode_json(data: str | bytes, max_bytes: int) -> dict:
     return msg
 
 
+def parse_prompt(value: Any) -> str | None:
+    """The optional `prompt` of a hello or offer: None, or a string of at most MAX_PROMPT_CHARS characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
+        raise MessageError("invalid", f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters, got {brief(value)}")
+    return value
+
+
 def parse_message(data: str | bytes, max_bytes: int) -> Message:
     """One page -> server message as its dataclass (see the module docstring for errors)."""
     msg = decode_json(data, max_bytes)
@@ -189,7 +202,7 @@ def parse_message(data: str | bytes, max_bytes: int) -> Message:
         token = msg.get("token")
         if token is not None and not isinstance(token, str):
             raise MessageError("invalid", "token must be a string")
-        return Hello(start=start, token=token)
+        return Hello(start=start, token=token, prompt=parse_prompt(msg.get("prompt")))
     if kind == "ack":
         return Ack(frame_id=_int(msg, "frame_id", 0, 2**32 - 1))
     raise MessageError("unknown_type", f"unknown message type {brief(kind)}")

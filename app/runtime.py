@@ -41,6 +41,8 @@ MAX_UPLOAD_ASPECT = 8.0
 REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F")
 # Scene ids are "scene:<seed>", the seed in at most this many ASCII digits.
 MAX_SEED_DIGITS = 9
+# The default prompt of a walk from an uploaded photo (a model with a text encoder; `serve --prompt` replaces it).
+UPLOAD_PROMPT = "A first-person walk through the place in this photo, photorealistic, natural light, steady camera."
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,14 @@ class SimScenes:
         seed = int(number)
         # One spelling per scene: "scene:01" is not "scene:1".
         return seed if seed in self.seeds and str(seed) == number else None
+
+    def prompt(self, scene_id: str) -> str | None:
+        """The scene's default prompt, from its theme (builds the scene when it was not yet: run it off the event loop)."""
+        view = self.view(scene_id)
+        if view is None:
+            return None
+        theme = view.name.rsplit(" #", 1)[0].lower()
+        return f"A first-person walk through a {theme}, photorealistic, natural light, steady camera."
 
     def name(self, scene_id: str) -> str:
         """The theme's name once the scene has been built (see `prewarm`), else a numbered one."""
@@ -214,13 +224,33 @@ class Runtime:
     scenes: Any = 6
     conditioner_factory: Callable[..., Any] | None = None
     integrator_factory: Callable[[np.ndarray, float], Any] | None = None
+    # How the model is streamed (model.profile.StreamProfile, as run: the stream's window and chunking);
+    # None = a bare runtime (tests), which streams as its StreamConfig says.
+    profile: Any = None
+    # Prompts: the stage-1 text encoder (None = the null caption) and the refiner (None = decode stage 1).
+    text_encoder: Any = None
+    refiner: Any = None
     uploads: Uploads = field(init=False)
+    prompts: Any = field(init=False)
 
     def __post_init__(self) -> None:
         stride = int(self.vae.spatial_stride)
         if self.stream.width % stride or self.stream.height % stride:
             raise ValueError(f"stream size {self.stream.width}x{self.stream.height} must be a multiple of the VAE's spatial stride {stride}")
         self.uploads = Uploads(self.stream.width, self.stream.height)
+        self.prompts = None
+        if self.text_encoder is not None:
+            from model.prompts import PromptCache
+
+            self.prompts = PromptCache(self.text_encoder, refiner=self.refiner)
+        elif self.refiner is not None:
+            raise ValueError("a refiner needs the walk's prompt: the runtime has no text encoder")
+        if self.refiner is not None and self.refiner.settings.block_latents != self.stream.chunk_latents:
+            raise ValueError(f"the refiner refines blocks of {self.refiner.settings.block_latents} latents but chunks have "
+                             f"{self.stream.chunk_latents} (--chunk-latents); use {self.refiner.settings.block_latents} or --no-refiner")
+        if self.profile is not None and self.profile.prompt_required and self.prompts is None:
+            raise ValueError(f"{self.model_name} conditions every chunk on a prompt through its Gemma-2 text encoder, "
+                             "which was not found: pass its folder with --text-encoder PATH")
         if isinstance(self.scenes, int):
             self.scenes = SimScenes(self.scenes, self.stream.width, self.stream.height, self.K)
 
@@ -240,9 +270,45 @@ class Runtime:
             return self.uploads.view(start_id)
         return self.scenes.view(start_id)
 
-    def make_generator(self) -> ChunkGenerator:
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether walks are conditioned on a prompt (the model has a text encoder)."""
+        return self.prompts is not None
+
+    def default_prompt(self, start_id: str) -> str | None:
+        """The prompt a walk from `start_id` gets when the page sends none: `serve --prompt`, else the scene's own,
+        else a generic one for an upload; None without a text encoder. May build a scene: run it off the event loop."""
+        if not self.takes_prompts:
+            return None
+        if self.stream.prompt:
+            return self.stream.prompt
+        scene_prompt = getattr(self.scenes, "prompt", None)
+        if not start_id.startswith("upload:") and scene_prompt is not None:
+            prompt = scene_prompt(start_id)
+            if prompt:
+                return prompt
+        return UPLOAD_PROMPT
+
+    def walk_prompt(self, start_id: str, prompt: str | None) -> str | None:
+        """The prompt of a walk the page asked for with `prompt` (None or empty: the default); ValueError when a
+        prompt is given to a model without a text encoder (it would be silently ignored)."""
+        from model.prompts import check_prompt
+
+        text = None if prompt is None else check_prompt(prompt)
+        if not self.takes_prompts:
+            if text:
+                raise ValueError(f"{self.model_name} has no text encoder: walks are not conditioned on a prompt")
+            return None
+        return text or self.default_prompt(start_id)
+
+    def make_generator(self, prompt: str | None = None) -> ChunkGenerator:
+        """A walk's generator; `prompt` (from `walk_prompt`) is encoded once, on the worker thread, when the walk
+        starts (the runtime's PromptCache keeps it for the next walk with the same prompt)."""
         import torch
 
+        if prompt is not None and self.prompts is None:
+            raise ValueError(f"{self.model_name} has no text encoder for the prompt {prompt[:40]!r}")
+        prompts = self.prompts
         K = self.K
         return ChunkGenerator(
             self.model,
@@ -252,6 +318,8 @@ class Runtime:
             device=self.device,
             dtype=getattr(self.model, "dtype", torch.float32),
             conditioner_factory=self.conditioner_factory,
+            prompt=None if prompt is None else (lambda: prompts.encode(prompt)),
+            refiner=self.refiner,
         )
 
     def make_integrator(self, world_T_cam0: np.ndarray) -> Any:
@@ -265,16 +333,20 @@ class Runtime:
 def build_runtime(config: AppConfig) -> Runtime:
     """Load the model and VAE named by `config` (`model.release`): the embedded tiny ones by default
     (seeded random weights, with a warning, where the trained ones are not installed), or the release
-    folder `model_path` (bfloat16 on CUDA). With `stream_from_model` the stream takes the release's
-    size, fps, chunking and field of view."""
+    folder `model_path` (bfloat16 on CUDA) with its text encoder (`text_encoder`, else the release's)
+    and refiner (unless `stream.refiner` is off). With `stream_from_model` the stream takes the
+    release's size, fps, chunking and field of view. The stream is run as the release's profile says
+    (KV window unless the stream names one, fp32 sampling, first frame); the profile as run is logged."""
     import torch
 
-    from model.release import load_embedded, load_release
+    from model.release import load_embedded, load_release, preflight
 
     stream = config.stream
     if config.model_path is not None:
+        preflight(config.model_path, text_encoder_folder=config.text_encoder)
         dtype = torch.bfloat16 if config.device.startswith("cuda") else None
-        release = load_release(config.model_path, device=config.device, dtype=dtype)
+        release = load_release(config.model_path, device=config.device, dtype=dtype, text_encoder_folder=config.text_encoder,
+                               refiner=stream.refiner)
         if config.stream_from_model:
             stream = dataclasses.replace(stream, width=release.width, height=release.height, fps=release.fps, chunk_latents=release.chunk_latents, hfov_deg=release.hfov_deg)
     else:
@@ -282,4 +354,22 @@ def build_runtime(config: AppConfig) -> Runtime:
     log.info("model: %s", release.describe())
     if stream.sigmas is None:
         stream = dataclasses.replace(stream, sigmas=release.sampler_sigmas)
-    return Runtime(model=release.dit, vae=release.vae, model_name=release.name, stream=stream, device=config.device, scenes=config.server.scene_count)
+    stream, profile = stream_for_profile(stream, release.profile)
+    for line in profile.describe().splitlines():
+        log.info("%s", line)
+    return Runtime(model=release.dit, vae=release.vae, model_name=release.name, stream=stream, device=config.device, scenes=config.server.scene_count,
+                   profile=profile, text_encoder=release.text_encoder, refiner=release.refiner)
+
+
+def stream_for_profile(stream: StreamConfig, profile: Any) -> tuple[StreamConfig, Any]:
+    """The stream run as `profile` says (its KV window unless the stream names one, fp32 sampling, the first
+    frame), and the profile as the stream runs it (window, chunking and σ list the stream's)."""
+    if stream.kv_window_chunks is None:
+        stream = dataclasses.replace(stream, kv_window_chunks=profile.kv_window_chunks, sink=profile.sink)
+    stream = dataclasses.replace(stream, fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame)
+    config = stream.generator_config()
+    ran = profile.replace(kv_window_chunks=config.kv_window_chunks, sink=config.sink, chunk_latents=config.chunk_latents,
+                          sigmas=config.sigmas)
+    if ran != profile:
+        ran = ran.replace(name=f"{profile.name}, changed on the command line")
+    return stream, ran

@@ -14,7 +14,14 @@ Examples:
   python run.py serve --sigmas 1,0.75,0.5,0.25,0          # another sampler than the model's own
   python run.py serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
   python run.py serve --host 0.0.0.0 --token "$TOKEN" --allow-host roam.example.org   # behind that name
-  python run.py serve --model /path/to/SANA-WM_streaming --device cuda
+  python run.py serve --model /path/to/SANA-WM_streaming --text-encoder /path/to/gemma-2-2b-it --device cuda
+  python run.py serve --model /path/to/SANA-WM_streaming --text-encoder /path/to/gemma-2-2b-it --device cuda \
+      --prompt "a sunlit street in an old town" --no-refiner
+
+The streaming release runs as its authors run it (model.profile.OFFICIAL_STREAMING, printed at start-up,
+docs/release.md): every chunk is conditioned on a prompt through Gemma-2, which the release does not
+ship (--text-encoder), the page shows a prompt field with each scene's default (--prompt replaces the
+defaults), and its refiner runs between stage 1 and the decoder unless --no-refiner.
 """
 from __future__ import annotations
 
@@ -36,7 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help=f"video height in px (default {stream.height}, or the release's with --model)")
     parser.add_argument("--fps", type=float, default=None, help=f"video frame rate (default {stream.fps:g}, or the release's with --model)")
     parser.add_argument("--chunk-latents", type=int, default=None, help=f"latents per chunk (default {stream.chunk_latents}, or the release's with --model)")
-    parser.add_argument("--kv-window", type=int, default=stream.kv_window_chunks, help="chunks in the softmax KV window (default %(default)s)")
+    parser.add_argument("--kv-window", type=int, default=None,
+                        help="recent chunks in the softmax KV window besides the sink (default: the model's profile; "
+                             "2 for the embedded model, 1 for SANA-WM_streaming)")
+    parser.add_argument("--text-encoder", type=Path, default=None, metavar="PATH",
+                        help="the stage-1 Gemma-2 text encoder folder (e.g. gemma-2-2b-it); SANA-WM_streaming needs it")
+    parser.add_argument("--prompt", default=None,
+                        help="the default prompt of every walk (default: each start scene's own); needs a text encoder")
+    parser.add_argument("--no-refiner", action="store_true", help="decode stage-1 latents directly (the release's refiner is on by default)")
     parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
     parser.add_argument("--seed", type=int, default=stream.seed, help="noise seed of every walk (default %(default)s)")
@@ -62,10 +76,13 @@ def config_from_args(args: argparse.Namespace):
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
-                          sigmas=sigmas, **explicit)
+                          sigmas=sigmas, prompt=args.prompt, refiner=not args.no_refiner, **explicit)
     # A release brings its own size and chunking unless the command line sets them.
     from_model = args.model is not None and not explicit
-    return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model)
+    if args.model is None and (args.text_encoder is not None or args.prompt is not None):
+        raise ValueError("--text-encoder and --prompt need a --model with a text encoder: the embedded model takes no prompt")
+    return AppConfig(server=server, stream=stream, model_path=args.model, device=args.device, stream_from_model=from_model,
+                     text_encoder=args.text_encoder)
 
 
 # Loggers that narrate every ICE candidate pair and DTLS step at INFO (most of a session's log lines).
@@ -91,6 +108,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         check_device(config.device)
+        if config.model_path is not None:
+            from model.release import preflight
+
+            # What the release needs besides its weights, said before the port is bound and anything loads.
+            preflight(config.model_path, text_encoder_folder=config.text_encoder)
     except ValueError as error:
         raise SystemExit(f"run.py serve: {error}") from None
     try:

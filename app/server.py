@@ -68,6 +68,7 @@ def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Applica
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/scenes", _scenes)
+    app.router.add_get("/api/model", _model)
     app.router.add_get("/api/scenes/{scene_id}/thumbnail.jpg", _thumbnail)
     app.router.add_post("/api/upload", _upload)
     app.router.add_post("/offer", _offer)
@@ -160,8 +161,28 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _scenes(request: web.Request) -> web.Response:
-    scenes = request.app[RUNTIME].scenes
-    return web.json_response([{"id": i, "name": scenes.name(i), "thumbnail": f"/api/scenes/{i}/thumbnail.jpg"} for i in scenes.ids()])
+    runtime = request.app[RUNTIME]
+    scenes = runtime.scenes
+    listing = [{"id": i, "name": scenes.name(i), "thumbnail": f"/api/scenes/{i}/thumbnail.jpg"} for i in scenes.ids()]
+    if runtime.takes_prompts:
+        # Each scene's default prompt (the page's prompt field); may build a scene, so off the event loop.
+        prompts = await asyncio.to_thread(lambda: [runtime.default_prompt(item["id"]) for item in listing])
+        for item, prompt in zip(listing, prompts):
+            item["prompt"] = prompt
+    return web.json_response(listing)
+
+
+async def _model(request: web.Request) -> web.Response:
+    """What the page needs to know of the model: its name and whether walks take a prompt (the prompt field)."""
+    runtime = request.app[RUNTIME]
+    profile = runtime.profile
+    return web.json_response({
+        "name": runtime.model_name,
+        "prompt": {"enabled": runtime.takes_prompts, "max_chars": m.MAX_PROMPT_CHARS,
+                   "default": runtime.stream.prompt if runtime.takes_prompts else None},
+        "refiner": runtime.refiner is not None,
+        "profile": None if profile is None else profile.name,
+    })
 
 
 def encode_jpeg(image, quality: int) -> bytes:
@@ -231,6 +252,10 @@ def _parse_offer(body: bytes, max_bytes: int) -> dict:
     token = offer.get("token")
     if token is not None and not isinstance(token, str):
         raise ValueError("token must be a string")
+    try:
+        m.parse_prompt(offer.get("prompt"))
+    except m.MessageError as error:
+        raise ValueError(error.detail) from None
     check_offer_sdp(sdp)
     return offer
 
@@ -265,13 +290,18 @@ async def _offer(request: web.Request) -> web.Response:
     if start is None:
         app[STATS]["rejected_bad_request"] += 1
         return _json_error(400, f"unknown start {m.brief(offer['start'])}")
+    try:
+        prompt = await asyncio.to_thread(app[RUNTIME].walk_prompt, offer["start"], offer.get("prompt"))
+    except ValueError as error:
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(400, str(error))
     session_id = _reserve_slot(app)
     if session_id is None:
         return _json_error(503, _full_message(app))
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks)
+        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks, prompt=prompt)
     except Exception:
         await pc.close()
         await _forget(app, session_id)
@@ -411,12 +441,17 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
     if start is None:
         await refuse(f"unknown start {m.brief(hello.start)}")
         return None
+    try:
+        prompt = await asyncio.to_thread(runtime.walk_prompt, hello.start, hello.prompt)
+    except ValueError as error:
+        await refuse(str(error))
+        return None
     session_id = _reserve_slot(app)
     if session_id is None:
         await refuse(_full_message(app))
         return None
     try:
-        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks)
+        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks, prompt=prompt)
     except Exception:
         await _forget(app, session_id)
         raise

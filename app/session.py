@@ -50,6 +50,7 @@ class Session:
         on_closed: awaited once when the session closes (the server forgets it).
         record_dir: where consented walks are recorded (None: recording unavailable).
         rewind_chunks: chunk-boundary snapshots kept for rewind.
+        prompt: the walk's prompt (`Runtime.walk_prompt`; None: the null caption).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class Session:
         on_closed: Callable[[Session], Awaitable[None]] | None = None,
         record_dir: str | Path | None = None,
         rewind_chunks: int = DEFAULT_RING_CHUNKS,
+        prompt: str | None = None,
     ):
         self.id = session_id
         self.transport = transport
@@ -70,6 +72,7 @@ class Session:
         self.worker = worker
         self.start = start
         self.max_message_bytes = max_message_bytes
+        self.prompt = prompt
         self.on_closed = on_closed
         self.loop = asyncio.get_running_loop()
         stream = runtime.stream
@@ -98,11 +101,11 @@ class Session:
             K = runtime.K
             self.recorder = SessionRecorder(
                 record_dir, session_id, fps=stream.fps, intrinsics=(K[0, 0], K[1, 1], K[0, 2], K[1, 2]), width=stream.width, height=stream.height, walk_start_image=start.image,
-                meta={"model": runtime.model_name, "checkpoint": getattr(runtime, "checkpoint", None) or runtime.model_name, "seed": stream.seed, "chunk_latents": stream.chunk_latents, "start": start.name, "transport": transport},
+                meta={"model": runtime.model_name, "checkpoint": getattr(runtime, "checkpoint", None) or runtime.model_name, "seed": stream.seed, "chunk_latents": stream.chunk_latents, "start": start.name, "transport": transport, "prompt": prompt},
             )
         self.job = RewindableJob(
             session_id=session_id,
-            generator=runtime.make_generator(),
+            generator=runtime.make_generator() if prompt is None else runtime.make_generator(prompt),
             make_integrator=lambda: runtime.make_integrator(start.world_T_cam),
             buffer=self.buffer,
             start_image=start.image,
@@ -118,11 +121,12 @@ class Session:
     def begin(self) -> None:
         """Hand the job to the worker: generation starts now."""
         self.worker.add(self.job)
-        log.info("[%s] session started (%s, start %s)", self.id, self.transport, self.start.name)
+        log.info("[%s] session started (%s, start %s%s)", self.id, self.transport, self.start.name,
+                 "" if self.prompt is None else f", prompt {self.prompt[:80]!r}")
 
     def session_message(self) -> dict:
         stream = self.runtime.stream
-        return {"type": "session", "session_id": self.id, "transport": self.transport, "fps": stream.fps, "width": stream.width, "height": stream.height, "model": self.runtime.model_name}
+        return {"type": "session", "session_id": self.id, "transport": self.transport, "fps": stream.fps, "width": stream.width, "height": stream.height, "model": self.runtime.model_name, "prompt": self.prompt}
 
     def _drop(self, error: m.MessageError) -> None:
         self.dropped[error.kind] += 1

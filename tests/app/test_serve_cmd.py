@@ -71,9 +71,13 @@ async def test_serve_prints_the_url_and_serves_the_embedded_model(capsys):
 @pytest.mark.heavy
 async def test_serve_a_release_folder_at_its_own_size(tmp_path):
     from tests.pipeline.tiny_release import ROAM_SETTINGS, write_streaming
+    from tests.pipeline.tiny_text import write_tiny_gemma2
 
     folder = write_streaming(tmp_path / "SANA-WM_streaming")
-    config = serve_cmd.config_from_args(_args("--port", "0", "--model", str(folder), "--threads", "1"))
+    # The streaming release conditions every chunk on a prompt: it is served with its Gemma-2 text encoder.
+    gemma = write_tiny_gemma2(tmp_path / "gemma-2-2b-it")
+    config = serve_cmd.config_from_args(_args("--port", "0", "--model", str(folder), "--threads", "1",
+                                              "--text-encoder", str(gemma)))
     assert config.stream_from_model
     ready = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(serve_cmd.serve(config, ready))
@@ -95,3 +99,35 @@ async def test_serve_a_release_folder_at_its_own_size(tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_prompt_flags_reach_the_config_and_need_a_model(tmp_path):
+    config = serve_cmd.config_from_args(_args("--model", str(tmp_path), "--prompt", "a quiet forest path",
+                                              "--text-encoder", str(tmp_path), "--no-refiner", "--kv-window", "3"))
+    assert config.stream.prompt == "a quiet forest path" and config.text_encoder == tmp_path
+    assert config.stream.refiner is False and config.stream.kv_window_chunks == 3
+    assert serve_cmd.config_from_args(_args()).stream.kv_window_chunks is None  # the model's profile
+    with pytest.raises(ValueError, match="--text-encoder and --prompt need a --model"):
+        serve_cmd.config_from_args(_args("--prompt", "a city at night"))
+
+
+def test_serving_the_streaming_release_without_its_text_encoder_is_one_line(tmp_path, capsys):
+    """`run.py serve --model SANA-WM_streaming` without Gemma-2: a one-line exit naming --text-encoder, before the
+    port is bound and before any weights load; not a traceback and not a silent null caption."""
+    import subprocess
+    import sys
+
+    from tests.pipeline.tiny_release import write_streaming
+
+    folder = write_streaming(tmp_path / "SANA-WM_streaming")
+    with pytest.raises(SystemExit) as exit_info:
+        serve_cmd.main(_args("--port", "0", "--model", str(folder)))
+    message = str(exit_info.value)
+    assert message.startswith("run.py serve: SANA-WM_streaming conditions every chunk on a prompt")
+    assert "--text-encoder PATH" in message and "\n" not in message
+    # The real command line: exit status 1, the one line on stderr, no traceback.
+    done = subprocess.run([sys.executable, "run.py", "serve", "--port", "0", "--model", str(folder)],
+                          capture_output=True, text=True, timeout=120, cwd=serve_cmd.__file__.rsplit("/app/", 1)[0])
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1] == message and "Traceback" not in done.stderr, done.stderr
