@@ -83,8 +83,9 @@ class ModelConfig:
     # chunk-causal training path. See model.softmax_mixer.
     causal_scale_padded: bool = True
     # camera-branch K short conv across chunks: True = left context from earlier chunks like the main
-    # branch (official ChunkCausalGDNUCPESinglePathLiteLA and its cached streaming block); False = the
-    # conv stays inside each chunk (no camera conv cache)
+    # branch (how the embedded tiny model was trained); False = the conv stays inside each chunk, no camera
+    # conv cache, which is what the official streaming code runs ("cam K conv has no cross-chunk state",
+    # fused_streaming.py @0d2318a) and what the streaming release is loaded with (model.profile)
     cam_conv_cross_chunk: bool = True
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8

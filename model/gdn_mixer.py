@@ -16,12 +16,14 @@ a numerator-only bidirectional delta rule seeded with the camera state, decoded 
 
 Both raw outputs are summed, gated by SiLU(W_og x + b_og) and projected.
 
-Across chunks (chunk_causal / stream) the forward scans and the forward half of both short convs
+Across chunks (chunk_causal / stream) the forward scans and the forward half of the main short conv
 run over all frames (seeded / prefixed by the state), the backward halves stay inside the chunk.
-By default the camera K conv gets the same left context as the main one: that is what the official
-chunk-causal blocks do (`ChunkCausalGDNUCPESinglePathLiteLA` routes both convs through the same
-chunk-causal short conv, and the cached streaming block keeps a camera conv cache).
-`cam_conv_cross_chunk=False` keeps the camera conv inside each chunk instead (sana_wm.md §3).
+The camera K conv follows `ModelConfig.cam_conv_cross_chunk`:
+- False: inside each chunk only, its left context zero at every chunk start. This is what the official
+  streaming code runs ("cam K conv has no cross-chunk state", diffusion/model/ops/fused_streaming.py
+  @0d2318a; sana_wm.md §3), so the streaming release is built with it (model.profile.OFFICIAL_STREAMING).
+- True: the same left context as the main conv, from earlier chunks (`GDNState.cam_conv_context`). The
+  embedded tiny model was trained this way and keeps it (its roam_tiny.json records it).
 """
 from __future__ import annotations
 
