@@ -285,7 +285,8 @@ class ChunkGenerator:
         if first and self.config.drop_first_frame:
             frames = frames[1:]
 
-        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3, (t3 - t2) * 1e3)
+        refine_ms = (t3 - t2) * 1e3 if self.refiner is not None else 0.0
+        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3, refine_ms)
         self.chunk_index += 1
         self.latent_index = lat_end
         self.frame_index += frames.shape[0]
