@@ -5,6 +5,7 @@ Targets:
   model   our bidirectional forward vs diffusers' reference; streaming per-chunk time at chunk 5 and 300
   gdn     the gated delta rule paths (naive, chunked torch, Triton)
   stream  the live app: fps, chunk ms, time to first frame, motion-to-photon, drops (1 and 4 sessions)
+  soak    the server's memory (RSS, malloc) over hundreds of connect/disconnect cycles
   ae      the tiny video autoencoder's encode and decode speed
   sim     the procedural renderer's frames per second
   controls  the per-chunk control path (integrator, camera conditioning)
@@ -20,6 +21,7 @@ TARGETS: dict[str, str] = {
     "model": "model.bench",
     "gdn": "model.ops.bench",
     "stream": "app.bench_stream",
+    "soak": "app.bench_soak",
     "ae": "model.vae.bench",
     "sim": "sim.bench",
     "controls": "controls.bench",

@@ -107,6 +107,10 @@ class RewindableJob(StreamJob):
                     self._arrivals.popitem(last=False)
         return accepted
 
+    def release(self) -> None:
+        super().release()
+        self.ring.clear()
+
     def request_rewind(self, seconds: float) -> None:
         """Go back `seconds` of generated video before the next chunk (any thread)."""
         if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):

@@ -18,7 +18,8 @@ new settings resume it.
 Memory: a removed job lets go of its generator, integrator and queued frames at once (after its
 running chunk, if any), instead of when the cycle collector frees the session around it; the worker
 thread then returns malloc's free memory to the system (`common.memory.trim_allocator`). Without
-both, the server's RSS grew by a fifth over 100 sessions (`python run.py bench soak`).
+them the server's RSS grew by half from session 10 to 300 (548 to 822 MB, all of it memory malloc
+held free), with them by 3 % (`python run.py bench soak`, docs/benchmarks.md).
 
 Batching sessions into one forward pass is not done: on CPU a batch-of-B forward costs about B
 single forwards (measured by `python run.py bench stream`), and batching would couple the

@@ -133,3 +133,50 @@ async def test_reset_restarts_at_rest_and_keeps_settings():
         assert all(f.world_T_cam[2, 3] == 0.0 for f in after) and job.integrator.settings == "fast"
     finally:
         await worker.astop()
+
+
+async def test_a_removed_job_lets_go_of_its_memory_after_its_running_chunk():
+    import threading
+    import weakref
+
+    loop = asyncio.get_running_loop()
+    worker = GenerationWorker()
+    idle, busy = _job(loop, "idle"), _job(loop, "busy")
+    worker.add(idle)
+    worker.add(busy)
+    worker.start()
+    try:
+        await asyncio.gather(_drain(idle, 9), _drain(busy, 9))
+        # Removed between chunks (its buffer too full for another): released at once, the generator
+        # (model state) freed by refcount.
+        deadline = time.monotonic() + 10
+        while (len(idle.buffer) + 8 <= idle.buffer.capacity or worker._running is idle) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        generator = weakref.ref(idle.generator)
+        worker.remove(idle)
+        assert idle.generator is None and idle.integrator is None and len(idle.buffer) == 0 and generator() is None
+        # Removed while its chunk runs: the chunk finishes, then the worker releases the job.
+        entered, go_on = threading.Event(), threading.Event()
+        step = busy.generator.step
+
+        def slow_step(poses):
+            entered.set()
+            go_on.wait(10)
+            return step(poses)
+
+        busy.generator.step = slow_step
+        # Make room for the next chunk until the worker is inside it.
+        deadline = time.monotonic() + 10
+        while not entered.is_set() and time.monotonic() < deadline:
+            busy.buffer.pop_nowait()
+            await asyncio.sleep(0.01)
+        assert entered.is_set()
+        worker.remove(busy)
+        assert busy.generator is not None
+        go_on.set()
+        deadline = time.monotonic() + 10
+        while (busy.generator is not None or worker.trims < 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert busy.generator is None and busy.failed is None and worker.trims >= 1
+    finally:
+        await worker.astop()
