@@ -153,6 +153,7 @@ async function connectWebRTC(startId) {
     await iceGatheringComplete(pc);
     const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type, start: startId };
     if (params.get("token")) body.token = params.get("token");
+    if (walkPrompt()) body.prompt = walkPrompt();
     const response = await fetchWithTimeout("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -246,6 +247,7 @@ function connectWebSocket(startId) {
   ws.onopen = () => {
     const hello = { type: "hello", start: startId };
     if (token) hello.token = token;
+    if (walkPrompt()) hello.prompt = walkPrompt();
     ws.send(JSON.stringify(hello));
     setTransport("websocket");
     startTimers(epoch);
@@ -353,6 +355,7 @@ function onSession(message) {
     $("model-name").textContent = message.model;
     $("model-name").hidden = false;
   }
+  if (message.prompt) $("model-name").title = `Prompt: ${message.prompt}`;
   if (message.transport && message.transport !== state.transport) setTransport(message.transport);
   setConnecting("Generating the first frames…");
 }
@@ -881,6 +884,28 @@ async function loadScenes() {
   }
 }
 
+// The prompt typed on the page (a model with a text encoder); "" lets the server use the scene's own.
+function walkPrompt() {
+  const field = $("prompt-input");
+  return field && !$("prompt-row").hidden ? field.value.trim() : "";
+}
+
+// GET /api/model: a model that takes prompts gets the prompt field, with the server's default as its placeholder.
+async function loadModel() {
+  try {
+    const response = await fetch("/api/model");
+    if (!response.ok) return;
+    const model = await response.json();
+    if (!model.prompt || !model.prompt.enabled) return;
+    const field = $("prompt-input");
+    field.maxLength = model.prompt.max_chars || field.maxLength;
+    field.placeholder = model.prompt.default || "Empty: each scene's own prompt (hover a scene to see it)";
+    $("prompt-row").hidden = false;
+  } catch (error) {
+    console.warn("roam: GET /api/model failed:", error);
+  }
+}
+
 function sceneCard(scene) {
   const card = document.createElement("button");
   card.type = "button";
@@ -900,6 +925,7 @@ function sceneCard(scene) {
   sub.textContent = scene.id;
   body.append(title, sub);
   card.append(img, body);
+  if (scene.prompt) card.title = `Prompt: ${scene.prompt}`;
   card.addEventListener("click", () => connect(scene.id));
   return card;
 }
@@ -1018,5 +1044,6 @@ window.__roam = {
 bindInput();
 bindButtons();
 $("upload-input").addEventListener("change", (event) => uploadImage(event.target.files[0]));
+loadModel();
 loadScenes();
 requestAnimationFrame(tick);
