@@ -22,10 +22,13 @@ def test_tiny_smoke_streams_chunks_and_writes_its_section(tmp_path, capsys):
     assert bench_720p.main(_args("--tiny-smoke", "--chunks", "2", "--warmup", "1", "--write-docs", "--docs-path", str(docs))) == 0
     text = docs.read_text()
     assert "## other\n\nkept" in text and "## gpu720" in text
-    row = [line for line in text.splitlines() if line.startswith("| CPU (tiny smoke test)")]
-    assert len(row) == 1
-    cells = [c.strip() for c in row[0].strip("|").split("|")]
-    assert cells[4] == "64x64, 24/chunk" and float(cells[6]) > 0 and float(cells[8]) > 0
+    rows = [line for line in text.splitlines() if line.startswith("| CPU (tiny smoke test)")]
+    assert len(rows) == 2, "one row without the refiner, one with it"
+    off, on = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    for cells in (off, on):
+        assert cells[4] == "64x64, 24/chunk" and float(cells[7]) > 0 and float(cells[10]) > 0
+    assert off[6] == "off" and off[8] == "-"
+    assert on[6].startswith("on (") and float(on[8]) > 0
     assert "x real time" in capsys.readouterr().out
 
 
@@ -37,6 +40,8 @@ def test_refusals(monkeypatch):
         bench_720p.main(_args("--tiny-smoke", "--write-docs"))
     with pytest.raises(SystemExit, match="--chunks must be >= 1"):
         bench_720p.main(_args("--tiny-smoke", "--chunks", "0"))
+    with pytest.raises(SystemExit, match="--refiner both needs --chunk-latents 3"):
+        bench_720p.main(_args("--tiny-smoke", "--chunk-latents", "2"))
 
 
 def test_the_real_size_pipeline_fits_together():
@@ -50,3 +55,11 @@ def test_the_real_size_pipeline_fits_together():
     assert abs(sum(p.numel() for p in dit.parameters()) / 1e9 - 2.66) < 0.01
     release = Release(dit=dit, vae=vae, text_encoder=None, kind="streaming")
     assert release.max_frames == 961  # 60 s at 16 fps
+    assert dit.config.cam_conv_cross_chunk is False, "built as the release profile runs it"
+
+
+def test_the_released_refiner_size_builds():
+    # diffusers' default SanaWMLTX2RefinerTransformer3DModel is the released LTX-2 size; on the meta device.
+    refiner, embeds, mask = bench_720p.build_refiner(tiny=False, device="meta", dtype=torch.bfloat16)
+    assert refiner.num_layers == 48 and refiner.transformer.config.num_attention_heads * 128 == 4096
+    assert embeds.shape == (1, 1024, 3840) and mask.shape == (1, 1024)
