@@ -20,9 +20,11 @@ Modes:
   `release.chunk_latents` latents (the first one has the image latent in front), chunk i starting at
   global step ⌊i·steps/num_chunks⌋, all chunks in flight denoised by one `forward_chunk_causal` over
   the chunks so far (finished chunks at t = 0).
-- `distilled`: the live app's `ChunkGenerator` (the model's few-step list `release.sampler_sigmas`: the
-  official 4 steps 1000, 960, 889, 727 → 0 unless the model ships its own; commit pass, KV window 2 +
-  sink, stream decode), driven with the trajectory's poses.
+- `distilled`: the live app's `ChunkGenerator` run as the release's profile says (`release.profile`: the
+  few-step list `release.sampler_sigmas`, the official 4 steps 1000, 960, 889, 727 → 0 unless the model
+  ships its own; commit pass; KV window sink + 1 recent chunk for the streaming release, 2 + sink
+  otherwise; fp32 sampling and the refiner for the streaming release), driven with the trajectory's
+  poses. Frame 0 is kept here too.
 
 The first two modes decode the finished latents at the end; a causal LTX-2 decoder does it in chunks
 of 8 latents through its stream decoder (the same frames, bounded memory for 60 s clips).
@@ -238,17 +240,24 @@ def _chunk_causal(release, z0, frames, camera, plucker, text, uncond, sigmas, cf
     return x
 
 
-def _distilled(release, image, poses, intrinsics, n, seed, text, progress) -> np.ndarray:
+def _distilled(release, image, poses, intrinsics, n, seed, text, progress, prompt: str = "") -> np.ndarray:
+    from model.prompts import EncodedPrompt
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
     dit = release.dit
-    config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=release.sampler_sigmas, seed=seed)
+    profile = release.profile
+    # The release's profile (KV window, fp32 sampling, refiner), but frame 0 is kept: every frame has a pose.
+    config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=release.sampler_sigmas, seed=seed,
+                             kv_window_chunks=profile.kv_window_chunks, sink=profile.sink,
+                             fp32_sampling=profile.fp32_sampling)
+    refiner_text = refiner_mask = None
+    if release.refiner is not None:
+        refiner_text, refiner_mask = release.refiner.encode_prompt(prompt)
+    # The distilled model has guidance baked in: one conditional branch with the prompt.
+    encoded = EncodedPrompt(prompt=prompt, text=text[0], mask=text[1], refiner_text=refiner_text, refiner_mask=refiner_mask)
     generator = ChunkGenerator(dit, release.vae, config, tuple(float(v) for v in intrinsics),
-                               device=dit.device, dtype=dit.dtype)
+                               device=dit.device, dtype=dit.dtype, prompt=lambda: encoded, refiner=release.refiner)
     generator.start(image, poses[0])
-    if release.text_encoder is not None:
-        # The distilled model has guidance baked in: one conditional branch with the prompt.
-        generator.text, generator.text_mask = text
     per_chunk = release.vae.temporal_stride * release.chunk_latents
     chunks = math.ceil((n - 1) / per_chunk)
     # Poses past the clip's end only feed frames that are dropped; the last pose is held.
@@ -377,7 +386,10 @@ def generate_video(
         if mode == "distilled":
             if not np.allclose(intrinsics, intrinsics[0]):
                 logger.warning("distilled mode uses frame 0's intrinsics for the whole clip")
-            frames = _distilled(release, start, poses, intrinsics[0], n, seed, text, progress)
+            if release.profile.prompt_required and release.text_encoder is None:
+                logger.warning("%s conditions every chunk on a prompt through Gemma-2 and never saw the null caption; "
+                               "without a text encoder it gets the null caption", release.name)
+            frames = _distilled(release, start, poses, intrinsics[0], n, seed, text, progress, prompt)
         else:
             cfg = BIDIRECTIONAL_CFG if cfg_scale is None else float(cfg_scale)
             sigmas = bidirectional_sigmas(BIDIRECTIONAL_STEPS if steps is None else steps, BIDIRECTIONAL_SHIFT)

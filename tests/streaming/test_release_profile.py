@@ -131,3 +131,15 @@ def test_a_refiner_block_must_be_a_chunk(release):
     config = GeneratorConfig(chunk_latents=2, sigmas=profile.sigmas)
     with pytest.raises(ValueError, match="blocks of 3 latents, but chunks have 2"):
         ChunkGenerator(release.dit, release.vae, config, (40.0, 40.0, 32.0, 32.0), refiner=release.refiner)
+
+
+def test_generate_runs_the_release_profile_with_its_prompt_and_refiner(release, one_torch_thread):
+    """`generate` in distilled mode streams the release as its profile says (window, fp32, refiner) and keeps
+    frame 0, so every frame has its pose; the prompt reaches both text encoders."""
+    from streaming.offline import generate_video
+
+    image = (np.random.default_rng(1).random((48, 80, 3)) * 255).astype(np.uint8)
+    video = generate_video(release, image, "w-48", mode="distilled", n_frames=49, prompt="a quiet forest path", seed=2)
+    assert video.frames.shape == (49, 64, 64, 3) and video.world_T_cams.shape == (49, 4, 4)
+    other = generate_video(release, image, "w-48", mode="distilled", n_frames=49, prompt="the city at night", seed=2)
+    assert not np.array_equal(video.frames[1:], other.frames[1:]), "the prompt conditions the walk"
