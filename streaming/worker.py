@@ -19,7 +19,7 @@ Memory: a removed job lets go of its generator, integrator and queued frames at 
 running chunk, if any), instead of when the cycle collector frees the session around it; the worker
 thread then returns malloc's free memory to the system (`common.memory.trim_allocator`). Without
 them the server's RSS grew by half from session 10 to 300 (548 to 822 MB, all of it memory malloc
-held free), with them by 3 % (`python run.py bench soak`, docs/benchmarks.md).
+held free), with them by 2 to 3 % (`python run.py bench soak`, docs/benchmarks.md).
 
 Batching sessions into one forward pass is not done: on CPU a batch-of-B forward costs about B
 single forwards (measured by `python run.py bench stream`), and batching would couple the
