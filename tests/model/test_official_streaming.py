@@ -7,7 +7,6 @@ the file it comes from. The release profile is `model.profile.OFFICIAL_STREAMING
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from model import GDNState, ModelConfig, SoftmaxState, WorldModel
