@@ -338,8 +338,6 @@ def _time_batching(runtime, batch: int, repeats: int = 3) -> tuple[float, float]
 def main(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
     from app.config import AppConfig, ServerConfig, StreamConfig
     from app.runtime import build_runtime
     from common.bench import machine_description, markdown_table, write_docs_section

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # The decoder's causal temporal receptive field in latents: temporal_blocks × (kernel − 1). A window
 # decoded from a zero context after this many warm-up latents equals the streamed decode exactly.

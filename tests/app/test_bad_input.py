@@ -1,7 +1,6 @@
 """Bad input gets a clean error or a counted drop, and the server keeps serving other sessions."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 

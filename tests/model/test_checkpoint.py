@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import ModelConfig, WorldModel
+from model import WorldModel
 from model.checkpoint import CheckpointError, find_checkpoint
 
 OFFICIAL_CONFIG = {

@@ -18,10 +18,11 @@ TRITON_PRELOADED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET"
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
+# Imported after TRITON_INTERPRET is set above (see the module docstring).
+import pytest  # noqa: E402
 
-from model.ops.gdn import bidirectional_frame_delta_rule, bidirectional_frame_gdn
-from tests.ops.test_gdn import assert_close, make_gdn_inputs
+from model.ops.gdn import bidirectional_frame_delta_rule, bidirectional_frame_gdn  # noqa: E402
+from tests.ops.test_gdn import assert_close, make_gdn_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IN_PROCESS = DEVICE == "cuda" or not TRITON_PRELOADED
