@@ -2,7 +2,8 @@
 look around, and check that frames were decoded, the HUD's pose moved forward along the start
 heading and a motion-to-photon latency was measured. Once over WebRTC, once over the websocket.
 
-`ROAM_SCREENSHOT=1` also saves `docs/screenshot.png` mid-walk (not on ordinary CI runs).
+`ROAM_SCREENSHOT=1` also walks on to second SCREENSHOT_AT_S of the walk and saves `docs/screenshot.png`
+there (not on ordinary CI runs): the picture shows what a person sees after walking a while, not the start.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ MIN_FORWARD_M = 0.4
 FIRST_FRAME_TIMEOUT_MS = 60_000
 FRAMES_TIMEOUT_MS = 40_000
 SCREENSHOT = os.environ.get("ROAM_SCREENSHOT", "") == "1"
+SCREENSHOT_AT_S = 25.0
 
 
 def _hud_pose(page) -> dict[str, float]:
@@ -68,9 +70,7 @@ def _walk(page, screenshot: bool) -> tuple[dict[str, float], dict[str, float]]:
         "seq => (window.__roam.state().lastTelemetry?.input_seq ?? -1) >= seq", arg=pressed_seq, timeout=FRAMES_TIMEOUT_MS
     )
     if screenshot:
-        # Mid-walk: W still down and the first frames of the walk on screen.
-        page.wait_for_timeout(700)
-        page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
+        _walk_on_and_screenshot(page, t0, cx, cy)
     held = time.monotonic() - t0
     if held > HOLD_S + 0.5:
         print(f"\nheld W for {held:.1f} s: the first chunk generated with W down took that long")
@@ -78,6 +78,16 @@ def _walk(page, screenshot: bool) -> tuple[dict[str, float], dict[str, float]]:
     page.mouse.up()
     state = page.evaluate("window.__roam.state()")
     return before, state
+
+
+def _walk_on_and_screenshot(page, t0: float, cx: float, cy: float) -> None:
+    """With W still down, sweep the view slowly left and right until SCREENSHOT_AT_S seconds after W went
+    down, then save the page to docs/screenshot.png (the HUD then shows how far the walk went)."""
+    while time.monotonic() - t0 < SCREENSHOT_AT_S:
+        phase = (time.monotonic() - t0) / SCREENSHOT_AT_S
+        page.mouse.move(cx + 60 * math.sin(2 * math.pi * phase), cy, steps=2)
+        page.wait_for_timeout(250)
+    page.screenshot(path=str(REPO / "docs" / "screenshot.png"))
 
 
 def _progress(page, before: dict[str, float]) -> tuple[float, float]:
