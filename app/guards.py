@@ -73,7 +73,8 @@ def host_allowed(name: str, config: ServerConfig) -> bool:
     if name == "localhost" or name.endswith(".localhost") or name in config.allowed_hosts:
         return True
     address = _ip(name)
-    bound = hostname_of(config.host) or config.host
+    # The bind address is a bare name or address (an IPv6 one unbracketed), not a Host header.
+    bound = config.host.strip("[]").lower()
     if address is None:
         return name == bound.lower()
     if address.is_loopback:

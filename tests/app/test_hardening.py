@@ -367,6 +367,15 @@ async def test_allow_host_names_a_public_host():
         await client.close()
 
 
+def test_the_bound_address_is_served_whatever_its_form():
+    from app.guards import host_allowed
+
+    token = "a-long-enough-token"
+    assert host_allowed("fe80::1", ServerConfig(host="fe80::1", token=token)) and not host_allowed("fe80::2", ServerConfig(host="fe80::1", token=token))
+    assert host_allowed("2001:db8::7", ServerConfig(host="::", token=token)) and not host_allowed("evil.example", ServerConfig(host="::", token=token))
+    assert host_allowed("mybox.lan", ServerConfig(host="MyBox.lan", token=token)) and not host_allowed("other.lan", ServerConfig(host="MyBox.lan", token=token))
+
+
 def test_allowed_hosts_and_connect_timeout_are_validated():
     with pytest.raises(ValueError, match="allowed host 'https://x.org'"):
         ServerConfig(allowed_hosts=("https://x.org",))
