@@ -307,6 +307,8 @@ def summarise(results: list[ClipResult], seconds: int) -> dict:
     out["gain_over_repeat_db"] = out["mean"]["psnr_model"] - out["mean"]["psnr_repeat"]
     # per clip, so subsets (e.g. eval scenes 8–15 of a 24-clip run) can be read off one run
     out["per_clip"] = [{"scene": r.scene_seed, **{f"psnr_{m}": float(np.mean(r.psnr[m])) for m in METHODS},
+                        "detail_model": float(np.mean(r.detail["model"])) if r.detail else None,
+                        "standing_psnr_first_4s": float(np.mean(r.standing["psnr"][:STANDING_SECONDS])) if r.standing else None,
                         "follows": r.follows, "margins": r.margins,
                         "standing_psnr": float(np.mean(r.standing["psnr"])) if r.standing else None,
                         "long": r.long_windows}

@@ -94,7 +94,8 @@ def test_per_second_and_summary():
     assert [clip["scene"] for clip in summary["per_clip"]] == [1, 2]
     assert summary["per_clip"][1] == {"scene": 2, "psnr_model": 11.0, "psnr_repeat": 11.0, "psnr_warp": 11.0,
                                       "follows": {"mirrored_yaw": True, "reversed_motion": True}, "margins": {},
-                                      "standing_psnr": None, "long": {}}
+                                      "standing_psnr": None, "long": {}, "detail_model": 0.55,
+                                      "standing_psnr_first_4s": None}
     results[0].standing, results[0].standing_frame0_psnr = {"psnr": [30.0, 20.0], "detail": [0.8, 0.2]}, 33.0
     results[1].standing, results[1].standing_frame0_psnr = {"psnr": [28.0, 22.0], "detail": [0.6, 0.4]}, 35.0
     standing = summarise(results, 2)["standing"]
