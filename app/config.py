@@ -53,6 +53,11 @@ class ServerConfig:
     # A WebRTC peer not connected this long after its answer is closed and its slot freed; a page on
     # the same machine connects in well under a second, and gives up itself after 4 s.
     connect_timeout_s: float = 4.0
+    # A page that pings (docs/protocol.md, "Liveness") and has been silent this long is gone and its
+    # slot freed; it pings every second while shown. A hidden tab's timers may fire once a minute,
+    # so it gets longer (ICE consent still frees a vanished one after ~30 s).
+    silence_timeout_s: float = 3.0
+    hidden_silence_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -76,6 +81,9 @@ class ServerConfig:
                 raise ValueError(f"allowed host {name!r} must be a lower-case host name or address without scheme or port, e.g. roam.example.org")
         if not (math.isfinite(self.connect_timeout_s) and 0.1 <= self.connect_timeout_s <= 120.0):
             raise ValueError(f"connect_timeout_s must be in [0.1, 120], got {self.connect_timeout_s}")
+        if not (math.isfinite(self.silence_timeout_s) and math.isfinite(self.hidden_silence_timeout_s)
+                and 0.5 <= self.silence_timeout_s <= self.hidden_silence_timeout_s <= 3600.0):
+            raise ValueError(f"need 0.5 <= silence_timeout_s <= hidden_silence_timeout_s <= 3600, got {self.silence_timeout_s}, {self.hidden_silence_timeout_s}")
 
 
 @dataclass(frozen=True)

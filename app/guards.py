@@ -9,9 +9,10 @@ name. So (docs/protocol.md, "Who may connect"):
   and the names given with `--allow-host` are served; any other Host gets 403.
 - Cross-site: a browser request whose `Sec-Fetch-Site` is `cross-site` or `same-site` (another
   port or subdomain) is refused with 403, navigations to the page excepted. State-changing routes
-  (/offer, /api/upload, /ws) also need an `Origin`, when one is sent, naming this server's Host, and
-  /offer a `Content-Type: application/json`, which no page can send cross-origin without a
-  preflight this server never answers.
+  (/offer, /api/upload, /ws, /api/sessions/<id>/close) also need an `Origin`, when one is sent,
+  naming this server's Host, and /offer a `Content-Type: application/json`, which no page can send
+  cross-origin without a preflight this server never answers. The close route takes the beacon's
+  text/plain, so it also needs the session's own close token (app.server).
 - Headers: `nosniff`, a CSP that allows only this origin and no framing, no referrer, resources
   for this origin only, and a `Server` header without versions.
 
@@ -47,6 +48,8 @@ SECURITY_HEADERS = {
 OWN_FETCH_SITES = ("same-origin", "none")
 # Routes that start work or change state: Origin must match and Sec-Fetch-Site must be our own.
 STATE_CHANGING = ("/offer", "/api/upload", "/ws")
+# Per-session routes (POST /api/sessions/<id>/close) are state-changing too.
+SESSION_ROUTES = "/api/sessions/"
 
 
 def hostname_of(host_header: str) -> str | None:
@@ -104,7 +107,8 @@ def cross_site_reason(request: web.Request) -> str | None:
     navigation = request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
     if site is not None and site not in OWN_FETCH_SITES and not navigation:
         return f"cross-site request refused (Sec-Fetch-Site: {site[:40]})"
-    if request.path in STATE_CHANGING and not origin_matches(request):
+    state_changing = request.path in STATE_CHANGING or request.path.startswith(SESSION_ROUTES)
+    if state_changing and not origin_matches(request):
         return f"Origin {request.headers['Origin'][:100]!r} does not match host {request.host[:100]!r}"
     return None
 

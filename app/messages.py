@@ -89,7 +89,20 @@ class Ack:
     frame_id: int
 
 
-Message = Input | Reset | Record | Rewind | Settings | Ping | Hello | Ack
+@dataclass(frozen=True)
+class Visibility:
+    """The page is shown (`hidden` false) or hidden; the first one also turns on the silence rule
+    (docs/protocol.md, "Liveness")."""
+
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class Close:
+    """The page is leaving (pagehide): end the session now."""
+
+
+Message = Input | Reset | Record | Rewind | Settings | Ping | Hello | Ack | Visibility | Close
 
 
 def brief(value: Any, limit: int = 80) -> str:
@@ -205,4 +218,8 @@ def parse_message(data: str | bytes, max_bytes: int) -> Message:
         return Hello(start=start, token=token, prompt=parse_prompt(msg.get("prompt")))
     if kind == "ack":
         return Ack(frame_id=_int(msg, "frame_id", 0, 2**32 - 1))
+    if kind == "visibility":
+        return Visibility(hidden=_bool(msg, "hidden"))
+    if kind == "close":
+        return Close()
     raise MessageError("unknown_type", f"unknown message type {brief(kind)}")

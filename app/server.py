@@ -9,6 +9,10 @@ most `max_upload_bytes`, images only, decoded within a bounded memory (`app.runt
 messages of at most `max_message_bytes`. A non-loopback bind needs a token, checked on /offer, /ws
 and /api/upload. Foreign Hosts and cross-site requests are refused before any handler runs
 (`app.guards`). A WebRTC peer that has not connected `connect_timeout_s` after its answer is closed.
+A page that goes away frees its slot within seconds (docs/protocol.md, "Liveness"): its pagehide
+posts the session's close token to /api/sessions/<id>/close and sends a `close` note; without them,
+a closed data channel or websocket, or `silence_timeout_s` without a message from a page that pings,
+ends the session.
 Every bad request gets a 4xx with `{"error": ...}` naming what is wrong, never a 500.
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from app import messages as m
-from app.config import AppConfig
+from app.config import AppConfig, ServerConfig
 from app.guards import add_security_headers, check_offer_sdp, guard_middleware
 from app.runtime import Runtime, UploadRefused, build_runtime
 from app.session import Session
@@ -50,6 +54,10 @@ WS_HEADER = struct.Struct("<4sHHIIdHHI")
 WS_MAGIC = b"ROAM"
 WS_VERSION = 1
 WS_MAX_IN_FLIGHT = 2
+# How often each session's silence is checked (docs/protocol.md, "Liveness").
+LIVENESS_CHECK_S = 0.25
+# A close token is 32 characters (Session.close_token); a beacon body longer than this is not one.
+MAX_CLOSE_BODY_BYTES = 256
 
 
 def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
@@ -72,6 +80,7 @@ def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Applica
     app.router.add_get("/api/scenes/{scene_id}/thumbnail.jpg", _thumbnail)
     app.router.add_post("/api/upload", _upload)
     app.router.add_post("/offer", _offer)
+    app.router.add_post("/api/sessions/{session_id}/close", _close_session)
     app.router.add_get("/ws", _websocket)
     if config.server.web_dir.is_dir():
         app.router.add_static("/web/", config.server.web_dir)
@@ -137,6 +146,49 @@ def _full_message(app: web.Application) -> str:
 
 async def _forget(app: web.Application, session_id: str) -> None:
     app[SESSIONS].pop(session_id, None)
+
+
+def _run_while_open(session: Session, coro) -> None:
+    """Run `coro` beside the session; closing the session cancels it (unless it is what closes it)."""
+    task = asyncio.ensure_future(coro)
+
+    async def cancel() -> None:
+        if task is not asyncio.current_task():
+            task.cancel()
+
+    session.closers.insert(0, cancel)
+
+
+async def _watch_liveness(session: Session, config: ServerConfig) -> None:
+    """Close the session once its page counts as gone (`Session.gone_reason`)."""
+    while not session.closed:
+        await asyncio.sleep(LIVENESS_CHECK_S)
+        reason = session.gone_reason(time.monotonic(), config.silence_timeout_s, config.hidden_silence_timeout_s)
+        if reason is not None:
+            await session.close(reason)
+
+
+async def _close_session(request: web.Request) -> web.Response:
+    """The page's goodbye by `navigator.sendBeacon`: a text/plain body holding the session's close
+    token (from the offer's answer). Only that token closes the session, so another page that could
+    post here (the guards refuse cross-site requests anyway) cannot end someone else's walk."""
+    app = request.app
+    if request.content_type != "text/plain":
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(415, f"Content-Type must be text/plain, got {m.brief(request.content_type)}")
+    try:
+        body = await _read_body(request, MAX_CLOSE_BODY_BYTES, "close token")
+    except _TooLarge as error:
+        app[STATS]["rejected_bad_request"] += 1
+        return _json_error(413, str(error))
+    session = app[SESSIONS].get(request.match_info["session_id"])
+    token = body.decode("utf-8", errors="replace").strip()
+    # An unknown id and a wrong token get the same answer: live session ids are not told apart.
+    if session is None or not hmac.compare_digest(token.encode(), session.close_token.encode()):
+        app[STATS]["rejected_auth"] += 1
+        return _json_error(403, "no such session, or not its close token")
+    await session.close("the page left (beacon)")
+    return web.Response(status=204)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
@@ -310,6 +362,8 @@ async def _offer(request: web.Request) -> web.Response:
     session.closers.append(pc.close)
     app[SESSIONS][session_id] = session
     control_channels: list = []
+    # Until the page's control channel opens, the connect deadline and ICE watch the peer.
+    session.last_heard_t = time.monotonic()
 
     def send_json(message: dict) -> None:
         for channel in control_channels:
@@ -322,7 +376,13 @@ async def _offer(request: web.Request) -> web.Response:
     def on_datachannel(channel) -> None:
         if channel.label == "control":
             control_channels.append(channel)
+            session.last_heard_t = time.monotonic()
             channel.send(json.dumps(session.session_message()))
+
+            # The page closed it, or the SCTP association ended (the page's peer connection closed).
+            @channel.on("close")
+            def on_close() -> None:
+                asyncio.ensure_future(session.close("control channel closed"))
 
         @channel.on("message")
         def on_message(data) -> None:
@@ -359,14 +419,10 @@ async def _offer(request: web.Request) -> web.Response:
         if pc.connectionState != "connected":
             await session.close(f"not connected within {timeout:g} s")
 
-    deadline = asyncio.ensure_future(connect_deadline())
-
-    async def cancel_deadline() -> None:
-        if deadline is not asyncio.current_task():
-            deadline.cancel()
-
-    session.closers.insert(0, cancel_deadline)
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session_id})
+    _run_while_open(session, connect_deadline())
+    _run_while_open(session, _watch_liveness(session, config.server))
+    answer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session_id, "close_token": session.close_token}
+    return web.json_response(answer)
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
@@ -383,7 +439,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         if hello is None:
             return ws
         session = hello
-        await _websocket_session(ws, session)
+        await _websocket_session(ws, session, config.server)
     finally:
         if session is not None:
             await session.close("websocket closed")
@@ -459,7 +515,7 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
     return session
 
 
-async def _websocket_session(ws: web.WebSocketResponse, session: Session) -> None:
+async def _websocket_session(ws: web.WebSocketResponse, session: Session, config: ServerConfig) -> None:
     """Run one websocket session: a receiver (messages, acks) and a sender (frames, at most 2 in flight)."""
     quality = session.runtime.stream.jpeg_quality
     acked = asyncio.Event()
@@ -475,6 +531,7 @@ async def _websocket_session(ws: web.WebSocketResponse, session: Session) -> Non
     session.send_json = send_json
     send_json(session.session_message())
     session.begin()
+    _run_while_open(session, _watch_liveness(session, config))
 
     def on_ack(frame_id: int) -> None:
         if in_flight.pop(frame_id, None) is None:
@@ -519,9 +576,19 @@ async def _websocket_session(ws: web.WebSocketResponse, session: Session) -> Non
             session.frame_sent(frame)
 
     tasks = [asyncio.ensure_future(t()) for t in (receiver, text_sender, frame_sender)]
+
+    # A session closed from elsewhere (silence, a close note) ends the tasks here; the frame sender
+    # may be waiting for acks that never come.
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+
+    session.closers.append(stop)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
+            if task.cancelled():
+                continue
             error = task.exception()
             if error is not None and not isinstance(error, (BufferClosed, ConnectionResetError)):
                 log.warning("[%s] websocket task ended: %r", session.id, error)

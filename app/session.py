@@ -5,6 +5,11 @@ Every message from the page goes through `handle_text`/`handle_binary`: a messag
 oversized, malformed, non-finite, of an unknown type or invalid is dropped and counted in
 `dropped[kind]`; the session carries on. `close()` frees everything the session holds (worker job,
 buffer, peer connection or socket) and is idempotent.
+
+Liveness (docs/protocol.md): every message, even a dropped one, counts as the page being there
+(`last_heard_t`). A page that has sent a `visibility` note promises a ping at least every second
+while shown, so `gone_reason` can tell a vanished page from a quiet one; a `close` note ends the
+session at once, and so does a `close_token` posted to the server's close route.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import collections
 import dataclasses
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -94,6 +100,13 @@ class Session:
         # Websocket transport: frame acks from the page.
         self.on_ack: Callable[[int], None] | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
+        # Liveness: when the page was last heard, whether it is hidden, and whether it has promised
+        # pings (its first visibility note). The close token lets only this page end the session by
+        # beacon (POST /api/sessions/<id>/close).
+        self.last_heard_t = self.created_t
+        self.hidden = False
+        self.heartbeats = False
+        self.close_token = secrets.token_urlsafe(24)
         yaw, pitch, roll = ypr_degrees(start.world_T_cam)
         standing = InputEnvelope(seq=-1, snapshot=None, keys=0, look=(yaw, pitch, roll))
         self.recorder: SessionRecorder | None = None
@@ -133,12 +146,14 @@ class Session:
         log.debug("[%s] dropped message (%s)", self.id, error)
 
     def handle_binary(self, data: bytes) -> None:
+        self.last_heard_t = time.monotonic()
         self._drop(m.MessageError("binary", f"{len(data)} bytes of binary data on a JSON channel"))
 
     def handle_text(self, data: str | bytes) -> m.Message | None:
         """Parse and apply one page message; returns it, or None if it was dropped."""
         if self.closed:
             return None
+        self.last_heard_t = time.monotonic()
         try:
             message = m.parse_message(data, self.max_message_bytes)
             self.apply(message)
@@ -168,8 +183,25 @@ class Session:
             self.worker.wake()
         elif isinstance(message, m.Ack) and self.on_ack is not None:
             self.on_ack(message.frame_id)
+        elif isinstance(message, m.Visibility):
+            self.hidden = message.hidden
+            self.heartbeats = True
+        elif isinstance(message, m.Close):
+            asyncio.ensure_future(self.close("the page left"))
         else:
             raise m.MessageError("unexpected", f"{type(message).__name__.lower()} is not expected on this connection")
+
+    def gone_reason(self, now: float, silence_s: float, hidden_silence_s: float) -> str | None:
+        """Why the page counts as gone at monotonic time `now`, or None: only a page that promised
+        pings (a visibility note) is judged, by its silence against `silence_s` while shown and
+        `hidden_silence_s` while hidden (a hidden tab's timers are throttled)."""
+        if not self.heartbeats:
+            return None
+        limit = hidden_silence_s if self.hidden else silence_s
+        silent = now - self.last_heard_t
+        if silent <= limit:
+            return None
+        return f"page silent for {silent:.1f} s while {'hidden' if self.hidden else 'shown'}"
 
     def _apply_record(self, on: bool) -> None:
         self.record_consent = on
