@@ -11,6 +11,10 @@
 // When a frame whose input_seq >= seq is presented, the sample is presented_time - time_sent, both on
 // the page's clock. Websocket frames carry input_seq in their header; WebRTC frames are matched to the
 // newest telemetry that arrived before the frame was received (telemetry is sent with each frame).
+//
+// Liveness (docs/protocol.md): the page pings every PING_INTERVAL_MS and tells the server when it is
+// hidden, so a server that hears nothing for a few seconds frees the slot. On pagehide it says goodbye
+// twice: a `close` note on the control channel and a beacon with the session's close token.
 
 const CONNECT_TIMEOUT_MS = 4000;
 const OFFER_TIMEOUT_MS = 10000;
@@ -20,7 +24,8 @@ const SEND_INTERVAL_MS = 1000 / 60;
 const HEARTBEAT_MS = 250;
 const HEARTBEAT_FOR_MS = 1000;
 const IDLE_AFTER_MS = 2500;
-const PING_INTERVAL_MS = 2000;
+// The server ends a shown page's session after 3 s without a message: ping well within that.
+const PING_INTERVAL_MS = 1000;
 const STATS_INTERVAL_MS = 500;
 const TELEMETRY_MATCH_SLACK_MS = 10;
 const ARROW_RATE_DEG_S = 90;
@@ -98,6 +103,7 @@ const state = {
   error: null,
   lastTick: null,
   timers: [],
+  closeBeacon: null, // {url, token}: POSTing the token there ends this WebRTC session (pagehide)
   // The mouse looks around only once the view holds the pointer lock: until the user has taken it
   // once, the hint saying so stays up.
   pointerLockTaken: false,
@@ -167,6 +173,7 @@ async function connectWebRTC(startId) {
       throw new Error(message);
     }
     if (epoch !== state.epoch) return;
+    state.closeBeacon = { url: `/api/sessions/${encodeURIComponent(answer.session_id)}/close`, token: answer.close_token };
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     await withTimeout(connected, CONNECT_TIMEOUT_MS, "WebRTC did not connect in time");
   } catch (error) {
@@ -357,6 +364,8 @@ function onSession(message) {
   }
   if (message.prompt) $("model-name").title = `Prompt: ${message.prompt}`;
   if (message.transport && message.transport !== state.transport) setTransport(message.transport);
+  // The session message came on the control channel, so it is open: the server now expects pings.
+  sendVisibility();
   setConnecting("Generating the first frames…");
 }
 
@@ -541,7 +550,11 @@ function bindInput() {
     event.preventDefault();
     event.returnValue = "";
   });
-  document.addEventListener("visibilitychange", () => document.hidden && releaseAll());
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) releaseAll();
+    sendVisibility();
+  });
+  window.addEventListener("pagehide", sayGoodbye);
 
   const viewport = $("viewport");
   let dragging = false;
@@ -632,6 +645,22 @@ function sendSettings() {
   sendJSON({ type: "settings", walk_speed: walkSpeed, look_sensitivity: sensitivity, fly }, "control");
 }
 
+// The first note also tells the server this page pings, so its silence means it is gone.
+function sendVisibility() {
+  sendJSON({ type: "visibility", hidden: document.hidden }, "control");
+}
+
+// pagehide (tab closed, navigation, bfcache): end the session now rather than when the server notices.
+// A data channel message may not leave an unloading page; a beacon does.
+function sayGoodbye() {
+  if (state.transport === "none") return;
+  sendJSON({ type: "close" }, "control");
+  if (state.closeBeacon && state.transport === "webrtc") {
+    navigator.sendBeacon(state.closeBeacon.url, state.closeBeacon.token);
+  }
+  failSession("left the page");
+}
+
 function startTimers(epoch) {
   stopTimers();
   sendSettings();
@@ -715,7 +744,7 @@ function resetSessionState() {
     session: null, synced: false, lookDx: 0, lookDy: 0, seq: 0, lastSentAt: -Infinity, lastSentKey: "", lastChangeAt: -Infinity,
     pending: [], latencies: [], lastLatencyMs: null, telemetryLog: [], lastTelemetry: null, telemetryCount: 0,
     framesDecoded: 0, framesPresented: 0, framesDroppedClient: 0, presentTimes: [], lastDrawnFrameId: -1,
-    rttMs: null, path: [], error: null, lastServerError: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null, lastShownAt: null,
+    rttMs: null, path: [], error: null, closeBeacon: null, lastServerError: null, yaw: 0, pitch: 0, roll: 0, statsFps: null, codec: null, lastShownAt: null,
   });
   $("stage-error").hidden = true;
 }
