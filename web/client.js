@@ -142,6 +142,8 @@ async function connectWebRTC(startId) {
   state.input = pc.createDataChannel("input", { ordered: false, maxRetransmits: 0 });
   state.control = pc.createDataChannel("control");
   state.control.onmessage = (event) => epoch === state.epoch && onServerText(event.data);
+  // The server ended the session (its peer connection closed, which closes the channels).
+  state.control.onclose = () => epoch === state.epoch && state.transport === "webrtc" && failSession(state.lastServerError || "the server ended the session");
   pc.ontrack = (event) => epoch === state.epoch && attachTrack(event);
 
   const connected = new Promise((resolve, reject) => {
@@ -1060,6 +1062,7 @@ window.__roam = {
     keys: keyMask(),
     path: state.path.map((p) => [...p]),
     error: state.error,
+    closeBeacon: state.closeBeacon,
   }),
   connect,
   press: keyDown,
