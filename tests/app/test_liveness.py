@@ -9,8 +9,9 @@ import json
 import time
 
 import aiohttp
+import pytest
 
-from app.config import StreamConfig
+from app.config import ServerConfig, StreamConfig
 from app.server import SESSIONS
 from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
 
@@ -145,3 +146,10 @@ async def test_silent_websocket_page_is_gone_after_the_silence_timeout():
         print(f"\nsilent websocket page (3 s silence timeout): slot free after {freed:.3f} s")
         assert freed > 2.5
         await ws.close()
+
+
+def test_silence_timeouts_are_validated():
+    for bad in ({"silence_timeout_s": 0.1}, {"silence_timeout_s": float("nan")}, {"silence_timeout_s": 10.0, "hidden_silence_timeout_s": 5.0}):
+        with pytest.raises(ValueError, match="silence_timeout_s"):
+            ServerConfig(**bad)
+    assert ServerConfig().silence_timeout_s + 2 * 0.25 < FREED_WITHIN_S
