@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from model.release import embedded_vae_path, load_embedded, vae_tag
+import torch
+
+from model.release import embedded_vae_path, latent_space_tag, load_embedded, vae_tag
+from model.vae import load_tiny_vae
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
@@ -15,7 +18,15 @@ def test_the_shipped_model_names_a_shipped_vae_with_its_latent_space():
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     vae = embedded_vae_path(WEIGHTS / "roam_tiny.safetensors")
     assert vae.is_file()
-    assert vae_tag(vae) == info["vae_tag"], f"{vae} is not the VAE the embedded model was trained with"
+    assert latent_space_tag(vae) == info["vae_tag"], f"{vae} does not decode the latent space the model was trained in"
+    # the refined decoder shares the training VAE's encoder and latent statistics, so encoding a start image is unchanged
+    trained = load_tiny_vae(WEIGHTS / "roam_tiny_vae.safetensors")
+    assert vae_tag(WEIGHTS / "roam_tiny_vae.safetensors") == info["vae_tag"]
+    shipped = load_tiny_vae(vae)
+    for name, value in trained.state_dict().items():
+        if not name.startswith("decoder."):
+            torch.testing.assert_close(shipped.state_dict()[name], value, msg=name)
+    assert shipped.cfg.deblock_step > 0  # the cell-seam filter is on for the shipped decoder
 
 
 def test_training_tags_latents_with_the_function_loading_reads():

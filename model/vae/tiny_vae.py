@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.vae.checks import check_latents, check_stream_chunk, check_video
+from model.vae.deblock import deblock
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class TinyVAEConfig:
     temporal_blocks: int = 2
     temporal_kernel: int = 3
     refine_width: int = 0
+    # The cell-seam filter on decoded frames (model/vae/deblock.py): the largest step across a cell border
+    # taken for a seam, on [-1, 1] (0 = off), and the largest step inside the cells on either side.
+    deblock_step: float = 0.0
+    deblock_flat: float = 0.06
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -62,6 +67,9 @@ class TinyVAEConfig:
             raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")
         if self.refine_width < 0:
             raise ValueError(f"refine_width must be >= 0 (0: no refinement), got {self.refine_width}")
+        if not (self.deblock_step >= 0 and self.deblock_flat >= 0):
+            raise ValueError(f"deblock_step and deblock_flat must be >= 0 (deblock_step 0: off), got "
+                             f"{self.deblock_step}, {self.deblock_flat}")
         if self.temporal_blocks < 0 or self.temporal_kernel < 1:
             raise ValueError(
                 f"need temporal_blocks >= 0 and temporal_kernel >= 1, got {self.temporal_blocks}, {self.temporal_kernel}"
@@ -318,7 +326,14 @@ class TinyVAE(nn.Module):
         """Normalised latents [B, C, T, h, w] -> video [B, 3, stride·(T−1) + 1, h·s, w·s] in [-1, 1] (VAE's dtype)."""
         self.check_latents(latents)
         mean, std = self._stats()
-        return self.decoder(self._own_dtype(latents) * std + mean, None, first=True)[0].clamp(-1, 1)
+        return self.finish(self.decoder(self._own_dtype(latents) * std + mean, None, first=True)[0])
+
+    def finish(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decoded frames [B, 3, F, H, W] -> what is shown: cell seams smoothed (when `deblock_step`), in [-1, 1].
+        Per frame, so the streamed decode and the whole one stay equal."""
+        if self.cfg.deblock_step:
+            frames = deblock(frames, self.spatial_stride, self.cfg.deblock_step, self.cfg.deblock_flat)
+        return frames.clamp(-1, 1)
 
     def stream_decoder(self, batch_size: int) -> StreamDecoder:
         return StreamDecoder(self, batch_size)
@@ -349,7 +364,7 @@ class StreamDecoder:
         frames, self.contexts = self.vae.decoder(z, self.contexts, first=self.latents_seen == 0)
         self.grid = grid
         self.latents_seen += latents.shape[2]
-        return frames.clamp(-1, 1)
+        return self.vae.finish(frames)
 
     def reset(self) -> None:
         self.contexts = None
