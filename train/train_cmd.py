@@ -63,7 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(train.recipes.RollingSelfForcedLoss; 0 = whole clips per step)")
     parser.add_argument("--decoder-minutes", type=float, default=30.0,
                         help="decoder: wall-clock budget of the decoder fine-tune on the model's rollouts (train/decoder.py)")
-    parser.add_argument("--decoder-steps", type=int, default=4000)
+    parser.add_argument("--decoder-steps", type=int, default=4000,
+                        help="decoder: fine-tune steps (0 = no rollouts, no fine-tune: the VAE's own decoder with the "
+                             "cell-seam filter, which is what ships)")
+    parser.add_argument("--deblock-step", type=float, default=0.5,
+                        help="decoder: the cell-seam filter's largest step taken for a seam, on [-1, 1] (0 = off; "
+                             "model/vae/deblock.py)")
+    parser.add_argument("--deblock-flat", type=float, default=0.06,
+                        help="decoder: the largest step inside the cells beside a seam")
     parser.add_argument("--decoder-lr", type=float, default=2e-4)
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
@@ -372,7 +379,7 @@ def run_grow(args) -> Path:
 def run_decoder(args) -> Path:
     """Stream --init's model over the first --clips encoded walks, then fine-tune its VAE's decoder on them
     (train/decoder.py) and write the refined TinyVAE to --out (default model/weights/roam_tiny_decoder.safetensors)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from model.release import model_sampler_sigmas
     from model.vae import load_tiny_vae, save_tiny_vae
@@ -380,6 +387,17 @@ def run_decoder(args) -> Path:
     from train.decoder import RefineConfig, RolloutPairs, make_rollouts, refine_decoder
     from train.embedded import EMBEDDED_WEIGHTS
 
+    if args.decoder_steps < 0:
+        raise ValueError(f"--decoder-steps must be >= 0, got {args.decoder_steps}")
+    out = Path(args.out) if args.out else EMBEDDED_WEIGHTS.with_name("roam_tiny_decoder.safetensors")
+    space = vae_tag(_vae_path(args))
+    seams = {"deblock_step": args.deblock_step, "deblock_flat": args.deblock_flat}
+    if args.decoder_steps == 0:
+        vae = load_tiny_vae(_vae_path(args))
+        vae.cfg = replace(vae.cfg, **seams)
+        return save_tiny_vae(vae, out, extra_metadata={"latent_space": space, "made_by": (
+            f"python run.py train decoder --vae {_vae_path(args)} --decoder-steps 0 --deblock-step {args.deblock_step} "
+            f"--deblock-flat {args.deblock_flat}")})
     gen = _generator_defaults(args)
     weights = Path(args.init) if args.init else EMBEDDED_WEIGHTS
     model = _load_init(weights).eval()
@@ -394,8 +412,8 @@ def run_decoder(args) -> Path:
     cfg = RefineConfig(run_dir=str(run_dir), steps=args.decoder_steps, minutes=args.decoder_minutes, lr=args.decoder_lr,
                        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     refined = refine_decoder(vae, pairs, cfg)
-    out = Path(args.out) if args.out else EMBEDDED_WEIGHTS.with_name("roam_tiny_decoder.safetensors")
-    meta = {"latent_space": vae_tag(_vae_path(args)), "refined_on": f"{len(pairs)} rollouts of {weights}",
+    refined.cfg = replace(refined.cfg, **seams)
+    meta = {"latent_space": space, "refined_on": f"{len(pairs)} rollouts of {weights}",
             "refine_config": json.dumps(asdict(cfg))}
     return save_tiny_vae(refined, out, extra_metadata=meta)
 

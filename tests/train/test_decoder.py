@@ -116,3 +116,27 @@ def test_refine_loss_weighs_edges():
     edge[..., 4:] = 1.0
     assert refine_loss(flat, edge, 0.0) == pytest.approx(0.5)
     assert refine_loss(flat, edge, 1.0) > refine_loss(flat, edge, 0.0)
+
+
+def test_train_decoder_without_steps_writes_the_vae_with_the_seam_filter(tmp_path):
+    """`train decoder --decoder-steps 0` (how the shipped decoder is made): the training VAE's weights unchanged,
+    the cell-seam filter on, and its latent space named, so the embedded model takes it."""
+    import argparse
+
+    from model.release import latent_space_tag, vae_tag
+    from train import train_cmd
+
+    vae_path = write_vae(tmp_path / "vae.safetensors")
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    out = tmp_path / "decoder.safetensors"
+    args = parser.parse_args(["decoder", "--vae", str(vae_path), "--decoder-steps", "0", "--out", str(out),
+                              "--deblock-step", "0.4"])
+    assert train_cmd.main(args) == 0
+    written, source = load_tiny_vae(out), load_tiny_vae(vae_path)
+    assert written.cfg.deblock_step == 0.4 and written.cfg.deblock_flat == 0.06 and source.cfg.deblock_step == 0.0
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(written.state_dict()[name], value)
+    assert latent_space_tag(out) == vae_tag(vae_path)
+    with pytest.raises(ValueError, match="--decoder-steps"):
+        train_cmd.main(parser.parse_args(["decoder", "--vae", str(vae_path), "--decoder-steps", "-1"]))
