@@ -6,6 +6,7 @@ model (seeded random weights until trained ones are installed). Chromium is driv
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -71,11 +72,11 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"the server did not answer within {SERVER_START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("server")
-    command = _server_command(port, workdir / "recordings")
+@contextlib.contextmanager
+def running_server(command: list[str], workdir: Path):
+    """`command` (a `run.py serve --port <port> ...` line) started in the repository, its output in
+    workdir/server.log; yields the RunningServer once it answers, and stops it on exit."""
+    port = command[command.index("--port") + 1]
     log = workdir / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -92,6 +93,13 @@ def server(tmp_path_factory):
             process.wait()
         if process.returncode not in (0, -15, None):
             print(f"server log:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("server")
+    with running_server(_server_command(_free_port(), workdir / "recordings"), workdir) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +124,19 @@ def page(browser):
     The context bypasses the page's Content-Security-Policy: Playwright's `wait_for_function` runs
     its string as script in the page, which the CSP (no 'unsafe-eval') forbids. tests/e2e/test_guards.py
     drives the page under its CSP."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    with page_with_console(browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def page_with_console(context):
+    """A page of `context` whose console messages and errors are kept (`page.console_log`) and printed at the
+    end; the context is closed on exit."""
     page = context.new_page()
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    page.console_log = console
     try:
         yield page
     finally:

@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, page_with_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -111,18 +111,8 @@ def guarded_browser():
 @pytest.fixture()
 def csp_page(guarded_browser):
     """A page in a fresh context that keeps the server's CSP."""
-    context = guarded_browser.new_context(viewport={"width": 1280, "height": 720})
-    page = context.new_page()
-    console: list[str] = []
-    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
-    page.console_log = console
-    try:
+    with page_with_console(guarded_browser.new_context(viewport={"width": 1280, "height": 720})) as page:
         yield page
-    finally:
-        if console:
-            print("browser console:\n" + "\n".join(console[-40:]))
-        context.close()
 
 
 def _until(page, script: str, timeout_s: float, what: str):

@@ -5,13 +5,11 @@ a prompt is typed into it, a scene is picked, and frames of the walk arrive cond
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.e2e.conftest import REPO, RunningServer, _free_port, _wait_until_serving
+from tests.e2e.conftest import _free_port, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -25,24 +23,10 @@ def release_server(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("release-server")
     folder = write_official_streaming(workdir / "SANA-WM_streaming")
-    port = _free_port()
-    log = workdir / "server.log"
-    command = [sys.executable, "run.py", "serve", "--port", str(port), "--model", str(folder), "--threads", "1",
+    command = [sys.executable, "run.py", "serve", "--port", str(_free_port()), "--model", str(folder), "--threads", "1",
                "--record-dir", str(workdir / "recordings"), "--max-sessions", "1"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_serving(url, process, log)
-        yield RunningServer(url=url, process=process, log=log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(command, workdir) as running:
+        yield running
 
 
 def test_a_prompt_typed_on_the_page_conditions_the_streaming_release(page, release_server):
