@@ -5,7 +5,6 @@ import io
 import json
 
 import aiohttp
-import aioice.stun
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,10 +15,7 @@ from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
 from tests.app.test_websocket import _frames
 
 
-@pytest.fixture(autouse=True)
-def _fast_stun(monkeypatch):
-    monkeypatch.setattr(aioice.stun, "RETRY_MAX", 1)
-    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
+pytestmark = pytest.mark.usefixtures("fast_stun")
 
 
 def _runtime():

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import struct
 import time
 import zlib
 
 import aiohttp
-import aioice.stun
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -73,16 +71,8 @@ TEXT_MESSAGES = st.one_of(
 CHANNEL_MESSAGES = TEXT_MESSAGES | st.binary(max_size=300)
 
 
-@pytest.fixture(autouse=True)
-def _fast_stun(monkeypatch):
-    monkeypatch.setattr(aioice.stun, "RETRY_MAX", 1)
-    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
+pytestmark = pytest.mark.usefixtures("fast_stun")
 
-
-@pytest.fixture
-def errors(caplog):
-    caplog.set_level(logging.WARNING)
-    return lambda: [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 class Bystander:

@@ -16,7 +16,6 @@ import zlib
 from pathlib import Path
 
 import aiohttp
-import aioice.stun
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -30,18 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 STREAM = StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0)
 
 
-@pytest.fixture(autouse=True)
-def _fast_stun(monkeypatch):
-    monkeypatch.setattr(aioice.stun, "RETRY_MAX", 1)
-    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
+pytestmark = pytest.mark.usefixtures("fast_stun")
 
-
-@pytest.fixture
-def errors(caplog):
-    """Log records at ERROR or above (aiohttp's 'Error handling request', asyncio's 'Task exception
-    was never retrieved', ...): a test that expects none asserts on it."""
-    caplog.set_level(logging.WARNING)
-    return lambda: [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def _sim_runtime() -> Runtime:

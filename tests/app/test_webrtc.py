@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import math
 
-import aioice.stun
 import pytest
 
 from app.config import StreamConfig
@@ -14,10 +13,7 @@ from tests.app.helpers import WebRTCClient, fake_runtime, serve, tiny_runtime, w
 FORWARD = 1
 
 
-@pytest.fixture(autouse=True)
-def _fast_stun(monkeypatch):
-    monkeypatch.setattr(aioice.stun, "RETRY_MAX", 1)
-    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
+pytestmark = pytest.mark.usefixtures("fast_stun")
 
 
 async def _walk_forward(runtime, n_frames: int = 40):
