@@ -115,27 +115,18 @@ class Mark:
 
 
 async def _cycle_webrtc(url: str, frames: int) -> None:
-    import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from app.bench_stream import answer_offer, first_track
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
     pc.createDataChannel("control")
-    track_future: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    @pc.on("track")
-    def on_track(track) -> None:
-        if not track_future.done():
-            track_future.set_result(track)
+    track_future = first_track(pc)
 
     try:
         await pc.setLocalDescription(await pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", "start": "scene:1"}) as response:
-                answer = await response.json()
-                if response.status != 200:
-                    raise RuntimeError(f"offer refused: {response.status} {answer}")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await answer_offer(url, pc)
         track = await asyncio.wait_for(track_future, 30)
         for _ in range(frames):
             await asyncio.wait_for(track.recv(), 30)

@@ -70,34 +70,48 @@ def _on_telemetry(log: ClientLog, message: dict, arrival: float, record_frame: b
         log.carried.append((arrival, message["input_seq"]))
 
 
-async def _run_webrtc(url: str, seconds: float, log: ClientLog) -> None:
+def first_track(pc) -> asyncio.Future:
+    """A future that the first media track `pc` receives completes (set up before the offer is made)."""
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        if not future.done():
+            future.set_result(track)
+
+    return future
+
+
+async def answer_offer(url: str, pc, start: str = "scene:1") -> None:
+    """POST `pc`'s local offer to the server's /offer (starting at `start`) and apply its answer."""
     import aiohttp
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", "start": start}) as response:
+            answer = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"offer refused: {response.status} {answer}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+
+async def _run_webrtc(url: str, seconds: float, log: ClientLog) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
     input_channel = pc.createDataChannel("input", ordered=False, maxRetransmits=0)
     control = pc.createDataChannel("control")
-    track_future: asyncio.Future = asyncio.get_running_loop().create_future()
+    track_future = first_track(pc)
 
     @control.on("message")
     def on_message(data) -> None:
         _on_telemetry(log, json.loads(data), time.monotonic(), record_frame=True)
 
-    @pc.on("track")
-    def on_track(track) -> None:
-        if not track_future.done():
-            track_future.set_result(track)
-
     try:
         await pc.setLocalDescription(await pc.createOffer())
         log.start_t = time.monotonic()
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", "start": "scene:1"}) as response:
-                answer = await response.json()
-                if response.status != 200:
-                    raise RuntimeError(f"offer refused: {response.status} {answer}")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await answer_offer(url, pc)
         track = await asyncio.wait_for(track_future, 30)
 
         async def receive() -> None:
