@@ -294,6 +294,29 @@ def _unwrap(net):
     return inner.model
 
 
+def live_sigmas(sigmas: Sequence[float]) -> list[float]:
+    """The live sampler's σ list as floats; ValueError unless it decreases strictly and ends at 0."""
+    live = [float(s) for s in sigmas]
+    if live[-1] != 0.0 or any(a <= b for a, b in zip(live[:-1], live[1:])):
+        raise ValueError(f"sigmas must decrease strictly and end at 0, got {live}")
+    return live
+
+
+def noised_at_live_sigmas(x0: torch.Tensor, chunk_sizes: Sequence[int], sigmas: Sequence[float],
+                          rng: torch.Generator, starts_clip: bool):
+    """Each chunk of x0 [B, C, T, h, w] noised to its own σ drawn from the live list (0 excluded); with
+    `starts_clip`, frame 0 is the clean image (σ = 0). Returns (σ [B, T], noise, x_σ, target v* = (x_σ − x0)/σ)."""
+    live = torch.tensor(list(sigmas)[:-1])
+    sigma_chunk = live[torch.randint(len(live), (x0.shape[0], len(chunk_sizes)), generator=rng)]  # [B, K]
+    sigma = sigma_chunk[:, chunk_index_of_frames(chunk_sizes)]  # [B, T]
+    if starts_clip:
+        sigma[:, 0] = 0.0
+    noise = torch.randn(x0.shape, generator=rng)
+    x_in = add_noise(x0, sigma, noise)
+    velocity_target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+    return sigma, noise, x_in, velocity_target
+
+
 class SelfForcedLoss:
     """Ground-truth targets on the student's own streamed context (see the module docstring).
 
@@ -317,9 +340,7 @@ class SelfForcedLoss:
         if targets not in ("all", "one"):
             raise ValueError(f"targets must be 'all' or 'one', got {targets!r}")
         self.targets = targets
-        live = [float(s) for s in sigmas]
-        if live[-1] != 0.0 or any(a <= b for a, b in zip(live[:-1], live[1:])):
-            raise ValueError(f"sigmas must decrease strictly and end at 0, got {live}")
+        live = live_sigmas(sigmas)
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
         self.crops, self.frames, self.channel_weights = tuple(crops), frames, channel_weights
@@ -361,13 +382,7 @@ class SelfForcedLoss:
         return loss, {"target_chunk": target}
 
     def _all_chunks(self, net, rng, x0, camera, plucker, sizes) -> tuple[torch.Tensor, dict[str, float]]:
-        live = torch.tensor(self.sigmas[:-1])
-        sigma_chunk = live[torch.randint(len(live), (x0.shape[0], len(sizes)), generator=rng)]  # [B, K]
-        sigma = sigma_chunk[:, chunk_index_of_frames(sizes)]  # [B, T]
-        sigma[:, 0] = 0.0
-        noise = torch.randn(x0.shape, generator=rng)
-        x_in = add_noise(x0, sigma, noise)  # frame 0 has σ = 0: the clean image
-        velocity_target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        sigma, noise, x_in, velocity_target = noised_at_live_sigmas(x0, sizes, self.sigmas, rng, starts_clip=True)
         device = next(net.parameters()).device
         v = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device), sizes,
                 live_sampler=(self.sigmas, noise.to(device)))
@@ -409,9 +424,7 @@ class RollingSelfForcedLoss:
             raise ValueError(f"no encoded clips in {clips.directory}")
         if window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
-        live = [float(s) for s in sigmas]
-        if live[-1] != 0.0 or any(a <= b for a, b in zip(live[:-1], live[1:])):
-            raise ValueError(f"sigmas must decrease strictly and end at 0, got {live}")
+        live = live_sigmas(sigmas)
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
         self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
@@ -433,14 +446,7 @@ class RollingSelfForcedLoss:
         starts_clip = walk.next_chunk == 0
         x0 = walk.batch["latents"][:, :, start:end]  # [B, C, Tw, h, w]
         camera, plucker = walk.batch["camera_conditions"][:, start:end], walk.batch["chunk_plucker"][:, :, start:end]
-        live = torch.tensor(self.sigmas[:-1])
-        sigma_chunk = live[torch.randint(len(live), (x0.shape[0], len(sizes)), generator=rng)]  # [B, K]
-        sigma = sigma_chunk[:, chunk_index_of_frames(sizes)]  # [B, Tw]
-        if starts_clip:
-            sigma[:, 0] = 0.0  # the clean start image
-        noise = torch.randn(x0.shape, generator=rng)
-        x_in = add_noise(x0, sigma, noise)
-        velocity_target = (x_in - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        sigma, noise, x_in, velocity_target = noised_at_live_sigmas(x0, sizes, self.sigmas, rng, starts_clip)
         device = next(net.parameters()).device
         v, state = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device),
                        sizes, continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip))
