@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -138,6 +137,7 @@ class RefineConfig:
     p_clean: float = 0.25
     gradient_weight: float = 1.0
     ema_decay: float = 0.99
+    warmup_steps: int = 0  # read by train.trainer._lr_at, the schedule shared with the world model's stages
     checkpoint_every_s: float = 120.0
     seed: int = 0
     progress: bool = True
@@ -145,6 +145,8 @@ class RefineConfig:
 
 def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
     """Fine-tune `vae`'s decoder in place on `pairs`; returns the EMA copy. Resumes from run_dir/checkpoint.pt."""
+    from train.trainer import _ema_update, _lr_at
+
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     vae.train()
@@ -177,9 +179,7 @@ def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
 
     with open(run_dir / "log.jsonl", "a") as log:
         while step < cfg.steps:
-            elapsed = time.monotonic() - start
-            progress = max(step / cfg.steps, elapsed / (cfg.minutes * 60) if cfg.minutes else 0.0)
-            lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+            lr = _lr_at(step, cfg, time.monotonic() - start)  # cosine to lr/10 over the steps or the minutes
             for group in optimizer.param_groups:
                 group["lr"] = lr
             latents, target = draw_windows(pairs, cfg.batch_size, cfg.window, warmup, cfg.p_clean,
@@ -189,9 +189,7 @@ def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
             optimizer.step()
-            with torch.no_grad():
-                for e, p in zip(ema.decoder.parameters(), vae.decoder.parameters()):
-                    e.lerp_(p, 1.0 - cfg.ema_decay)
+            _ema_update(ema.decoder, vae.decoder, cfg.ema_decay)
             step += 1
             if bar is not None:
                 bar.update(1)
