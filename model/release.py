@@ -432,12 +432,6 @@ def embedded_vae_path(weights: str | Path | None = None) -> Path:
     logger.warning("no installed TinyVAE matches the tiny model's vae_tag %s (looked at %s): using %s, whose latent "
                    "space differs, so the video will be poor", wanted, [str(p) for p in candidates], candidates[0])
     return candidates[0]
-    for path in candidates:
-        if vae_tag(path) == wanted:
-            return path
-    logger.warning("no installed TinyVAE matches the tiny model's vae_tag %s (looked at %s): using %s, whose latent "
-                   "space differs, so the video will be poor", wanted, [str(p) for p in candidates], candidates[0])
-    return candidates[0]
 
 
 def _read_embedded_json(path: Path) -> Any:
