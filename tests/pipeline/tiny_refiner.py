@@ -16,25 +16,13 @@ from pathlib import Path
 import torch
 
 from tests.pipeline.tiny_release import VAE_CONFIG, write_streaming
-from tests.pipeline.tiny_text import WORDS, write_tiny_gemma2
+from tests.pipeline.tiny_text import word_tokenizer, write_tiny_gemma2
 
 GEMMA3_HIDDEN = 32
 GEMMA3_LAYERS = 2
 REFINER_SETTINGS = {"height": 64, "width": 64, "chunk_latents": 3, "hfov_deg": 70.0}
 
 
-def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>"), len(vocab)
 
 
 def tiny_refiner_parts(seed: int = 0, latent_channels: int = VAE_CONFIG["latent_channels"]):
@@ -43,7 +31,7 @@ def tiny_refiner_parts(seed: int = 0, latent_channels: int = VAE_CONFIG["latent_
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
-    tokenizer, vocab = _word_tokenizer()
+    tokenizer, vocab = word_tokenizer()
     torch.manual_seed(seed)
     text = Gemma3TextConfig(vocab_size=64, hidden_size=GEMMA3_HIDDEN, intermediate_size=64, num_hidden_layers=GEMMA3_LAYERS,
                             num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
