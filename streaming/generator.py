@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from model.release import check_sampler_sigmas
-from model.schedulers import distilled_sigmas
+from model.schedulers import distilled_sigmas, euler_chunk
 
 DISTILLED_SIGMAS: tuple[float, ...] = distilled_sigmas()  # the official 4-step list (1, 0.96, 0.889, 0.727, 0)
 
@@ -254,15 +254,10 @@ class ChunkGenerator:
         x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
         if first:
             x = torch.cat([image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
-        sigmas = self.config.sigmas
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            timestep = torch.full((1, 1, x.shape[2]), sigma * 1000.0, device=self.device, dtype=work)  # [1, 1, Tc']
-            if first:
-                timestep[:, :, 0] = 0.0
-            velocity = self.model.stream_forward(x, timestep, self.text, self.text_mask, camera, plucker, self.state)
-            x = x + (sigma_next - sigma) * velocity.to(work)
-            if first:
-                x[:, :, :1] = image_latent
+        x = euler_chunk(
+            lambda x_t, timestep: self.model.stream_forward(x_t, timestep, self.text, self.text_mask, camera, plucker, self.state),
+            x, self.config.sigmas, image_latent=image_latent if first else None,
+        )
         t1 = time.perf_counter()
 
         # 3. Commit the clean chunk (t = 0) into the next state.
