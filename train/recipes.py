@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model import schedulers
 from train.data import LatentClips, crop_batch
 from train.flow import (add_noise, chunk_index_of_frames, chunk_layout, frame_mean_mse, masked_mse, per_chunk_sigmas,
                         shift_sigmas)
@@ -132,21 +133,10 @@ def euler_chunk(model, noise: torch.Tensor, image_latent: torch.Tensor | None, c
     """One chunk of the live sampler: Euler steps over `grid` (descending, ending at 0) from `noise`
     [B, C, Tc, h, w] against the read-only `state` -> the clean chunk. With `image_latent` [B, C, 1, h, w]
     (chunk 0) its frame 0 is that image at t = 0 throughout. `record(σ, x)` sees x before each step."""
-    batch, size = noise.shape[0], noise.shape[2]
-    x = noise.clone()
-    if image_latent is not None:
-        x[:, :, :1] = image_latent
-    for sigma, sigma_next in zip(grid[:-1], grid[1:]):
-        if record is not None:
-            record(sigma, x)
-        timestep = torch.full((batch, 1, size), sigma * 1000.0, device=x.device)
-        if image_latent is not None:
-            timestep[:, :, 0] = 0.0
-        v = model.stream_forward(x, timestep, text, mask, camera, plucker, state)
-        x = x + (sigma_next - sigma) * v
-        if image_latent is not None:
-            x[:, :, :1] = image_latent
-    return x
+    return schedulers.euler_chunk(
+        lambda x, timestep: model.stream_forward(x, timestep, text, mask, camera, plucker, state),
+        noise, grid, image_latent=image_latent, record=record,
+    )
 
 
 def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
