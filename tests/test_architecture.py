@@ -13,7 +13,9 @@ FORBIDDEN = {
     "controls": {"model", "streaming", "app", "train", "sim"},
     "model": {"streaming", "app", "train", "sim"},
     "sim": {"model", "streaming", "app", "train"},
-    "streaming": {"app", "train"},
+    "streaming": {"app", "train", "collect"},
+    # Campaigns and the dataset build read what streaming writes; the app serves them, not the reverse.
+    "collect": {"app", "train"},
 }
 
 
