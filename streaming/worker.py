@@ -317,7 +317,8 @@ class GenerationWorker:
     """One thread that runs the chunks of every registered job: deadline-ordered batches.
 
     Each turn it takes the ready jobs, earliest deadline first (`StreamJob.slack_s`, then the one
-    served longest ago), at most `max_batch` of them, waits while none of them is due yet
+    served longest ago), at most `max_batch` of them and no more than a batch expected to finish
+    within one chunk's worth of video (`BatchCost`), waits while none of them is due yet
     (`streaming.schedule`), then runs their chunks: one job through `StreamJob.run_chunk`, several
     through `begin_chunk` each → one `streaming.batched.step_batched` → `end_chunk` each. Every
     batch's wall time feeds `cost`, from which `capacity` tells the server how many sessions fit.
@@ -408,11 +409,23 @@ class GenerationWorker:
             batch = ready[: self.max_batch]
             if not batch:
                 return [], self.poll_s
+            batch = batch[: self._rows_within_a_chunk(batch[0], len(batch))]
             wait = due_in_s(batch[0].slack_s(), self.cost.estimate_ms(len(batch)))
             if wait > 0:
                 return [], min(wait, 5 * self.poll_s)
             self._running = list(batch)
             return batch, 0.0
+
+    def _rows_within_a_chunk(self, lead: StreamJob, rows: int) -> int:
+        """The most rows (1 … `rows`) whose batch is expected to take no longer than the video one
+        chunk of `lead` holds: a longer batch stalls every member anyway, and only adds latency."""
+        period_ms = lead.next_chunk_frames() / lead.fps * 1e3
+        while rows > 1:
+            expected = self.cost.estimate_ms(rows)
+            if expected is None or expected <= period_ms:
+                break
+            rows -= 1
+        return rows
 
     def _run(self) -> None:
         import torch
