@@ -79,15 +79,11 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
     phase_ms: list[list[float]] = [[0.0, 0.0, 0.0, 0.0] for _ in generators]  # denoise, commit, decode, refine
     for rows in groups.values():
         # 2. One batched Euler integration and 3. one batched commit per group.
-        t0 = time.perf_counter()
-        x, new_states = _denoise_and_commit([generators[i] for i in rows], [chunks[i] for i in rows])
-        t2 = time.perf_counter()
-        denoise_ms = x[1]
+        x, new_states, denoise_ms, commit_ms = _denoise_and_commit([generators[i] for i in rows], [chunks[i] for i in rows])
         for j, i in enumerate(rows):
-            clean[i] = x[0][j:j + 1]
+            clean[i] = x[j:j + 1]
             states[i] = new_states[j]
-            phase_ms[i][0] = denoise_ms
-            phase_ms[i][1] = (t2 - t0) * 1e3 - denoise_ms
+            phase_ms[i][0], phase_ms[i][1] = denoise_ms, commit_ms
 
     # 4. Refiners, row by row (each keeps its own refiner state).
     latents: list[torch.Tensor] = []
@@ -123,8 +119,9 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
             for i, g in enumerate(generators)]
 
 
-def _denoise_and_commit(generators: list[ChunkGenerator], chunks: list[ChunkInputs]) -> tuple[tuple[torch.Tensor, float], list[Any]]:
-    """One group's rows through the Euler steps and the commit: ((x [B, C, Tc', h, w], denoise ms), next states)."""
+def _denoise_and_commit(generators: list[ChunkGenerator], chunks: list[ChunkInputs]) -> tuple[torch.Tensor, list[Any], float, float]:
+    """One group's rows through the Euler steps and the commit: (clean x [B, C, Tc', h, w], each row's
+    next state, denoise ms, commit ms)."""
     lead = generators[0]
     model = lead.model
     if len(generators) == 1:
@@ -140,7 +137,8 @@ def _denoise_and_commit(generators: list[ChunkGenerator], chunks: list[ChunkInpu
     t0 = time.perf_counter()
     x = euler_chunk(lambda x_t, timestep: model.stream_forward(x_t, timestep, text, mask, camera, plucker, state),
                     x, lead.config.sigmas, image_latent=image_latent)
-    denoise_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
     committed = model.stream_commit(x, text, mask, camera, plucker, state)
+    t2 = time.perf_counter()
     next_states = [committed] if len(generators) == 1 else committed.unstack()
-    return (x, denoise_ms), next_states
+    return x, next_states, (t1 - t0) * 1e3, (t2 - t1) * 1e3
