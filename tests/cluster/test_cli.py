@@ -1,0 +1,71 @@
+"""`serve --ray` on the command line: dispatched by run.py only, a one-line error without Ray, and
+plain `python run.py` never importing the cluster room or Ray."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ClusterConfig
+from cluster.serve_cmd import cluster_from_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_serve_ray_without_ray_installed_is_one_line():
+    # sys.modules[name] = None makes `import name` raise ModuleNotFoundError, as on a machine without Ray.
+    done = _run("import sys; sys.modules['ray'] = None; import run; sys.exit(run.main(['serve', '--ray', 'local', '--replicas', '2']))")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "run.py serve --ray: Ray Serve is not installed: pip install -r requirements-cluster.txt"
+
+
+def test_plain_serve_parses_and_runs_without_ray_or_cluster():
+    # What `python run.py` imports before it serves: the parser and the serve command, never Ray or cluster/.
+    done = _run("import sys; sys.modules['ray'] = None; import run, app.server, app.serve_cmd; args = run.parse_args([]); "
+                "assert args.ray is None and args.handler is app.serve_cmd.main; "
+                "assert not [m for m in sys.modules if m == 'cluster' or m.startswith('cluster.')], 'cluster imported'; print('ok')")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--replicas", "2"], "run.py serve: --replicas needs --ray"),
+    (["serve", "--replica-gpus", "1", "--replica-cpus", "2"], "run.py serve: --replica-gpus, --replica-cpus needs --ray"),
+], ids=["replicas", "resources"])
+def test_cluster_flags_need_ray(argv, message):
+    import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert str(exit_info.value) == message
+
+
+def test_ray_through_app_cli_is_refused():
+    # app.cli never imports the cluster room, so it cannot run --ray; run.py does.
+    from app.cli import main
+
+    with pytest.raises(SystemExit, match="--ray is started by run.py"):
+        main(["serve", "--ray", "local"])
+
+
+def test_cluster_flags_make_the_cluster_config():
+    import run
+
+    args = run.parse_args(["serve", "--ray", "auto", "--replicas", "3", "--device", "cuda"])
+    assert cluster_from_args(args, "cuda") == ClusterConfig(address="auto", replicas=3, replica_gpus=1.0, replica_cpus=1.0)
+    args = run.parse_args(["--ray", "local"])
+    assert cluster_from_args(args, "cpu") == ClusterConfig(address="local", replicas=2, replica_gpus=0.0, replica_cpus=1.0)
+    with pytest.raises(ValueError, match="replicas must be in"):
+        cluster_from_args(run.parse_args(["--ray", "local", "--replicas", "0"]), "cpu")
+
+
+def test_serve_help_lists_the_cluster_flags():
+    out = subprocess.run([sys.executable, "run.py", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
+    for flag in ("--ray ADDRESS", "--replicas", "--replica-gpus", "--replica-cpus"):
+        assert flag in out
