@@ -145,7 +145,8 @@ class Ingress:
         self.replica_token = replica_token
         self.replicas: dict[str, Replica] = {}
         self.routes: collections.OrderedDict[str, Route] = collections.OrderedDict()
-        self.uploads: collections.OrderedDict[str, tuple[bytes, set[str]]] = collections.OrderedDict()
+        # upload id -> (bytes, Content-Type, ids of the replicas that hold it)
+        self.uploads: collections.OrderedDict[str, tuple[bytes, str, set[str]]] = collections.OrderedDict()
         self.stats = {f"rejected_{name}": 0 for name in REJECTED}
         # Signalling round trips of placed offers: the whole /offer at the ingress, and the part the replica took.
         self.offer_ms: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
@@ -256,13 +257,13 @@ class Ingress:
         while len(self.routes) > MAX_ROUTES:
             self.routes.popitem(last=False)
 
-    def keep_upload(self, upload_id: str, data: bytes, replica_id: str) -> None:
+    def keep_upload(self, upload_id: str, data: bytes, content_type: str, replica_id: str) -> None:
         if upload_id in self.uploads:
-            self.uploads[upload_id][1].add(replica_id)
+            self.uploads[upload_id][2].add(replica_id)
             self.uploads.move_to_end(upload_id)
             return
-        self.uploads[upload_id] = (data, {replica_id})
-        while len(self.uploads) > MAX_UPLOADS or sum(len(d) for d, _ in self.uploads.values()) > MAX_UPLOAD_BYTES_KEPT:
+        self.uploads[upload_id] = (data, content_type, {replica_id})
+        while len(self.uploads) > MAX_UPLOADS or sum(len(d) for d, _, _ in self.uploads.values()) > MAX_UPLOAD_BYTES_KEPT:
             self.uploads.popitem(last=False)
 
     async def ensure_start(self, start: object, replica: Replica) -> None:
@@ -270,10 +271,10 @@ class Ingress:
         to the replica, which answers that it does not know it)."""
         if not isinstance(start, str) or start not in self.uploads:
             return
-        data, holders = self.uploads[start]
+        data, content_type, holders = self.uploads[start]
         if replica.info.id in holders:
             return
-        async with self.http.post(f"{replica.info.url}/api/upload", data=data, headers={"Content-Type": "application/octet-stream"},
+        async with self.http.post(f"{replica.info.url}/api/upload", data=data, headers={"Content-Type": content_type},
                                   timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
             if response.status == 200:
                 holders.add(replica.info.id)
@@ -398,7 +399,7 @@ async def _upload(request: web.Request) -> web.Response:
                                          timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
                 if response.status == 200:
                     answer = await response.json()
-                    ingress.keep_upload(answer["id"], data, replica.info.id)
+                    ingress.keep_upload(answer["id"], data, request.content_type, replica.info.id)
                     return web.json_response(answer)
                 return await _relay(response)
         except aiohttp.ClientConnectorError as error:
