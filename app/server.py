@@ -26,6 +26,7 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
@@ -34,6 +35,7 @@ from app.config import AppConfig, ServerConfig
 from app.guards import add_security_headers, check_offer_sdp, guard_middleware
 from app.runtime import Runtime, UploadRefused, build_runtime
 from app.session import Session
+from app.transports import Transport, WebRTCTransport, WebSocketTransport
 from app.tracks import GeneratedVideoTrack, patch_encoder_bitrates
 from streaming.buffer import BufferClosed
 from streaming.worker import GenerationWorker
@@ -146,6 +148,55 @@ def _full_message(app: web.Application) -> str:
 
 async def _forget(app: web.Application, session_id: str) -> None:
     app[SESSIONS].pop(session_id, None)
+
+
+class _Refused(Exception):
+    """An admission refused with an HTTP status and a message for the page."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _admit(request: web.Request, token: str | None, start_id: str, prompt: str | None,
+                 make_transport: Callable[[], Transport]) -> Session:
+    """The one admission path of /offer and /ws: token, capacity, start view, prompt, slot, then the
+    session with its transport (made only once everything else passed), registered in SESSIONS.
+    Raises `_Refused` (counted in STATS) with the status and reason for the page."""
+    app = request.app
+    config = app[CONFIG]
+    runtime = app[RUNTIME]
+    stats = app[STATS]
+    if not _token_ok(request, token):
+        stats["rejected_auth"] += 1
+        raise _Refused(401, "bad or missing token")
+    if len(app[SESSIONS]) >= config.server.max_sessions:
+        stats["rejected_full"] += 1
+        raise _Refused(503, _full_message(app))
+    start = await asyncio.to_thread(runtime.start_view, start_id)
+    if start is None:
+        stats["rejected_bad_request"] += 1
+        raise _Refused(400, f"unknown start {m.brief(start_id)}")
+    try:
+        walk_prompt = await asyncio.to_thread(runtime.walk_prompt, start_id, prompt)
+    except ValueError as error:
+        stats["rejected_bad_request"] += 1
+        raise _Refused(400, str(error)) from None
+    session_id = _reserve_slot(app)
+    if session_id is None:
+        raise _Refused(503, _full_message(app))
+    transport = make_transport()
+    try:
+        session = Session(session_id, transport, runtime, app[WORKER], start, config.server.max_message_bytes,
+                          on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir,
+                          rewind_chunks=config.server.rewind_chunks, prompt=walk_prompt)
+    except Exception:
+        await transport.close()
+        await _forget(app, session_id)
+        raise
+    app[SESSIONS][session_id] = session
+    return session
 
 
 def _run_while_open(session: Session, coro) -> None:
@@ -332,50 +383,21 @@ async def _offer(request: web.Request) -> web.Response:
     except ValueError as error:
         app[STATS]["rejected_bad_request"] += 1
         return _json_error(400, str(error))
-    if not _token_ok(request, offer.get("token")):
-        app[STATS]["rejected_auth"] += 1
-        return _json_error(401, "bad or missing token")
-    if len(app[SESSIONS]) >= config.server.max_sessions:
-        app[STATS]["rejected_full"] += 1
-        return _json_error(503, _full_message(app))
-    start = await asyncio.to_thread(app[RUNTIME].start_view, offer["start"])
-    if start is None:
-        app[STATS]["rejected_bad_request"] += 1
-        return _json_error(400, f"unknown start {m.brief(offer['start'])}")
     try:
-        prompt = await asyncio.to_thread(app[RUNTIME].walk_prompt, offer["start"], offer.get("prompt"))
-    except ValueError as error:
-        app[STATS]["rejected_bad_request"] += 1
-        return _json_error(400, str(error))
-    session_id = _reserve_slot(app)
-    if session_id is None:
-        return _json_error(503, _full_message(app))
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        session = Session(session_id, "webrtc", app[RUNTIME], app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks, prompt=prompt)
-    except Exception:
-        await pc.close()
-        await _forget(app, session_id)
-        raise
-    session.peer = pc
-    session.closers.append(pc.close)
-    app[SESSIONS][session_id] = session
-    control_channels: list = []
+        session = await _admit(request, offer.get("token"), offer["start"], offer.get("prompt"),
+                               lambda: WebRTCTransport(RTCPeerConnection(RTCConfiguration(iceServers=[]))))
+    except _Refused as refusal:
+        return _json_error(refusal.status, refusal.message)
+    session_id = session.id
+    transport = session.transport
+    pc = transport.peer
     # Until the page's control channel opens, the connect deadline and ICE watch the peer.
     session.last_heard_t = time.monotonic()
-
-    def send_json(message: dict) -> None:
-        for channel in control_channels:
-            if channel.readyState == "open":
-                channel.send(json.dumps(message))
-
-    session.send_json = send_json
 
     @pc.on("datachannel")
     def on_datachannel(channel) -> None:
         if channel.label == "control":
-            control_channels.append(channel)
+            transport.channels.append(channel)
             session.last_heard_t = time.monotonic()
             channel.send(json.dumps(session.session_message()))
 
@@ -484,61 +506,22 @@ async def _websocket_hello(ws: web.WebSocketResponse, request: web.Request) -> S
     if not isinstance(hello, m.Hello):
         await refuse(f"the first message must be hello, got {type(hello).__name__.lower()}")
         return None
-    if not _token_ok(request, hello.token):
-        app[STATS]["rejected_auth"] += 1
-        await refuse("bad or missing token")
-        return None
-    runtime = app[RUNTIME]
-    if len(app[SESSIONS]) >= config.server.max_sessions:
-        app[STATS]["rejected_full"] += 1
-        await refuse(_full_message(app))
-        return None
-    start = await asyncio.to_thread(runtime.start_view, hello.start)
-    if start is None:
-        await refuse(f"unknown start {m.brief(hello.start)}")
-        return None
     try:
-        prompt = await asyncio.to_thread(runtime.walk_prompt, hello.start, hello.prompt)
-    except ValueError as error:
-        await refuse(str(error))
+        return await _admit(request, hello.token, hello.start, hello.prompt, lambda: WebSocketTransport(WS_MAX_IN_FLIGHT))
+    except _Refused as refusal:
+        await refuse(refusal.message)
         return None
-    session_id = _reserve_slot(app)
-    if session_id is None:
-        await refuse(_full_message(app))
-        return None
-    try:
-        session = Session(session_id, "websocket", runtime, app[WORKER], start, config.server.max_message_bytes, on_closed=lambda s: _forget(app, s.id), record_dir=config.server.record_dir, rewind_chunks=config.server.rewind_chunks, prompt=prompt)
-    except Exception:
-        await _forget(app, session_id)
-        raise
-    app[SESSIONS][session_id] = session
-    return session
 
 
 async def _websocket_session(ws: web.WebSocketResponse, session: Session, config: ServerConfig) -> None:
     """Run one websocket session: a receiver (messages, acks) and a sender (frames, at most 2 in flight)."""
     quality = session.runtime.stream.jpeg_quality
-    acked = asyncio.Event()
-    in_flight: dict[int, float] = {}
-    outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=256)
-
-    def send_json(message: dict) -> None:
-        try:
-            outbox.put_nowait(json.dumps(message))
-        except asyncio.QueueFull:
-            session.dropped["outbox_full"] += 1
-
-    session.send_json = send_json
-    send_json(session.session_message())
+    transport = session.transport
+    assert isinstance(transport, WebSocketTransport)
+    outbox, in_flight, acked = transport.outbox, transport.in_flight, transport.acked
+    session.send_json(session.session_message())
     session.begin()
     _run_while_open(session, _watch_liveness(session, config))
-
-    def on_ack(frame_id: int) -> None:
-        if in_flight.pop(frame_id, None) is None:
-            raise m.MessageError("invalid", f"ack of frame {frame_id}, which is not in flight")
-        acked.set()
-
-    session.on_ack = on_ack
 
     async def receiver() -> None:
         async for msg in ws:
@@ -556,7 +539,7 @@ async def _websocket_session(ws: web.WebSocketResponse, session: Session, config
     async def frame_sender() -> None:
         while True:
             behind = False
-            while len(in_flight) >= WS_MAX_IN_FLIGHT:
+            while len(in_flight) >= transport.max_in_flight:
                 acked.clear()
                 behind = True
                 await acked.wait()
@@ -576,14 +559,8 @@ async def _websocket_session(ws: web.WebSocketResponse, session: Session, config
             session.frame_sent(frame)
 
     tasks = [asyncio.ensure_future(t()) for t in (receiver, text_sender, frame_sender)]
-
-    # A session closed from elsewhere (silence, a close note) ends the tasks here; the frame sender
-    # may be waiting for acks that never come.
-    async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-
-    session.closers.append(stop)
+    # A session closed from elsewhere (silence, a close note) ends the tasks here (WebSocketTransport.close).
+    transport.tasks.extend(tasks)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

@@ -28,6 +28,7 @@ import numpy as np
 
 from app import messages as m
 from app.runtime import Runtime, StartView
+from app.transports import Transport
 from streaming.buffer import FrameBuffer, Pacer, StreamFrame
 from streaming.recorder import SessionRecorder
 from streaming.rewind import DEFAULT_RING_CHUNKS, RewindableJob
@@ -48,7 +49,7 @@ class Session:
 
     Args:
         session_id: short random id (logs, telemetry).
-        transport: "webrtc" or "websocket".
+        transport: the page connection (`app.transports`; its `kind` names it to the page and recordings).
         runtime: shared model pieces.
         worker: the device's generation worker.
         start: the start image and pose.
@@ -62,7 +63,7 @@ class Session:
     def __init__(
         self,
         session_id: str,
-        transport: str,
+        transport: Transport,
         runtime: Runtime,
         worker: GenerationWorker,
         start: StartView,
@@ -95,10 +96,7 @@ class Session:
         self.frames_sent = 0
         self.first_frame_sent_t: float | None = None
         self._sent_times: collections.deque[float] = collections.deque(maxlen=32)
-        self.send_json: Callable[[dict], None] = lambda message: None
-        self.peer: Any = None
-        # Websocket transport: frame acks from the page.
-        self.on_ack: Callable[[int], None] | None = None
+        # Tasks run beside the session (liveness, connect deadline), cancelled first on close.
         self.closers: list[Callable[[], Awaitable[None]]] = []
         # Liveness: when the page was last heard, whether it is hidden, and whether it has promised
         # pings (its first visibility note). The close token lets only this page end the session by
@@ -114,7 +112,7 @@ class Session:
             K = runtime.K
             self.recorder = SessionRecorder(
                 record_dir, session_id, fps=stream.fps, intrinsics=(K[0, 0], K[1, 1], K[0, 2], K[1, 2]), width=stream.width, height=stream.height, walk_start_image=start.image,
-                meta={"model": runtime.model_name, "checkpoint": getattr(runtime, "checkpoint", None) or runtime.model_name, "seed": stream.seed, "chunk_latents": stream.chunk_latents, "start": start.name, "transport": transport, "prompt": prompt},
+                meta={"model": runtime.model_name, "checkpoint": getattr(runtime, "checkpoint", None) or runtime.model_name, "seed": stream.seed, "chunk_latents": stream.chunk_latents, "start": start.name, "transport": transport.kind, "prompt": prompt},
             )
         self.job = RewindableJob(
             session_id=session_id,
@@ -134,12 +132,17 @@ class Session:
     def begin(self) -> None:
         """Hand the job to the worker: generation starts now."""
         self.worker.add(self.job)
-        log.info("[%s] session started (%s, start %s%s)", self.id, self.transport, self.start.name,
+        log.info("[%s] session started (%s, start %s%s)", self.id, self.transport.kind, self.start.name,
                  "" if self.prompt is None else f", prompt {self.prompt[:80]!r}")
 
     def session_message(self) -> dict:
         stream = self.runtime.stream
-        return {"type": "session", "session_id": self.id, "transport": self.transport, "fps": stream.fps, "width": stream.width, "height": stream.height, "model": self.runtime.model_name, "prompt": self.prompt}
+        return {"type": "session", "session_id": self.id, "transport": self.transport.kind, "fps": stream.fps, "width": stream.width, "height": stream.height, "model": self.runtime.model_name, "prompt": self.prompt}
+
+    def send_json(self, message: dict) -> None:
+        """A control message to the page; one the transport cannot take now is counted as dropped."""
+        if not self.transport.send_json(message):
+            self.dropped["outbox_full"] += 1
 
     def _drop(self, error: m.MessageError) -> None:
         self.dropped[error.kind] += 1
@@ -181,8 +184,8 @@ class Session:
             except ValueError as error:
                 raise m.MessageError("invalid", str(error)) from None
             self.worker.wake()
-        elif isinstance(message, m.Ack) and self.on_ack is not None:
-            self.on_ack(message.frame_id)
+        elif isinstance(message, m.Ack):
+            self.transport.ack(message.frame_id)
         elif isinstance(message, m.Visibility):
             self.hidden = message.hidden
             self.heartbeats = True
@@ -294,7 +297,7 @@ class Session:
         self.buffer.close()
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.close)
-        for closer in self.closers:
+        for closer in [*self.closers, self.transport.close]:
             try:
                 await closer()
             except Exception:

@@ -17,6 +17,7 @@ timestep is 0 (the start image) is never updated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,53 @@ def check_sampler_sigmas(sigmas: Any, where: str = "sampler") -> tuple[float, ..
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """One flow-Euler step x + (σ' − σ)·v (same shapes in and out)."""
     return x + (sigma_next - sigma) * velocity
+
+
+def euler_chunk(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    *,
+    image_latent: torch.Tensor | None = None,
+    record: Callable[[float, torch.Tensor], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Integrate one chunk along `sigmas` (descending, ending at 0): the few-step sampler of every
+    chunk-causal or bidirectional path (live generator, offline sampler, training rollouts).
+
+    Args:
+        velocity: `velocity(x, timestep)` -> v, with x [B, C, T, h, w] and timestep [B, 1, T] = σ·1000
+            in x's dtype on x's device; v is cast to x's dtype before the update.
+        x: [B, C, T, h, w] at σ = sigmas[0] (noise; frame 0 is overwritten when `image_latent` is given).
+        image_latent: [B, C, 1, h, w] or None. Given, frame 0 is the clean start image: its timestep is
+            0 and its value is imposed before the first step and after every step, so it never moves.
+        record: called as record(σ, x) before each step (a trajectory for distillation).
+        progress: called as progress(steps done, steps in all) after each step.
+    Returns:
+        x [B, C, T, h, w] at σ = sigmas[-1]; the input tensor is not modified.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"euler_chunk needs x [B, C, T, h, w], got shape {tuple(x.shape)}")
+    if image_latent is not None and (image_latent.ndim != 5 or image_latent.shape[2] != 1
+                                     or image_latent.shape[:2] != x.shape[:2] or image_latent.shape[3:] != x.shape[3:]):
+        raise ValueError(f"image_latent must be [B, C, 1, h, w] matching x {tuple(x.shape)}, got {tuple(image_latent.shape)}")
+    batch, frames = x.shape[0], x.shape[2]
+    x = x.clone()
+    if image_latent is not None:
+        x[:, :, :1] = image_latent
+    total = len(sigmas) - 1
+    for done, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:]), start=1):
+        if record is not None:
+            record(sigma, x)
+        timestep = torch.full((batch, 1, frames), sigma * 1000.0, device=x.device, dtype=x.dtype)  # [B, 1, T]
+        if image_latent is not None:
+            timestep[:, :, 0] = 0.0
+        x = euler_step(x, velocity(x, timestep).to(x.dtype), sigma, sigma_next)
+        if image_latent is not None:
+            x[:, :, :1] = image_latent
+        if progress is not None:
+            progress(done, total)
+    return x
 
 
 def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:

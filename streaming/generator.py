@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from model.release import check_sampler_sigmas
-from model.schedulers import distilled_sigmas
+from model.schedulers import distilled_sigmas, euler_chunk
+from streaming.protocols import StreamDecoder, StreamModel, StreamVAE, check_collaborators
 
 DISTILLED_SIGMAS: tuple[float, ...] = distilled_sigmas()  # the official 4-step list (1, 0.96, 0.889, 0.727, 0)
 
@@ -80,9 +81,9 @@ class ChunkTimings:
 class GeneratorSnapshot:
     """Everything `restore` needs to continue a walk exactly from a past chunk boundary."""
 
-    state: Any
-    decoder: Any
-    conditioner: Any
+    state: Any  # model.state.StreamState (or a fake's state)
+    decoder: StreamDecoder
+    conditioner: Any  # controls.camera.ChunkCameraConditioner
     rng_state: torch.Tensor
     chunk_index: int
     latent_index: int
@@ -113,9 +114,8 @@ class ChunkGenerator:
     """Generates one walk chunk by chunk. Not thread-safe: one worker thread drives it.
 
     Args:
-        model: a `model.WorldModel` (stream API: init_stream_state, stream_forward, stream_commit,
-            null_text).
-        vae: a video autoencoder (encode, stream_decoder, temporal_stride, spatial_stride).
+        model: a `StreamModel` (`model.WorldModel`).
+        vae: a `StreamVAE` (encode, stream_decoder, temporal_stride, spatial_stride).
         config: chunk layout, σ list, KV window and seed.
         intrinsics: (fx, fy, cx, cy) in pixels at the frame size.
         device: where the model runs; frames come back to the CPU once per chunk.
@@ -127,8 +127,8 @@ class ChunkGenerator:
 
     def __init__(
         self,
-        model: Any,
-        vae: Any,
+        model: StreamModel,
+        vae: StreamVAE,
         config: GeneratorConfig,
         intrinsics: tuple[float, float, float, float],
         device: str | torch.device = "cpu",
@@ -140,6 +140,7 @@ class ChunkGenerator:
     ):
         if len(intrinsics) != 4 or not all(np.isfinite(intrinsics)) or min(intrinsics[:2]) <= 0:
             raise ValueError(f"intrinsics must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intrinsics}")
+        check_collaborators(model, vae)
         self.model = model
         self.vae = vae
         self.config = config
@@ -254,15 +255,10 @@ class ChunkGenerator:
         x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
         if first:
             x = torch.cat([image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
-        sigmas = self.config.sigmas
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            timestep = torch.full((1, 1, x.shape[2]), sigma * 1000.0, device=self.device, dtype=work)  # [1, 1, Tc']
-            if first:
-                timestep[:, :, 0] = 0.0
-            velocity = self.model.stream_forward(x, timestep, self.text, self.text_mask, camera, plucker, self.state)
-            x = x + (sigma_next - sigma) * velocity.to(work)
-            if first:
-                x[:, :, :1] = image_latent
+        x = euler_chunk(
+            lambda x_t, timestep: self.model.stream_forward(x_t, timestep, self.text, self.text_mask, camera, plucker, self.state),
+            x, self.config.sigmas, image_latent=image_latent if first else None,
+        )
         t1 = time.perf_counter()
 
         # 3. Commit the clean chunk (t = 0) into the next state.
@@ -298,7 +294,7 @@ class ChunkGenerator:
             raise RuntimeError("ChunkGenerator.start() must be called first")
         return GeneratorSnapshot(
             state=self.state.clone(),
-            decoder=self._copy_decoder(self.decoder),
+            decoder=self.decoder.clone(),
             conditioner=copy.deepcopy(self.conditioner),
             rng_state=self.rng.get_state(),
             chunk_index=self.chunk_index,
@@ -307,16 +303,10 @@ class ChunkGenerator:
             refiner=self.refiner_state,
         )
 
-    def _copy_decoder(self, decoder: Any) -> Any:
-        if hasattr(decoder, "clone"):
-            return decoder.clone()
-        # The decoder's cache is copied; the VAE (weights) it points to is shared.
-        return copy.deepcopy(decoder, memo={id(self.vae): self.vae})
-
     def restore(self, snap: GeneratorSnapshot) -> None:
         """Continue from `snap`; the snapshot stays valid for another restore."""
         self.state = snap.state.clone()
-        self.decoder = self._copy_decoder(snap.decoder)
+        self.decoder = snap.decoder.clone()
         self.conditioner = copy.deepcopy(snap.conditioner)
         self.rng.set_state(snap.rng_state)
         self.chunk_index = snap.chunk_index

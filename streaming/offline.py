@@ -52,6 +52,7 @@ from model.schedulers import (
     BIDIRECTIONAL_SHIFT,
     BIDIRECTIONAL_STEPS,
     bidirectional_sigmas,
+    euler_chunk,
     euler_step,
     guided,
     staggered_schedule,
@@ -182,16 +183,11 @@ def _bidirectional(release, z0, frames, camera, plucker, text, uncond, sigmas, c
     # Latents are integrated in fp32 whatever the model's dtype (it casts its input itself).
     x = torch.randn((1, channels, frames, h, w), generator=rng).to(dit.device)  # [1, C, T, h, w]
     x[:, :, :1] = z0
-    total = len(sigmas) - 1
-    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        timestep = torch.full((1, 1, frames), sigma * 1000.0, device=dit.device)  # [1, 1, T]
-        timestep[:, :, 0] = 0.0
-        v = _velocity(dit, x, timestep, text, uncond, cfg_scale, camera_conditions=camera, chunk_plucker=plucker)
-        x = euler_step(x, v, sigma, sigma_next)
-        x[:, :, :1] = z0
-        if progress is not None:
-            progress(i + 1, total)
-    return x
+
+    def velocity(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return _velocity(dit, x_t, timestep, text, uncond, cfg_scale, camera_conditions=camera, chunk_plucker=plucker)
+
+    return euler_chunk(velocity, x, sigmas, image_latent=z0, progress=progress)
 
 
 def chunk_sizes_for(latents: int, chunk_latents: int) -> list[int]:

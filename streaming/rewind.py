@@ -17,21 +17,31 @@ the difference is the frames queued for playout (at most `buffer_chunks` chunks)
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from streaming.recorder import RecordedFrame, SessionRecorder, input_record
-from streaming.worker import InputEnvelope, StreamJob
+from streaming.worker import ChunkPlan, InputEnvelope, PendingRequests, StreamJob
 
 log = logging.getLogger("roam.rewind")
 
 # 16 chunks of 8 frames at 16 fps = 8 s of history. Snapshots stay on the model's device; one of the
 # tiny model at 160x112 holds about 4 MB (a little less at the default 128x128) (StreamState 3.6 MB + decoder cache + RNG).
 DEFAULT_RING_CHUNKS = 16
+
+
+@runtime_checkable
+class SavableIntegrator(Protocol):
+    """A pose integrator whose state can be saved at a boundary and restored on rewind."""
+
+    def state(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,36 +126,36 @@ class RewindableJob(StreamJob):
         if not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
             raise ValueError(f"rewind seconds must be a positive number, got {seconds!r}")
         with self._lock:
-            self._rewind_pending = float(seconds) + (self._rewind_pending or 0.0)
+            pending = self._pending
+            self._pending = dataclasses.replace(pending, rewind_s=float(seconds) + (pending.rewind_s or 0.0))
             self.paused = False
 
     def _walk_frame(self) -> int:
         return int(self.generator.frame_index) if self.generator.started else 0
 
-    def run_chunk(self):
-        with self._lock:
-            rewind, self._rewind_pending = self._rewind_pending, None
-            resetting = self._reset_pending
-        if resetting:
+    def _apply(self, requests: PendingRequests) -> None:
+        """A reset opens a new episode; a rewind restores a boundary (or restarts the walk); then the
+        boundary before this chunk joins the ring. Requests arrive whole (`PendingRequests`), so a
+        reset and a rewind posted together are one reset."""
+        restart = requests.reset
+        if requests.reset:
             self.ring.clear()
             if self.recorder is not None:
                 self.recorder.on_reset()
-        elif rewind is not None and self.generator.started:
-            self._rewind(rewind)
-        if not self._reset_pending and self.generator.started and self.generator.chunk_index > 0:
-            state = self.integrator.state() if hasattr(self.integrator, "state") else None
-            self.ring.append(Boundary(self._walk_frame(), self.generator.snapshot(), state, self.last_pose.copy()))
-        walk_frame0 = self._walk_frame() if not self._reset_pending else 0
-        frames = super().run_chunk()
-        if self.generator.chunk_index == 1:
-            # The chunk just run started a walk: older boundaries are another walk's.
+        elif requests.rewind_s is not None and self.generator.started:
+            restart = self._rewind(requests.rewind_s)
+        super()._apply(dataclasses.replace(requests, reset=restart))
+        if restart:
+            # The chunk about to run starts a walk: older boundaries are another walk's.
             self.ring.clear()
-            walk_frame0 = 0
-            if not resetting and rewind is None and self.recorder is not None:
-                # A reset that arrived after the check above: its chunk opens a new episode too.
-                self.recorder.on_reset()
+        elif self.generator.chunk_index > 0:
+            state = self.integrator.state() if isinstance(self.integrator, SavableIntegrator) else None
+            self.ring.append(Boundary(self._walk_frame(), self.generator.snapshot(), state, self.last_pose.copy()))
+
+    def end_chunk(self, plan: ChunkPlan, images: np.ndarray, chunk_ms: float) -> list:
+        frames = super().end_chunk(plan, images, chunk_ms)
         if self.recorder is not None:
-            self._record(frames, walk_frame0)
+            self._record(frames, plan.walk_frame0)
         return frames
 
     def _record(self, frames: list, walk_frame0: int) -> None:
@@ -172,12 +182,15 @@ class RewindableJob(StreamJob):
             log.exception("[%s] recording failed; recording stopped", self.session_id)
             self.recorder.set_consent(False)
 
-    def _rewind(self, seconds: float) -> None:
+    def _rewind(self, seconds: float) -> bool:
+        """Restore the newest boundary at least `seconds` back; True when that is the walk's start
+        (the caller restarts the walk)."""
         now = self._walk_frame()
         target = now - round(seconds * self.fps)
-        if not self.ring or target <= 0 and self.ring[0].walk_frame > target:
+        restart = not self.ring or target <= 0 and self.ring[0].walk_frame > target
+        if restart:
             # Nothing to go back to but the walk's start: start it again.
-            self._restart_walk()
+            self.ring.clear()
             walk_frame = 0
         else:
             chosen = None
@@ -198,8 +211,4 @@ class RewindableJob(StreamJob):
         log.info("[%s] rewound %.2f s: walk frame %d -> %d", self.session_id, seconds, now, walk_frame)
         if self.on_rewound is not None:
             self.on_rewound((now - walk_frame) / self.fps, walk_frame)
-
-    def _restart_walk(self) -> None:
-        with self._lock:
-            self._reset_pending = True
-        self.ring.clear()
+        return restart

@@ -53,12 +53,63 @@ class InputEnvelope:
     look: tuple[float, float, float]  # yaw, pitch, roll in degrees
 
 
+@dataclass(frozen=True)
+class PendingRequests:
+    """What other threads asked of a job since its last chunk, taken by the worker as one value.
+
+    `reset` wins over `rewind_s` (a reset restarts the walk, so there is nothing to rewind); rewinds
+    add up; the newest `settings` replace older ones.
+    """
+
+    reset: bool = False
+    rewind_s: float | None = None
+    settings: Any = None  # controls.integrator.ControlSettings
+
+    @property
+    def any(self) -> bool:
+        return self.reset or self.rewind_s is not None or self.settings is not None
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One chunk as `StreamJob.begin_chunk` laid it out: what the generator is given and what the
+    frames it returns are stamped with.
+
+    `poses` [n, 4, 4] are the chunk's raw-frame poses, n = the generator's `frames_for_next_chunk()`
+    (the first pose of a walk is the start pose). `chunk_id` and `frame0` count across resets.
+    """
+
+    poses: np.ndarray
+    envelope: InputEnvelope
+    chunk_id: int
+    frame0: int
+    first: bool
+    requests: PendingRequests
+    walk_frame0: int
+
+
 class StreamJob:
     """One session's stream as the worker sees it.
 
+    Lifecycle (the worker's view; any thread may post requests, only the worker runs chunks):
+
+        new ─(the reset pending from construction)─► ready ◄──────────────────────────┐
+         ready: not paused, not closed, not failed, and the buffer has room for a chunk │
+        ready ─begin_chunk─► planned ─generator.step─► end_chunk ─► ready ─────────────┘
+        end_chunk ─(idle_chunks standing chunks, no moving input)─► paused
+        paused ─(moving input, reset, settings or rewind)─► ready
+        running chunk raises ─► failed ─► removed
+        any ─GenerationWorker.remove─► closed (released after a chunk in flight)
+
+    Requests (`request_reset`, `submit_settings`, and a subclass's rewind) are gathered in one
+    `PendingRequests` under the job's lock; `begin_chunk` swaps it for an empty one in the same lock
+    grab that reads the newest input, so a request is applied whole, before exactly one chunk.
+    `run_chunk` = `begin_chunk` → `generator.step` → `end_chunk`; the worker's batched path calls
+    the three itself with one batched step in the middle.
+
     Args:
         session_id: for logs.
-        generator: a `ChunkGenerator` (or anything with start/step/frames_for_next_chunk).
+        generator: a `ChunkGenerator`.
         make_integrator: builds a fresh pose integrator at the start pose (called at start and reset).
         buffer: where frames go.
         start_image: uint8 [H, W, 3].
@@ -91,8 +142,8 @@ class StreamJob:
         self._lock = threading.Lock()
         self._input = standing_input
         self._applied_input: InputEnvelope | None = None
-        self._reset_pending = True
-        self._settings_pending: Any = None
+        # A new job starts its walk with its first chunk.
+        self._pending = PendingRequests(reset=True)
         self.settings: Any = None
         self.integrator: Any = None
         self.paused = False
@@ -105,6 +156,8 @@ class StreamJob:
         self.last_chunk_ms = 0.0
         self.chunk_ms_history: list[float] = []
         self.first_frame_t: float | None = None
+        # When the job's next chunk is due (time.monotonic); the worker serves the earliest first.
+        self.due_t = time.monotonic()
 
     def submit_input(self, envelope: InputEnvelope) -> bool:
         """Offer a snapshot (any thread). Returns False if its seq is not newer than the last one."""
@@ -120,6 +173,12 @@ class StreamJob:
     def _moves(new: InputEnvelope, old: InputEnvelope) -> bool:
         return new.keys != 0 or new.look != old.look
 
+    def _post(self, **changes: Any) -> None:
+        """Merge a request into the pending one and wake a paused job (caller holds no lock)."""
+        with self._lock:
+            self._pending = dataclasses.replace(self._pending, **changes)
+            self.paused = False
+
     def request_reset(self) -> None:
         """Go back to the start image and pose before the next chunk (any thread).
 
@@ -127,15 +186,13 @@ class StreamJob:
         stale): the walk restarts at rest until a newer snapshot arrives.
         """
         with self._lock:
-            self._reset_pending = True
+            self._pending = dataclasses.replace(self._pending, reset=True)
             self._input = dataclasses.replace(self._input, snapshot=None, keys=0)
             self.paused = False
 
     def submit_settings(self, settings: Any) -> None:
         """New control settings, applied to the integrator before the next chunk (any thread)."""
-        with self._lock:
-            self._settings_pending = settings
-            self.paused = False
+        self._post(settings=settings)
 
     def release(self) -> None:
         """Let go of the walk's memory once the job is removed (worker thread or, when no chunk is
@@ -157,7 +214,9 @@ class StreamJob:
         return self._applied_input
 
     def next_chunk_frames(self) -> int:
-        if self._reset_pending or not self.generator.started:
+        with self._lock:
+            resetting = self._pending.reset
+        if resetting or not self.generator.started:
             return self.generator.temporal_stride * self.generator.config.chunk_latents + 1
         return self.generator.frames_for_next_chunk()
 
@@ -168,40 +227,56 @@ class StreamJob:
 
     def run_chunk(self) -> list[StreamFrame]:
         """Generate one chunk (worker thread only) and put its frames into the buffer."""
+        plan = self.begin_chunk()
+        start = time.perf_counter()
+        images = self.generator.step(plan.poses)
+        return self.end_chunk(plan, images, (time.perf_counter() - start) * 1e3)
+
+    def begin_chunk(self) -> ChunkPlan:
+        """Apply the pending requests and lay out the next chunk (worker thread only)."""
         with self._lock:
-            reset, self._reset_pending = self._reset_pending, False
-            if self._settings_pending is not None:
-                self.settings, self._settings_pending = self._settings_pending, None
+            requests, self._pending = self._pending, PendingRequests()
             envelope = self._input
-        if reset:
-            self.generator.start(self.start_image, self.world_T_cam0)
-            self.integrator = self.make_integrator()
-            self.buffer.clear()
-            self.last_pose = self.world_T_cam0.copy()
-            self.standing_chunks = 0
-        if self.settings is not None:
-            # Settings outlive resets (a reset builds a fresh integrator).
-            self.integrator.settings = self.settings
+        self._apply(requests)
         n = self.generator.frames_for_next_chunk()
         first = self.generator.chunk_index == 0
         if first:
             poses = np.concatenate([self.world_T_cam0[None], np.asarray(self.integrator.advance(envelope.snapshot, n - 1))])
         else:
             poses = np.asarray(self.integrator.advance(envelope.snapshot, n))  # [n, 4, 4]
-        # Ids count across resets, so a frame id names one frame for the whole session.
-        chunk_id = self.chunks_done
-        frame0 = self.frames_done
-        start = time.perf_counter()
-        images = self.generator.step(poses)
-        chunk_ms = (time.perf_counter() - start) * 1e3
+        return ChunkPlan(poses=poses, envelope=envelope, chunk_id=self.chunks_done, frame0=self.frames_done, first=first,
+                         requests=requests, walk_frame0=int(self.generator.frame_index))
+
+    def _apply(self, requests: PendingRequests) -> None:
+        """Carry out the requests taken for this chunk: a reset restarts the walk; settings outlive resets."""
+        if requests.reset:
+            self._restart()
+        if requests.settings is not None:
+            self.settings = requests.settings
+        if self.settings is not None:
+            # Settings outlive resets (a reset builds a fresh integrator).
+            self.integrator.settings = self.settings
+
+    def _restart(self) -> None:
+        """Back to the start image and pose: a fresh walk, generator state and integrator."""
+        self.generator.start(self.start_image, self.world_T_cam0)
+        self.integrator = self.make_integrator()
+        self.buffer.clear()
+        self.last_pose = self.world_T_cam0.copy()
+        self.standing_chunks = 0
+
+    def end_chunk(self, plan: ChunkPlan, images: np.ndarray, chunk_ms: float) -> list[StreamFrame]:
+        """Stamp the generated images [n', H, W, 3] with their poses and ids, queue them, and decide
+        whether the job pauses (worker thread only)."""
+        poses, envelope = plan.poses, plan.envelope
         # A generator that drops a walk's first decoded frame returns fewer frames than poses: each
         # frame shown keeps the pose it was generated at (the last len(images) poses).
         shown = poses[len(poses) - len(images):]
         frames = [
-            StreamFrame(image=images[i], frame_id=frame0 + i, chunk_id=chunk_id, input_seq=envelope.seq, world_T_cam=shown[i], chunk_ms=chunk_ms)
+            StreamFrame(image=images[i], frame_id=plan.frame0 + i, chunk_id=plan.chunk_id, input_seq=envelope.seq, world_T_cam=shown[i], chunk_ms=chunk_ms)
             for i in range(len(images))
         ]
-        standing = np.allclose(poses, self.last_pose[None], atol=1e-6) and not first
+        standing = np.allclose(poses, self.last_pose[None], atol=1e-6) and not plan.first
         self.standing_chunks = self.standing_chunks + 1 if standing else 0
         self.last_pose = poses[-1]
         self._applied_input = envelope
@@ -210,9 +285,9 @@ class StreamJob:
         del self.chunk_ms_history[:-64]
         self.chunks_done += 1
         self.frames_done += len(images)
-        timings = getattr(self.generator, "last_timings", None)
+        timings = self.generator.last_timings
         if timings is not None:
-            log.debug("[%s] chunk %d: %d frames in %.0f ms (denoise %.0f, commit %.0f, refine %.0f, decode %.0f)", self.session_id, chunk_id, len(images), chunk_ms, timings.denoise_ms, timings.commit_ms, getattr(timings, "refine_ms", 0.0), timings.decode_ms)
+            log.debug("[%s] chunk %d: %d frames in %.0f ms (denoise %.0f, commit %.0f, refine %.0f, decode %.0f)", self.session_id, plan.chunk_id, len(images), chunk_ms, timings.denoise_ms, timings.commit_ms, timings.refine_ms, timings.decode_ms)
         if self.first_frame_t is None:
             self.first_frame_t = time.monotonic()
         with self._lock:

@@ -82,6 +82,20 @@ def masked_mse(
     return per.sum() / denom
 
 
+def frame_mean_mse(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, channel_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared error of each frame's spatial mean per channel, over frames with weight [B, T] > 0.
+
+    A per-element MSE weighs a whole-frame offset of a channel (the frame's mean colour) like any other
+    error, yet over a long walk such offsets compound into colours that wander off the scene's; this
+    term weighs that one component on its own. latents [B, C, T, h, w]; channel_weights as `masked_mse`.
+    """
+    pred_mean = pred.float().mean(dim=(-2, -1), keepdim=True)  # [B, C, T, 1, 1]
+    target_mean = target.float().mean(dim=(-2, -1), keepdim=True)
+    return masked_mse(pred_mean, target_mean, weight, channel_weights)
+
+
 def pixel_channel_weights(decoder_skip: torch.Tensor, latents_std: torch.Tensor, mix: float) -> torch.Tensor:
     """Per-channel loss weights [C] (mean 1): `mix` of each normalised channel's share of the decoded pixel
     energy, the rest uniform.

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from model import schedulers
 from train.data import LatentClips, crop_batch
-from train.flow import add_noise, chunk_index_of_frames, chunk_layout, masked_mse, per_chunk_sigmas, shift_sigmas
+from train.flow import (add_noise, chunk_index_of_frames, chunk_layout, frame_mean_mse, masked_mse, per_chunk_sigmas,
+                        shift_sigmas)
 
 
 def draw_clip_batch(clips: LatentClips, batch_size: int, crops: tuple[int, ...], frames: int | None,
@@ -131,21 +133,10 @@ def euler_chunk(model, noise: torch.Tensor, image_latent: torch.Tensor | None, c
     """One chunk of the live sampler: Euler steps over `grid` (descending, ending at 0) from `noise`
     [B, C, Tc, h, w] against the read-only `state` -> the clean chunk. With `image_latent` [B, C, 1, h, w]
     (chunk 0) its frame 0 is that image at t = 0 throughout. `record(σ, x)` sees x before each step."""
-    batch, size = noise.shape[0], noise.shape[2]
-    x = noise.clone()
-    if image_latent is not None:
-        x[:, :, :1] = image_latent
-    for sigma, sigma_next in zip(grid[:-1], grid[1:]):
-        if record is not None:
-            record(sigma, x)
-        timestep = torch.full((batch, 1, size), sigma * 1000.0, device=x.device)
-        if image_latent is not None:
-            timestep[:, :, 0] = 0.0
-        v = model.stream_forward(x, timestep, text, mask, camera, plucker, state)
-        x = x + (sigma_next - sigma) * v
-        if image_latent is not None:
-            x[:, :, :1] = image_latent
-    return x
+    return schedulers.euler_chunk(
+        lambda x, timestep: model.stream_forward(x, timestep, text, mask, camera, plucker, state),
+        noise, grid, image_latent=image_latent, record=record,
+    )
 
 
 def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
@@ -419,9 +410,12 @@ class RollingSelfForcedLoss:
 
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
                  kv_window_chunks: int, sink: bool, window_chunks: int, crops: tuple[int, ...] = (),
-                 frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200):
+                 frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200,
+                 frame_mean_weight: float = 0.0):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
+        if frame_mean_weight < 0:
+            raise ValueError(f"frame_mean_weight must be >= 0, got {frame_mean_weight}")
         if window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
         live = live_sigmas(sigmas)
@@ -429,6 +423,7 @@ class RollingSelfForcedLoss:
         self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
         self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
         self.channel_weights, self.refresh_every = channel_weights, refresh_every
+        self.frame_mean_weight = frame_mean_weight
         self.walk: _Walk | None = None
         self.walks_started = 0
 
@@ -450,7 +445,13 @@ class RollingSelfForcedLoss:
         device = next(net.parameters()).device
         v, state = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device),
                        sizes, continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip))
-        loss = masked_mse(v, velocity_target.to(device), (sigma > 0).float().to(device), self.channel_weights)
+        live = (sigma > 0).float().to(device)
+        loss = masked_mse(v, velocity_target.to(device), live, self.channel_weights)
+        logs = {}
+        if self.frame_mean_weight:
+            mean_term = frame_mean_mse(v, velocity_target.to(device), live, self.channel_weights)
+            loss = loss + self.frame_mean_weight * mean_term
+            logs["frame_mean"] = float(mean_term.detach())
         first_chunk = walk.next_chunk
         walk.state, walk.next_chunk, walk.next_latent = state, walk.next_chunk + len(sizes), end
-        return loss, {"chunk": first_chunk, "walks": self.walks_started}
+        return loss, {"chunk": first_chunk, "walks": self.walks_started, **logs}

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="self-forcing on walks as long as --train-latents (e.g. 121 = 30 s), streamed across "
                              "steps CHUNKS chunks at a time from the state the model's own rollout left "
                              "(train.recipes.RollingSelfForcedLoss; 0 = whole clips per step)")
+    parser.add_argument("--frame-mean-weight", type=float, default=0.0,
+                        help="rolling self-forcing: weight of the extra loss on each frame's spatial mean per latent "
+                             "channel (its colour), which drifts over long walks (train.flow.frame_mean_mse)")
     parser.add_argument("--decoder-minutes", type=float, default=30.0,
                         help="decoder: wall-clock budget of the decoder fine-tune on the model's rollouts (train/decoder.py)")
     parser.add_argument("--decoder-steps", type=int, default=4000,
@@ -289,7 +292,8 @@ def run_selfforce(args):
         loss = RollingSelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                                      gen.kv_window_chunks, gen.sink, args.selfforce_rolling,
                                      crops=_crops(args.selfforce_crops), frames=args.train_latents,
-                                     channel_weights=_channel_weights(args))
+                                     channel_weights=_channel_weights(args),
+                                     frame_mean_weight=args.frame_mean_weight)
     else:
         loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                               gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops),

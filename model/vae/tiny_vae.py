@@ -366,6 +366,13 @@ class StreamDecoder:
         self.latents_seen += latents.shape[2]
         return self.vae.finish(frames)
 
+    def clone(self) -> StreamDecoder:
+        """A copy of the causal cache (the VAE's weights are shared): a rewind snapshot."""
+        out = StreamDecoder(self.vae, self.batch_size)
+        out.contexts = None if self.contexts is None else [c.clone() for c in self.contexts]
+        out.latents_seen, out.grid = self.latents_seen, self.grid
+        return out
+
     def reset(self) -> None:
         self.contexts = None
         self.latents_seen = 0

@@ -148,3 +148,24 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+class RecordingTransport:
+    """An `app.transports.Transport` that keeps every control message and accepts every ack."""
+
+    kind = "websocket"
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.acks: list[int] = []
+        self.closed = 0
+
+    def send_json(self, message: dict) -> bool:
+        self.sent.append(message)
+        return True
+
+    def ack(self, frame_id: int) -> None:
+        self.acks.append(frame_id)
+
+    async def close(self) -> None:
+        self.closed += 1

@@ -25,7 +25,7 @@ from yarl import URL
 from app import messages as m
 from app.config import StreamConfig
 from app.server import SESSIONS
-from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
+from tests.app.helpers import RecordingTransport, WebRTCClient, fake_runtime, serve, wait_for
 from tests.app.test_hardening import offer_sdp, png_declaring
 from tests.app.test_websocket import _frames
 from tests.conftest import IN_CI, ci_size
@@ -140,17 +140,16 @@ def test_the_parser_returns_a_message_or_a_drop_reason(data):
 
 @pytest.fixture
 async def session():
-    """A bare websocket-kind session on fakes (no transport), its frames and messages collected."""
+    """A bare websocket-kind session on fakes (a recording transport), its frames and messages collected."""
     from app.session import Session
     from streaming.worker import GenerationWorker
 
     runtime = fake_runtime(STREAM)
     worker = GenerationWorker(num_threads=1)
     worker.start()
-    sent: list[dict] = []
-    session = Session("fuzz", "websocket", runtime, worker, runtime.start_view("scene:1"), 64 * 1024)
-    session.send_json = sent.append
-    session.on_ack = lambda frame_id: None
+    transport = RecordingTransport()
+    sent = transport.sent
+    session = Session("fuzz", transport, runtime, worker, runtime.start_view("scene:1"), 64 * 1024)
     session.begin()
     try:
         yield session, sent
@@ -192,7 +191,7 @@ async def test_fuzzed_data_channel_messages_are_dropped_and_the_peer_streams_on(
     marker = time.monotonic()
     client.control.send(json.dumps({"type": "ping", "t": marker}))
     await wait_for(lambda: any(msg["type"] == "pong" and msg["t"] == marker for msg in client.messages), timeout=10.0)
-    session = next(s for s in app[SESSIONS].values() if s is not None and s.transport == "webrtc")
+    session = next(s for s in app[SESSIONS].values() if s is not None and s.transport.kind == "webrtc")
     assert not session.closed and client.pc.connectionState == "connected"
     assert errors() == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model import schedulers
 from model.schedulers import (
     DISTILLED_TIMESTEPS,
     bidirectional_sigmas,
@@ -63,3 +64,32 @@ def test_bad_schedule_arguments_raise():
         bidirectional_sigmas(10, shift=-1.0)
     with pytest.raises(ValueError, match="num_chunks"):
         staggered_schedule(0, 4)
+
+
+def test_euler_chunk_pins_the_image_latent_and_reports_each_step():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 2, 2)
+    image = torch.randn(2, 3, 1, 2, 2)
+    target = torch.randn(2, 3, 4, 2, 2)
+    seen_t, recorded, progress = [], [], []
+
+    def velocity(x_t, timestep):
+        seen_t.append(timestep.clone())
+        # The exact velocity of the straight path from `target` (σ = 0) through x_t (at σ = t / 1000).
+        return (x_t - target) / (timestep[:, :, :, None, None] / 1000.0).clamp(min=1e-3)
+
+    sigmas = (1.0, 0.5, 0.0)
+    out = schedulers.euler_chunk(velocity, x, sigmas, image_latent=image,
+                                 record=lambda s, x_s: recorded.append(s), progress=lambda a, b: progress.append((a, b)))
+    assert torch.equal(out[:, :, :1], image)
+    # Two Euler steps of v = x − target from σ 1 to 0 land exactly on the target.
+    torch.testing.assert_close(out[:, :, 1:], target[:, :, 1:])
+    assert [t[0, 0, 0].item() for t in seen_t] == [0.0, 0.0]
+    assert [t[0, 0, 1].item() for t in seen_t] == [1000.0, 500.0]
+    assert recorded == [1.0, 0.5] and progress == [(1, 2), (2, 2)]
+    assert not torch.equal(x[:, :, :1], image)  # the input is not modified
+
+
+def test_euler_chunk_rejects_a_mismatched_image_latent():
+    with pytest.raises(ValueError, match="image_latent"):
+        schedulers.euler_chunk(lambda x, t: x, torch.zeros(1, 3, 2, 2, 2), (1.0, 0.0), image_latent=torch.zeros(1, 3, 2, 2, 2))

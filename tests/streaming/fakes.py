@@ -47,6 +47,11 @@ class FakeDecoder:
     def __init__(self, stride: int, spatial: int):
         self.stride, self.spatial, self.first = stride, spatial, True
 
+    def clone(self) -> "FakeDecoder":
+        out = FakeDecoder(self.stride, self.spatial)
+        out.first = self.first
+        return out
+
     def decode_chunk(self, latents):
         rgb = latents[:, :3].clamp(-1, 1)  # [B, 3, T, h, w]
         rgb = rgb.repeat_interleave(self.stride, dim=2)

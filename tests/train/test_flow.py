@@ -57,3 +57,24 @@ def test_teacher_grid_contains_the_distilled_sigmas():
     assert all(round(s, 6) in grid for s in DISTILLED_SIGMAS)
     fine = refine_sigmas([1.0, 0.5, 0.0], 2)
     assert fine == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_frame_mean_mse_sees_only_each_frames_mean_colour():
+    """A zero-mean pattern added to every frame leaves the term at 0 (the per-element MSE sees it); a
+    whole-frame offset of one channel on one live frame costs its square over the live frames."""
+    from train.flow import frame_mean_mse
+
+    target = torch.randn(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    live = torch.ones(2, 4)
+    live[:, 0] = 0.0
+    pattern = torch.randn(6, 6)
+    pattern = pattern - pattern.mean()
+    assert frame_mean_mse(target + pattern, target, live).item() == pytest.approx(0.0, abs=1e-10)
+    assert masked_mse(target + pattern, target, live).item() > 0.1
+    shifted = target.clone()
+    shifted[1, 2, 3] += 0.5
+    expected = 0.5 ** 2 / (2 * 3 * 3)  # one of 2 batch × 3 channels × 3 live frames
+    assert frame_mean_mse(shifted, target, live).item() == pytest.approx(expected, rel=1e-5)
+    shifted_dead = target.clone()
+    shifted_dead[:, :, 0] += 1.0  # frame 0 is the clean context: not trained
+    assert frame_mean_mse(shifted_dead, target, live).item() == pytest.approx(0.0, abs=1e-10)

@@ -328,3 +328,13 @@ def test_rolling_windows_stream_the_same_walk_as_one_self_forced_stream(tmp_path
     assert chunks == [(0, 1), (2, 1), (4, 1), (0, 2)]  # 5 chunks: windows of 2, 2, 1, then a new walk
     with pytest.raises(ValueError, match="window_chunks"):
         RollingSelfForcedLoss(clips, 2, 2, (1.0, 0.0), 2, True, window_chunks=0)
+    with pytest.raises(ValueError, match="frame_mean_weight"):
+        RollingSelfForcedLoss(clips, 2, 2, (1.0, 0.0), 2, True, window_chunks=2, frame_mean_weight=-1.0)
+
+    # The frame-mean term adds to the same window's loss (same RNG, same walk position) and is logged.
+    plain = RollingSelfForcedLoss(clips, 2, 2, (1.0, 0.0), 2, True, window_chunks=2)
+    weighted = RollingSelfForcedLoss(clips, 2, 2, (1.0, 0.0), 2, True, window_chunks=2, frame_mean_weight=10.0)
+    loss_plain, logs_plain = plain(net, torch.Generator().manual_seed(4), 0)
+    loss_weighted, logs_weighted = weighted(net, torch.Generator().manual_seed(4), 0)
+    assert "frame_mean" not in logs_plain and logs_weighted["frame_mean"] > 0
+    assert float(loss_weighted) == pytest.approx(float(loss_plain) + 10.0 * logs_weighted["frame_mean"], rel=1e-4)
