@@ -86,7 +86,7 @@ export async function connectWebRTC(startId) {
   startTimers(epoch);
 }
 
-export // Behind a cluster ingress (docs/serving.md) the answer names an event stream on the ingress: the
+// Behind a cluster ingress (docs/serving.md) the answer names an event stream on the ingress: the
 // replica that runs this walk talks to the page directly, so when it dies only the ingress can say so
 // (ICE would notice only after ~30 s). Its one message is the server's own `error`.
 function watchSessionEvents(url, epoch) {
@@ -105,7 +105,7 @@ function watchSessionEvents(url, epoch) {
   };
 }
 
-function preferCodec(transceiver, codec) {
+export function preferCodec(transceiver, codec) {
   if (!codec || !transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
   const mime = `video/${codec.toLowerCase()}`;
   const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
