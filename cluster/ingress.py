@@ -19,8 +19,8 @@ Routes (the page's, docs/protocol.md, unchanged) and what the ingress does with 
   A replica that dies mid-walk closes the proxied socket with an `error` message first.
 - `GET /healthz`: sums over the replicas, and lists each.
 
-Placement: the live replica with the fewest sessions (probed counts, plus the walks placed on it
-since its last probe) that has room; a replica that answers 503 (full) or cannot be reached is
+Placement: the live replica with the fewest sessions (its probed count, plus the walks on their way
+to it or placed after that probe was sent) that has room; a replica that answers 503 (full) or cannot be reached is
 skipped for the next. Invariants: a walk is placed on one replica and stays there (its worker,
 state and peer live in that process); a replica that failed a probe takes no new walks until a
 probe succeeds again; every response is a 4xx/5xx with `{"error"}` naming the problem or the
@@ -109,11 +109,14 @@ class Replica:
     seen_t: float = field(default_factory=time.monotonic)
     alive_t: float | None = None
     dead_t: float | None = None
-    # Walks placed here since the last probe (the probe's count does not hold them yet).
-    placed_since_probe: int = 0
+    # Walks being placed here now (their offer or hello is on its way to the replica).
+    placing: int = 0
+    # When walks placed here were answered (monotonic): a probe sent later counts them itself, one
+    # sent earlier (its answer may arrive after the placement) does not.
+    placed_t: list[float] = field(default_factory=list)
 
     def load(self) -> int:
-        return self.sessions + self.placed_since_probe
+        return self.sessions + self.placing + len(self.placed_t)
 
     def has_room(self) -> bool:
         return self.alive and self.load() < self.max_sessions
@@ -198,6 +201,7 @@ class Ingress:
 
     async def _probe(self, replica: Replica) -> None:
         timeout = aiohttp.ClientTimeout(total=self.cluster.probe_timeout_s)
+        sent_t = time.monotonic()
         try:
             async with self.http.get(f"{replica.info.url}/healthz", timeout=timeout) as response:
                 health = await response.json()
@@ -215,7 +219,7 @@ class Ingress:
         replica.max_sessions = int(health.get("max_sessions", 0))
         replica.model = health.get("model")
         replica.rejected = dict(health.get("rejected", {}))
-        replica.placed_since_probe = 0
+        replica.placed_t = [t for t in replica.placed_t if t >= sent_t]
         if not replica.alive:
             replica.alive, replica.alive_t, replica.dead_t = True, time.monotonic(), None
             log.info("replica %s is up at %s (%d sessions max)", replica.info.id, replica.info.url, replica.max_sessions)
@@ -232,7 +236,7 @@ class Ingress:
             replica.dead_t = time.monotonic()
         replica.alive = False
         replica.sessions = 0
-        replica.placed_since_probe = 0
+        replica.placed_t = []
         for session_id, route in list(self.routes.items()):
             if route.replica_id == replica.info.id:
                 route.reason = f"the replica serving this walk stopped ({reason}); pick a start to walk again"
@@ -432,8 +436,8 @@ async def _offer(request: web.Request) -> web.Response:
         ingress.stats["rejected_auth"] += 1
         return _error(401, "bad or missing token")
     for replica in ingress.placement():
-        # Held until the next probe counts the walk, so offers arriving together spread out.
-        replica.placed_since_probe += 1
+        # Counted in the replica's load while on its way, so offers arriving together spread out.
+        replica.placing += 1
         try:
             await ingress.ensure_start(offer.get("start"), replica)
             t_up = time.perf_counter()
@@ -442,19 +446,20 @@ async def _offer(request: web.Request) -> web.Response:
                 upstream_ms = (time.perf_counter() - t_up) * 1e3
                 if response.status == 503:
                     # Full after all (walks came in directly or between probes): the next replica.
-                    replica.placed_since_probe = max(replica.placed_since_probe, replica.max_sessions - replica.sessions)
+                    replica.sessions = max(replica.sessions, replica.max_sessions)
                     continue
                 if response.status != 200:
-                    replica.placed_since_probe -= 1
                     return await _relay(response)
                 answer = await response.json()
+                replica.placed_t.append(time.monotonic())
         except aiohttp.ClientConnectorError as error:
             ingress.mark_dead(replica, f"connection refused ({error.os_error})")
             continue
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            replica.placed_since_probe -= 1
             log.warning("replica %s failed an offer: %r", replica.info.id, error)
             continue
+        finally:
+            replica.placing -= 1
         session_id = answer["session_id"]
         ingress.remember_route(session_id, Route(replica.info.id, answer["close_token"]))
         answer["events"] = f"/api/sessions/{session_id}/events?key={answer['close_token']}"
@@ -536,26 +541,47 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if not _token_ok(request, hello.get("token")):
         ingress.stats["rejected_auth"] += 1
         return await refuse("bad or missing token")
-    upstream = None
     for replica in ingress.placement():
-        replica.placed_since_probe += 1
+        replica.placing += 1
+        upstream = None
         try:
             await ingress.ensure_start(hello.get("start"), replica)
             upstream = await ingress.http.ws_connect(f"{replica.info.url}/ws", max_msg_size=0, compress=0, heartbeat=20.0,
                                                      timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
-            break
+            await upstream.send_str(first.data)
+            # The replica's first answer (its session message, or an error) says whether it took the walk.
+            reply = await upstream.receive(timeout=FORWARD_TIMEOUT_S)
+            if reply.type == WSMsgType.TEXT and _is_full(reply.data):
+                replica.sessions = max(replica.sessions, replica.max_sessions)
+                await upstream.close()
+                continue
+            replica.placed_t.append(time.monotonic())
         except aiohttp.ClientConnectorError as error:
             ingress.mark_dead(replica, f"connection refused ({error.os_error})")
+            continue
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            replica.placed_since_probe -= 1
             log.warning("replica %s refused a websocket: %r", replica.info.id, error)
-    if upstream is None:
-        ingress.stats["rejected_full"] += 1
-        return await refuse(ingress.full_message())
-    log.info("websocket walk placed on replica %s", replica.info.id)
-    await upstream.send_str(first.data)
-    await _pipe(ws, upstream, replica)
-    return ws
+            if upstream is not None:
+                await upstream.close()
+            continue
+        finally:
+            replica.placing -= 1
+        log.info("websocket walk placed on replica %s", replica.info.id)
+        if reply.type == WSMsgType.TEXT:
+            await ws.send_str(reply.data)
+        await _pipe(ws, upstream, replica)
+        return ws
+    ingress.stats["rejected_full"] += 1
+    return await refuse(ingress.full_message())
+
+
+def _is_full(text: str) -> bool:
+    """Whether a replica's text message is its refusal for want of room (docs/protocol.md: "server full: ...")."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "error" and str(message.get("message", "")).startswith("server full")
 
 
 async def _pipe(page: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, replica: Replica) -> None:

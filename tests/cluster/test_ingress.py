@@ -203,3 +203,15 @@ async def test_the_public_token_is_the_ingress_s():
             assert json.loads((await ws.receive(timeout=10)).data) == {"type": "error", "message": "bad or missing token"}
         async with http.get(f"{url}/api/scenes") as response:
             assert response.status == 200 and [s["id"] for s in await response.json()] == ["scene:1", "scene:2"]
+
+
+async def test_offers_arriving_together_spread_over_replicas():
+    # Walks on their way to a replica count in its load, so two offers at once do not both pick the emptiest one.
+    async with cluster_of(2, max_sessions=2) as (url, replicas):
+        (a, response_a, answer_a), (b, response_b, answer_b) = await asyncio.gather(_offer(url), _offer(url))
+        try:
+            assert (response_a.status, response_b.status) == (200, 200), (answer_a, answer_b)
+            assert {answer_a["replica"], answer_b["replica"]} == {"r0", "r1"}
+        finally:
+            await a.close()
+            await b.close()
