@@ -29,13 +29,24 @@ FRAMES = ci_size(8, 3)
 SIZE = ci_size(96, 64)
 
 
-async def _walk(url: str) -> tuple[WebRTCClient, dict, EventStream]:
+async def _walk(url: str, placements: list[float] | None = None) -> tuple[WebRTCClient, dict, EventStream]:
     client = WebRTCClient()
+    t0 = time.perf_counter()
     response, answer = await client.connect(url)
     assert response.status == 200, answer
+    if placements is not None:
+        placements.append((time.perf_counter() - t0) * 1e3)
     events = await EventStream(url, answer["events"]).open()
     assert events.status == 200
     return client, answer, events
+
+
+async def _until(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.1)
 
 
 async def _telemetry_after(client: WebRTCClient, t: float, n: int, timeout: float) -> list[dict]:
@@ -72,7 +83,8 @@ async def test_two_replicas_place_stream_survive_a_kill_and_recover(tmp_path):
         assert state["max_sessions"] == 4 and state["sessions"] == 0
 
         # 1. Two walks, two replicas; each streams from its own.
-        (a, answer_a, events_a), (b, answer_b, events_b) = await _walk(url), await _walk(url)
+        placements: list[float] = []
+        (a, answer_a, events_a), (b, answer_b, events_b) = await _walk(url, placements), await _walk(url, placements)
         clients += [a, b]
         streams += [events_a, events_b]
         assert answer_a["replica"] != answer_b["replica"]
@@ -84,6 +96,11 @@ async def test_two_replicas_place_stream_survive_a_kill_and_recover(tmp_path):
         for client, answer in ((a, answer_a), (b, answer_b)):
             assert remote_media_port(client) in udp_ports_of(replicas_now[answer["replica"]]["pid"])
         figures["signalling_overhead_ms_p50"] = state["signalling"]["ingress_overhead_ms_p50"]
+        # Both record into the one record dir the replicas share (an episode folder is <stamp>-<session id>-<n>).
+        for client in (a, b):
+            client.control.send('{"type": "record", "on": true}')
+        record_dir = tmp_path / "recordings"
+        await _until(lambda: all(list(record_dir.glob(f"*-{answer['session_id']}-*/meta.json")) for answer in (answer_a, answer_b)), 60)
 
         # 2. Kill the process of a's replica.
         victim = live_replicas(state)[answer_a["replica"]]
@@ -109,14 +126,15 @@ async def test_two_replicas_place_stream_survive_a_kill_and_recover(tmp_path):
         state = await wait_health(url, lambda h: len(set(live_replicas(h)) - {answer_a["replica"], answer_b["replica"]}) == 1, 90)
         figures["replacement_up_s"] = time.monotonic() - t_kill
         (new_id,) = set(live_replicas(state)) - {answer_a["replica"], answer_b["replica"]}
-        d, answer_d, events_d = await _walk(url)
+        d, answer_d, events_d = await _walk(url, placements)
         clients.append(d)
         streams.append(events_d)
         assert answer_d["replica"] == new_id
         await asyncio.gather(d.frames(FRAMES, 90), c.frames(FRAMES, 90))
         state = await health(url)
         assert state["sessions"] == 3 and state["max_sessions"] == 4
-        print("\nserve --ray figures:", {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()})
+        figures["placement_ms"] = placements
+        print("\nserve --ray figures:", {k: [round(x) for x in v] if isinstance(v, list) else round(v, 2) for k, v in figures.items()})
     finally:
         for client in clients:
             await client.close()
