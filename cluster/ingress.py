@@ -58,6 +58,8 @@ MAX_UPLOAD_BYTES_KEPT = 96 * 1024 * 1024
 FORWARD_TIMEOUT_S = 60.0
 # An event stream writes a comment this often, so a gone page is noticed and idle proxies keep it open.
 EVENTS_KEEPALIVE_S = 15.0
+# What the page shows when its walk's replica dies (the why goes to the ingress's log).
+REPLICA_GONE = "the replica serving this walk stopped; pick a start to walk again"
 # The largest /offer body the single-process server takes (max_message_bytes * 4).
 OFFER_BYTES_FACTOR = 4
 
@@ -239,7 +241,7 @@ class Ingress:
         replica.placed_t = []
         for session_id, route in list(self.routes.items()):
             if route.replica_id == replica.info.id:
-                route.reason = f"the replica serving this walk stopped ({reason}); pick a start to walk again"
+                route.reason = REPLICA_GONE
                 route.replica_gone.set()
                 del self.routes[session_id]
 
@@ -609,10 +611,9 @@ async def _pipe(page: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketRe
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if tasks[0] in done and not page.closed and not closed_by_replica.is_set():
-            reason = f"the replica serving this walk stopped (connection lost, close code {upstream.close_code}); pick a start to walk again"
-            log.warning("websocket walk on replica %s: %s", replica.info.id, reason)
+            log.warning("websocket walk on replica %s: connection lost (close code %s)", replica.info.id, upstream.close_code)
             try:
-                await page.send_str(json.dumps({"type": "error", "message": reason}))
+                await page.send_str(json.dumps({"type": "error", "message": REPLICA_GONE}))
             except ConnectionError:
                 pass
     finally:
