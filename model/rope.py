@@ -33,26 +33,32 @@ def _axis_frequencies(pairs: int, theta: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Rotary:
-    """Unit rotations e^{iθ} [N, P] for N tokens and P complex pairs, and their conjugates.
+    """Unit rotations e^{iθ} [N, P] for N tokens and P complex pairs, and their conjugates; [B, N, P]
+    when the rows of a batch sit at different positions (stacked streams).
 
     For fp32/fp64 features the rotation is a complex multiply on the interleaved pairs (one fused
     kernel); other dtypes use the real form x0·cos − x1·sin, x0·sin + x1·cos.
     """
 
-    cos: torch.Tensor  # [N, P]
-    sin: torch.Tensor  # [N, P]
-    unit: torch.Tensor  # [N, P] complex, e^{iθ}
-    unit_conj: torch.Tensor  # [N, P] complex, e^{−iθ}
+    cos: torch.Tensor  # [N, P] or [B, N, P]
+    sin: torch.Tensor  # [N, P] or [B, N, P]
+    unit: torch.Tensor  # [N, P] or [B, N, P] complex, e^{iθ}
+    unit_conj: torch.Tensor  # [N, P] or [B, N, P] complex, e^{−iθ}
+
+    @staticmethod
+    def _heads(table: torch.Tensor) -> torch.Tensor:
+        """A table broadcast over x [B, N, H, P]: [1, N, 1, P] shared, [B, N, 1, P] per row."""
+        return table[None, :, None, :] if table.ndim == 2 else table[:, :, None, :]
 
     def apply(self, x: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
         """Rotate the interleaved pairs of x [B, N, H, 2P] (token axis 1); inverse = conjugate rotation."""
         if x.dtype in (torch.float32, torch.float64):
-            unit = (self.unit_conj if inverse else self.unit)[None, :, None, :]
+            unit = self._heads(self.unit_conj if inverse else self.unit)
             pairs = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))  # [B, N, H, P]
             return torch.view_as_real(pairs * unit.to(pairs.dtype)).flatten(-2)  # [B, N, H, 2P]
         x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, N, H, P] each
-        cos = self.cos[None, :, None, :]
-        sin = -self.sin[None, :, None, :] if inverse else self.sin[None, :, None, :]
+        cos = self._heads(self.cos)
+        sin = -self._heads(self.sin) if inverse else self._heads(self.sin)
         return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)  # [B, N, H, 2P]
 
 
@@ -80,10 +86,10 @@ def rope_angles(head_dim: int, frames: torch.Tensor, height: int, width: int, th
 
 
 def camera_angles(angles: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """The UCPE sub-table [N, D/4] cut from the main angles [N, D/2] (see the module docstring)."""
+    """The UCPE sub-table [..., N, D/4] cut from the main angles [..., N, D/2] (see the module docstring)."""
     pt, ph, _ = axis_pairs(head_dim)
     ct, ch, cw = axis_pairs(head_dim // 2)
-    return torch.cat((angles[:, :ct], angles[:, pt:pt + ch], angles[:, pt + ph:pt + ph + cw]), dim=-1)
+    return torch.cat((angles[..., :ct], angles[..., pt:pt + ch], angles[..., pt + ph:pt + ph + cw]), dim=-1)
 
 
 def rotary(angles: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> Rotary:

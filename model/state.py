@@ -9,7 +9,14 @@
                   chunks, plus chunk 0 kept apart as a sink when `use_sink`
     SoftmaxState  main KVCache, camera KVCache, ffn_context
     StreamState   one state per block, frame_index (latent frames committed; RoPE positions go on
-                  from here), chunk_index (chunks committed)
+                  from here), chunk_index (chunks committed); both are one int when every row is at
+                  the same place, or a tuple with one int per row for a stack of different streams
+
+Stacking (cross-session batching): `StreamState.stack(states)` concatenates single streams along
+the batch dim and `unstack()` splits them back; the rows may differ in their recurrent states,
+contexts, cached keys and positions (frame_index), but not in the layout of their KV caches (the
+same cached chunk sizes and sink): `layout_key()` names that layout, and rows stack only when their
+keys are equal, so no row ever attends to another row's padding.
 
 States are immutable: layers take a state and return a new one; the model's `stream_forward`
 never changes the state passed in. `clone()` deep-copies (a snapshot for rewind), `to()` moves.
@@ -21,6 +28,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+
+def _per_row(index: int | tuple[int, ...], batch_size: int) -> tuple[int, ...]:
+    return index if isinstance(index, tuple) else (index,) * batch_size
 
 
 def _nbytes(*tensors: torch.Tensor | None) -> int:
@@ -40,6 +51,13 @@ class GDNState:
 
     def _map(self, fn) -> GDNState:
         return GDNState(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def stack(states: list[GDNState]) -> GDNState:
+        return GDNState(**{f.name: torch.cat([getattr(x, f.name) for x in states]) for f in dataclasses.fields(GDNState)})
+
+    def row(self, i: int) -> GDNState:
+        return self._map(lambda t: t[i:i + 1])
 
     def nbytes(self) -> int:
         return _nbytes(*(getattr(self, f.name) for f in dataclasses.fields(self)))
@@ -92,6 +110,26 @@ class KVCache:
     def num_chunks(self) -> int:
         return len(self.chunk_tokens)
 
+    def layout_key(self) -> tuple:
+        """What must agree for caches to stack: cached chunk sizes, window, and the sink's presence and size."""
+        return (self.chunk_tokens, self.capacity, self.use_sink, None if self.sink_k is None else self.sink_k.shape[2])
+
+    @staticmethod
+    def stack(caches: list[KVCache]) -> KVCache:
+        keys = {c.layout_key() for c in caches}
+        if len(keys) != 1:
+            raise ValueError(f"KV caches of different layouts cannot stack: {sorted(map(str, keys))}")
+        first = caches[0]
+
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(c, name) for c in caches]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return dataclasses.replace(first, k=cat("k"), v=cat("v"), sink_k=cat("sink_k"), sink_v=cat("sink_v"))
+
+    def row(self, i: int) -> KVCache:
+        return self._map(lambda t: t[i:i + 1])
+
     def _map(self, fn) -> KVCache:
         return dataclasses.replace(
             self, k=fn(self.k), v=fn(self.v),
@@ -114,6 +152,14 @@ class SoftmaxState:
     def _map(self, fn) -> SoftmaxState:
         return SoftmaxState(main=self.main._map(fn), cam=self.cam._map(fn), ffn_context=fn(self.ffn_context))
 
+    @staticmethod
+    def stack(states: list[SoftmaxState]) -> SoftmaxState:
+        return SoftmaxState(main=KVCache.stack([x.main for x in states]), cam=KVCache.stack([x.cam for x in states]),
+                            ffn_context=torch.cat([x.ffn_context for x in states]))
+
+    def row(self, i: int) -> SoftmaxState:
+        return SoftmaxState(main=self.main.row(i), cam=self.cam.row(i), ffn_context=self.ffn_context[i:i + 1])
+
     def nbytes(self) -> int:
         return self.main.nbytes() + self.cam.nbytes() + _nbytes(self.ffn_context)
 
@@ -123,8 +169,8 @@ class StreamState:
     """The whole model's streaming state (see the module docstring)."""
 
     layers: tuple[GDNState | SoftmaxState, ...]
-    frame_index: int
-    chunk_index: int
+    frame_index: int | tuple[int, ...]
+    chunk_index: int | tuple[int, ...]
     latent_hw: tuple[int, int]
     batch_size: int
 
@@ -132,6 +178,54 @@ class StreamState:
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, (GDNState, SoftmaxState)):
                 raise TypeError(f"StreamState.layers[{i}] must be a GDNState or SoftmaxState, got {type(layer).__name__}")
+        for name in ("frame_index", "chunk_index"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != self.batch_size:
+                raise ValueError(f"StreamState.{name} has {len(value)} rows, the batch {self.batch_size}")
+
+    def row_frame_index(self) -> tuple[int, ...]:
+        """The RoPE start of each row: [batch_size] ints."""
+        return _per_row(self.frame_index, self.batch_size)
+
+    def advanced(self, layers: tuple[GDNState | SoftmaxState, ...], frames: int) -> StreamState:
+        """The state after a committed chunk of `frames` latent frames (every row moves on by as many)."""
+        def add(index: int | tuple[int, ...], n: int) -> int | tuple[int, ...]:
+            return tuple(i + n for i in index) if isinstance(index, tuple) else index + n
+
+        return dataclasses.replace(self, layers=layers, frame_index=add(self.frame_index, frames),
+                                   chunk_index=add(self.chunk_index, 1))
+
+    def layout_key(self) -> tuple:
+        """Equal for states whose rows can be stacked (`stack`): latent size and every KV cache's layout."""
+        return (self.latent_hw, tuple(
+            (layer.main.layout_key(), layer.cam.layout_key()) if isinstance(layer, SoftmaxState) else None
+            for layer in self.layers
+        ))
+
+    @staticmethod
+    def stack(states: list[StreamState]) -> StreamState:
+        """One state whose rows are `states` in order (see the module docstring); ValueError if their
+        layouts differ (`layout_key`). Positions become one int per row unless all rows agree."""
+        if not states:
+            raise ValueError("StreamState.stack needs at least one state")
+        keys = {s.layout_key() for s in states}
+        if len(keys) != 1:
+            raise ValueError(f"states of different layouts cannot stack ({len(keys)} layouts among {len(states)} states)")
+        if len({len(s.layers) for s in states}) != 1:
+            raise ValueError("states with different numbers of layers cannot stack")
+        layers = tuple(type(group[0]).stack(list(group)) for group in zip(*(s.layers for s in states)))
+        frames = sum((_per_row(s.frame_index, s.batch_size) for s in states), ())
+        chunks = sum((_per_row(s.chunk_index, s.batch_size) for s in states), ())
+        return StreamState(layers=layers, frame_index=frames[0] if len(set(frames)) == 1 else frames,
+                           chunk_index=chunks[0] if len(set(chunks)) == 1 else chunks,
+                           latent_hw=states[0].latent_hw, batch_size=len(frames))
+
+    def unstack(self) -> list[StreamState]:
+        """The rows as single streams (views of this state's tensors; states are never changed in place)."""
+        frames = self.row_frame_index()
+        chunks = _per_row(self.chunk_index, self.batch_size)
+        return [StreamState(layers=tuple(layer.row(i) for layer in self.layers), frame_index=frames[i], chunk_index=chunks[i],
+                            latent_hw=self.latent_hw, batch_size=1) for i in range(self.batch_size)]
 
     def nbytes(self) -> int:
         """Total bytes of every tensor held; constant once the KV windows are full."""

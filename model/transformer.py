@@ -25,7 +25,7 @@ Contract (all tensors in the model's dtype and on its device unless said otherwi
 Streaming a clip chunk by chunk (commit with the timesteps a whole-clip call used for those frames)
 equals `forward_chunk_causal` of the whole clip with the same chunk sizes and the KV window the
 state was made with. Camera conditions are absolute (relative to the stream's first frame); RoPE
-positions continue at `state.frame_index`.
+positions continue at `state.frame_index` (per row for a stack of streams, `StreamState.stack`).
 
 Timesteps are per frame, truncated to integers as the official model does (`timestep.long()`).
 `camera_conditions=None` skips the UCPE camera branches and `chunk_plucker=None` the Plücker
@@ -152,9 +152,12 @@ class WorldModel(nn.Module):
 
     def _run(
         self, hidden_states, timestep, text, mask, camera, plucker, layout: RunLayout, *,
-        frame_offset: int = 0, states: tuple | None = None, want_state: bool = False, output: bool = True,
+        frame_offset: int | tuple[int, ...] = 0, states: tuple | None = None, want_state: bool = False, output: bool = True,
     ) -> tuple[torch.Tensor | None, tuple | None]:
-        """The shared body of every mode. Returns (velocity [B, C, T, H, W] or None, new block states or None)."""
+        """The shared body of every mode. Returns (velocity [B, C, T, H, W] or None, new block states or None).
+
+        `frame_offset` is the RoPE position of the first frame: one int for every row, or one per row
+        (stacked streams at different positions; the rotary tables are then per row)."""
         dtype, device = self.dtype, self.device
         batch, frames, height, width = hidden_states.shape[0], layout.frames, layout.height, layout.width
 
@@ -166,8 +169,14 @@ class WorldModel(nn.Module):
         text_mask = None if mask is None else (mask != 0)[:, None, None, :]  # [B, 1, 1, L]
 
         # 2. positions: RoPE at absolute frames, UCPE transforms, Plücker rays
-        angles = rope_angles(self.config.head_dim, torch.arange(frame_offset, frame_offset + frames),
-                             height, width, self.config.rope_theta)
+        offsets = sorted(set(frame_offset)) if isinstance(frame_offset, tuple) else [frame_offset]
+        if len(offsets) == 1:
+            angles = rope_angles(self.config.head_dim, torch.arange(offsets[0], offsets[0] + frames),
+                                 height, width, self.config.rope_theta)  # [N, D/2]
+        else:
+            table = {o: rope_angles(self.config.head_dim, torch.arange(o, o + frames), height, width, self.config.rope_theta)
+                     for o in offsets}
+            angles = torch.stack([table[o] for o in frame_offset])  # [B, N, D/2]
         rope = rotary(angles, device=device, dtype=dtype)
         geometry = None
         if camera is not None:
@@ -338,8 +347,7 @@ class WorldModel(nn.Module):
         _, layers = self._run(x_clean_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions,
                               chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers,
                               want_state=True, output=False)
-        return StreamState(layers=layers, frame_index=state.frame_index + frames, chunk_index=state.chunk_index + 1,
-                           latent_hw=state.latent_hw, batch_size=state.batch_size)
+        return state.advanced(layers, frames)
 
 
 def _check_window(kv_window_chunks: int | None, sink: bool) -> None:

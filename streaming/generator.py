@@ -77,6 +77,25 @@ class ChunkTimings:
         return self.denoise_ms + self.commit_ms + self.decode_ms + self.refine_ms
 
 
+@dataclass(frozen=True)
+class ChunkInputs:
+    """One chunk laid out by `ChunkGenerator.begin_chunk` (batch 1; Tc' = Tc + 1 on a walk's first chunk).
+
+    x [1, C, Tc', h, w] is the noise in the sampling dtype, with the image latent as frame 0 on a first
+    chunk; camera [1, Tc', 20]; plucker [1, 6s, Tc', h, w]; image_latent [1, C, 1, h, w] on a first chunk
+    (pinned by the Euler steps), else None; `frames` raw frames decode from it; `latent_end` is the
+    latent index after it.
+    """
+
+    frames: int
+    first: bool
+    latent_end: int
+    x: torch.Tensor
+    camera: torch.Tensor
+    plucker: torch.Tensor
+    image_latent: torch.Tensor | None
+
+
 @dataclass
 class GeneratorSnapshot:
     """Everything `restore` needs to continue a walk exactly from a past chunk boundary."""
@@ -228,8 +247,38 @@ class ChunkGenerator:
         """Generate the next chunk for these raw-frame poses ([n, 4, 4], n = frames_for_next_chunk()).
 
         Returns uint8 frames [n', H, W, 3], n' = frames_shown_for_next_chunk() (n less a dropped first frame);
-        `last_timings` holds the chunk's phase timings.
+        `last_timings` holds the chunk's phase timings. `streaming.batched.step_batched` is the same
+        chunk for many generators at once; this is its naive twin (and its reference in the tests).
         """
+        # 1. Camera conditioning and noise for the chunk's latents.
+        chunk = self.begin_chunk(world_T_cams)
+
+        # 2. Few-step Euler denoising against the read-only state.
+        t0 = time.perf_counter()
+        x = euler_chunk(
+            lambda x_t, timestep: self.model.stream_forward(x_t, timestep, self.text, self.text_mask, chunk.camera, chunk.plucker, self.state),
+            chunk.x, self.config.sigmas, image_latent=chunk.image_latent,
+        )
+        t1 = time.perf_counter()
+
+        # 3. Commit the clean chunk (t = 0) into the next state.
+        state = self.model.stream_commit(x, self.text, self.text_mask, chunk.camera, chunk.plucker, self.state)
+        t2 = time.perf_counter()
+
+        # 4. Refine the chunk's new latents (the image latent is the refiner's sink, never refined).
+        latents = self.refine_chunk(x, chunk.first)
+        t3 = time.perf_counter()
+
+        # 5. Stream-decode with the VAE's causal cache.
+        video = self.decoder.decode_chunk(latents)  # [1, 3, n, H, W]
+        t4 = time.perf_counter()
+        refine_ms = (t3 - t2) * 1e3 if self.refiner is not None else 0.0
+        timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3, refine_ms)
+        return self.end_chunk(chunk, state, video, timings)
+
+    def begin_chunk(self, world_T_cams: np.ndarray) -> ChunkInputs:
+        """Check the poses, add them to the camera conditioner and draw the chunk's noise (the first
+        half of `step`; it changes the conditioner and the RNG, not the stream state)."""
         n = self.frames_for_next_chunk()
         world_T_cams = np.asarray(world_T_cams, dtype=np.float64)
         if world_T_cams.shape != (n, 4, 4) or not np.isfinite(world_T_cams).all():
@@ -238,53 +287,39 @@ class ChunkGenerator:
         tc = self.config.chunk_latents
         lat_start = self.latent_index
         lat_end = lat_start + tc + (1 if first else 0)
-
-        # 1. Camera conditioning for the chunk's latents.
         self.conditioner.add_frames(world_T_cams)
         cond = self.conditioner.latent_chunk(lat_start, lat_end)
         camera = torch.as_tensor(cond["camera_conditions"])[None].to(self.device, self.dtype)  # [1, Tc', 20]
         plucker = torch.as_tensor(cond["chunk_plucker"])[None].to(self.device, self.dtype)  # [1, 6s, Tc', h, w]
-
-        # 2. Few-step Euler denoising against the read-only state.
-        t0 = time.perf_counter()
         _, channels, _, h, w = self.image_latent.shape
         # Noise, timesteps and updates in `sampling_dtype` (the model's dtype unless fp32_sampling); the
         # model casts its input to its own dtype.
-        work = self.sampling_dtype
-        image_latent = self.image_latent.to(work)
+        image_latent = self.image_latent.to(self.sampling_dtype)
         x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
         if first:
             x = torch.cat([image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
-        x = euler_chunk(
-            lambda x_t, timestep: self.model.stream_forward(x_t, timestep, self.text, self.text_mask, camera, plucker, self.state),
-            x, self.config.sigmas, image_latent=image_latent if first else None,
-        )
-        t1 = time.perf_counter()
+        return ChunkInputs(frames=n, first=first, latent_end=lat_end, x=x, camera=camera, plucker=plucker,
+                           image_latent=image_latent if first else None)
 
-        # 3. Commit the clean chunk (t = 0) into the next state.
-        self.state = self.model.stream_commit(x, self.text, self.text_mask, camera, plucker, self.state)
-        t2 = time.perf_counter()
+    def refine_chunk(self, x: torch.Tensor, first: bool) -> torch.Tensor:
+        """The latents to decode: x [1, C, Tc', h, w] itself, or its new latents refined (the image
+        latent is the refiner's sink, never refined); advances the refiner's state."""
+        if self.refiner is None:
+            return x
+        refined, self.refiner_state = self.refiner.refine(x[:, :, 1:] if first else x, self.refiner_state)
+        return torch.cat([self.image_latent.to(refined.dtype), refined], dim=2) if first else refined
 
-        # 4. Refine the chunk's new latents (the image latent is the refiner's sink, never refined).
-        latents = x
-        if self.refiner is not None:
-            refined, self.refiner_state = self.refiner.refine(x[:, :, 1:] if first else x, self.refiner_state)
-            latents = torch.cat([self.image_latent.to(refined.dtype), refined], dim=2) if first else refined
-        t3 = time.perf_counter()
-
-        # 5. Stream-decode with the VAE's causal cache.
-        video = self.decoder.decode_chunk(latents)  # [1, 3, n, H, W]
+    def end_chunk(self, chunk: ChunkInputs, state: Any, video: torch.Tensor, timings: ChunkTimings) -> np.ndarray:
+        """Take the committed state and the decoded video [1, 3, n, H, W]; returns the frames shown."""
         frames = video_tensor_to_frames(video)  # [n, H, W, 3]
-        t4 = time.perf_counter()
-        if frames.shape[0] != n:
-            raise RuntimeError(f"decoder returned {frames.shape[0]} frames for a chunk of {n}")
-        if first and self.config.drop_first_frame:
+        if frames.shape[0] != chunk.frames:
+            raise RuntimeError(f"decoder returned {frames.shape[0]} frames for a chunk of {chunk.frames}")
+        if chunk.first and self.config.drop_first_frame:
             frames = frames[1:]
-
-        refine_ms = (t3 - t2) * 1e3 if self.refiner is not None else 0.0
-        self.last_timings = ChunkTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t4 - t3) * 1e3, refine_ms)
+        self.state = state
+        self.last_timings = timings
         self.chunk_index += 1
-        self.latent_index = lat_end
+        self.latent_index = chunk.latent_end
         self.frame_index += frames.shape[0]
         return frames
 

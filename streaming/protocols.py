@@ -50,6 +50,20 @@ class StreamDecoder(Protocol):
 
 
 @runtime_checkable
+class StackableDecoder(StreamDecoder, Protocol):
+    """A stream decoder whose batch-1 instances stack into one batched decoder (cross-session
+    batching, `streaming.batched`): decoders with equal `stack_key()` stack; `unstack()` of the
+    stacked one after a `decode_chunk` gives each row's decoder, moved on by that chunk."""
+
+    def stack_key(self) -> tuple: ...
+
+    @staticmethod
+    def stack(decoders: list[Any]) -> StackableDecoder: ...
+
+    def unstack(self) -> list[StackableDecoder]: ...
+
+
+@runtime_checkable
 class StreamVAE(Protocol):
     """A video autoencoder with a streaming decoder."""
 

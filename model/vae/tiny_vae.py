@@ -354,6 +354,8 @@ class StreamDecoder:
         self.contexts: list[torch.Tensor] | None = None
         self.latents_seen = 0
         self.grid: tuple[int, int] | None = None
+        # A stacked decoder (`stack`) remembers each row's position, and its own when stacked, for `unstack`.
+        self._rows_seen: tuple[list[int], int] | None = None
 
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, Tc, h, w] -> frames [B, 3, F_c, H, W] in [-1, 1]."""
@@ -365,6 +367,37 @@ class StreamDecoder:
         self.grid = grid
         self.latents_seen += latents.shape[2]
         return self.vae.finish(frames)
+
+    def stack_key(self) -> tuple:
+        """Decoders with equal keys stack (`stack`): the same VAE, all at a sequence's start or all past
+        it, and the same latent grid."""
+        return (id(self.vae), self.latents_seen == 0, self.grid)
+
+    @staticmethod
+    def stack(decoders: list[StreamDecoder]) -> StreamDecoder:
+        """One decoder whose rows are the given decoders' (batch 1 each) caches, for one batched
+        `decode_chunk`; `unstack` gives the rows back. ValueError unless their `stack_key`s agree."""
+        if len({d.stack_key() for d in decoders}) != 1 or any(d.batch_size != 1 for d in decoders):
+            raise ValueError("only batch-1 decoders of one VAE, grid and sequence position stack")
+        out = StreamDecoder(decoders[0].vae, len(decoders))
+        if decoders[0].contexts is not None:
+            out.contexts = [torch.cat(parts) for parts in zip(*(d.contexts for d in decoders))]  # each [B, c, k-1, h, w]
+        out.grid = decoders[0].grid
+        out.latents_seen = decoders[0].latents_seen
+        out._rows_seen = ([d.latents_seen for d in decoders], out.latents_seen)
+        return out
+
+    def unstack(self) -> list[StreamDecoder]:
+        """The rows of a stacked decoder as batch-1 decoders, each advanced by what this one decoded."""
+        rows_seen, stacked_at = self._rows_seen or ([self.latents_seen] * self.batch_size, self.latents_seen)
+        decoded = self.latents_seen - stacked_at
+        rows = []
+        for i in range(self.batch_size):
+            row = StreamDecoder(self.vae, 1)
+            row.contexts = None if self.contexts is None else [c[i:i + 1] for c in self.contexts]
+            row.grid, row.latents_seen = self.grid, rows_seen[i] + decoded
+            rows.append(row)
+        return rows
 
     def clone(self) -> StreamDecoder:
         """A copy of the causal cache (the VAE's weights are shared): a rewind snapshot."""

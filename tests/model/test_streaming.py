@@ -1,6 +1,8 @@
 """Streaming chunk by chunk through StreamState equals the chunk-causal forward of the whole clip."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -205,3 +207,55 @@ def test_camera_conv_switch_changes_only_later_chunks():
         b = within.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=[4, 3])
     assert torch.allclose(a[:, :, :4], b[:, :, :4], atol=1e-6)
     assert (a[:, :, 4:] - b[:, :, 4:]).abs().max() > 1e-4 * a.abs().max()
+
+
+def _walk(model, chunk_sizes, seed):
+    """A single stream (batch 1) committed through `chunk_sizes`, and the inputs of its next chunk of 2 frames."""
+    frames = sum(chunk_sizes) + 2
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, frames, 3, 2, seed=seed)
+    state = model.init_stream_state(1, (3, 2), kv_window_chunks=2, sink=True)
+    start = 0
+    for size in chunk_sizes:
+        sl = slice(start, start + size)
+        state = model.stream_commit(x[:, :, sl], text, mask, cam[:, sl], plucker[:, :, sl], state, timestep=t[:, :, sl])
+        start += size
+    sl = slice(start, start + 2)
+    return state, (x[:, :, sl], t[:, :, sl], text, mask, cam[:, sl], plucker[:, :, sl])
+
+
+def test_stacked_streams_at_different_positions_equal_their_single_runs():
+    """Rows with their own states, RoPE positions (frame_index 9, 13, 9) and cameras, stacked into
+    one call, give each row's single-stream velocity and next state."""
+    model = _model(ModelConfig.preset("tiny"))
+    walks = [_walk(model, sizes, seed) for seed, sizes in enumerate(([3, 2, 2, 2], [3, 2, 2, 2, 2, 2], [3, 2, 2, 2]))]
+    states = [w[0] for w in walks]
+    assert len({s.layout_key() for s in states}) == 1 and [s.frame_index for s in states] == [9, 13, 9]
+    stacked = StreamState.stack(states)
+    assert stacked.frame_index == (9, 13, 9) and stacked.batch_size == 3
+    chunk = [torch.cat(parts) for parts in zip(*(w[1] for w in walks))]
+    x, t, text, mask, cam, plucker = chunk
+    with torch.no_grad():
+        batched_v = model.stream_forward(x, t, text, mask, cam, plucker, stacked)
+        batched_next = model.stream_commit(x, text, mask, cam, plucker, stacked, timestep=t).unstack()
+        for row, (state, one) in enumerate(walks):
+            v = model.stream_forward(*one[:2], *one[2:], state)
+            torch.testing.assert_close(batched_v[row:row + 1], v, rtol=1e-4, atol=1e-5)
+            single_next = model.stream_commit(one[0], *one[2:], state, timestep=one[1])
+            assert batched_next[row].frame_index == state.frame_index + 2
+            for a, b in zip(batched_next[row].layers, single_next.layers, strict=True):
+                pairs = ([(a.kv, b.kv), (a.conv_context, b.conv_context)] if isinstance(a, GDNState)
+                         else [(a.main.k, b.main.k), (a.cam.v, b.cam.v), (a.main.sink_k, b.main.sink_k)])
+                for p, q in pairs:
+                    torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    # the stacked rows were really at different positions: row 1 differs from row 0's inputs at 13
+    assert not torch.allclose(batched_v[0], batched_v[1])
+
+
+def test_streams_of_different_cache_layouts_do_not_stack():
+    model = _model(ModelConfig.preset("tiny"))
+    a, _ = _walk(model, [3, 2], 0)
+    b, _ = _walk(model, [3, 2, 2], 1)
+    with pytest.raises(ValueError, match="different layouts"):
+        StreamState.stack([a, b])
+    with pytest.raises(ValueError, match="rows"):
+        dataclasses.replace(a, frame_index=(1, 2))

@@ -12,7 +12,7 @@ from app.config import StreamConfig
 from app.session import Session
 from streaming.episode import Episode
 from streaming.worker import GenerationWorker
-from tests.app.helpers import fake_runtime
+from tests.app.helpers import RecordingTransport, fake_runtime
 
 BURSTS = [
     pytest.param([True, False, True], id="on-off-on"),
@@ -31,7 +31,7 @@ async def test_record_burst_ends_in_its_last_state(tmp_path, burst):
     stream = StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0)
     runtime = fake_runtime(stream)
     worker = GenerationWorker(num_threads=1)
-    session = Session("t1", "websocket", runtime, worker, runtime.start_view("scene:1"), 64 * 1024, record_dir=tmp_path)
+    session = Session("t1", RecordingTransport(), runtime, worker, runtime.start_view("scene:1"), 64 * 1024, record_dir=tmp_path)
     session.handle_text(json.dumps({"type": "input", "seq": 1, "t": 0.0, "keys": 1, "yaw": 0.0, "pitch": 0.0, "roll": 0.0}))
     worker.start()
     session.begin()

@@ -18,7 +18,7 @@ from app.session import Session
 from controls.integrator import ControlSettings, InputSnapshot, PoseIntegrator
 from streaming.episode import Episode
 from streaming.worker import GenerationWorker
-from tests.app.helpers import fake_runtime
+from tests.app.helpers import RecordingTransport, fake_runtime
 
 SECONDS = 5.0
 
@@ -28,7 +28,7 @@ async def test_scripted_walk_is_recorded(tmp_path):
     runtime = fake_runtime(stream)
     worker = GenerationWorker(num_threads=1)
     start = runtime.start_view("scene:1")
-    session = Session("s1", "websocket", runtime, worker, start, 64 * 1024, record_dir=tmp_path)
+    session = Session("s1", RecordingTransport(), runtime, worker, start, 64 * 1024, record_dir=tmp_path)
     assert session.handle_text(json.dumps({"type": "record", "on": True})) is not None
     worker.start()
     session.begin()
@@ -85,13 +85,13 @@ sys.path.insert(0, {root!r})
 from app.config import StreamConfig
 from app.session import Session
 from streaming.worker import GenerationWorker
-from tests.app.helpers import fake_runtime
+from tests.app.helpers import RecordingTransport, fake_runtime
 
 async def main():
     stream = StreamConfig(width=64, height=48, fps=16.0, idle_chunks=0)
     runtime = fake_runtime(stream)
     worker = GenerationWorker(num_threads=1)
-    session = Session("crash", "websocket", runtime, worker, runtime.start_view("scene:1"), 65536, record_dir={root_dir!r})
+    session = Session("crash", RecordingTransport(), runtime, worker, runtime.start_view("scene:1"), 65536, record_dir={root_dir!r})
     session.handle_text(json.dumps({{"type": "record", "on": True}}))
     session.handle_text(json.dumps({{"type": "input", "seq": 1, "t": 0.0, "keys": 1, "yaw": 0.0, "pitch": 0.0, "roll": 0.0}}))
     worker.start()
