@@ -503,15 +503,19 @@ async def _events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     # The page closes the stream when its walk ends; a reconnect after the error would only get 403.
     await response.write(b"retry: 3600000\n\n")
-    while True:
-        try:
-            await asyncio.wait_for(route.replica_gone.wait(), EVENTS_KEEPALIVE_S)
-            break
-        except asyncio.TimeoutError:
-            await response.write(b": keepalive\n\n")
-    message = json.dumps({"type": "error", "message": route.reason})
-    await response.write(f"data: {message}\n\n".encode())
-    await response.write_eof()
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(route.replica_gone.wait(), EVENTS_KEEPALIVE_S)
+                break
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+        message = json.dumps({"type": "error", "message": route.reason})
+        await response.write(f"data: {message}\n\n".encode())
+        await response.write_eof()
+    except ConnectionResetError:
+        # The page closed the stream (its walk ended, or it left).
+        pass
     return response
 
 

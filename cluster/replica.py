@@ -167,5 +167,7 @@ def deployment(cluster):
         # A replica holds walks for minutes; Serve's request queue is not how they reach it.
         max_ongoing_requests=4,
         graceful_shutdown_timeout_s=10,
+        # A replica that cannot build its app (weights, GPU) fails the same way each time: say so soon.
+        max_constructor_retry_count=2,
         **extra,
     )

@@ -4,7 +4,8 @@ replicas on Ray Serve (docs/serving.md).
 Order of start-up: Ray (a private one for `--ray local`, else the cluster at ADDRESS), Serve with
 its HTTP proxy off (the ingress is the one public server), the registry actor, the replicas
 (`serve.run` returns once each has built its model and registered), then the ingress listens.
-Shutdown undoes it in reverse; a Ray this command started is stopped with it.
+Shutdown undoes it in reverse: roam's Serve app and the registry go; a Ray this command started is
+stopped with its Serve. Start-up that fails leaves nothing running and says why in one line.
 """
 from __future__ import annotations
 
@@ -75,30 +76,68 @@ def start_replicas(config: AppConfig, cluster: ClusterConfig) -> Replicas:
     runtime_env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
     started_ray = not ray.is_initialized()
     if started_ray:
-        if cluster.address == LOCAL:
-            ray.init(num_cpus=max(2, int(cluster.replicas * cluster.replica_cpus + 0.999)), object_store_memory=cluster.local_object_store_mb * 2**20,
-                     include_dashboard=False, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
-        else:
-            ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env=runtime_env)
-    serve.start(proxy_location="Disabled")
-    registry = registry_actor(REGISTRY_NAME, NAMESPACE)
-    token = secrets.token_hex(16)
-    replica_app = deployment(cluster).bind(shared_paths(config), cluster.replica_host, token, registry)
-    serve.run(replica_app, name=SERVE_APP, route_prefix=None)
+        try:
+            if cluster.address == LOCAL:
+                ray.init(num_cpus=max(2, int(cluster.replicas * cluster.replica_cpus + 0.999)), object_store_memory=cluster.local_object_store_mb * 2**20,
+                         include_dashboard=False, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
+            else:
+                ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env=runtime_env)
+        except (ConnectionError, RuntimeError) as error:
+            raise ValueError(f"cannot start or join Ray at {cluster.address!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    registry = None
+    try:
+        _check_resources(ray.cluster_resources(), cluster)
+        serve.start(proxy_location="Disabled")
+        registry = registry_actor(REGISTRY_NAME, NAMESPACE)
+        token = secrets.token_hex(16)
+        replica_app = deployment(cluster).bind(shared_paths(config), cluster.replica_host, token, registry)
+        serve.run(replica_app, name=SERVE_APP, route_prefix=None)
+    except BaseException as error:
+        # Leave nothing running: a replica that cannot start (no weights, no GPU) fails the command.
+        _stop(registry, started_ray)
+        if isinstance(error, Exception) and not isinstance(error, ValueError):
+            raise ValueError(f"the generation replicas did not start: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        raise
     return Replicas(registry=registry, token=token, started_ray=started_ray)
+
+
+def _check_resources(resources: dict[str, float], cluster: ClusterConfig) -> None:
+    """ValueError when a `--ray local` cluster cannot hold the replicas (Serve would wait forever);
+    a warning on a joined cluster, whose autoscaler may still add nodes."""
+    short = [f"{cluster.replicas} x {need:g} {name} (it has {resources.get(name, 0.0):g})"
+             for name, need in (("GPU", cluster.replica_gpus), ("CPU", cluster.replica_cpus))
+             if need > 0 and resources.get(name, 0.0) + 1e-9 < cluster.replicas * need]
+    if not short:
+        return
+    message = f"the Ray cluster cannot hold {cluster.replicas} replicas: they need {' and '.join(short)}"
+    if cluster.address == LOCAL:
+        raise ValueError(message)
+    log.warning("%s; waiting for the cluster to grow", message)
 
 
 def stop_replicas(replicas: Replicas) -> None:
     """Delete the replicas and the registry; stop Ray if `start_replicas` started it."""
+    _stop(replicas.registry, replicas.started_ray)
+
+
+def _stop(registry, started_ray: bool) -> None:
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     try:
-        serve.delete(SERVE_APP)
-        serve.shutdown()
+        # On a cluster this command joined, other Serve apps may live beside roam's: delete only ours.
+        try:
+            serve.delete(SERVE_APP)
+        except RayServeException:
+            # Serve never started (start-up failed before it).
+            pass
+        if started_ray:
+            serve.shutdown()
     finally:
-        ray.kill(replicas.registry)
-        if replicas.started_ray:
+        if registry is not None:
+            ray.kill(registry)
+        if started_ray:
             ray.shutdown()
 
 
@@ -131,6 +170,11 @@ def main(args: argparse.Namespace) -> int:
         cluster = cluster_from_args(args, config.device)
         if cluster.replica_gpus == 0:
             check_device(config.device)
+        if config.model_path is not None:
+            from model.release import preflight
+
+            # What the release needs besides its weights, said before any replica starts loading it.
+            preflight(config.model_path, text_encoder_folder=config.text_encoder)
     except ValueError as error:
         raise SystemExit(f"run.py serve --ray: {error}") from None
     try:

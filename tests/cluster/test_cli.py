@@ -2,6 +2,7 @@
 plain `python run.py` never importing the cluster room or Ray."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,23 @@ def test_serve_help_lists_the_cluster_flags():
     out = subprocess.run([sys.executable, "run.py", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
     for flag in ("--ray ADDRESS", "--replicas", "--replica-gpus", "--replica-cpus"):
         assert flag in out
+
+
+def test_a_local_cluster_short_of_gpus_is_refused_and_a_joined_one_waits(caplog):
+    from cluster.serve_cmd import _check_resources
+
+    _check_resources({"CPU": 2.0}, ClusterConfig(address="local", replicas=2, replica_cpus=1))
+    with pytest.raises(ValueError, match=r"cannot hold 2 replicas: they need 2 x 1 GPU \(it has 0\)"):
+        _check_resources({"CPU": 2.0}, ClusterConfig(address="local", replicas=2, replica_gpus=1))
+    with pytest.raises(ValueError, match=r"2 x 1 GPU \(it has 1\) and 2 x 4 CPU \(it has 4\)"):
+        _check_resources({"CPU": 4.0, "GPU": 1.0}, ClusterConfig(address="local", replicas=2, replica_gpus=1, replica_cpus=4))
+    # A joined cluster's autoscaler may add the GPUs: only a warning.
+    _check_resources({"CPU": 2.0}, ClusterConfig(address="auto", replicas=2, replica_gpus=1))
+    assert "waiting for the cluster to grow" in caplog.text
+
+
+def test_joining_no_cluster_is_one_line():
+    done = subprocess.run([sys.executable, "run.py", "serve", "--ray", "auto", "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("run.py serve --ray: cannot start or join Ray at 'auto': ")
