@@ -17,7 +17,7 @@ from tests.e2e.conftest import _free_port, running_server
 
 pytest.importorskip("ray", reason="requirements-cluster.txt installs Ray; CI installs it with requirements-dev.txt")
 
-pytestmark = [pytest.mark.browser, pytest.mark.heavy, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 FIRST_FRAME_TIMEOUT_MS = 90_000
 # Ray's start-up and each replica's model on a busy 2-core box; shutdown stops the replicas and Ray.
