@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("app.bench_cmd", "run a benchmark (model, gdn, stream, ae, ...)"),
     "ui": ("app.ui_cmd", "Gradio UI for offline generation"),
     "export": ("app.export_cmd", "export a recorded episode to a training format"),
+    "dataset": ("collect.dataset_cmd", "build one LeRobot dataset from a campaign's or record dir's episodes"),
 }
 
 

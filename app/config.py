@@ -46,6 +46,9 @@ class ServerConfig:
     web_dir: Path = WEB_DIR
     # Where walks are recorded when their user consents (None: recording is off on this server).
     record_dir: Path | None = None
+    # A campaign file (collect.campaign): the page shows its consent and tasks, /api/campaign/* serve
+    # them, and record_dir is the campaign's (None: free walks).
+    campaign: Path | None = None
     # Chunk-boundary snapshots kept per session for rewind.
     rewind_chunks: int = 16
     # Public host names (lower case, no port) served besides loopback and the bound address.

@@ -6,8 +6,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +105,13 @@ class Close:
 
 
 Message = Input | Reset | Record | Rewind | Settings | Ping | Hello | Ack | Visibility | Close
+
+
+def event_record(message: Message) -> dict[str, Any]:
+    """A parsed message as a line of an episode's events.jsonl: `server_t` (unix seconds now),
+    `type` (the protocol's name) and its fields (a hello's token is never stored)."""
+    fields = {k: v for k, v in dataclasses.asdict(message).items() if k != "token"}
+    return {"server_t": time.time(), "type": type(message).__name__.lower(), **fields}
 
 
 def brief(value: Any, limit: int = 80) -> str:

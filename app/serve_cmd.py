@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigmas", default=None,
                         help="comma-separated sampler σ list, e.g. 1,0.75,0.5,0.25,0 (default: the one the model was trained for)")
     parser.add_argument("--record-dir", type=Path, default=Path("recordings"), help="where walks are recorded when the user turns Record on (default %(default)s)")
+    parser.add_argument("--campaign", type=Path, default=None, metavar="FILE",
+                        help="run a data-collection campaign (a TOML file, docs/collection.md): consent, tasks; records into its record_dir")
     parser.add_argument("--rewind-chunks", type=int, default=server.rewind_chunks, help="chunk snapshots kept per walk for Rewind (default %(default)s)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="also serve requests for this public host name (repeatable; loopback names and the bound address are always served)")
@@ -78,7 +80,13 @@ def config_from_args(args: argparse.Namespace):
     from app.config import AppConfig, ServerConfig, StreamConfig
     from model.release import sigmas_flag
 
-    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=args.record_dir, rewind_chunks=args.rewind_chunks,
+    record_dir = args.record_dir
+    if args.campaign is not None:
+        from collect.campaign import load_campaign
+
+        # Validated here so a bad file is one line before anything loads; its record_dir wins.
+        record_dir = load_campaign(args.campaign).record_dir
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=record_dir, rewind_chunks=args.rewind_chunks, campaign=args.campaign,
                           allowed_hosts=tuple(name.lower().rstrip(".") for name in args.allow_host), connect_timeout_s=args.connect_timeout)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)

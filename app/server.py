@@ -86,7 +86,19 @@ def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Applica
     app.router.add_get("/ws", _websocket)
     if config.server.web_dir.is_dir():
         app.router.add_static("/web/", config.server.web_dir)
+    _add_collect_routes(app, config)
     return app
+
+
+def _add_collect_routes(app: web.Application, config: AppConfig) -> None:
+    """Data collection: /review always; /api/campaign/* with a campaign file (docs/collection.md)."""
+    from app.campaign_routes import add_campaign_routes
+    from app.review_routes import add_review_routes
+    from collect.campaign import load_campaign
+
+    if config.server.campaign is not None:
+        add_campaign_routes(app, load_campaign(config.server.campaign))
+    add_review_routes(app)
 
 
 async def _on_startup(app: web.Application) -> None:

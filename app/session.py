@@ -159,6 +159,9 @@ class Session:
         self.last_heard_t = time.monotonic()
         try:
             message = m.parse_message(data, self.max_message_bytes)
+            if self.recorder is not None and not isinstance(message, m.Ack):
+                # Raw input is data: every message as the page sent it, before chunk sampling.
+                self.recorder.on_event(m.event_record(message))
             self.apply(message)
         except m.MessageError as error:
             self._drop(error)

@@ -16,6 +16,13 @@ Episode folder layout (read back by `streaming.episode.Episode`):
   `seq`, `client_t_ms`, `keys`, `yaw pitch roll` degrees, `dx dy` pixels; null before any input)
   and `latency` (`chunk_ms`: generation time of the frame's chunk; `input_to_frame_ms`: from the
   input's arrival at the server to the frame being produced, null without input).
+- `events.jsonl`: every message the page sent while recording (raw input as the human timed it,
+  before chunk sampling), one JSON line each: `server_t` (unix seconds at arrival), `type` (the
+  protocol's message type) and the message's fields (`input`: `seq`, `t` client ms, `keys`, `yaw
+  pitch roll` degrees, `dx dy` pixels; control messages: theirs). Lines are flushed as they come and
+  fsynced with each chunk's lines, so a crash loses at most the events since the last chunk.
+  Events that arrive after consent and before the episode's first chunk open the episode with it.
+  `meta.events` counts the lines written; `meta.events_dropped` the ones a full backlog refused.
 - `video.mp4`: written by `close()` by remuxing the segments (no re-encode, same packets). A
   killed process leaves no `video.mp4`; the reader then plays the segments.
 
@@ -74,6 +81,11 @@ CONVENTIONS = {
     "scene_scale": 1.0,
 }
 SEGMENT_DIR = "segments"
+EVENTS_FILE = "events.jsonl"
+# meta.json fields the recorder owns; `meta` arguments and tags may not set them.
+OWN_META_FIELDS = frozenset({"format", "version", "complete", "frames", "chunks", "fps", "width", "height", "intrinsics", "conventions", "created", "closed", "events", "events_dropped"})
+# Page messages queued for the writer before new ones are refused (counted in meta.events_dropped).
+MAX_PENDING_EVENTS = 20_000
 _EPISODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -188,7 +200,7 @@ class EpisodeWriter:
             raise ValueError(f"intrinsics must be (fx, fy, cx, cy) with fx, fy > 0, got {intrinsics}")
         if start_image.dtype != np.uint8 or start_image.shape != (height, width, 3):
             raise ValueError(f"start_image must be uint8 [{height}, {width}, 3], got {start_image.dtype} {start_image.shape}")
-        own = {"format", "version", "complete", "frames", "chunks", "fps", "width", "height", "intrinsics", "conventions", "created", "closed"}
+        own = OWN_META_FIELDS
         clash = sorted(own & set(meta or {}))
         if clash:
             raise ValueError(f"meta may not set the recorder's own fields {clash}")
@@ -220,6 +232,27 @@ class EpisodeWriter:
         Image.fromarray(start_image).save(folder / "start.png")
         write_json_atomic(folder / "meta.json", self.meta)
         self._lines = open(folder / "frames.jsonl", "a")
+        self._events = None
+        self.events_written = 0
+
+    def append_events(self, records: Sequence[dict]) -> None:
+        """Append page messages to events.jsonl (flushed now, fsynced with the next chunk)."""
+        if self.closed or not records:
+            return
+        if self._events is None:
+            self._events = open(self.folder / EVENTS_FILE, "a")
+        self._events.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        self._events.flush()
+        self.events_written += len(records)
+
+    def update_meta(self, fields: dict) -> None:
+        """Merge `fields` into meta.json now (atomically) and at close; the recorder's own fields are refused."""
+        clash = sorted(OWN_META_FIELDS & set(fields))
+        if clash:
+            raise ValueError(f"meta may not set the recorder's own fields {clash}")
+        self.meta.update(fields)
+        if not self.closed:
+            write_json_atomic(self.folder / "meta.json", self.meta)
 
     @property
     def name(self) -> str:
@@ -259,6 +292,8 @@ class EpisodeWriter:
         self._lines.write("\n".join(lines) + "\n")
         self._lines.flush()
         os.fsync(self._lines.fileno())
+        if self._events is not None:
+            os.fsync(self._events.fileno())
         self.frames_written += len(frames)
         self.chunks_written += 1
 
@@ -268,10 +303,14 @@ class EpisodeWriter:
             return self.folder
         self.closed = True
         self._lines.close()
+        if self._events is not None:
+            self._events.flush()
+            os.fsync(self._events.fileno())
+            self._events.close()
         segments = sorted((self.folder / SEGMENT_DIR).glob("*.mp4"))
         if segments:
             concat_segments(segments, self.folder / "video.mp4")
-        self.meta.update(complete=True, frames=self.frames_written, chunks=self.chunks_written, closed=time.time())
+        self.meta.update(complete=True, frames=self.frames_written, chunks=self.chunks_written, events=self.events_written, closed=time.time())
         write_json_atomic(self.folder / "meta.json", self.meta)
         log.info("episode %s closed: %d frames in %d chunks", self.folder, self.frames_written, self.chunks_written)
         return self.folder
@@ -327,6 +366,12 @@ class SessionRecorder:
         # Walk frame index (frames since the walk's last reset) of each frame in the open episode.
         self._walk_frames: list[int] = []
         self._branch: tuple[str, int] | None = None
+        # Page messages that came before the episode's first chunk (writer thread), and the tags
+        # (`set_tags`) every episode opened from now on carries in its meta.
+        self._early_events: collections.deque[dict] = collections.deque(maxlen=MAX_PENDING_EVENTS)
+        self._tags: dict[str, Any] = {}
+        self._pending_events = 0
+        self.events_dropped = 0
         self.episodes: list[Path] = []
         self.failed: BaseException | None = None
         self._count = 0
@@ -374,6 +419,28 @@ class SessionRecorder:
                 return
             self._pending_chunks += 1
             self._post("chunk", list(frames), walk_frame0)
+
+    def on_event(self, record: dict) -> None:
+        """A page message (see `events.jsonl`), recorded only while consent is on. Never waits:
+        past MAX_PENDING_EVENTS queued ones it is counted in `events_dropped` instead."""
+        with self._cond:
+            if not self._consent or self._closed:
+                return
+            if self._pending_events >= MAX_PENDING_EVENTS:
+                self.events_dropped += 1
+                return
+            self._pending_events += 1
+            self._post("event", record)
+
+    def set_tags(self, tags: dict) -> None:
+        """Merge `tags` into the meta of the open episode (if any) and of every episode opened later
+        (campaign, participant, task, outcome...). Applied in order with chunks and consent. Never waits."""
+        clash = sorted(OWN_META_FIELDS & set(tags))
+        if clash:
+            raise ValueError(f"tags may not set the recorder's own fields {clash}")
+        with self._cond:
+            if not self._closed:
+                self._post("tags", dict(tags))
 
     def on_reset(self) -> None:
         """The walk restarted: the open episode ends; the next chunk opens an unlinked one."""
@@ -431,6 +498,8 @@ class SessionRecorder:
                     self._busy -= 1
                     if command[0] == "chunk":
                         self._pending_chunks -= 1
+                    elif command[0] == "event":
+                        self._pending_events -= 1
                     self._cond.notify_all()
             if command[0] == "close":
                 return
@@ -445,6 +514,15 @@ class SessionRecorder:
                 self._open(frames[0], walk_frame0)
             self._writer.append_chunk(frames)
             self._walk_frames.extend(range(walk_frame0, walk_frame0 + len(frames)))
+        elif kind == "event":
+            if self._writer is None:
+                self._early_events.append(command[1])
+            else:
+                self._writer.append_events([command[1]])
+        elif kind == "tags":
+            self._tags.update(command[1])
+            if self._writer is not None:
+                self._writer.update_meta(command[1])
         elif kind == "rewind":
             if self._writer is not None:
                 kept = sum(1 for f in self._walk_frames if f < command[1])
@@ -453,11 +531,14 @@ class SessionRecorder:
         elif kind in ("reset", "stop", "close"):
             self._close_writer()
             self._branch = None
+            if kind != "reset":
+                # Consent withdrawn: what came before belongs to no episode.
+                self._early_events.clear()
 
     def _open(self, first: RecordedFrame, walk_frame0: int) -> None:
         self._count += 1
         folder = self.root / f"{self._stamp}-{self.session_id}-{self._count:03d}"
-        meta = dict(self.base_meta)
+        meta = {**self.base_meta, **self._tags}
         at_walk_start = walk_frame0 == 0
         meta["start_png"] = "walk_start_image" if at_walk_start else "first_frame"
         meta["walk_frame0"] = walk_frame0
@@ -467,12 +548,16 @@ class SessionRecorder:
         start = self.walk_start_image if at_walk_start else first.image
         self._writer = EpisodeWriter(folder, fps=self.fps, intrinsics=self.intrinsics, width=self.width, height=self.height, start_image=start, meta=meta)
         self._walk_frames = []
+        self._writer.append_events(list(self._early_events))
+        self._early_events.clear()
         self.episodes.append(folder)
         log.info("[%s] recording episode %s", self.session_id, folder)
 
     def _close_writer(self) -> None:
         if self._writer is not None:
             try:
+                if self.events_dropped:
+                    self._writer.meta["events_dropped"] = self.events_dropped
                 self._writer.close()
             finally:
                 self._writer = None

@@ -13,7 +13,9 @@ FORBIDDEN = {
     "controls": {"model", "streaming", "app", "train", "sim", "cluster"},
     "model": {"streaming", "app", "train", "sim", "cluster"},
     "sim": {"model", "streaming", "app", "train", "cluster"},
-    "streaming": {"app", "train", "cluster"},
+    "streaming": {"app", "train", "collect", "cluster"},
+    # Campaigns and the dataset build read what streaming writes; the app serves them, not the reverse.
+    "collect": {"app", "train", "cluster"},
     # Serving past one machine sits above app/; plain `python run.py` must run without it (and Ray).
     "app": {"cluster", "ray"},
 }

@@ -17,8 +17,9 @@
 // twice: a `close` note on the control channel and a beacon with the session's close token.
 //
 // Modules (web/js/): page_state (constants, state), transport, input, stage_controls, stage_view,
-// hud_minimap, scene_picker, page_util; this file wires them together and exposes the test hook.
+// hud_minimap, scene_picker, page_util, campaign_view; this file wires them together and exposes the test hook.
 
+import { campaignState, loadCampaign } from "./js/campaign_view.js";
 import { addLook, bindInput, keyDown, keyMask, keyUp, releaseAll, tick } from "./js/input.js";
 import { $, state } from "./js/page_state.js";
 import { median } from "./js/page_util.js";
@@ -53,6 +54,8 @@ window.__roam = {
   look: addLook,
   // The inbound video's getStats() counters, read fresh (WebRTC only; null otherwise).
   stats: inboundVideoStats,
+  // The campaign view's participant, task and whether recording is bound (campaign mode only).
+  campaign: campaignState,
 };
 
 bindInput();
@@ -60,4 +63,5 @@ bindButtons();
 $("upload-input").addEventListener("change", (event) => uploadImage(event.target.files[0]));
 loadModel();
 loadScenes();
+loadCampaign();
 requestAnimationFrame(tick);

@@ -1,0 +1,1 @@
+"""Data collection: campaigns (`collect.campaign`), quality filters, reviews and the dataset build."""
