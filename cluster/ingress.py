@@ -17,6 +17,7 @@ Routes (the page's, docs/protocol.md, unchanged) and what the ingress does with 
 - `GET /ws`: the websocket fallback is proxied to the placed replica. It is the transport for
   browsers that cannot reach a replica over UDP, so it must pass the one public address anyway.
   A replica that dies mid-walk closes the proxied socket with an `error` message first.
+- `GET /review`, `/api/review/*`: forwarded to the first live replica (the record dir is shared).
 - `GET /healthz`: sums over the replicas, and lists each.
 
 Placement: the live replica with the fewest sessions (its probed count, plus the walks on their way
@@ -326,6 +327,9 @@ def create_ingress_app(config: AppConfig, cluster: ClusterConfig, directory: Dir
     app.router.add_post("/api/sessions/{session_id}/close", _close_session)
     app.router.add_get("/api/sessions/{session_id}/events", _events)
     app.router.add_get("/ws", _websocket)
+    app.router.add_get("/review", _review)
+    app.router.add_get("/api/review/{tail:.+}", _review)
+    app.router.add_post("/api/review/{tail:.+}", _review)
     if config.server.web_dir.is_dir():
         app.router.add_static("/web/", config.server.web_dir)
     return app
@@ -375,17 +379,34 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _ask_any(request: web.Request) -> web.Response:
-    """A read-only GET answered by the first live replica that answers."""
+    """A request every replica answers alike (one model, one shared record dir), forwarded to the
+    first live replica in id order that answers: so review decisions are written by one process."""
     ingress = request.app[INGRESS]
+    body, headers = None, {}
+    if request.method == "POST":
+        body = await _read_limited(request, ingress.config.server.max_message_bytes)
+        if body is None:
+            return _error(413, f"body exceeds the {ingress.config.server.max_message_bytes}-byte limit")
+        headers = {"Content-Type": request.content_type}
     for replica in sorted((r for r in ingress.replicas.values() if r.alive), key=lambda r: r.info.id):
         try:
-            async with ingress.http.get(f"{replica.info.url}{request.path_qs}", timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
+            async with ingress.http.request(request.method, f"{replica.info.url}{request.path_qs}", data=body, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
                 return await _relay(response)
         except aiohttp.ClientConnectorError as error:
             ingress.mark_dead(replica, f"connection refused ({error.os_error})")
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             log.warning("replica %s did not answer %s: %r", replica.info.id, request.path, error)
     return _error(503, ingress.full_message() if not any(r.alive for r in ingress.replicas.values()) else "no replica answered")
+
+
+async def _review(request: web.Request) -> web.Response:
+    """The review page and its API (app/review_routes.py), which read the replicas' shared record dir;
+    on a non-loopback bind they need the public token, as on a single server."""
+    if not _token_ok(request):
+        request.app[INGRESS].stats["rejected_auth"] += 1
+        return _error(401, "bad or missing token")
+    return await _ask_any(request)
 
 
 async def _upload(request: web.Request) -> web.Response:

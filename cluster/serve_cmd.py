@@ -168,6 +168,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         cluster = cluster_from_args(args, config.device)
+        if config.server.campaign is not None:
+            # A campaign's desk (who has which task) lives in one process; the replicas would each keep their own.
+            raise ValueError("--campaign runs on a single server only (python run.py serve --campaign FILE), not with --ray yet")
         if cluster.replica_gpus == 0:
             check_device(config.device)
         if config.model_path is not None:

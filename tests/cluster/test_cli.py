@@ -90,3 +90,12 @@ def test_joining_no_cluster_is_one_line():
                           env={**os.environ, "RAY_ADDRESS": ""})
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("run.py serve --ray: cannot start or join Ray at 'auto': ")
+
+
+def test_a_campaign_is_refused_with_ray(tmp_path):
+    from tests.collect.test_campaign import GOOD, write
+
+    done = subprocess.run([sys.executable, "run.py", "serve", "--ray", "local", "--campaign", str(write(tmp_path, GOOD))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "run.py serve --ray: --campaign runs on a single server only (python run.py serve --campaign FILE), not with --ray yet"

@@ -41,8 +41,8 @@ class FakeReplica:
             handler.transport.abort()
 
 
-async def _replica(max_sessions: int) -> FakeReplica:
-    config = AppConfig(server=ServerConfig(port=0, token=REPLICA_TOKEN, max_sessions=max_sessions), stream=STREAM)
+async def _replica(max_sessions: int, record_dir=None) -> FakeReplica:
+    config = AppConfig(server=ServerConfig(port=0, token=REPLICA_TOKEN, max_sessions=max_sessions, record_dir=record_dir), stream=STREAM)
     app = create_app(config, fake_runtime(STREAM))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -50,12 +50,12 @@ async def _replica(max_sessions: int) -> FakeReplica:
 
 
 @contextlib.asynccontextmanager
-async def cluster_of(n: int, max_sessions: int = 1, token: str | None = None):
-    """`n` replicas and an ingress on 127.0.0.1; yields (ingress url, [FakeReplica])."""
+async def cluster_of(n: int, max_sessions: int = 1, token: str | None = None, record_dir=None):
+    """`n` replicas (sharing `record_dir`) and an ingress on 127.0.0.1; yields (ingress url, [FakeReplica])."""
     async with contextlib.AsyncExitStack() as stack:
         replicas = []
         for _ in range(n):
-            replicas.append(await _replica(max_sessions))
+            replicas.append(await _replica(max_sessions, record_dir))
             stack.push_async_callback(replicas[-1].server.close)
         directory = StaticDirectory([ReplicaInfo(id=f"r{i}", url=r.url, pid=None, node="127.0.0.1") for i, r in enumerate(replicas)])
         config = AppConfig(server=ServerConfig(port=0, token=token), stream=STREAM)
@@ -215,3 +215,30 @@ async def test_offers_arriving_together_spread_over_replicas():
         finally:
             await a.close()
             await b.close()
+
+
+async def test_review_reads_the_shared_record_dir_through_the_ingress(tmp_path):
+    async with cluster_of(2, max_sessions=1, record_dir=tmp_path, token="public-secret-42") as (url, _), aiohttp.ClientSession() as http:
+        walks = [await _offer(url, token="public-secret-42") for _ in range(2)]
+        try:
+            assert {answer["replica"] for _, _, answer in walks} == {"r0", "r1"}
+            for client, _, _ in walks:
+                await client.wait_open()
+                client.control.send(json.dumps({"type": "record", "on": True}))
+            await asyncio.gather(*(client.frames(24, 20) for client, _, _ in walks))
+        finally:
+            for client, _, _ in walks:
+                await client.close()
+        await wait_for(lambda: len(list(tmp_path.glob("*/meta.json"))) == 2, 10)
+        async with http.get(f"{url}/api/review/episodes") as response:
+            assert response.status == 401
+        auth = {"Authorization": "Bearer public-secret-42"}
+        async with http.get(f"{url}/api/review/episodes", headers=auth) as response:
+            assert response.status == 200
+            listing = await response.json()
+        names = sorted(e["name"] for e in listing["episodes"])
+        assert [n.split("-")[2] for n in names] == sorted(answer["session_id"] for _, _, answer in walks)
+        async with http.post(f"{url}/api/review/episodes/{names[0]}", json={"decision": "accept", "note": "ok"}, headers=auth) as response:
+            assert response.status == 200, await response.text()
+        async with http.get(f"{url}/review?token=public-secret-42") as response:
+            assert response.status == 200 and response.content_type == "text/html"
