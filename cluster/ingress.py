@@ -158,7 +158,6 @@ class Ingress:
         self.offer_ms: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
         self.http: aiohttp.ClientSession | None = None
         self._probe_task: asyncio.Task | None = None
-        self.probed = asyncio.Event()
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.replica_token}"})
@@ -200,7 +199,6 @@ class Ingress:
                 await self.directory.forget(replica_id)
                 log.info("replica %s forgotten (dead %.0f s)", replica_id, now - replica.dead_t)
         await asyncio.gather(*(self._probe(r) for r in list(self.replicas.values())))
-        self.probed.set()
 
     async def _probe(self, replica: Replica) -> None:
         timeout = aiohttp.ClientTimeout(total=self.cluster.probe_timeout_s)
@@ -233,7 +231,8 @@ class Ingress:
             self.mark_dead(replica, reason)
 
     def mark_dead(self, replica: Replica, reason: str) -> None:
-        """Take `replica` out of placement and end the event streams of its walks with `reason`."""
+        """Take `replica` out of placement and end its walks' event streams with REPLICA_GONE (`reason`,
+        the why, goes to the log)."""
         if replica.alive or replica.dead_t is None:
             log.warning("replica %s is dead: %s", replica.info.id, reason)
             replica.dead_t = time.monotonic()
