@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="shared secret every connection must carry (required off loopback)")
     parser.add_argument("--model", type=Path, default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
-    parser.add_argument("--max-sessions", type=int, default=server.max_sessions, help="concurrent walks (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=server.max_sessions,
+                        help="most concurrent walks (default %(default)s); fewer are admitted when the measured chunk times say they would not keep their frame rate")
+    parser.add_argument("--no-capacity-admission", action="store_true", help="admit up to --max-sessions whatever the measured capacity")
+    parser.add_argument("--batch-sessions", type=int, default=stream.batch_sessions,
+                        help="most walks denoised in one batched chunk; 1 = one walk per chunk (default %(default)s)")
+    parser.add_argument("--buffer-chunks", type=float, default=stream.buffer_chunks, help="frames queued per walk, in chunks (default %(default)s)")
     parser.add_argument("--width", type=int, default=None, help=f"video width in px (default {stream.width}, or the release's with --model)")
     parser.add_argument("--height", type=int, default=None, help=f"video height in px (default {stream.height}, or the release's with --model)")
     parser.add_argument("--fps", type=float, default=None, help=f"video frame rate (default {stream.fps:g}, or the release's with --model)")
@@ -86,11 +91,13 @@ def config_from_args(args: argparse.Namespace):
 
         # Validated here so a bad file is one line before anything loads; its record_dir wins.
         record_dir = load_campaign(args.campaign).record_dir
-    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=record_dir, rewind_chunks=args.rewind_chunks, campaign=args.campaign,
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, admit_by_capacity=not args.no_capacity_admission,
+                          record_dir=record_dir, rewind_chunks=args.rewind_chunks, campaign=args.campaign,
                           allowed_hosts=tuple(name.lower().rstrip(".") for name in args.allow_host), connect_timeout_s=args.connect_timeout)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
+                          batch_sessions=args.batch_sessions, buffer_chunks=args.buffer_chunks,
                           sigmas=sigmas, prompt=args.prompt, refiner=not args.no_refiner, **explicit)
     # A release brings its own size and chunking unless the command line sets them.
     from_model = args.model is not None and not explicit

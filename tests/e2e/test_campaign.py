@@ -226,6 +226,8 @@ def test_campaign_two_participants_to_a_reviewed_dataset(browser, tmp_path):
         with urllib.request.urlopen(server.url + "api/campaign/progress", timeout=10) as response:
             progress = json.loads(response.read())
         assert progress["participants"] == 2 and progress["episodes"] == 4 and progress["accepted"] == 1 and progress["rejected"] == 1
+        # The operator's console: a progress line after each participant's step.
+        assert "campaign e2e-trees: 2 participants," in server.log.read_text()
 
     second = _build(campaign)
     after = _dataset_sources(ds)
