@@ -21,7 +21,8 @@ Routes (the page's, docs/protocol.md, unchanged) and what the ingress does with 
 - `GET /healthz`: sums over the replicas, and lists each.
 
 Placement: the live replica with the fewest sessions (its probed count, plus the walks on their way
-to it or placed after that probe was sent) that has room; a replica that answers 503 (full) or cannot be reached is
+to it or placed after that probe was sent) that has room (its slots, or fewer when its measured
+chunk times say so: /healthz `capacity`); a replica that answers 503 (full) or cannot be reached is
 skipped for the next. Invariants: a walk is placed on one replica and stays there (its worker,
 state and peer live in that process); a replica that failed a probe takes no new walks until a
 probe succeeds again; every response is a 4xx/5xx with `{"error"}` naming the problem or the
@@ -49,7 +50,9 @@ log = logging.getLogger("roam.ingress")
 
 INGRESS = web.AppKey("ingress", object)
 # The ingress's own refusal counters, named as the single-process server names its own.
-REJECTED = ("full", "bad_request", "auth", "host", "cross_site")
+REJECTED = ("full", "capacity", "bad_request", "auth", "host", "cross_site")
+# How a replica's refusal for want of room begins (docs/protocol.md): its slots, or its measured capacity.
+NO_ROOM = ("server full", "server at its measured capacity")
 # Walks whose replica the ingress remembers (for the close beacon and the event stream); the oldest goes first.
 MAX_ROUTES = 4096
 # Uploads kept for placing their walks on another replica than the one that took them.
@@ -105,6 +108,8 @@ class Replica:
     alive: bool = False
     sessions: int = 0
     max_sessions: int = 0
+    # Walks its measured chunk times fit (app/server.py `capacity`); None until it has measured.
+    capacity: int | None = None
     model: str | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     failures: int = 0
@@ -121,12 +126,16 @@ class Replica:
     def load(self) -> int:
         return self.sessions + self.placing + len(self.placed_t)
 
+    def room(self) -> int:
+        """Walks it takes at most now: its slots, or fewer once its measured capacity says so."""
+        return self.max_sessions if self.capacity is None else min(self.max_sessions, self.capacity)
+
     def has_room(self) -> bool:
-        return self.alive and self.load() < self.max_sessions
+        return self.alive and self.load() < self.room()
 
     def public(self) -> dict:
         return {"id": self.info.id, "url": self.info.url, "node": self.info.node, "pid": self.info.pid, "alive": self.alive,
-                "sessions": self.sessions, "max_sessions": self.max_sessions}
+                "sessions": self.sessions, "max_sessions": self.max_sessions, "capacity": self.capacity}
 
 
 @dataclass
@@ -218,6 +227,8 @@ class Ingress:
         replica.failures = 0
         replica.sessions = int(health.get("sessions", 0))
         replica.max_sessions = int(health.get("max_sessions", 0))
+        capacity = health.get("capacity")
+        replica.capacity = int(capacity) if isinstance(capacity, int) else None
         replica.model = health.get("model")
         replica.rejected = dict(health.get("rejected", {}))
         replica.placed_t = [t for t in replica.placed_t if t >= sent_t]
@@ -255,7 +266,7 @@ class Ingress:
         if not live:
             return "no generation replica is up yet; try again in a moment"
         used = sum(r.load() for r in live)
-        total = sum(r.max_sessions for r in live)
+        total = sum(r.room() for r in live)
         return f"server full: {min(used, total)} of {total} sessions in use on {len(live)} replicas"
 
     def remember_route(self, session_id: str, route: Route) -> None:
@@ -289,10 +300,13 @@ class Ingress:
         live = [r for r in self.replicas.values() if r.alive]
         rejected = {name: self.stats[f"rejected_{name}"] + sum(r.rejected.get(name, 0) for r in live) for name in REJECTED}
         overhead = sorted(total - upstream for total, upstream in self.offer_ms)
+        measured = [r.capacity for r in live if r.capacity is not None]
         return {
             "ok": bool(live),
             "sessions": sum(r.sessions for r in live),
             "max_sessions": sum(r.max_sessions for r in live),
+            # The live replicas' measured capacities summed (a replica not yet measured counts its slots); None when none has measured.
+            "capacity": sum(r.room() for r in live) if measured else None,
             "model": next((r.model for r in live if r.model), None),
             "rejected": rejected,
             "replicas": [r.public() for r in sorted(self.replicas.values(), key=lambda r: r.info.id)],
@@ -467,8 +481,8 @@ async def _offer(request: web.Request) -> web.Response:
                                          timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
                 upstream_ms = (time.perf_counter() - t_up) * 1e3
                 if response.status == 503:
-                    # Full after all (walks came in directly or between probes): the next replica.
-                    replica.sessions = max(replica.sessions, replica.max_sessions)
+                    # Full after all (walks came in directly or between probes, or its capacity fell): the next replica.
+                    replica.sessions = max(replica.sessions, replica.room())
                     continue
                 if response.status != 200:
                     return await _relay(response)
@@ -578,7 +592,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
             # The replica's first answer (its session message, or an error) says whether it took the walk.
             reply = await upstream.receive(timeout=FORWARD_TIMEOUT_S)
             if reply.type == WSMsgType.TEXT and _is_full(reply.data):
-                replica.sessions = max(replica.sessions, replica.max_sessions)
+                replica.sessions = max(replica.sessions, replica.room())
                 await upstream.close()
                 continue
             replica.placed_t.append(time.monotonic())
@@ -607,7 +621,7 @@ def _is_full(text: str) -> bool:
         message = json.loads(text)
     except ValueError:
         return False
-    return isinstance(message, dict) and message.get("type") == "error" and str(message.get("message", "")).startswith("server full")
+    return isinstance(message, dict) and message.get("type") == "error" and str(message.get("message", "")).startswith(NO_ROOM)
 
 
 async def _pipe(page: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, replica: Replica) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from app.config import AppConfig, ServerConfig, StreamConfig
 from app.server import SESSIONS, WS_HEADER, create_app
 from cluster.config import ClusterConfig
-from cluster.ingress import ReplicaInfo, StaticDirectory, create_ingress_app
+from cluster.ingress import Replica, ReplicaInfo, StaticDirectory, _is_full, create_ingress_app
 from tests.app.helpers import WebRTCClient, fake_runtime, wait_for
 from tests.cluster.helpers import EventStream, health, live_replicas, wait_health
 
@@ -92,9 +92,10 @@ async def test_walks_spread_over_replicas_and_a_full_cluster_is_503():
             await c.close()
             assert response_c.status == 503
             assert answer_c == {"error": "server full: 2 of 2 sessions in use on 2 replicas"}
-            state = await wait_health(url, lambda h: h["sessions"] == 2, 5)
-            assert state["ok"] and state["max_sessions"] == 2 and state["rejected"]["full"] >= 1
-            assert [(r["id"], r["sessions"], r["max_sessions"]) for r in state["replicas"]] == [("r0", 1, 1), ("r1", 1, 1)]
+            # Once both replicas have measured their chunk times, /healthz sums their capacity too.
+            state = await wait_health(url, lambda h: h["sessions"] == 2 and all(r["capacity"] is not None for r in h["replicas"]), 10)
+            assert state["ok"] and state["max_sessions"] == 2 and state["capacity"] == 2 and state["rejected"]["full"] >= 1
+            assert [(r["id"], r["sessions"], r["max_sessions"], r["capacity"]) for r in state["replicas"]] == [("r0", 1, 1, 1), ("r1", 1, 1, 1)]
             assert state["signalling"]["offers"] == 2 and state["signalling"]["ingress_overhead_ms_p50"] > 0
             # Only the ingress places walks: a replica refuses an offer without its token.
             direct, response_direct, _ = await _offer(replicas[0].url)
@@ -242,3 +243,21 @@ async def test_review_reads_the_shared_record_dir_through_the_ingress(tmp_path):
             assert response.status == 200, await response.text()
         async with http.get(f"{url}/review?token=public-secret-42") as response:
             assert response.status == 200 and response.content_type == "text/html"
+
+
+def test_a_replica_s_measured_capacity_caps_its_room():
+    replica = Replica(ReplicaInfo(id="r0", url="http://127.0.0.1:1"), alive=True, sessions=1, max_sessions=4)
+    assert replica.room() == 4 and replica.has_room()
+    # Its chunk times say one walk is all it keeps at frame rate: no room for a second.
+    replica.capacity = 1
+    assert replica.room() == 1 and not replica.has_room()
+    # Walks on their way count too.
+    replica.capacity, replica.placing = 3, 2
+    assert not replica.has_room()
+    replica.placing = 1
+    assert replica.has_room()
+    # Its refusals for want of room, as the replica words them, send a websocket walk to the next replica.
+    assert _is_full(json.dumps({"type": "error", "message": "server full: 4 of 4 sessions in use"}))
+    assert _is_full(json.dumps({"type": "error", "message": "server at its measured capacity: 3 sessions in use; ..."}))
+    assert not _is_full(json.dumps({"type": "error", "message": "unknown start 'scene:99'"}))
+    assert not _is_full(json.dumps({"type": "session", "session_id": "x"}))
