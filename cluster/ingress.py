@@ -110,6 +110,8 @@ class Replica:
     max_sessions: int = 0
     # Walks its measured chunk times fit (app/server.py `capacity`); None until it has measured.
     capacity: int | None = None
+    # Whether the replica admits by that capacity (ServerConfig.admit_by_capacity, the same on every replica).
+    by_capacity: bool = True
     model: str | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     failures: int = 0
@@ -128,7 +130,7 @@ class Replica:
 
     def room(self) -> int:
         """Walks it takes at most now: its slots, or fewer once its measured capacity says so."""
-        return self.max_sessions if self.capacity is None else min(self.max_sessions, self.capacity)
+        return self.max_sessions if self.capacity is None or not self.by_capacity else min(self.max_sessions, self.capacity)
 
     def has_room(self) -> bool:
         return self.alive and self.load() < self.room()
@@ -197,7 +199,7 @@ class Ingress:
         listed = {info.id: info for info in await self.directory.replicas()}
         for replica_id, info in listed.items():
             if replica_id not in self.replicas:
-                self.replicas[replica_id] = Replica(info)
+                self.replicas[replica_id] = Replica(info, by_capacity=self.config.server.admit_by_capacity)
                 log.info("replica %s registered at %s (node %s, pid %s)", replica_id, info.url, info.node, info.pid)
         now = time.monotonic()
         for replica_id, replica in list(self.replicas.items()):

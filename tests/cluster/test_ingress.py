@@ -256,6 +256,9 @@ def test_a_replica_s_measured_capacity_caps_its_room():
     assert not replica.has_room()
     replica.placing = 1
     assert replica.has_room()
+    # Replicas that do not admit by capacity (serve --no-capacity-admission) are placed by their slots.
+    replica.by_capacity, replica.placing = False, 2
+    assert replica.room() == 4 and replica.has_room()
     # Its refusals for want of room, as the replica words them, send a websocket walk to the next replica.
     assert _is_full(json.dumps({"type": "error", "message": "server full: 4 of 4 sessions in use"}))
     assert _is_full(json.dumps({"type": "error", "message": "server at its measured capacity: 3 sessions in use; ..."}))
