@@ -236,6 +236,7 @@ async def _admit(request: web.Request, token: str | None, start_id: str, prompt:
         await transport.close()
         await _forget(app, session_id)
         raise
+    session.record_messages = config.server.campaign is None
     app[SESSIONS][session_id] = session
     return session
 

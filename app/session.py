@@ -91,6 +91,9 @@ class Session:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.settings: Any = None
         self.record_consent = False
+        # Whether the page's `record` message turns recording on. Off under a campaign
+        # (app.campaign_routes), where only binding a consenting participant does.
+        self.record_messages = True
         self.closed = False
         self.created_t = time.monotonic()
         self.frames_sent = 0
@@ -210,6 +213,8 @@ class Session:
         return f"page silent for {silent:.1f} s while {'hidden' if self.hidden else 'shown'}"
 
     def _apply_record(self, on: bool) -> None:
+        if not self.record_messages:
+            raise m.MessageError("unexpected", "recording follows the campaign's consent on this server, not the record toggle")
         self.record_consent = on
         if self.recorder is None:
             self.send_json({"type": "error", "message": "recording is not available on this server (no record dir); consent noted"})

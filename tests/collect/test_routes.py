@@ -122,3 +122,17 @@ async def test_review_needs_the_token_off_loopback_and_writes_reviews(tmp_path):
         assert broken.status == 409 and "not valid JSON" in (await broken.json())["error"]
     finally:
         await client.close()
+
+
+async def test_under_a_campaign_the_record_toggle_records_nothing(tmp_path):
+    """Only binding a consenting participant turns recording on; a page's own `record` is refused."""
+    from app.session import Session
+    from streaming.worker import GenerationWorker
+    from tests.app.helpers import RecordingTransport
+
+    runtime = fake_runtime(STREAM)
+    session = Session("c1", RecordingTransport(), runtime, GenerationWorker(num_threads=1), runtime.start_view("scene:1"), 64 * 1024, record_dir=tmp_path)
+    session.record_messages = False
+    assert session.handle_text(json.dumps({"type": "record", "on": True})) is None
+    assert session.dropped["unexpected"] == 1 and not session.recorder.consent
+    session.recorder.close()
