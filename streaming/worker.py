@@ -37,12 +37,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streaming.buffer import FrameBuffer, StreamFrame
 from streaming.schedule import BatchCost, due_in_s
+
+if TYPE_CHECKING:
+    from streaming.generator import ChunkGenerator
 
 log = logging.getLogger("roam.worker")
 
@@ -68,10 +71,6 @@ class PendingRequests:
     reset: bool = False
     rewind_s: float | None = None
     settings: Any = None  # controls.integrator.ControlSettings
-
-    @property
-    def any(self) -> bool:
-        return self.reset or self.rewind_s is not None or self.settings is not None
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class StreamJob:
     def __init__(
         self,
         session_id: str,
-        generator: Any,
+        generator: ChunkGenerator,
         make_integrator: Callable[[], Any],
         buffer: FrameBuffer,
         start_image: np.ndarray,
