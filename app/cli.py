@@ -57,9 +57,14 @@ def _unavailable(name: str, reason: str):
     return handler
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; no subcommand (or only flags) means `serve`. `args.handler(args)` runs it."""
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     return int(args.handler(args) or 0)

@@ -39,7 +39,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
-    max_sessions: int = 4
+    # A hard ceiling; below it, admission follows the worker's measured capacity when `admit_by_capacity`.
+    max_sessions: int = 8
+    # Refuse a session (503 with the reason) once the measured batched chunk times say one more would
+    # not keep every walk at its frame rate (streaming.schedule.BatchCost.capacity).
+    admit_by_capacity: bool = True
     max_upload_bytes: int = 10 * 1024 * 1024
     max_message_bytes: int = 64 * 1024
     scene_count: int = 6
@@ -115,8 +119,13 @@ class StreamConfig:
     # Run the release's refiner when it has one (`serve --no-refiner` turns it off).
     refiner: bool = True
     seed: int = 0
-    # Buffer depth in chunks: beyond it the oldest frames are dropped.
-    buffer_chunks: float = 1.5
+    # Buffer depth in chunks: beyond it the oldest frames are dropped. A walk's next chunk can start only
+    # when one more chunk fits, so a batched chunk (which takes longer than one walk's) needs room to
+    # start while a chunk's worth of frames is still queued; the worker starts it just in time
+    # (streaming.schedule), so a deeper buffer does not mean older frames.
+    buffer_chunks: float = 2.0
+    # Most walks in one batched chunk (streaming.batched); 1 = each walk's chunk alone.
+    batch_sessions: int = 8
     # Standing-camera chunks before a session pauses (0 = never).
     idle_chunks: int = 4
     # torch intra-op threads of the generation worker; None = cores - 1, leaving a core for video
@@ -138,6 +147,8 @@ class StreamConfig:
             raise ValueError(f"buffer_chunks must be >= 1, got {self.buffer_chunks}")
         if self.idle_chunks < 0:
             raise ValueError(f"idle_chunks must be >= 0, got {self.idle_chunks}")
+        if isinstance(self.batch_sessions, bool) or not isinstance(self.batch_sessions, int) or not 1 <= self.batch_sessions <= 64:
+            raise ValueError(f"batch_sessions must be an int in [1, 64], got {self.batch_sessions!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if not 1 <= self.jpeg_quality <= 100:

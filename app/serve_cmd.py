@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="shared secret every connection must carry (required off loopback)")
     parser.add_argument("--model", type=Path, default=None, help="a SANA-WM release folder (default: the embedded tiny model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
-    parser.add_argument("--max-sessions", type=int, default=server.max_sessions, help="concurrent walks (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=server.max_sessions,
+                        help="most concurrent walks (default %(default)s); fewer are admitted when the measured chunk times say they would not keep their frame rate")
+    parser.add_argument("--no-capacity-admission", action="store_true", help="admit up to --max-sessions whatever the measured capacity")
+    parser.add_argument("--batch-sessions", type=int, default=stream.batch_sessions,
+                        help="most walks denoised in one batched chunk; 1 = one walk per chunk (default %(default)s)")
+    parser.add_argument("--buffer-chunks", type=float, default=stream.buffer_chunks, help="frames queued per walk, in chunks (default %(default)s)")
     parser.add_argument("--width", type=int, default=None, help=f"video width in px (default {stream.width}, or the release's with --model)")
     parser.add_argument("--height", type=int, default=None, help=f"video height in px (default {stream.height}, or the release's with --model)")
     parser.add_argument("--fps", type=float, default=None, help=f"video frame rate (default {stream.fps:g}, or the release's with --model)")
@@ -64,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also serve requests for this public host name (repeatable; loopback names and the bound address are always served)")
     parser.add_argument("--connect-timeout", type=float, default=server.connect_timeout_s,
                         help="seconds a WebRTC peer has to connect after its answer before its slot is freed (default %(default)s)")
+    cluster = parser.add_argument_group("past one machine (Ray Serve; pip install -r requirements-cluster.txt; docs/serving.md)")
+    cluster.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="serve from generation replicas on Ray: 'local' starts Ray on this machine, 'auto' joins the cluster "
+                              "`ray start` runs here, or a Ray address; this process becomes the ingress on --host/--port")
+    cluster.add_argument("--replicas", type=int, default=None, help="generation replicas, each with --max-sessions walks (default 2; needs --ray)")
+    cluster.add_argument("--replica-gpus", type=float, default=None, help="GPUs per replica (default 1 with --device cuda, else 0; needs --ray)")
+    cluster.add_argument("--replica-cpus", type=float, default=None, help="CPUs per replica (default 1; needs --ray)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (default %(default)s; aioice and aiortc log at WARNING and above unless DEBUG)")
 
@@ -79,11 +91,13 @@ def config_from_args(args: argparse.Namespace):
 
         # Validated here so a bad file is one line before anything loads; its record_dir wins.
         record_dir = load_campaign(args.campaign).record_dir
-    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, record_dir=record_dir, rewind_chunks=args.rewind_chunks, campaign=args.campaign,
+    server = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions, admit_by_capacity=not args.no_capacity_admission,
+                          record_dir=record_dir, rewind_chunks=args.rewind_chunks, campaign=args.campaign,
                           allowed_hosts=tuple(name.lower().rstrip(".") for name in args.allow_host), connect_timeout_s=args.connect_timeout)
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
+                          batch_sessions=args.batch_sessions, buffer_chunks=args.buffer_chunks,
                           sigmas=sigmas, prompt=args.prompt, refiner=not args.no_refiner, **explicit)
     # A release brings its own size and chunking unless the command line sets them.
     from_model = args.model is not None and not explicit
@@ -110,6 +124,12 @@ def configure_logging(level: str) -> None:
 def main(args: argparse.Namespace) -> int:
     import asyncio
 
+    if args.ray is not None:
+        # The cluster room sits above app/ and app/ never imports it: run.py dispatches --ray.
+        raise SystemExit("run.py serve: --ray is started by run.py (python run.py serve --ray ...), not through app.cli")
+    cluster_flags = [flag for flag, value in (("--replicas", args.replicas), ("--replica-gpus", args.replica_gpus), ("--replica-cpus", args.replica_cpus)) if value is not None]
+    if cluster_flags:
+        raise SystemExit(f"run.py serve: {', '.join(cluster_flags)} needs --ray")
     configure_logging(args.log_level)
     from app.generate_cmd import check_device
 
@@ -146,11 +166,13 @@ def listen_socket(host: str, port: int):
         raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-async def serve(config, ready=None) -> None:
+async def serve(config, ready=None, app=None, label: str | None = None) -> None:
     """Run the app until SIGINT/SIGTERM (or cancellation); prints the URL once it is listening.
 
-    `ready`, if given, is an asyncio.Future set to the URL once bound. Raises ValueError, naming the
-    problem, when it cannot start (the port is taken, --model holds no weights).
+    `ready`, if given, is an asyncio.Future set to the URL once bound. `app`, if given, is served
+    instead of `create_app(config)` (another front on the same bind address and signals, e.g. the
+    cluster's ingress), and `label` names what it serves in the printed line. Raises ValueError,
+    naming the problem, when it cannot start (the port is taken, --model holds no weights).
     """
     import asyncio
     import signal
@@ -162,7 +184,8 @@ async def serve(config, ready=None) -> None:
     # Bind before the model loads, so a port in use fails at once and not after minutes of loading.
     sock = listen_socket(config.server.host, config.server.port)
     try:
-        app = create_app(config)
+        if app is None:
+            app = create_app(config)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         # The runtime (the model) is built here, by the app's startup hook.
         await runner.setup()
@@ -174,7 +197,7 @@ async def serve(config, ready=None) -> None:
     port = sock.getsockname()[1]
     host = config.server.host if ":" not in config.server.host else f"[{config.server.host}]"
     url = f"http://{host}:{port}/"
-    print(f"roam is serving {app[RUNTIME].model_name} at {url}", flush=True)
+    print(f"roam is serving {label or app[RUNTIME].model_name} at {url}", flush=True)
     if ready is not None:
         ready.set_result(url)
     stop = asyncio.Event()

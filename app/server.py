@@ -64,7 +64,7 @@ MAX_CLOSE_BODY_BYTES = 256
 
 def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Application:
     """The roam web application (see the module docstring)."""
-    stats = {"rejected_full": 0, "rejected_bad_request": 0, "rejected_auth": 0, "rejected_host": 0, "rejected_cross_site": 0}
+    stats = {"rejected_full": 0, "rejected_capacity": 0, "rejected_bad_request": 0, "rejected_auth": 0, "rejected_host": 0, "rejected_cross_site": 0}
     app = web.Application(client_max_size=config.server.max_upload_bytes + 1024, middlewares=[guard_middleware(config.server, stats)])
     app.on_response_prepare.append(add_security_headers)
     app[CONFIG] = config
@@ -72,7 +72,7 @@ def create_app(config: AppConfig, runtime: Runtime | None = None) -> web.Applica
     app[STATS] = stats
     if runtime is not None:
         app[RUNTIME] = runtime
-    app[WORKER] = GenerationWorker(num_threads=config.stream.worker_threads())
+    app[WORKER] = GenerationWorker(num_threads=config.stream.worker_threads(), max_batch=config.stream.batch_sessions)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", _index)
@@ -153,6 +153,31 @@ def _reserve_slot(app: web.Application) -> str | None:
     return session_id
 
 
+def _measured_capacity(app: web.Application) -> int | None:
+    runtime = app.get(RUNTIME)
+    if runtime is None:
+        return None
+    period_s = runtime.temporal_stride * runtime.stream.chunk_latents / runtime.stream.fps
+    return app[WORKER].capacity(period_s, limit=app[CONFIG].server.max_sessions)
+
+
+def _capacity_refusal(app: web.Application) -> str | None:
+    """Why one more session would not keep its frame rate (the worker's measured batched chunk
+    times, `GenerationWorker.capacity`), or None while it would or nothing was measured yet."""
+    config = app[CONFIG]
+    if not config.server.admit_by_capacity:
+        return None
+    stream = app[RUNTIME].stream
+    period_s = app[RUNTIME].temporal_stride * stream.chunk_latents / stream.fps
+    live = len(app[SESSIONS])
+    capacity = _measured_capacity(app)
+    if capacity is None or live < capacity:
+        return None
+    cycle = app[WORKER].cost.cycle_ms(live + 1, app[WORKER].max_batch)
+    return (f"server at its measured capacity: {live} sessions in use; chunks for {live + 1} would take about "
+            f"{cycle:.0f} ms of every {period_s * 1e3:.0f} ms of video at {stream.fps:g} fps")
+
+
 def _full_message(app: web.Application) -> str:
     n = app[CONFIG].server.max_sessions
     return f"server full: {n} of {n} sessions in use"
@@ -186,6 +211,10 @@ async def _admit(request: web.Request, token: str | None, start_id: str, prompt:
     if len(app[SESSIONS]) >= config.server.max_sessions:
         stats["rejected_full"] += 1
         raise _Refused(503, _full_message(app))
+    at_capacity = _capacity_refusal(app)
+    if at_capacity is not None:
+        stats["rejected_capacity"] += 1
+        raise _Refused(503, at_capacity)
     start = await asyncio.to_thread(runtime.start_view, start_id)
     if start is None:
         stats["rejected_bad_request"] += 1
@@ -270,6 +299,8 @@ async def _healthz(request: web.Request) -> web.Response:
             "ok": True,
             "sessions": sum(1 for s in app[SESSIONS].values() if s is not None),
             "max_sessions": app[CONFIG].server.max_sessions,
+            # Sessions the measured batched chunk times fit (None before the first chunk).
+            "capacity": _measured_capacity(app),
             "model": runtime.model_name if runtime else None,
             "rejected": {name.removeprefix("rejected_"): count for name, count in app[STATS].items()},
         }

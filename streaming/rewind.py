@@ -92,17 +92,15 @@ class RewindableJob(StreamJob):
     Args (besides StreamJob's):
         ring_chunks: boundaries kept (the rewind horizon is about ring_chunks chunks).
         recorder: records each chunk when the user consents; told about resets and rewinds.
-        fps: frames per second of the walk (seconds -> frames for rewind).
         on_rewound: called (worker thread) with (seconds_back, walk_frame) after a rewind.
     """
 
-    def __init__(self, *args: Any, ring_chunks: int = DEFAULT_RING_CHUNKS, recorder: SessionRecorder | None = None, fps: float = 16.0, on_rewound: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, ring_chunks: int = DEFAULT_RING_CHUNKS, recorder: SessionRecorder | None = None, on_rewound: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if ring_chunks < 1:
             raise ValueError(f"ring_chunks must be >= 1, got {ring_chunks}")
         self.ring: collections.deque[Boundary] = collections.deque(maxlen=ring_chunks)
         self.recorder = recorder
-        self.fps = float(fps)
         self.on_rewound = on_rewound
         self._rewind_pending: float | None = None
         self._arrivals: collections.OrderedDict[int, float] = collections.OrderedDict()

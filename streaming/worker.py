@@ -1,9 +1,11 @@
 """The generation worker: one thread per device that runs every session's chunks, fairly.
 
 Sessions register a `StreamJob` (generator, pose integrator, frame buffer, input mailbox). The
-worker loops round-robin over the jobs, and for the next job that is ready runs one chunk:
-newest input snapshot -> integrator poses for the chunk's raw frames -> `generator.step` ->
-frames (each with its pose, chunk id, input seq and frame id) into the job's `FrameBuffer`.
+worker takes the ready jobs in deadline order (the one whose queued frames run out first) and runs
+their next chunks together: per job, newest input snapshot -> integrator poses for the chunk's raw
+frames; for all of them one `streaming.batched.step_batched` (one batched denoise, commit and decode);
+per job, frames (each with its pose, chunk id, input seq and frame id) into its `FrameBuffer`.
+Scheduling and the measured capacity the server admits by: `streaming.schedule`.
 The event loop never runs model work; it only posts inputs into mailboxes (thread-safe).
 
 A job is ready when it is started, not paused and its buffer has room for one more chunk
@@ -21,9 +23,10 @@ thread then returns malloc's free memory to the system (`common.memory.trim_allo
 them the server's RSS grew by half from session 10 to 300 (548 to 822 MB, all of it memory malloc
 held free), with them by 2 to 3 % (`python run.py bench soak`, docs/benchmarks.md).
 
-Batching sessions into one forward pass is not done: on CPU a batch-of-B forward costs about B
-single forwards (measured by `python run.py bench stream`), and batching would couple the
-sessions' chunk boundaries; on a GPU it would pay and is the next step.
+A batch runs every member's chunk, so members' chunk boundaries are coupled only in time: each
+keeps its own state, position, camera and requests (reset, rewind, settings, recording), applied
+in its own `begin_chunk` / `end_chunk`. If the batched call itself fails, every member of it is
+failed (which row broke it cannot be told apart); a failure in one member's own phases fails it alone.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from streaming.buffer import FrameBuffer, StreamFrame
+from streaming.schedule import BatchCost, due_in_s
 
 log = logging.getLogger("roam.worker")
 
@@ -117,6 +121,7 @@ class StreamJob:
         standing_input: the envelope used before the first input arrives (no keys, start angles).
         idle_chunks: standing chunks before the job pauses (0 = never pause).
         on_failure: called (from the worker thread) with the exception if a chunk fails.
+        fps: playout rate of the walk (its deadlines: `slack_s`).
     """
 
     def __init__(
@@ -130,8 +135,12 @@ class StreamJob:
         standing_input: InputEnvelope,
         idle_chunks: int = 4,
         on_failure: Callable[[BaseException], None] | None = None,
+        fps: float = 16.0,
     ):
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
         self.session_id = session_id
+        self.fps = float(fps)
         self.generator = generator
         self.make_integrator = make_integrator
         self.buffer = buffer
@@ -156,8 +165,8 @@ class StreamJob:
         self.last_chunk_ms = 0.0
         self.chunk_ms_history: list[float] = []
         self.first_frame_t: float | None = None
-        # When the job's next chunk is due (time.monotonic); the worker serves the earliest first.
-        self.due_t = time.monotonic()
+        # When the worker last finished a chunk of this job (ties between equal deadlines).
+        self.served_t = 0.0
 
     def submit_input(self, envelope: InputEnvelope) -> bool:
         """Offer a snapshot (any thread). Returns False if its seq is not newer than the last one."""
@@ -219,6 +228,10 @@ class StreamJob:
         if resetting or not self.generator.started:
             return self.generator.temporal_stride * self.generator.config.chunk_latents + 1
         return self.generator.frames_for_next_chunk()
+
+    def slack_s(self) -> float:
+        """Seconds of frames queued for playout: the job's next chunk is due when they run out."""
+        return len(self.buffer) / self.fps
 
     def ready(self) -> bool:
         if self.closed or self.failed is not None or self.paused:
@@ -301,28 +314,39 @@ class StreamJob:
 
 
 class GenerationWorker:
-    """One thread that runs the chunks of every registered job, round-robin.
+    """One thread that runs the chunks of every registered job: deadline-ordered batches.
+
+    Each turn it takes the ready jobs, earliest deadline first (`StreamJob.slack_s`, then the one
+    served longest ago), at most `max_batch` of them, waits while none of them is due yet
+    (`streaming.schedule`), then runs their chunks: one job through `StreamJob.run_chunk`, several
+    through `begin_chunk` each → one `streaming.batched.step_batched` → `end_chunk` each. Every
+    batch's wall time feeds `cost`, from which `capacity` tells the server how many sessions fit.
 
     Args:
         num_threads: torch intra-op threads for the worker (None leaves torch's setting alone).
         poll_s: how often an idle worker re-checks readiness (buffers drain on the event loop).
+        max_batch: most sessions in one batched chunk (1: each chunk alone, as before batching).
     """
 
-    def __init__(self, name: str = "roam-generation", num_threads: int | None = None, poll_s: float = 0.01):
+    def __init__(self, name: str = "roam-generation", num_threads: int | None = None, poll_s: float = 0.01, max_batch: int = 1):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.name = name
         self.num_threads = num_threads
         self.poll_s = poll_s
+        self.max_batch = max_batch
+        self.cost = BatchCost()
         self._jobs: list[StreamJob] = []
-        # The job whose chunk is being generated (released by the worker when it was removed meanwhile).
-        self._running: StreamJob | None = None
+        # The jobs whose chunks are being generated (released by the worker when removed meanwhile).
+        self._running: list[StreamJob] = []
         # A job was released: the worker returns malloc's free memory to the system (common.memory).
         self._trim_pending = False
         self.trims = 0
-        self._cursor = 0
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.chunks_done = 0
+        self.batches_done = 0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -356,7 +380,7 @@ class GenerationWorker:
             job.closed = True
             if job in self._jobs:
                 self._jobs.remove(job)
-            running = job is self._running
+            running = job in self._running
         if not running:
             job.release()
         with self._cond:
@@ -372,16 +396,23 @@ class GenerationWorker:
         with self._cond:
             return list(self._jobs)
 
-    def _next_ready(self) -> StreamJob | None:
+    def capacity(self, period_s: float, limit: int) -> int | None:
+        """Sessions whose chunks the measured batches fit into one chunk period `period_s` (at most
+        `limit`); None before the first batch (`streaming.schedule.BatchCost.capacity`)."""
+        return self.cost.capacity(period_s, self.max_batch, limit)
+
+    def _next_batch(self) -> tuple[list[StreamJob], float]:
+        """The jobs to run now, and how long to wait when there are none (see the class docstring)."""
         with self._cond:
-            count = len(self._jobs)
-            for offset in range(count):
-                job = self._jobs[(self._cursor + offset) % count]
-                if job.ready():
-                    self._cursor = (self._cursor + offset + 1) % count
-                    self._running = job
-                    return job
-        return None
+            ready = sorted((job for job in self._jobs if job.ready()), key=lambda job: (job.slack_s(), job.served_t))
+            batch = ready[: self.max_batch]
+            if not batch:
+                return [], self.poll_s
+            wait = due_in_s(batch[0].slack_s(), self.cost.estimate_ms(len(batch)))
+            if wait > 0:
+                return [], min(wait, 5 * self.poll_s)
+            self._running = list(batch)
+            return batch, 0.0
 
     def _run(self) -> None:
         import torch
@@ -407,24 +438,71 @@ class GenerationWorker:
                 # Here, not on the event loop: the call releases the GIL and may take milliseconds.
                 trim_allocator()
                 self.trims += 1
-            job = self._next_ready()
-            if job is None:
+            batch, wait = self._next_batch()
+            if not batch:
                 with self._cond:
                     if not self._stop:
-                        self._cond.wait(self.poll_s)
+                        self._cond.wait(wait)
                 continue
             try:
-                job.run_chunk()
-                self.chunks_done += 1
-            except Exception as error:
-                log.exception("[%s] chunk failed; the session is closed", job.session_id)
-                job.failed = error
-                self.remove(job)
-                if job.on_failure is not None:
-                    job.on_failure(error)
+                if len(batch) == 1:
+                    self._run_one(batch[0])
+                else:
+                    self._run_batch(batch)
             finally:
                 with self._cond:
-                    self._running = None
-                    removed = job.closed
-                if removed:
+                    self._running = []
+                    removed = [job for job in batch if job.closed]
+                for job in removed:
                     job.release()
+
+    def _fail(self, job: StreamJob, error: BaseException) -> None:
+        log.error("[%s] chunk failed (%r); the session is closed", job.session_id, error, exc_info=error)
+        job.failed = error
+        self.remove(job)
+        if job.on_failure is not None:
+            job.on_failure(error)
+
+    def _run_one(self, job: StreamJob) -> None:
+        start = time.perf_counter()
+        try:
+            job.run_chunk()
+        except Exception as error:
+            self._fail(job, error)
+            return
+        self.cost.observe(1, (time.perf_counter() - start) * 1e3)
+        job.served_t = time.monotonic()
+        self.chunks_done += 1
+        self.batches_done += 1
+
+    def _run_batch(self, batch: list[StreamJob]) -> None:
+        from streaming.batched import step_batched
+
+        start = time.perf_counter()
+        planned: list[tuple[StreamJob, ChunkPlan]] = []
+        for job in batch:
+            try:
+                planned.append((job, job.begin_chunk()))
+            except Exception as error:
+                self._fail(job, error)
+        if not planned:
+            return
+        try:
+            images = step_batched([job.generator for job, _ in planned], [plan.poses for _, plan in planned])
+        except Exception as error:
+            # One batched call: which row broke it cannot be told apart, so every walk in it ends.
+            for job, _ in planned:
+                self._fail(job, error)
+            return
+        chunk_ms = (time.perf_counter() - start) * 1e3
+        self.cost.observe(len(planned), chunk_ms)
+        now = time.monotonic()
+        for (job, plan), frames in zip(planned, images):
+            try:
+                job.end_chunk(plan, frames, chunk_ms)
+            except Exception as error:
+                self._fail(job, error)
+                continue
+            job.served_t = now
+            self.chunks_done += 1
+        self.batches_done += 1

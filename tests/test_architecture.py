@@ -9,13 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # room -> rooms it must never import
 FORBIDDEN = {
-    "common": {"model", "controls", "sim", "streaming", "app", "train"},
-    "controls": {"model", "streaming", "app", "train", "sim"},
-    "model": {"streaming", "app", "train", "sim"},
-    "sim": {"model", "streaming", "app", "train"},
-    "streaming": {"app", "train", "collect"},
+    "common": {"model", "controls", "sim", "streaming", "app", "train", "cluster"},
+    "controls": {"model", "streaming", "app", "train", "sim", "cluster"},
+    "model": {"streaming", "app", "train", "sim", "cluster"},
+    "sim": {"model", "streaming", "app", "train", "cluster"},
+    "streaming": {"app", "train", "collect", "cluster"},
     # Campaigns and the dataset build read what streaming writes; the app serves them, not the reverse.
-    "collect": {"app", "train"},
+    "collect": {"app", "train", "cluster"},
+    # Serving past one machine sits above app/; plain `python run.py` must run without it (and Ray).
+    "app": {"cluster", "ray"},
 }
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from app.config import StreamConfig
 from app.server import SESSIONS, STATS, WORKER
+from streaming.schedule import BatchCost
 from tests.app.helpers import WebRTCClient, fake_runtime, serve, wait_for
 from tests.app.test_websocket import _frames
 
@@ -227,3 +228,42 @@ async def test_a_failing_generator_closes_only_its_session():
             assert errors and "out of memory (simulated)" in errors[0]
         await wait_for(lambda: not app[SESSIONS] and not app[WORKER].jobs)
         await _still_serves(http, url)
+
+
+class _MeasuredCost(BatchCost):
+    """Batch times as if measured on a slow machine (300 ms per walk's chunk), fixed for the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        super().observe(1, 300.0)
+        super().observe(2, 560.0)
+
+    def observe(self, rows: int, ms: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize("admit_by_capacity", [True, False], ids=["by-capacity", "fixed-limit"])
+async def test_admission_follows_the_measured_capacity(admit_by_capacity):
+    async with serve(_runtime(), max_sessions=4, admit_by_capacity=admit_by_capacity) as (url, app), aiohttp.ClientSession() as http:
+        app[WORKER].cost = _MeasuredCost()
+        first = await http.ws_connect(f"{url}/ws")
+        await first.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
+        await _frames(first, 1)
+        async with http.get(f"{url}/healthz") as response:
+            assert (await response.json())["capacity"] == 1
+        # 8-frame chunks at 16 fps: 500 ms of video per chunk; two walks would need 560 ms of it.
+        second = await http.ws_connect(f"{url}/ws")
+        await second.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
+        if admit_by_capacity:
+            reply = json.loads((await second.receive(timeout=5)).data)
+            assert reply == {"type": "error", "message": "server at its measured capacity: 1 sessions in use; chunks for 2 "
+                                                         "would take about 560 ms of every 500 ms of video at 16 fps"}
+            assert app[STATS]["rejected_capacity"] == 1 and len(app[SESSIONS]) == 1
+            client = WebRTCClient()
+            response, answer = await client.connect(url)
+            await client.close()
+            assert response.status == 503 and answer["error"].startswith("server at its measured capacity")
+        else:
+            assert len(await _frames(second, 2)) == 2 and app[STATS]["rejected_capacity"] == 0
+        await second.close()
+        await first.close()

@@ -48,6 +48,9 @@ def test_bench_runs_end_to_end_and_writes_its_docs_section(monkeypatch, capsys):
     args = parser.parse_args(["--sessions", "1", "--seconds", "4", "--width", "32", "--height", "24", "--thread-counts", "1", "--drift-chunks", "2", "--transport", "websocket", "--threads", "1", "--write-docs"])
     assert bench.main(args) == 0
     out = capsys.readouterr().out
-    assert "1 session(s)" in out and "| sessions |" in written["stream"] and "Standing camera" in written["stream"]
-    row = [line for line in written["stream"].splitlines() if line.startswith("| 1 |")][0]
-    assert row.split("|")[2].strip() == "1", "the session streamed"
+    assert "per-session, 1 session(s)" in out and "batched, 1 session(s)" in out
+    assert "| worker | sessions |" in written["stream"] and "Standing camera" in written["stream"]
+    assert "Most sessions of which every one held >= 15.5 fps steady: per-session:" in written["stream"]
+    for mode in ("per-session", "batched"):
+        row = [line for line in written["stream"].splitlines() if line.startswith(f"| {mode} | 1 |")][0]
+        assert row.split("|")[3].strip() == "1", f"the session streamed ({mode})"

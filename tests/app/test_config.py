@@ -34,8 +34,9 @@ def test_defaults_bind_loopback_and_size_the_buffer():
     assert config.stream.fps == 16.0 and config.stream.sigmas is None
     assert config.stream.generator_config().sigmas == (1.0, 0.96, 0.889, 0.727, 0.0)
     assert StreamConfig(sigmas=(1.0, 0.5, 0.0)).generator_config().sigmas == (1.0, 0.5, 0.0)
-    # 1.5 chunks of 8 frames, and never less than the first chunk (9 frames).
-    assert config.stream.buffer_capacity(temporal_stride=4) == 12
+    # 2 chunks of 8 frames (room to start a batched chunk in time), and never less than the first chunk (9 frames).
+    assert config.stream.buffer_capacity(temporal_stride=4) == 16
+    assert StreamConfig(buffer_chunks=1.5).buffer_capacity(temporal_stride=4) == 12
     assert StreamConfig(buffer_chunks=1.0).buffer_capacity(temporal_stride=4) == 9
     assert ServerConfig(host="0.0.0.0", token="long-enough").token == "long-enough"
 

@@ -429,6 +429,6 @@ async def test_healthz_counts_refusals():
         await client.post("/offer", data="{}", headers={"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"})
         health = await (await client.get("/healthz")).json()
         assert health["rejected"]["host"] == 1 and health["rejected"]["cross_site"] == 1
-        assert set(health["rejected"]) == {"full", "bad_request", "auth", "host", "cross_site"}
+        assert set(health["rejected"]) == {"full", "capacity", "bad_request", "auth", "host", "cross_site"}
     finally:
         await client.close()

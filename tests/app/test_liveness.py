@@ -44,7 +44,8 @@ async def test_beacon_with_the_close_token_frees_the_slot_and_nothing_else_does(
         plain = {"Content-Type": "text/plain;charset=UTF-8"}
         try:
             refusals = [
-                (close_url, answer["close_token"][:-1] + "x", plain, 403),
+                # Its last character changed (a token that ends in "x" already gets "y").
+                (close_url, answer["close_token"][:-1] + ("y" if answer["close_token"].endswith("x") else "x"), plain, 403),
                 (f"{url}/api/sessions/nosuchid/close", answer["close_token"], plain, 403),
                 (close_url, answer["close_token"], {"Content-Type": "application/json"}, 415),
                 (close_url, answer["close_token"] * 10, plain, 413),

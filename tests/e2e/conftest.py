@@ -73,9 +73,10 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_server(command: list[str], workdir: Path):
+def running_server(command: list[str], workdir: Path, stop_timeout_s: float = 10.0):
     """`command` (a `run.py serve --port <port> ...` line) started in the repository, its output in
-    workdir/server.log; yields the RunningServer once it answers, and stops it on exit."""
+    workdir/server.log; yields the RunningServer once it answers, and stops it on exit (SIGTERM, then
+    SIGKILL after `stop_timeout_s`)."""
     port = command[command.index("--port") + 1]
     log = workdir / "server.log"
     with log.open("w") as out:
@@ -87,7 +88,7 @@ def running_server(command: list[str], workdir: Path):
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=stop_timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

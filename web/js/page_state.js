@@ -90,6 +90,7 @@ export const state = {
   lastTick: null,
   timers: [],
   closeBeacon: null, // {url, token}: POSTing the token there ends this WebRTC session (pagehide)
+  events: null, // EventSource of the walk's events on a cluster ingress (answer.events), else null
   // The mouse looks around only once the view holds the pointer lock: until the user has taken it
   // once, the hint saying so stays up.
   pointerLockTaken: false,

@@ -74,6 +74,7 @@ export async function connectWebRTC(startId) {
     }
     if (epoch !== state.epoch) return;
     state.closeBeacon = { url: `/api/sessions/${encodeURIComponent(answer.session_id)}/close`, token: answer.close_token };
+    if (answer.events) watchSessionEvents(answer.events, epoch);
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     await withTimeout(connected, CONNECT_TIMEOUT_MS, "WebRTC did not connect in time");
   } catch (error) {
@@ -83,6 +84,25 @@ export async function connectWebRTC(startId) {
   if (epoch !== state.epoch) return;
   setTransport("webrtc");
   startTimers(epoch);
+}
+
+// Behind a cluster ingress (docs/serving.md) the answer names an event stream on the ingress: the
+// replica that runs this walk talks to the page directly, so when it dies only the ingress can say so
+// (ICE would notice only after ~30 s). Its one message is the server's own `error`.
+function watchSessionEvents(url, epoch) {
+  const events = new EventSource(url);
+  state.events = events;
+  events.onmessage = (event) => {
+    if (epoch !== state.epoch) return;
+    onServerText(event.data);
+    let message = null;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message && message.type === "error") failSession(String(message.message || "the server ended the session"));
+  };
 }
 
 export function preferCodec(transceiver, codec) {
@@ -373,6 +393,10 @@ export async function inboundVideoStats() {
 
 export function closeTransport() {
   stopTimers();
+  if (state.events) {
+    state.events.close();
+    state.events = null;
+  }
   if (state.pc) {
     state.pc.close();
     state.pc = null;
