@@ -130,7 +130,9 @@ def _episode_detail(folder: Path, filters: FilterConfig) -> dict:
     episode = Episode.open(folder)
     poses = episode.world_T_cams
     yaw = [float(ypr_from_rotation(p[:3, :3])[0]) for p in poses]
-    t0 = episode.rows[0]["wall_time"] - 0.0 if episode.rows else 0.0
+    # Event times are placed against when the episode opened (its first chunk reached the recorder):
+    # server clock on both sides; the frames themselves lag their inputs by the chunk latency.
+    t0 = float(episode.meta.get("created", 0.0))
     events = []
     events_path = folder / "events.jsonl"
     if events_path.is_file():

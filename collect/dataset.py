@@ -276,6 +276,9 @@ def build_dataset(source: str | Path, out: str | Path | None = None, *, skip_inc
     reviews = read_reviews(record_dir)
     verdicts, opened = scan_episodes(record_dir, campaign, filters, reviews, skip_incomplete)
     included = [v for v in verdicts if v.status == "included"]
+    if not included:
+        counts = ", ".join(f"{s}: {sum(v.status == s for v in verdicts)}" for s in ("filtered", "rejected", "skipped") if any(v.status == s for v in verdicts))
+        raise BuildError(f"no episode of {record_dir} is included ({counts or 'it holds no episode folders'}); nothing to build")
     existing = _read_existing(out)
 
     mode, why = "new", ""
@@ -416,7 +419,7 @@ def _write_meta(out: Path, campaign: Campaign | None, rows: list[dict], tasks: l
     import pyarrow as pa
 
     if not rows:
-        raise BuildError(f"no episode of {record_dir} is included; nothing to build (see the table above for why)")
+        raise BuildError(f"no episode of {record_dir} is included; nothing to build")
     # Per-episode stats flattened as lerobot keeps them in meta/episodes (stats/<feature>/<stat>).
     flat_stats: dict[str, list] = {}
     per_episode = [json.loads(r["roam/stats"]) for r in rows]

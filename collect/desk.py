@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,7 @@ class Participant:
     attempt: int = 0
     # The live session recording this participant's current attempt (None between attempts).
     session: Any = None
-    episodes: int = 0
     finished: bool = False
-    history: list[dict] = field(default_factory=list)
 
     @property
     def task(self) -> Task | None:
@@ -118,7 +116,6 @@ class CampaignDesk:
         })
         recorder.set_consent(True)
         participant.session = session
-        participant.episodes += 1
 
     def step(self, participant: Participant, outcome: Any) -> None:
         """End the current attempt with `outcome` and move on (retry: same task, next attempt)."""
@@ -128,7 +125,6 @@ class CampaignDesk:
         if task is None:
             raise DeskError(409, "this participant has no task left")
         self._stop(participant, outcome)
-        participant.history.append({"task": task.id, "attempt": participant.attempt, "outcome": outcome})
         if outcome == "retry":
             participant.attempt += 1
         elif outcome == "end":

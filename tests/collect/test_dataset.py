@@ -181,6 +181,10 @@ def test_bad_sources_are_one_line(tmp_path):
                           ((str(tmp_path),), "--out is required")]:
         result = run_cli(*args)
         assert result.returncode != 0 and "Traceback" not in result.stderr and message in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = run_cli(str(tmp_path / "empty"), "--out", str(tmp_path / "ds"))
+    assert result.returncode != 0 and "no episode of" in result.stderr and "holds no episode folders" in result.stderr
+    assert not (tmp_path / "ds").exists()
     rd = record_dir(tmp_path)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "thesis.txt").write_text("mine")

@@ -100,13 +100,12 @@ function startTask(task) {
 
 // The session id arrives with the server's `session` message; bind it to the participant then.
 async function bindWhenReady(task) {
-  const epoch = state.epoch;
   const until = performance.now() + SESSION_WAIT_MS;
   while (!state.session?.session_id) {
     if (performance.now() > until || campaign.task !== task) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  if (campaign.task !== task || epoch > state.epoch) return;
+  if (campaign.task !== task) return;
   try {
     await post("/api/campaign/bind", { participant: campaign.participant, secret: campaign.secret, session_id: state.session.session_id, start_id: task.start });
   } catch (error) {
