@@ -9,13 +9,17 @@ that is when waiting longer would make it late by the batch's expected time
 and every member starts from fresher input.
 
 `BatchCost` keeps the measured wall time of a batched chunk per row count (an exponential moving
-average, so a machine that gets busier is followed within a few chunks). From it, `capacity`
+average, so a machine that gets busier is followed within a few chunks). A row count not measured
+for `max_age_s` is forgotten while fresher ones exist: the worker cuts batches that its figures say
+are too slow, and would otherwise never measure them again after a slow spell. From it, `capacity`
 is the most sessions whose chunks all fit one chunk period (frames per chunk / fps) with a margin:
 the server admits no more than that (app.server), besides its fixed `max_sessions`.
 """
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # The chunk's expected time is scaled by this before it is compared with the slack, plus a fixed
@@ -36,17 +40,26 @@ class BatchCost:
     """Measured wall ms of a batched chunk by its rows (see the module docstring). Not thread-safe:
     the worker observes, other threads read `capacity` (a float read; a stale value is harmless)."""
 
-    def __init__(self, smoothing: float = 0.3) -> None:
+    def __init__(self, smoothing: float = 0.3, max_age_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
         self.smoothing = smoothing
+        self.max_age_s = max_age_s
+        self._clock = clock
         self._ms: dict[int, float] = {}
+        self._seen_t: dict[int, float] = {}
 
     def observe(self, rows: int, ms: float) -> None:
         if rows < 1 or not (math.isfinite(ms) and ms >= 0):
             raise ValueError(f"a batch needs rows >= 1 and a finite time, got {rows} rows in {ms} ms")
         old = self._ms.get(rows)
         self._ms[rows] = ms if old is None else old + self.smoothing * (ms - old)
+        self._seen_t[rows] = now = self._clock()
+        for n, seen in list(self._seen_t.items()):
+            if now - seen > self.max_age_s:
+                del self._ms[n], self._seen_t[n]
 
     @property
     def points(self) -> list[CostPoint]:

@@ -166,6 +166,8 @@ class StreamJob:
         self.first_frame_t: float | None = None
         # When the worker last finished a chunk of this job (ties between equal deadlines).
         self.served_t = 0.0
+        # Whether the last chunk `run_chunk` ran was a walk's first.
+        self.last_plan_first = False
 
     def submit_input(self, envelope: InputEnvelope) -> bool:
         """Offer a snapshot (any thread). Returns False if its seq is not newer than the last one."""
@@ -240,6 +242,7 @@ class StreamJob:
     def run_chunk(self) -> list[StreamFrame]:
         """Generate one chunk (worker thread only) and put its frames into the buffer."""
         plan = self.begin_chunk()
+        self.last_plan_first = plan.first
         start = time.perf_counter()
         images = self.generator.step(plan.poses)
         return self.end_chunk(plan, images, (time.perf_counter() - start) * 1e3)
@@ -482,7 +485,9 @@ class GenerationWorker:
         except Exception as error:
             self._fail(job, error)
             return
-        self.cost.observe(1, (time.perf_counter() - start) * 1e3)
+        # A walk's first chunk (start image encoded, one latent more) is no measure of its steady chunks.
+        if not job.last_plan_first:
+            self.cost.observe(1, (time.perf_counter() - start) * 1e3)
         job.served_t = time.monotonic()
         self.chunks_done += 1
         self.batches_done += 1
@@ -507,7 +512,9 @@ class GenerationWorker:
                 self._fail(job, error)
             return
         chunk_ms = (time.perf_counter() - start) * 1e3
-        self.cost.observe(len(planned), chunk_ms)
+        # A batch with a walk's first chunk (start image encoded, rows in separate calls) is no measure of steady batches.
+        if not any(plan.first for _, plan in planned):
+            self.cost.observe(len(planned), chunk_ms)
         now = time.monotonic()
         for (job, plan), frames in zip(planned, images):
             try:

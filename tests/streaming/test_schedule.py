@@ -86,3 +86,16 @@ async def test_a_batch_is_cut_to_what_fits_one_chunk_of_video():
     worker.cost = BatchCost()
     batch, _ = worker._next_batch()
     assert len(batch) == 4  # nothing measured: all ready walks
+
+
+def test_a_row_count_not_measured_for_a_while_is_forgotten():
+    now = [0.0]
+    cost = BatchCost(max_age_s=10.0, clock=lambda: now[0])
+    cost.observe(4, 2000.0)  # a slow spell
+    now[0] = 5.0
+    cost.observe(1, 200.0)
+    assert [p.rows for p in cost.points] == [1, 4]
+    now[0] = 11.0
+    cost.observe(1, 200.0)
+    # The batch of 4 was last seen 11 s ago: forgotten, and estimated from the fresh point again.
+    assert [p.rows for p in cost.points] == [1] and cost.estimate_ms(4) == pytest.approx(800.0)
