@@ -6,7 +6,8 @@ first (ties: the one served longest ago), up to `max_batch` rows in one batched 
 session starves while another is served twice. A batch starts when its earliest member is due,
 that is when waiting longer would make it late by the batch's expected time
 (`BatchCost.estimate_ms`, with a safety factor): until then, sessions that become ready join it,
-and every member starts from fresher input.
+and every member starts from fresher input. The worker waits only when that batch is all it has
+to do; with ready sessions left over it is behind, and idling would lose their time.
 
 `BatchCost` keeps the measured wall time of a batched chunk per row count (an exponential moving
 average, so a machine that gets busier is followed within a few chunks). A row count not measured
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 
 # The chunk's expected time is scaled by this before it is compared with the slack, plus a fixed
 # margin: a chunk a little slower than its average must still land before the buffer runs dry.
-SAFETY = 1.25
-MARGIN_S = 0.03
+SAFETY = 1.1
+MARGIN_S = 0.02
 # The share of a chunk period that the measured batches may fill for a session count to be admitted.
 UTILISATION = 0.9
 

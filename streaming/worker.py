@@ -413,7 +413,9 @@ class GenerationWorker:
                 return [], self.poll_s
             batch = batch[: self._rows_within_a_chunk(batch[0], len(batch))]
             wait = due_in_s(batch[0].slack_s(), self.cost.estimate_ms(len(batch)))
-            if wait > 0:
+            # Wait only when this batch is all there is to do: with ready walks left over the worker
+            # is behind, and idling would lose their time.
+            if wait > 0 and len(batch) == len(ready):
                 return [], min(wait, 5 * self.poll_s)
             self._running = list(batch)
             return batch, 0.0

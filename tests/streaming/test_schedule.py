@@ -99,3 +99,22 @@ def test_a_row_count_not_measured_for_a_while_is_forgotten():
     cost.observe(1, 200.0)
     # The batch of 4 was last seen 11 s ago: forgotten, and estimated from the fresh point again.
     assert [p.rows for p in cost.points] == [1] and cost.estimate_ms(4) == pytest.approx(800.0)
+
+
+async def test_the_worker_does_not_wait_while_ready_walks_are_left_over():
+    loop = asyncio.get_running_loop()
+    worker = GenerationWorker(max_batch=2)
+    jobs = [_job(loop, f"j{i}") for i in range(3)]
+    for job in jobs:
+        job.run_chunk()
+        await _drain(job, 5)  # 4 frames left each: 250 ms of slack, room for a chunk
+        worker.add(job)
+    worker.cost.observe(1, 10.0)
+    worker.cost.observe(2, 12.0)
+    # A batch of 2 takes ~12 ms: not due for 200 ms, but the third walk is left over.
+    batch, wait = worker._next_batch()
+    assert len(batch) == 2 and wait == 0.0
+    worker.remove(jobs[2])
+    worker._running = []
+    batch, wait = worker._next_batch()
+    assert batch == [] and wait > 0
