@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.vae import TinyVAE, TinyVAEConfig
-from model.vae.deblock import deblock
+from model.vae.deblock import _deblock_last_axis, deblock
 from train.evaluate import grid_step_ratio
 
 
@@ -50,3 +50,18 @@ def test_the_vae_filters_its_decoded_frames_streamed_or_whole():
     torch.testing.assert_close(whole, deblock(unfiltered, 8, 0.5, 0.06).clamp(-1, 1), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="deblock"):
         TinyVAEConfig(deblock_step=-1.0)
+
+
+@pytest.mark.parametrize("shape, block", [((2, 3, 4, 32, 48), 8), ((1, 3, 24, 16), 4), ((1, 3, 20, 27), 8), ((1, 3, 12, 12), 2)],
+                         ids=["cells-8", "cells-4", "ragged", "block-2"])
+def test_the_strided_filter_is_the_gather_one_bit_for_bit(shape, block):
+    """`deblock` reads and writes through strided cell views (whole cells, block >= 4) or falls back to the
+    general index-gather form; either way every output bit is the gather form's."""
+    gen = torch.Generator().manual_seed(1)
+    cells = torch.rand(*shape[:-2], shape[-2] // block + 1, shape[-1] // block + 1, generator=gen) * 0.4
+    frames = cells.repeat_interleave(block, -1).repeat_interleave(block, -2)[..., :shape[-2], :shape[-1]]
+    frames = frames + (torch.rand(frames.shape, generator=gen) - 0.5) * 0.1 * (torch.rand(frames.shape, generator=gen) > 0.6)
+    columns = _deblock_last_axis(frames, block, 0.3, 0.06)
+    gathered = _deblock_last_axis(columns.transpose(-1, -2), block, 0.3, 0.06).transpose(-1, -2)
+    filtered = deblock(frames, block, 0.3, 0.06)
+    assert torch.equal(filtered, gathered) and not torch.equal(filtered, frames)

@@ -116,6 +116,24 @@ def test_stream_decode_equals_whole_decode(cfg, splits):
         torch.testing.assert_close(dec.decode_chunk(z[:, :, :2]), whole[:, :, :5], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_REFINE], ids=["plain", "refine"])
+def test_cpu_decoder_frames_in_passes_equal_one_pass(cfg, monkeypatch):
+    """The CPU decoder runs its per-frame stages a few frames at a time (cache locality); the frames
+    are those of one pass over all of them, for a stacked stream decode as for a whole one."""
+    import model.vae.tiny_vae as tiny_vae
+
+    vae = _vae(cfg)
+    z = torch.randn(3, 8, 4, 3, 2)  # 3 rows of 13 frames: passes of 4 split rows and end ragged
+    with torch.no_grad():
+        monkeypatch.setattr(tiny_vae, "_CPU_FRAMES_PER_PASS", 10**9)
+        one_pass = vae.decode(z), vae.stream_decoder(3).decode_chunk(z[:, :, :2])
+        monkeypatch.setattr(tiny_vae, "_CPU_FRAMES_PER_PASS", 4)
+        in_passes = vae.decode(z), vae.stream_decoder(3).decode_chunk(z[:, :, :2])
+    for a, b in zip(in_passes, one_pass):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def test_stream_decode_equals_whole_decode_s16_t8():
     vae = _vae(SMALL_S16_T8)
     z = torch.randn(1, 6, 4, 2, 2)
