@@ -46,7 +46,7 @@ from collect.campaign import Campaign, FilterConfig, load_campaign
 from collect.quality import episode_flags
 from collect.reviews import REVIEWS_FILE, read_reviews
 from streaming.episode import Episode, EpisodeError
-from streaming.exporters import ACTION_NAMES, LEROBOT_VIDEO_KEY, STATE_NAMES, TASK, state_and_action
+from streaming.exporters import ACTION_NAMES, LEROBOT_VIDEO_KEY, STATE_NAMES, TASK, lerobot_features, state_and_action
 
 log = logging.getLogger("roam.collect")
 
@@ -438,7 +438,6 @@ def _write_meta(out: Path, campaign: Campaign | None, rows: list[dict], tasks: l
     _write_text_atomic(out / "meta" / "stats.json", json.dumps(stats, indent=1))
     fps = float(rows[0]["roam/fps"])
     h, w = int(rows[0]["roam/height"]), int(rows[0]["roam/width"])
-    scalar = {"shape": [1], "names": None}
     n_frames = int(sum(r["length"] for r in rows))
     info = {
         "codebase_version": "v3.0",
@@ -453,21 +452,7 @@ def _write_meta(out: Path, campaign: Campaign | None, rows: list[dict], tasks: l
         "splits": {"train": f"0:{len(rows)}"},
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH,
-        "features": {
-            LEROBOT_VIDEO_KEY: {
-                "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False},
-            },
-            "observation.state": {"dtype": "float32", "shape": [len(STATE_NAMES)], "names": STATE_NAMES},
-            "action": {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": ACTION_NAMES},
-            "timestamp": {"dtype": "float32", **scalar},
-            "frame_index": {"dtype": "int64", **scalar},
-            "episode_index": {"dtype": "int64", **scalar},
-            "index": {"dtype": "int64", **scalar},
-            "task_index": {"dtype": "int64", **scalar},
-            "participant": {"dtype": "string", **scalar},
-            "scene": {"dtype": "string", **scalar},
-        },
+        "features": lerobot_features(h, w, fps, string_columns=("participant", "scene")),
         "roam": {
             "campaign": campaign.name if campaign is not None else None,
             "record_dir": str(record_dir),

@@ -129,6 +129,27 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
+def lerobot_features(height: int, width: int, fps: float, string_columns: tuple[str, ...] = ()) -> dict[str, dict]:
+    """LeRobot v3 `info.json` features of a roam episode's frames: the H.264 video, the camera state and
+    the applied action, LeRobot's index columns, then `string_columns` (one string per frame)."""
+    scalar = {"shape": [1], "names": None}
+    return {
+        LEROBOT_VIDEO_KEY: {
+            "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
+            "info": {"video.height": height, "video.width": width, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                     "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False},
+        },
+        "observation.state": {"dtype": "float32", "shape": [len(STATE_NAMES)], "names": STATE_NAMES},
+        "action": {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": ACTION_NAMES},
+        "timestamp": {"dtype": "float32", **scalar},
+        "frame_index": {"dtype": "int64", **scalar},
+        "episode_index": {"dtype": "int64", **scalar},
+        "index": {"dtype": "int64", **scalar},
+        "task_index": {"dtype": "int64", **scalar},
+        **{name: {"dtype": "string", **scalar} for name in string_columns},
+    }
+
+
 def _lerobot(episode: Episode, out: Path) -> None:
     import pandas as pd
     import pyarrow as pa
@@ -186,7 +207,6 @@ def _lerobot(episode: Episode, out: Path) -> None:
     }), episodes_dir / "file-000.parquet")
 
     h, w = episode.height, episode.width
-    scalar = {"shape": [1], "names": None}
     info = {
         "codebase_version": "v3.0",
         "robot_type": "roam_camera",
@@ -200,21 +220,7 @@ def _lerobot(episode: Episode, out: Path) -> None:
         "splits": {"train": "0:1"},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-        "features": {
-            LEROBOT_VIDEO_KEY: {
-                "dtype": "video",
-                "shape": [h, w, 3],
-                "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False},
-            },
-            "observation.state": {"dtype": "float32", "shape": [7], "names": STATE_NAMES},
-            "action": {"dtype": "float32", "shape": [len(ACTION_NAMES)], "names": ACTION_NAMES},
-            "timestamp": {"dtype": "float32", **scalar},
-            "frame_index": {"dtype": "int64", **scalar},
-            "episode_index": {"dtype": "int64", **scalar},
-            "index": {"dtype": "int64", **scalar},
-            "task_index": {"dtype": "int64", **scalar},
-        },
+        "features": lerobot_features(h, w, fps),
         "roam": {
             "source_episode": episode.name,
             "intrinsics": episode.intrinsics[0].tolist(),
