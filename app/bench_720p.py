@@ -185,7 +185,8 @@ def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = N
     profile = OFFICIAL_STREAMING
     fx = 0.5 * width / np.tan(np.radians(30.0))
     config = GeneratorConfig(chunk_latents=args.chunk_latents, kv_window_chunks=profile.kv_window_chunks, sink=profile.sink,
-                             fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame, seed=0)
+                             fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame,
+                             warm_start=profile.warm_start, seed=0)
     generator = ChunkGenerator(dit, vae, config, (fx, fx, width / 2.0, height / 2.0), device=device, dtype=dtype,
                                prompt=prompt, refiner=stage2)
     rng = np.random.default_rng(0)

@@ -113,6 +113,8 @@ class StreamConfig:
     # Sampling in fp32 and the first decoded frame dropped: the model's profile (build_runtime sets them).
     fp32_sampling: bool = False
     drop_first_frame: bool = False
+    # Chunks start from the last committed latent (the model's profile: what it was trained for).
+    warm_start: bool = False
     # The default prompt of every walk (`serve --prompt`); None = each start scene's own. Only for a
     # model with a text encoder.
     prompt: str | None = None
@@ -173,7 +175,8 @@ class StreamConfig:
         sigmas = DISTILLED_SIGMAS if self.sigmas is None else tuple(self.sigmas)
         window = DEFAULT_KV_WINDOW_CHUNKS if self.kv_window_chunks is None else self.kv_window_chunks
         return GeneratorConfig(chunk_latents=self.chunk_latents, sigmas=sigmas, kv_window_chunks=window, sink=self.sink, seed=self.seed,
-                               fp32_sampling=self.fp32_sampling, drop_first_frame=self.drop_first_frame)
+                               fp32_sampling=self.fp32_sampling, drop_first_frame=self.drop_first_frame,
+                               warm_start=self.warm_start)
 
     def buffer_capacity(self, temporal_stride: int) -> int:
         """Frames a session's buffer keeps: `buffer_chunks` chunks, at least the first chunk."""

@@ -365,7 +365,8 @@ def stream_for_profile(stream: StreamConfig, profile: Any) -> tuple[StreamConfig
     frame), and the profile as the stream runs it (window, chunking and σ list the stream's)."""
     if stream.kv_window_chunks is None:
         stream = dataclasses.replace(stream, kv_window_chunks=profile.kv_window_chunks, sink=profile.sink)
-    stream = dataclasses.replace(stream, fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame)
+    stream = dataclasses.replace(stream, fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame,
+                                 warm_start=profile.warm_start)
     config = stream.generator_config()
     ran = profile.replace(kv_window_chunks=config.kv_window_chunks, sink=config.sink, chunk_latents=config.chunk_latents,
                           sigmas=config.sigmas)

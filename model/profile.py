@@ -128,6 +128,8 @@ class StreamProfile:
     # Every chunk is conditioned on a prompt through the text encoder; never the null caption.
     prompt_required: bool
     refiner: RefinerSettings | None = None
+    # Each chunk starts at σ₀ < 1 from the newest committed latent (`model.schedulers.warm_start`).
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -136,7 +138,7 @@ class StreamProfile:
             raise ValueError(f"StreamProfile.chunk_latents must be an int >= 1, got {self.chunk_latents!r}")
         if isinstance(self.kv_window_chunks, bool) or not isinstance(self.kv_window_chunks, int) or self.kv_window_chunks < 1:
             raise ValueError(f"StreamProfile.kv_window_chunks must be an int >= 1, got {self.kv_window_chunks!r}")
-        for name in ("sink", "cam_conv_cross_chunk", "fp32_sampling", "drop_first_frame", "prompt_required"):
+        for name in ("sink", "cam_conv_cross_chunk", "fp32_sampling", "drop_first_frame", "prompt_required", "warm_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"StreamProfile.{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "sigmas", check_sampler_sigmas(self.sigmas, f"StreamProfile {self.name!r}"))
@@ -156,7 +158,8 @@ class StreamProfile:
                  f"{'s' if self.kv_window_chunks != 1 else ''} (chunk 6 attends to {list(self.attended_chunks(6))})"
         lines = [
             f"stream profile: {self.name}",
-            f"  chunks: {self.chunk_latents} latents; sampler σ {list(self.sigmas)}",
+            f"  chunks: {self.chunk_latents} latents; sampler σ {list(self.sigmas)}"
+            + (" from the last committed latent (warm start)" if self.warm_start else " from pure noise"),
             f"  KV window: {window}",
             f"  camera key conv: {'across chunks' if self.cam_conv_cross_chunk else 'within each chunk'}",
             f"  timesteps and Euler updates: {'fp32' if self.fp32_sampling else 'the model dtype'}",
@@ -190,8 +193,9 @@ OFFICIAL_STREAMING = StreamProfile(
 
 
 def embedded_profile(*, chunk_latents: int, sigmas: tuple[float, ...], kv_window_chunks: int = 2, sink: bool = True,
-                     cam_conv_cross_chunk: bool = True, name: str = "roam-tiny (as trained)") -> StreamProfile:
+                     cam_conv_cross_chunk: bool = True, name: str = "roam-tiny (as trained)",
+                     warm_start: bool = False) -> StreamProfile:
     """The embedded model's profile: what its `roam_tiny.json` records (its `generator` and `model` sections)."""
     return StreamProfile(name=name, chunk_latents=chunk_latents, sigmas=sigmas, kv_window_chunks=kv_window_chunks,
                          sink=sink, cam_conv_cross_chunk=cam_conv_cross_chunk, fp32_sampling=False,
-                         drop_first_frame=False, prompt_required=False, refiner=None)
+                         drop_first_frame=False, prompt_required=False, refiner=None, warm_start=warm_start)

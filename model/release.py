@@ -362,7 +362,8 @@ def load_embedded(
     vae = vae.to(device=device).eval()
     window, sink = embedded_window(weights.with_suffix(".json"))
     profile = embedded_profile(chunk_latents=chunk_latents, sigmas=sampler, kv_window_chunks=window, sink=sink,
-                               cam_conv_cross_chunk=dit.config.cam_conv_cross_chunk, name=f"{name} (as trained)")
+                               cam_conv_cross_chunk=dit.config.cam_conv_cross_chunk, name=f"{name} (as trained)",
+                               warm_start=embedded_warm_start(weights.with_suffix(".json")))
     return Release(dit=dit, vae=vae, text_encoder=None, kind="embedded", height=height, width=width, fps=float(fps),
                    chunk_latents=chunk_latents, hfov_deg=float(hfov_deg), name=name, sources=sources,
                    sampler_sigmas=sampler, profile=profile)
@@ -379,6 +380,17 @@ def embedded_window(path: Path) -> tuple[int, bool]:
         raise CheckpointError(f"{str(path)!r}: generator.kv_window_chunks must be an int >= 1 and generator.sink a bool, "
                               f"got {window!r}, {sink!r}")
     return window, sink
+
+
+def embedded_warm_start(path: Path) -> bool:
+    """Whether the tiny model was trained for warm-started chunks (`generator.warm_start` of `roam_tiny.json`,
+    `model.schedulers.warm_start`); False when the file or the key is absent (every model before it)."""
+    data = _read_embedded_json(path)
+    generator = data.get("generator") if isinstance(data, dict) else None
+    warm = generator.get("warm_start", False) if isinstance(generator, dict) else False
+    if not isinstance(warm, bool):
+        raise CheckpointError(f"{str(path)!r}: generator.warm_start must be a bool, got {warm!r}")
+    return warm
 
 
 def vae_tag(path: str | Path) -> str:

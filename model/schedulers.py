@@ -82,6 +82,22 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next
     return x + (sigma_next - sigma) * velocity
 
 
+def warm_start(anchor: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A chunk's sampler start at σ < 1 from the stream's newest clean latent: (1 − σ)·anchor + σ·noise.
+
+    The one-step sampler from pure noise (σ = 1) regresses each new view from context alone, which is
+    what blurs it; starting at σ < 1 from the newest committed latent puts that frame's detail at every
+    position of the input, so what stays in view is there to keep and the model learns what to move.
+    anchor [B, C, 1, h, w] (broadcast over the chunk's frames), noise [B, C, Tc, h, w] -> [B, C, Tc, h, w].
+    """
+    if anchor.ndim != 5 or anchor.shape[2] != 1 or anchor.shape[:2] != noise.shape[:2] or anchor.shape[3:] != noise.shape[3:]:
+        raise ValueError(f"warm_start needs anchor [B, C, 1, h, w] matching noise {tuple(noise.shape)}, "
+                         f"got {tuple(anchor.shape)}")
+    if not 0.0 < sigma <= 1.0:
+        raise ValueError(f"warm_start σ must be in (0, 1], got {sigma}")
+    return (1.0 - sigma) * anchor.to(noise.dtype) + sigma * noise
+
+
 def euler_chunk(
     velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,

@@ -347,7 +347,7 @@ class WorldModel(nn.Module):
         _, layers = self._run(x_clean_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions,
                               chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers,
                               want_state=True, output=False)
-        return state.advanced(layers, frames)
+        return state.advanced(layers, frames, x_clean_chunk[:, :, -1:].detach())
 
 
 def _check_window(kv_window_chunks: int | None, sink: bool) -> None:

@@ -22,6 +22,9 @@ What the model is run with follows its `model.profile.StreamProfile` (the app co
   needed for every raw frame: `frames_for_next_chunk()` counts those, `frames_shown_for_next_chunk()` the frames returned.
 - `prompt`: a callable giving the walk's `model.prompts.EncodedPrompt`, called once per `start` (on the
   worker thread); without one, the DiT's null caption conditions every chunk.
+- `warm_start` (the embedded model's json says so): each chunk starts at σ₀ = sigmas[0] < 1 from the
+  newest committed latent (`StreamState.last_latent`; the image latent on chunk 0) noised to σ₀
+  (`model.schedulers.warm_start`), not from pure noise, so what stays in view keeps its detail.
 - `refiner`: a `model.refiner.StreamRefiner`; each chunk's new latents (never the image latent, the
   refiner's sink) are refined between the commit and the decoder, one refiner block per chunk.
 """
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 
 from model.release import check_sampler_sigmas
-from model.schedulers import distilled_sigmas, euler_chunk
+from model.schedulers import distilled_sigmas, euler_chunk, warm_start
 from streaming.protocols import StreamDecoder, StreamModel, StreamVAE, check_collaborators
 
 DISTILLED_SIGMAS: tuple[float, ...] = distilled_sigmas()  # the official 4-step list (1, 0.96, 0.889, 0.727, 0)
@@ -54,6 +57,7 @@ class GeneratorConfig:
     seed: int = 0
     fp32_sampling: bool = False
     drop_first_frame: bool = False
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_latents < 1:
@@ -296,6 +300,8 @@ class ChunkGenerator:
         # model casts its input to its own dtype.
         image_latent = self.image_latent.to(self.sampling_dtype)
         x = self._noise((1, channels, tc, h, w))  # [1, C, Tc, h, w]
+        if self.config.warm_start:
+            x = warm_start(image_latent if first else self.state.last_latent, x, self.config.sigmas[0])
         if first:
             x = torch.cat([image_latent, x], dim=2)  # [1, C, 1+Tc, h, w]
         return ChunkInputs(frames=n, first=first, latent_end=lat_end, x=x, camera=camera, plucker=plucker,

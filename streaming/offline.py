@@ -245,7 +245,7 @@ def _distilled(release, image, poses, intrinsics, n, seed, text, progress, promp
     # The release's profile (KV window, fp32 sampling, refiner), but frame 0 is kept: every frame has a pose.
     config = GeneratorConfig(chunk_latents=release.chunk_latents, sigmas=release.sampler_sigmas, seed=seed,
                              kv_window_chunks=profile.kv_window_chunks, sink=profile.sink,
-                             fp32_sampling=profile.fp32_sampling)
+                             fp32_sampling=profile.fp32_sampling, warm_start=profile.warm_start)
     refiner_text = refiner_mask = None
     if release.refiner is not None:
         refiner_text, refiner_mask = release.refiner.encode_prompt(prompt)

@@ -50,8 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-docs", action="store_true", help="write docs/eval.md, eval.png, eval_rollout.png")
 
 
+WARM_NOTE = ", each chunk starting from the last committed latent noised to the first σ (warm start)"
+
+
 def main(args: argparse.Namespace) -> int:
-    from model.release import embedded_vae_path, model_sampler_sigmas
+    from model.release import embedded_vae_path, embedded_warm_start, model_sampler_sigmas
     from model.vae import load_tiny_vae
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
     from train.evaluate import summarise
@@ -71,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
     sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
-    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads, args.long_seconds)
+    warm = embedded_warm_start(Path(args.model or EMBEDDED_WEIGHTS).with_suffix(".json"))
+    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads, args.long_seconds, warm)
     if args.workers == 1:
         evaluated = job.evaluate(model, vae, range(args.clips))
     else:
@@ -88,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
+    summary["warm_start"] = warm
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
@@ -95,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing", "long")
                       if k in summary}, indent=2))
     if args.attention:
-        summary["attention"] = attention_summary(model, vae, args.attention, args.size, sigmas)
+        summary["attention"] = attention_summary(model, vae, args.attention, args.size, sigmas, warm)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if args.write_docs:
@@ -103,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def attention_summary(model, vae, scenes: int, size: int, sigmas) -> dict[str, list[dict]]:
+def attention_summary(model, vae, scenes: int, size: int, sigmas, warm_start: bool = False) -> dict[str, list[dict]]:
     """The attention probe over the first 2 s of `scenes` eval scenes, printed and returned per path."""
     import dataclasses
 
@@ -111,7 +116,7 @@ def attention_summary(model, vae, scenes: int, size: int, sigmas) -> dict[str, l
     from sim.clips import ClipDataset
     from train.attention_probe import mean_stats, probe_scene
 
-    probes = [probe_scene(model, vae, ClipDataset.scene_seed("eval", i), 2, size, sigmas) for i in range(scenes)]
+    probes = [probe_scene(model, vae, ClipDataset.scene_seed("eval", i), 2, size, sigmas, warm_start) for i in range(scenes)]
     out = {}
     for path in ("walking", "standing"):
         stats = mean_stats([probe[path] for probe in probes])
@@ -135,6 +140,7 @@ class EvalJob:
     size: int
     threads: int
     long_seconds: int = 0  # > 0: also a walk this long per scene (train.evaluate.long_walk)
+    warm_start: bool = False  # the model's json: chunks start from the last committed latent
 
     def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """In a worker process: load the model and VAE, then `evaluate`."""
@@ -155,7 +161,7 @@ class EvalJob:
         for i in indices:
             seed = ClipDataset.scene_seed("eval", i)
             result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sigmas=self.sigmas,
-                                           long_seconds=self.long_seconds)
+                                           warm_start=self.warm_start, long_seconds=self.long_seconds)
             out.append((i, result, frames if i == 0 else None))
             late = {f"{w}": {k: round(v, 3) for k, v in m.items()} for w, m in result.long_windows.items()}
             print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / self.seconds:.2f} repeat "
@@ -291,7 +297,7 @@ Written by `python run.py eval --clips {args.clips} --seconds {args.seconds} --s
 Model: `{summary['model']}` ({json.dumps(summary.get('model_info', {}).get('trained_on', {}))}).
 Each of {summary['clips']} eval-split scenes (seeds ≥ 1 000 000, never trained on) gives one random walk of
 {args.seconds} s at 16 fps, {args.size}×{args.size}. The live chunk generator (`streaming.generator.ChunkGenerator`,
-{len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}, KV window 2 + sink) starts from the walk's first rendered frame and is driven
+{len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}{WARM_NOTE if summary.get('warm_start') else ''}, KV window 2 + sink) starts from the walk's first rendered frame and is driven
 with the walk's poses; metrics compare each second of its output with the ground-truth render.
 
 ![PSNR, SSIM and detail per second](eval.png)

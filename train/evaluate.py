@@ -181,13 +181,15 @@ def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric)
 
 
 def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndarray, seed: int = 0,
-            sigmas: tuple[float, ...] | None = None) -> np.ndarray:
+            sigmas: tuple[float, ...] | None = None, warm_start: bool = False) -> np.ndarray:
     """The live generator's frames along `world_T_cams` from `frame0` -> uint8 [F, H, W, 3].
 
-    `sigmas`: the few-step sampler (None = the generator's default, the official 4-step list)."""
+    `sigmas`: the few-step sampler (None = the generator's default, the official 4-step list); `warm_start`:
+    chunks start from the last committed latent (`GeneratorConfig.warm_start`, as the model was trained)."""
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
-    config = GeneratorConfig(seed=seed) if sigmas is None else GeneratorConfig(seed=seed, sigmas=tuple(sigmas))
+    config = GeneratorConfig(seed=seed, warm_start=warm_start) if sigmas is None else GeneratorConfig(
+        seed=seed, sigmas=tuple(sigmas), warm_start=warm_start)
     gen = ChunkGenerator(model, vae, config, (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     gen.start(frame0, world_T_cams[0])
     frames, start = [], 0
@@ -223,7 +225,7 @@ def window_frames(frames: np.ndarray, first_s: int, last_s: int, fps: int = 16) 
 
 
 def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-              sigmas: tuple[float, ...] | None = None) -> tuple[dict, dict, dict[str, np.ndarray]]:
+              sigmas: tuple[float, ...] | None = None, warm_start: bool = False) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """A `seconds`-long held-out walk streamed whole: (per-second metrics, window metrics, frames gt/model).
 
     Per second: `LONG_METRICS` (metric -> list). Windows: each of `LONG_WINDOWS` that fits ("22-30" ->
@@ -232,7 +234,7 @@ def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 1
     """
     _, clip, K = held_out_walk(scene_seed, seconds, size, fps)
     gt = clip.frames
-    pred = rollout(model, vae, gt[0], clip.world_T_cams, K, sigmas=sigmas)
+    pred = rollout(model, vae, gt[0], clip.world_T_cams, K, sigmas=sigmas, warm_start=warm_start)
     per_second_metrics = {name: per_second(pred, gt, fps, seconds, metric) for name, metric in LONG_METRICS.items()}
     windows = {}
     for first, last in LONG_WINDOWS:
@@ -243,7 +245,7 @@ def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 1
 
 
 def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-                  sigmas: tuple[float, ...] | None = None,
+                  sigmas: tuple[float, ...] | None = None, warm_start: bool = False,
                   long_seconds: int = 0) -> tuple[ClipResult, dict[str, np.ndarray]]:
     """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`.
 
@@ -252,7 +254,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     gt, poses = clip.frames, clip.world_T_cams
     frames = {
         "gt": gt,
-        "model": rollout(model, vae, gt[0], poses, K, sigmas=sigmas),
+        "model": rollout(model, vae, gt[0], poses, K, sigmas=sigmas, warm_start=warm_start),
         "repeat": np.repeat(gt[:1], len(gt), axis=0),
         "warp": depth_warp(gt[0], clip.depth[0], clip.depth, poses[0], poses, K),
     }
@@ -260,7 +262,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     for method in METHODS:
         for name, metric in METRICS.items():
             getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
-    frames["standing"] = rollout(model, vae, gt[0], standing_at_start(poses), K, sigmas=sigmas)
+    frames["standing"] = rollout(model, vae, gt[0], standing_at_start(poses), K, sigmas=sigmas, warm_start=warm_start)
     # standing still, the ground truth is the start frame throughout: the repeat baseline's frames
     result.standing = {name: per_second(frames["standing"], frames["repeat"], fps, seconds, METRICS[name])
                        for name in STANDING_METRICS}
@@ -269,7 +271,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
     if long_seconds:
         result.long_per_second, result.long_windows, long_frames = long_walk(model, vae, scene_seed, long_seconds, size,
-                                                                             fps, sigmas)
+                                                                             fps, sigmas, warm_start)
         frames.update(long_frames)
     for method in METHODS:
         margins = following_margins(frames[method], gt, {kind: frames[kind] for kind in PERTURBATIONS})

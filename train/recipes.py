@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -155,41 +156,65 @@ def self_forced_stream(model, x: torch.Tensor, timestep: torch.Tensor, camera: t
     """
     state = model.init_stream_state(x.shape[0], latent_hw=tuple(x.shape[-2:]), kv_window_chunks=kv_window_chunks,
                                     sink=sink)
-    velocities, _ = stream_window(model, x, timestep, camera, plucker, chunk_sizes, sigmas, noise, state,
-                                  starts_clip=True, commit_last=False)
-    return velocities
+    return stream_window(model, x, timestep, camera, plucker, chunk_sizes, sigmas, noise, state,
+                         starts_clip=True, commit_last=False).velocity
+
+
+class StreamedWindow(NamedTuple):
+    """What `stream_window` streamed: velocity [B, C, T, h, w], the state after it, and the inputs [B, C, T, h, w]
+    the chunks were run on (`x` itself, or the warm starts built from the model's own latents)."""
+
+    velocity: torch.Tensor
+    state: object
+    inputs: torch.Tensor
 
 
 def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
                   chunk_sizes: Sequence[int], sigmas: Sequence[float], noise: torch.Tensor, state, *,
-                  starts_clip: bool, commit_last: bool):
+                  starts_clip: bool, commit_last: bool, warm_start: bool = False) -> StreamedWindow:
     """`self_forced_stream` over consecutive chunks of a stream that may have begun before them.
 
     `state` holds what the stream committed before `x`'s first chunk; `starts_clip` says that chunk is the
-    clip's first (its frame 0 is the clean image, t = 0). Returns (velocities [B, C, T, h, w], state after
-    the last chunk committed, or before it when not `commit_last`). The last chunk's commit only feeds
-    chunks after this window, so it runs without gradients.
+    clip's first (its frame 0 is the clean image, t = 0). The state is the one after the last chunk
+    committed, or before it when not `commit_last`. The last chunk's commit only feeds chunks after this
+    window, so it runs without gradients.
+
+    `warm_start` (one-step samplers [σ₀, 0] only): each chunk's new latents are not taken from `x` but
+    built as the live sampler builds them, `schedulers.warm_start` from the newest latent committed before
+    the chunk (the image on the clip's first chunk) and that chunk's `noise` at σ₀; `inputs` returns them
+    (the training target is v* = (input − x₀)/σ₀).
     """
     batch = x.shape[0]
     text, mask = model.null_text(batch)
     grid = [float(s) for s in sigmas]
-    one_step = grid == [1.0, 0.0]
-    velocities = []
+    one_step = len(grid) == 2
+    if warm_start and not one_step:
+        raise ValueError(f"warm-start training needs a one-step sampler [σ0, 0], got {grid}")
+    velocities, inputs = [], []
     start = 0
     for c, size in enumerate(chunk_sizes):
         sl = slice(start, start + size)
         cam, pl = camera[:, sl], plucker[:, :, sl]
-        v = model.stream_forward(x[:, :, sl], timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
+        with_image = starts_clip and c == 0
+        first = 1 if with_image else 0  # the clip's chunk 0 starts with the image
+        x_c = x[:, :, sl]
+        if warm_start:
+            anchor = x[:, :, :1] if with_image else state.last_latent
+            if anchor is None:
+                raise ValueError("warm start needs the stream's last committed latent (or starts_clip on a clip's first chunk)")
+            x_c = x_c.clone()
+            x_c[:, :, first:] = schedulers.warm_start(anchor, noise[:, :, sl][:, :, first:], grid[0])
+        inputs.append(x_c)
+        v = model.stream_forward(x_c, timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
         velocities.append(v)
         last = c == len(chunk_sizes) - 1
         if last and not commit_last:
             break  # nothing streams after the last chunk
-        with_image = starts_clip and c == 0
-        first = 1 if with_image else 0  # the clip's chunk 0 starts with the image
-        reuse = (one_step and bool((timestep[:, :, sl][:, :, first:] == 1000.0).all())
-                 and torch.equal(x[:, :, sl][:, :, first:], noise[:, :, sl][:, :, first:]))
+        # With one step from the sampler's own start, the training forward is the sampler's forward.
+        reuse = one_step and bool((timestep[:, :, sl][:, :, first:] == grid[0] * 1000.0).all()) and (
+            warm_start or torch.equal(x_c[:, :, first:], noise[:, :, sl][:, :, first:]))
         if reuse:
-            own = (x[:, :, sl] - v).detach()
+            own = (x_c - grid[0] * v).detach()
             if with_image:
                 own[:, :, :1] = x[:, :, :1]
         else:
@@ -201,7 +226,7 @@ def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.
         else:
             state = model.stream_commit(own, text, mask, cam, pl, state)
         start += size
-    return torch.cat(velocities, dim=2), state
+    return StreamedWindow(torch.cat(velocities, dim=2), state, torch.cat(inputs, dim=2))
 
 
 class DistilLoss:
@@ -411,7 +436,7 @@ class RollingSelfForcedLoss:
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
                  kv_window_chunks: int, sink: bool, window_chunks: int, crops: tuple[int, ...] = (),
                  frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200,
-                 frame_mean_weight: float = 0.0):
+                 frame_mean_weight: float = 0.0, warm_start: bool = False):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
         if frame_mean_weight < 0:
@@ -419,8 +444,11 @@ class RollingSelfForcedLoss:
         if window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
         live = live_sigmas(sigmas)
+        if warm_start and len(live) != 2:
+            raise ValueError(f"warm-start training needs a one-step sampler [σ0, 0], got {live}")
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
+        self.warm_start = warm_start
         self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
         self.channel_weights, self.refresh_every = channel_weights, refresh_every
         self.frame_mean_weight = frame_mean_weight
@@ -443,8 +471,11 @@ class RollingSelfForcedLoss:
         camera, plucker = walk.batch["camera_conditions"][:, start:end], walk.batch["chunk_plucker"][:, :, start:end]
         sigma, noise, x_in, velocity_target = noised_at_live_sigmas(x0, sizes, self.sigmas, rng, starts_clip)
         device = next(net.parameters()).device
-        v, state = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device), plucker.to(device),
-                       sizes, continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip))
+        v, state, inputs = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device),
+                               plucker.to(device), sizes,
+                               continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip, self.warm_start))
+        if self.warm_start:  # the chunks ran on warm starts from the model's own latents: v* = (input − x₀)/σ
+            velocity_target = (inputs.detach().cpu() - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
         live = (sigma > 0).float().to(device)
         loss = masked_mse(v, velocity_target.to(device), live, self.channel_weights)
         logs = {}

@@ -104,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
                              "records it in the model's json, which the app, generate and eval then run")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="selfforce/export: a one-step sampler --sigmas S,0 with S < 1 that starts each chunk from "
+                             "the newest committed latent noised to S (model.schedulers.warm_start) instead of from "
+                             "pure noise; selfforce (rolling) trains for it, export records it for the app")
     parser.add_argument("--lr-scale", default="",
                         help="per-parameter lr multipliers as name=multiplier[,name=multiplier]: parameters whose name "
                              "contains `name` train at lr × multiplier (e.g. plucker=10: the Plücker branch, which starts "
@@ -131,9 +135,12 @@ def _generator_defaults(args=None):
 
     from model.release import sigmas_flag
 
+    warm = bool(getattr(args, "warm_start", False))
     if args is None or args.sigmas is None:
+        if warm:
+            raise ValueError("--warm-start needs --sigmas S,0 (the σ each chunk starts from, S < 1)")
         return GeneratorConfig()
-    return GeneratorConfig(sigmas=sigmas_flag(args.sigmas))
+    return GeneratorConfig(sigmas=sigmas_flag(args.sigmas), warm_start=warm)
 
 
 def _vae_path(args) -> Path:
@@ -293,8 +300,10 @@ def run_selfforce(args):
                                      gen.kv_window_chunks, gen.sink, args.selfforce_rolling,
                                      crops=_crops(args.selfforce_crops), frames=args.train_latents,
                                      channel_weights=_channel_weights(args),
-                                     frame_mean_weight=args.frame_mean_weight)
+                                     frame_mean_weight=args.frame_mean_weight, warm_start=gen.warm_start)
     else:
+        if gen.warm_start:
+            raise ValueError("--warm-start trains with rolling self-forcing only (add --selfforce-rolling N)")
         loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                               gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops),
                               frames=args.train_latents, channel_weights=_channel_weights(args),
@@ -340,7 +349,7 @@ def run_export(args, ema) -> Path:
     info = {
         "vae_tag": vae_tag(_vae_path(args)),
         "generator": {"chunk_latents": gen.chunk_latents, "sigmas": list(gen.sigmas),
-                      "kv_window_chunks": gen.kv_window_chunks, "sink": gen.sink},
+                      "kv_window_chunks": gen.kv_window_chunks, "sink": gen.sink, "warm_start": gen.warm_start},
         "trained_on": {"frames": args.frames, "size": args.size, "clips": args.clips},
         "command": "python run.py train embedded",
     }

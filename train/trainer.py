@@ -75,19 +75,20 @@ class ChunkCausalNet(nn.Module):
         """Velocity [B, C, T, h, w]. With `live_sampler` = (σ list, noise [B, C, T, h, w]) the chunks stream
         one by one instead, each against the model's own earlier chunks (`train.recipes.self_forced_stream`).
 
-        With `continue_stream` = (σ list, noise, state, starts_clip) as well, the chunks continue the stream
-        `state` (None: a new one) and the result is (velocity, the state after every chunk, detached), for a
-        long walk trained a window at a time (`train.recipes.RollingSelfForcedLoss`)."""
+        With `continue_stream` = (σ list, noise, state, starts_clip, warm_start) as well, the chunks continue the
+        stream `state` (None: a new one) and the result is (velocity, the state after every chunk, detached, the
+        inputs the chunks ran on), for a long walk trained a window at a time
+        (`train.recipes.RollingSelfForcedLoss`; `warm_start` as in `train.recipes.stream_window`)."""
         if continue_stream is not None:
             from train.recipes import stream_window
 
-            sigmas, noise, state, starts_clip = continue_stream
+            sigmas, noise, state, starts_clip, warm_start = continue_stream
             if state is None:
                 state = self.model.init_stream_state(x.shape[0], latent_hw=tuple(x.shape[-2:]),
                                                      kv_window_chunks=self.kv_window_chunks, sink=self.sink)
-            v, state = stream_window(self.model, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, sigmas,
-                                     noise, state, starts_clip=starts_clip, commit_last=True)
-            return v, state.detach()
+            window = stream_window(self.model, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, sigmas,
+                                   noise, state, starts_clip=starts_clip, commit_last=True, warm_start=warm_start)
+            return window.velocity, window.state.detach(), window.inputs
         if live_sampler is not None:
             from train.recipes import self_forced_stream
 

@@ -259,3 +259,45 @@ def test_streams_of_different_cache_layouts_do_not_stack():
         StreamState.stack([a, b])
     with pytest.raises(ValueError, match="rows"):
         dataclasses.replace(a, frame_index=(1, 2))
+
+
+def test_commit_keeps_the_newest_latent_and_states_carry_it():
+    """`StreamState.last_latent` (the warm-start anchor): each commit stores its chunk's newest latent; stack,
+    unstack, clone and detach carry it; a fresh stream has none and never stacks with a committed one."""
+    import pytest
+
+    from model import ModelConfig, StreamState, WorldModel
+    from model.schedulers import warm_start
+
+    torch.manual_seed(0)
+    model = WorldModel(ModelConfig.preset("tiny")).eval()
+    c = model.config.in_channels
+    text, mask = model.null_text(1)
+    fresh = model.init_stream_state(1, latent_hw=(4, 4))
+    assert fresh.last_latent is None
+    states = []
+    for seed in (1, 2):
+        chunk = torch.randn(1, c, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            state = model.stream_commit(chunk, text, mask, None, None, fresh)
+        assert torch.equal(state.last_latent, chunk[:, :, -1:])
+        states.append(state)
+    both = StreamState.stack(states)
+    assert both.last_latent.shape == (2, c, 1, 4, 4)
+    for row, state in zip(both.unstack(), states):
+        assert torch.equal(row.last_latent, state.last_latent)
+    clone = both.clone()
+    assert torch.equal(clone.last_latent, both.last_latent) and clone.last_latent.data_ptr() != both.last_latent.data_ptr()
+    assert both.detach().last_latent is not None and both.nbytes() > sum(layer.nbytes() for layer in both.layers)
+    assert fresh.layout_key() != states[0].layout_key()
+    with pytest.raises(ValueError, match="different layouts"):
+        StreamState.stack([fresh, states[0]])
+
+    noise = torch.randn(1, c, 2, 4, 4)
+    start = warm_start(states[0].last_latent, noise, 0.25)
+    torch.testing.assert_close(start, 0.75 * states[0].last_latent + 0.25 * noise)
+    assert torch.equal(warm_start(states[0].last_latent, noise, 1.0), noise)
+    with pytest.raises(ValueError, match="anchor"):
+        warm_start(noise, noise, 0.5)
+    with pytest.raises(ValueError, match="σ"):
+        warm_start(states[0].last_latent, noise, 0.0)

@@ -45,10 +45,10 @@ def _poses(gen: ChunkGenerator, walk: int) -> np.ndarray:
     return poses
 
 
-def _walks(model, vae) -> list[ChunkGenerator]:
+def _walks(model, vae, sampler: dict) -> list[ChunkGenerator]:
     walks = []
     for walk, chunks in enumerate(HISTORY):
-        gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=2, seed=10 + walk), (28.0, 28.0, 16.0, 12.0))
+        gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=2, seed=10 + walk, **sampler), (28.0, 28.0, 16.0, 12.0))
         gen.start(_image(walk), np.eye(4))
         for _ in range(chunks):
             gen.step(_poses(gen, walk))
@@ -67,9 +67,14 @@ def _state_tensors(state) -> list[torch.Tensor]:
     return out
 
 
-def test_batched_generation_equals_per_session_generation(model_and_vae, one_torch_thread):
+# The official 4-step sampler from noise, and the embedded one-step warm start (each row's own anchor).
+SAMPLERS = {"noise": {}, "warm": {"sigmas": (0.6, 0.0), "warm_start": True}}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.values(), ids=SAMPLERS.keys())
+def test_batched_generation_equals_per_session_generation(model_and_vae, one_torch_thread, sampler):
     model, vae = model_and_vae
-    single, batched = _walks(model, vae), _walks(model, vae)
+    single, batched = _walks(model, vae, sampler), _walks(model, vae, sampler)
     batch_sizes = []
     forward = model.stream_forward
 
@@ -92,13 +97,14 @@ def test_batched_generation_equals_per_session_generation(model_and_vae, one_tor
     # Per Euler step, round 1 runs 4 groups: the first chunk, the two filling windows (1 and 2 chunks
     # committed) and the three steady walks (batch 3); round 2 runs 3: the new second chunk, the new
     # third, and the four steady walks (batch 4), the one that was at 2 chunks having joined them.
-    steps = len(GeneratorConfig().sigmas) - 1
+    steps = len(GeneratorConfig(**sampler).sigmas) - 1
     assert sorted(batch_sizes) == sorted([1] * 3 * steps + [3] * steps + [1] * 2 * steps + [4] * steps), batch_sizes
     for walk, (a, b) in enumerate(zip(single, batched)):
         assert (a.chunk_index, a.frame_index, a.latent_index) == (b.chunk_index, b.frame_index, b.latent_index)
         assert a.state.frame_index == b.state.frame_index and b.state.batch_size == 1
         for p, q in zip(_state_tensors(a.state), _state_tensors(b.state), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-4, msg=f"walk {walk}")
+        torch.testing.assert_close(b.state.last_latent, a.state.last_latent, rtol=1e-4, atol=1e-4)
         assert torch.equal(a.rng.get_state(), b.rng.get_state())
         assert a.decoder.latents_seen == b.decoder.latents_seen
         for p, q in zip(a.decoder.contexts, b.decoder.contexts, strict=True):

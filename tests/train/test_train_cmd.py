@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -175,3 +176,53 @@ def test_lr_scale_flag():
     for bad in ("plucker", "plucker=x", "=3"):
         with pytest.raises(ValueError, match="name=multiplier"):
             train_cmd._lr_scales(bad)
+
+
+@pytest.mark.timeout(240)
+def test_a_warm_start_sampler_trains_ships_and_is_what_every_entry_point_runs(tmp_path, monkeypatch):
+    """--warm-start --sigmas 0.6,0: rolling self-forcing trains for it, export records it, and the release's
+    profile, the app's generator and the offline distilled mode start chunks from the last latent."""
+    from app.config import AppConfig, StreamConfig
+    from app.runtime import build_runtime
+    from model.release import load_embedded
+    from streaming import offline
+    from streaming.generator import ChunkGenerator
+
+    vae = write_vae(tmp_path / "vae.safetensors")
+    write_latent_clips(tmp_path / "data" / "latents" / vae_tag(vae) / "train", 2, frames=9)
+    assert train_cmd.main(_args(tmp_path, vae, "teacher", teacher_steps=1, train_latents=9)) == 0
+    with pytest.raises(ValueError, match="--warm-start needs --sigmas"):
+        train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, warm_start=True))
+    with pytest.raises(ValueError, match="rolling"):
+        train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, warm_start=True, sigmas="0.6,0"))
+    args = _args(tmp_path, vae, "selfforce", selfforce_steps=3, warm_start=True, sigmas="0.6,0", selfforce_rolling=2,
+                 train_latents=9)
+    assert train_cmd.main(args) == 0
+    assert train_cmd.main(_args(tmp_path, vae, "export", warm_start=True, sigmas="0.6,0")) == 0
+    out = tmp_path / "out" / "m.safetensors"
+    assert read_info(out)["generator"]["warm_start"] is True
+    (tmp_path / "out" / "m_vae.safetensors").write_bytes(vae.read_bytes())
+
+    release = load_embedded(height=32, width=32, fps=16, hfov_deg=60.0, weights=out)
+    assert release.profile.warm_start and release.sampler_sigmas == (0.6, 0.0)
+    assert "warm start" in release.profile.describe()
+    monkeypatch.setattr("model.release.load_embedded", lambda **kw: load_embedded(**kw, weights=out))
+    runtime = build_runtime(AppConfig(stream=StreamConfig(width=32, height=32)))
+    assert runtime.make_generator().config.warm_start
+
+    configs = []
+    real_step = ChunkGenerator.step
+    monkeypatch.setattr(ChunkGenerator, "step", lambda self, poses: configs.append(self.config) or real_step(self, poses))
+    video = offline.generate_video(release, np.full((32, 32, 3), 120, dtype=np.uint8), "w-16", mode="distilled",
+                                   seconds=1.0)
+    assert configs and all(c.warm_start and c.sigmas == (0.6, 0.0) for c in configs) and len(video.frames) == 17
+
+    # A json whose warm_start is not a bool is refused by name.
+    info = out.with_suffix(".json")
+    data = json.loads(info.read_text())
+    data["generator"]["warm_start"] = "yes"
+    info.write_text(json.dumps(data))
+    from model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="generator.warm_start must be a bool"):
+        load_embedded(height=32, width=32, fps=16, hfov_deg=60.0, weights=out)

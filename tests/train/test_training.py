@@ -308,9 +308,10 @@ def test_rolling_windows_stream_the_same_walk_as_one_self_forced_stream(tmp_path
         state, parts, start = None, [], 0
         for window in ([3, 2], [2, 2], [2]):
             end = start + sum(window)
-            v, state = net(x_in[:, :, start:end], timestep[:, :, start:end], camera[:, start:end],
-                           plucker[:, :, start:end], window,
-                           continue_stream=((1.0, 0.0), noise[:, :, start:end], state, start == 0))
+            v, state, inputs = net(x_in[:, :, start:end], timestep[:, :, start:end], camera[:, start:end],
+                                   plucker[:, :, start:end], window,
+                                   continue_stream=((1.0, 0.0), noise[:, :, start:end], state, start == 0, False))
+            assert torch.equal(inputs, x_in[:, :, start:end])  # cold start: the chunks ran on x itself
             parts.append(v)
             start = end
     torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=2e-5, rtol=1e-4)
@@ -338,3 +339,78 @@ def test_rolling_windows_stream_the_same_walk_as_one_self_forced_stream(tmp_path
     loss_weighted, logs_weighted = weighted(net, torch.Generator().manual_seed(4), 0)
     assert "frame_mean" not in logs_plain and logs_weighted["frame_mean"] > 0
     assert float(loss_weighted.detach()) == pytest.approx(float(loss_plain.detach()) + 10.0 * logs_weighted["frame_mean"], rel=1e-4)
+
+
+def test_warm_start_training_streams_what_the_live_generator_makes(tmp_path):
+    """`stream_window(warm_start=True)`, the rolling trainer's forward, runs each chunk on exactly the input
+    the live generator builds (the newest committed latent noised to σ₀) and its one-step output is the
+    generator's committed chunk, over several chunks; the rolling loss trains on those inputs."""
+    import numpy as np
+
+    from model.vae import load_tiny_vae
+    from streaming.generator import ChunkGenerator, GeneratorConfig
+    from tests.train.helpers import write_vae
+    from train.recipes import RollingSelfForcedLoss, stream_window
+
+    torch.set_num_threads(1)
+    sigma0 = 0.6
+    model = tiny_model(seed=5).eval()
+    vae = load_tiny_vae(write_vae(tmp_path / "vae.safetensors")).eval()
+    gen = ChunkGenerator(model, vae, GeneratorConfig(chunk_latents=2, sigmas=(sigma0, 0.0), warm_start=True, seed=3),
+                         (16.0, 16.0, 16.0, 16.0))
+    inputs, noises, cleans = [], [], []
+    begin, refine, draw = gen.begin_chunk, gen.refine_chunk, gen._noise
+
+    def recording_noise(shape):
+        noises.append(draw(shape))
+        return noises[-1]
+
+    def recording_begin(poses):
+        chunk = begin(poses)
+        inputs.append(chunk)
+        return chunk
+
+    def recording_refine(x, first):
+        cleans.append(x.clone())
+        return refine(x, first)
+
+    gen._noise, gen.begin_chunk, gen.refine_chunk = recording_noise, recording_begin, recording_refine
+    gen.start(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8), np.eye(4))
+    for _ in range(4):
+        n = gen.frames_for_next_chunk()
+        poses = np.repeat(np.eye(4)[None], n, 0)
+        poses[:, 0, 3] = np.arange(gen.frame_index, gen.frame_index + n) * 0.05
+        gen.step(poses)
+
+    image = gen.image_latent.float()
+    sizes = [c.x.shape[2] for c in inputs]
+    x = torch.cat([image, torch.zeros(1, image.shape[1], sum(sizes) - 1, *image.shape[-2:])], dim=2)
+    noise = torch.cat([torch.zeros_like(image)] + noises, dim=2)
+    timestep = torch.full((1, 1, sum(sizes)), sigma0 * 1000.0)
+    timestep[:, :, 0] = 0.0
+    camera = torch.cat([c.camera for c in inputs], dim=1)
+    plucker = torch.cat([c.plucker for c in inputs], dim=2)
+    state = model.init_stream_state(1, latent_hw=tuple(image.shape[-2:]), kv_window_chunks=2, sink=True)
+    with torch.no_grad():
+        window = stream_window(model, x, timestep, camera, plucker, sizes, (sigma0, 0.0), noise, state,
+                               starts_clip=True, commit_last=True, warm_start=True)
+    torch.testing.assert_close(window.inputs, torch.cat([c.x for c in inputs], dim=2), rtol=1e-5, atol=1e-5)
+    own = window.inputs - sigma0 * window.velocity
+    own[:, :, :1] = image
+    torch.testing.assert_close(own, torch.cat(cleans, dim=2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(window.state.last_latent, gen.state.last_latent, rtol=1e-4, atol=1e-4)
+    # Chunk 1 starts from chunk 0's last latent, not from noise alone and not from the image.
+    expected = (1 - sigma0) * cleans[0][:, :, -1:] + sigma0 * noises[1]
+    torch.testing.assert_close(inputs[1].x, expected, rtol=1e-5, atol=1e-5)
+
+    # The rolling loss streams warm windows and carries each walk's anchor from one window to the next.
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 2, frames=9))
+    with pytest.raises(ValueError, match="one-step"):
+        RollingSelfForcedLoss(clips, 2, 2, (0.8, 0.4, 0.0), 2, True, window_chunks=2, warm_start=True)
+    loss_fn = RollingSelfForcedLoss(clips, 2, 2, (sigma0, 0.0), 2, True, window_chunks=2, warm_start=True)
+    net = ChunkCausalNet(tiny_model(seed=6), kv_window_chunks=2, sink=True)
+    loss, logs = loss_fn(net, torch.Generator().manual_seed(0), 0)
+    assert torch.isfinite(loss) and loss.requires_grad and logs["chunk"] == 0
+    assert loss_fn.walk.state.last_latent is not None and loss_fn.walk.state.last_latent.shape[2] == 1
+    loss2, logs2 = loss_fn(net, torch.Generator().manual_seed(1), 1)  # continues from the walk's anchor
+    assert torch.isfinite(loss2) and logs2["chunk"] == 2
