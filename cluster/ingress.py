@@ -473,31 +473,23 @@ async def _offer(request: web.Request) -> web.Response:
     if not _token_ok(request, offer.get("token")):
         ingress.stats["rejected_auth"] += 1
         return _error(401, "bad or missing token")
-    for replica in ingress.placement():
-        # Counted in the replica's load while on its way, so offers arriving together spread out.
-        replica.placing += 1
-        try:
-            await ingress.ensure_start(offer.get("start"), replica)
-            t_up = time.perf_counter()
-            async with ingress.http.post(f"{replica.info.url}/offer", data=body, headers={"Content-Type": "application/json"},
-                                         timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
-                upstream_ms = (time.perf_counter() - t_up) * 1e3
-                if response.status == 503:
-                    # Full after all (walks came in directly or between probes, or its capacity fell): the next replica.
-                    replica.sessions = max(replica.sessions, replica.room())
-                    continue
-                if response.status != 200:
-                    return await _relay(response)
-                answer = await response.json()
-                replica.placed_t.append(time.monotonic())
-        except aiohttp.ClientConnectorError as error:
-            ingress.mark_dead(replica, f"connection refused ({error.os_error})")
-            continue
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            log.warning("replica %s failed an offer: %r", replica.info.id, error)
-            continue
-        finally:
-            replica.placing -= 1
+    async def forward(replica: Replica) -> tuple[dict, float]:
+        t_up = time.perf_counter()
+        async with ingress.http.post(f"{replica.info.url}/offer", data=body, headers={"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as response:
+            upstream_ms = (time.perf_counter() - t_up) * 1e3
+            if response.status == 503:
+                raise _ReplicaFull
+            if response.status != 200:
+                raise _Answered(await _relay(response))
+            return await response.json(), upstream_ms
+
+    try:
+        placed = await _place(ingress, offer.get("start"), "an offer", forward)
+    except _Answered as answered:
+        return answered.response
+    if placed is not None:
+        replica, (answer, upstream_ms) = placed
         session_id = answer["session_id"]
         ingress.remember_route(session_id, Route(replica.info.id, answer["close_token"]))
         answer["events"] = f"/api/sessions/{session_id}/events?key={answer['close_token']}"
@@ -583,31 +575,24 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if not _token_ok(request, hello.get("token")):
         ingress.stats["rejected_auth"] += 1
         return await refuse("bad or missing token")
-    for replica in ingress.placement():
-        replica.placing += 1
-        upstream = None
+    async def connect(replica: Replica) -> tuple[aiohttp.ClientWebSocketResponse, object]:
+        upstream = await ingress.http.ws_connect(f"{replica.info.url}/ws", max_msg_size=0, compress=0, heartbeat=20.0,
+                                                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
         try:
-            await ingress.ensure_start(hello.get("start"), replica)
-            upstream = await ingress.http.ws_connect(f"{replica.info.url}/ws", max_msg_size=0, compress=0, heartbeat=20.0,
-                                                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0))
             await upstream.send_str(first.data)
             # The replica's first answer (its session message, or an error) says whether it took the walk.
             reply = await upstream.receive(timeout=FORWARD_TIMEOUT_S)
-            if reply.type == WSMsgType.TEXT and _is_full(reply.data):
-                replica.sessions = max(replica.sessions, replica.room())
-                await upstream.close()
-                continue
-            replica.placed_t.append(time.monotonic())
-        except aiohttp.ClientConnectorError as error:
-            ingress.mark_dead(replica, f"connection refused ({error.os_error})")
-            continue
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            log.warning("replica %s refused a websocket: %r", replica.info.id, error)
-            if upstream is not None:
-                await upstream.close()
-            continue
-        finally:
-            replica.placing -= 1
+        except BaseException:
+            await upstream.close()
+            raise
+        if reply.type == WSMsgType.TEXT and _is_full(reply.data):
+            await upstream.close()
+            raise _ReplicaFull
+        return upstream, reply
+
+    placed = await _place(ingress, hello.get("start"), "a websocket", connect)
+    if placed is not None:
+        replica, (upstream, reply) = placed
         log.info("websocket walk placed on replica %s", replica.info.id)
         if reply.type == WSMsgType.TEXT:
             await ws.send_str(reply.data)
@@ -615,6 +600,48 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         return ws
     ingress.stats["rejected_full"] += 1
     return await refuse(ingress.full_message())
+
+
+class _ReplicaFull(Exception):
+    """A replica refused a walk for want of room (walks came in directly or between probes, or its capacity fell)."""
+
+
+class _Answered(Exception):
+    """A replica answered a forwarded request with something to hand back to the page as it is."""
+
+    def __init__(self, response: web.Response):
+        super().__init__(response.status)
+        self.response = response
+
+
+async def _place(ingress: Ingress, start: object, what: str, attempt):
+    """Hand a walk to the replicas of `ingress.placement()` in turn: the first whose `await attempt(replica)`
+    returns takes it -> (replica, what attempt returned); None when none had room.
+
+    A replica is counted in its load while a walk is on its way there (so walks arriving together spread
+    out). `attempt` raises `_ReplicaFull` when the replica refuses for want of room (it is then counted
+    full until its next probe); a refused connection marks the replica dead; other network errors and
+    timeouts pass on to the next replica; anything else (`_Answered`) reaches the caller.
+    """
+    for replica in ingress.placement():
+        replica.placing += 1
+        try:
+            await ingress.ensure_start(start, replica)
+            result = await attempt(replica)
+        except _ReplicaFull:
+            replica.sessions = max(replica.sessions, replica.room())
+            continue
+        except aiohttp.ClientConnectorError as error:
+            ingress.mark_dead(replica, f"connection refused ({error.os_error})")
+            continue
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            log.warning("replica %s failed %s: %r", replica.info.id, what, error)
+            continue
+        finally:
+            replica.placing -= 1
+        replica.placed_t.append(time.monotonic())
+        return replica, result
+    return None
 
 
 def _is_full(text: str) -> bool:
