@@ -436,7 +436,7 @@ class RollingSelfForcedLoss:
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
                  kv_window_chunks: int, sink: bool, window_chunks: int, crops: tuple[int, ...] = (),
                  frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200,
-                 frame_mean_weight: float = 0.0, warm_start: bool = False):
+                 frame_mean_weight: float = 0.0, warm_start: bool = False, adversarial=None):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
         if frame_mean_weight < 0:
@@ -449,11 +449,20 @@ class RollingSelfForcedLoss:
         self.clips, self.batch_size, self.chunk_latents = clips, batch_size, chunk_latents
         self.sigmas, self.kv_window_chunks, self.sink = live, kv_window_chunks, sink
         self.warm_start = warm_start
+        self.adversarial = adversarial  # a train.adversarial.AdversarialTerm, or None
         self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
         self.channel_weights, self.refresh_every = channel_weights, refresh_every
         self.frame_mean_weight = frame_mean_weight
         self.walk: _Walk | None = None
         self.walks_started = 0
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the model (the discriminator; walks restart)."""
+        return {"adversarial": self.adversarial.state_dict()} if self.adversarial is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adversarial is not None and "adversarial" in state:
+            self.adversarial.load_state_dict(state["adversarial"])
 
     def _next_window(self, rng: torch.Generator, step: int) -> tuple[_Walk, list[int], int, int]:
         if self.walk is None or self.walk.next_chunk >= len(self.walk.sizes):
@@ -483,6 +492,15 @@ class RollingSelfForcedLoss:
             mean_term = frame_mean_mse(v, velocity_target.to(device), live, self.channel_weights)
             loss = loss + self.frame_mean_weight * mean_term
             logs["frame_mean"] = float(mean_term.detach())
+        if self.adversarial is not None:
+            # The chunks' one-step latents x₀ = input − σ·v against the true ones, on the frames the loss covers.
+            new = sigma[0] > 0  # frame 0 of a walk's first window is the given image
+            s = sigma[:, new].to(device)[:, None, :, None, None]
+            predicted = inputs.to(device)[:, :, new] - s * v[:, :, new]
+            logs.update(self.adversarial.update(x0[:, :, new].to(device), predicted.detach()))
+            adversarial = self.adversarial.generator_loss(predicted)
+            loss = loss + adversarial
+            logs["adversarial"] = float(adversarial.detach())
         first_chunk = walk.next_chunk
         walk.state, walk.next_chunk, walk.next_latent = state, walk.next_chunk + len(sizes), end
         return loss, {"chunk": first_chunk, "walks": self.walks_started, **logs}

@@ -108,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selfforce/export: a one-step sampler --sigmas S,0 with S < 1 that starts each chunk from "
                              "the newest committed latent noised to S (model.schedulers.warm_start) instead of from "
                              "pure noise; selfforce (rolling) trains for it, export records it for the app")
+    parser.add_argument("--adversarial-weight", type=float, default=0.0,
+                        help="selfforce (rolling): add a latent patch discriminator's hinge term at this weight "
+                             "(train/adversarial.py), trained beside the model, for detail instead of a blurred mean")
     parser.add_argument("--lr-scale", default="",
                         help="per-parameter lr multipliers as name=multiplier[,name=multiplier]: parameters whose name "
                              "contains `name` train at lr × multiplier (e.g. plucker=10: the Plücker branch, which starts "
@@ -300,10 +303,12 @@ def run_selfforce(args):
                                      gen.kv_window_chunks, gen.sink, args.selfforce_rolling,
                                      crops=_crops(args.selfforce_crops), frames=args.train_latents,
                                      channel_weights=_channel_weights(args),
-                                     frame_mean_weight=args.frame_mean_weight, warm_start=gen.warm_start)
+                                     frame_mean_weight=args.frame_mean_weight, warm_start=gen.warm_start,
+                                     adversarial=_adversarial(args, student))
     else:
-        if gen.warm_start:
-            raise ValueError("--warm-start trains with rolling self-forcing only (add --selfforce-rolling N)")
+        if gen.warm_start or args.adversarial_weight:
+            raise ValueError("--warm-start and --adversarial-weight train with rolling self-forcing only "
+                             "(add --selfforce-rolling N)")
         loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                               gen.kv_window_chunks, gen.sink, crops=_crops(args.selfforce_crops),
                               frames=args.train_latents, channel_weights=_channel_weights(args),
@@ -312,6 +317,17 @@ def run_selfforce(args):
                       lr=args.lr * 0.3, warmup_steps=20, seed=args.seed + 2, progress=not args.no_progress,
                       lr_scales=_lr_scales(args.lr_scale))
     return train_loop(student, loss, loop, kv_window_chunks=gen.kv_window_chunks, sink=gen.sink)
+
+
+def _adversarial(args, student):
+    """The discriminator term of `--adversarial-weight` (None at 0)."""
+    if args.adversarial_weight < 0:
+        raise ValueError(f"--adversarial-weight must be >= 0, got {args.adversarial_weight}")
+    if not args.adversarial_weight:
+        return None
+    from train.adversarial import AdversarialTerm
+
+    return AdversarialTerm(student.config.in_channels, args.adversarial_weight, seed=args.seed)
 
 
 def _last_student_checkpoint(run_dir: Path, before: str | None = None) -> Path:

@@ -199,6 +199,8 @@ def train_loop(
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         step = int(saved["step"])
+        if hasattr(loss_fn, "load_state_dict"):
+            loss_fn.load_state_dict(saved.get("loss_state", {}))
         if rank < len(saved["rng"]):
             rng.set_state(saved["rng"][rank])
         else:
@@ -251,7 +253,8 @@ def train_loop(
                 dist.broadcast(flags, 0)
             stop = bool(flags[0])
             if flags[1] or stop or step == cfg.steps:
-                _save(checkpoint, model, ema, optimizer, step, rng, world, cfg, extra_state, rank)
+                _save(checkpoint, model, ema, optimizer, step, rng, world, cfg, extra_state, rank,
+                      loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else {})
                 last_checkpoint = now
             if stop:
                 break
@@ -263,7 +266,7 @@ def train_loop(
     return model, ema, records
 
 
-def _save(path: Path, model, ema, optimizer, step, rng, world, cfg, extra_state, rank) -> None:
+def _save(path: Path, model, ema, optimizer, step, rng, world, cfg, extra_state, rank, loss_state: dict) -> None:
     states = [rng.get_state()]
     if world > 1:
         gathered = [None] * world
@@ -275,7 +278,7 @@ def _save(path: Path, model, ema, optimizer, step, rng, world, cfg, extra_state,
     torch.save({
         "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
         "step": step, "rng": states, "model_config": model.config.to_dict(), "loop": asdict(cfg),
-        "extra": extra_state or {},
+        "extra": extra_state or {}, "loss_state": loss_state,
     }, tmp)
     os.replace(tmp, path)
 
