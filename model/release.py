@@ -420,15 +420,20 @@ def embedded_vae_path(weights: str | Path | None = None) -> Path:
     `roam_tiny.json` records the `vae_tag` of its VAE. The candidates, in order: the decoder refined on
     the model's own rollouts (`roam_tiny_decoder.safetensors`, train/decoder.py: the same encoder and
     latent space, a decoder that paints the model's drifted latents without 8×8 blocks), the VAE shipped
-    beside the model (`roam_tiny_vae.safetensors`), the default TinyVAE weights. The first whose latent
+    beside the model (`roam_tiny_vae.safetensors`), the same two of the shipped model, the default TinyVAE weights. The first whose latent
     space (`latent_space_tag`) is the recorded one is taken; when none is, the first with a loud warning
     (the picture will be poor), so the app still starts.
     """
     from model.vae import DEFAULT_WEIGHTS
 
-    weights = Path(weights) if weights is not None else Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
-    candidates = [p for p in (weights.with_name(weights.stem + "_decoder.safetensors"),
-                              weights.with_name(weights.stem + "_vae.safetensors"), DEFAULT_WEIGHTS) if p.is_file()]
+    shipped = Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
+    weights = Path(weights) if weights is not None else shipped
+    # Then the shipped model's decoder and VAE: weights trained elsewhere in the same latent space (a
+    # candidate from docs/training.md, an exported run) find them by their tag.
+    ordered = [weights.with_name(weights.stem + "_decoder.safetensors"), weights.with_name(weights.stem + "_vae.safetensors"),
+               shipped.with_name(shipped.stem + "_decoder.safetensors"), shipped.with_name(shipped.stem + "_vae.safetensors"),
+               Path(DEFAULT_WEIGHTS)]
+    candidates = [p for i, p in enumerate(ordered) if p.is_file() and p.resolve() not in {q.resolve() for q in ordered[:i]}]
     if not candidates:
         return DEFAULT_WEIGHTS
     info_path = weights.with_suffix(".json")

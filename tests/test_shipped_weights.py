@@ -51,6 +51,20 @@ def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(t
     (tmp_path / "m.json").write_text(json.dumps({"vae_tag": "000000000000"}))
     # no match anywhere: the sibling is still used (with a warning), so the app starts
     assert embedded_vae_path(tmp_path / "m.safetensors") == tmp_path / "m_vae.safetensors"
+    # Weights with no VAE beside them, trained in the shipped model's latent space, find the shipped decoder.
+    (tmp_path / "m_vae.safetensors").unlink()
+    (tmp_path / "m.json").write_text((WEIGHTS / "roam_tiny.json").read_text())
+    assert embedded_vae_path(tmp_path / "m.safetensors") == embedded_vae_path(WEIGHTS / "roam_tiny.safetensors")
+
+
+def test_the_candidate_weights_load_in_the_shipped_latent_space():
+    """The step-12 candidates (docs/training.md) are whole roam weights: they load, run warm-started, and
+    decode through the shipped decoder."""
+    for name in ("roam_tiny_warm05", "roam_tiny_warm05adv"):
+        weights = WEIGHTS / "candidates" / f"{name}.safetensors"
+        release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, weights=weights)
+        assert release.profile.warm_start and release.sampler_sigmas == (0.5, 0.0)
+        assert release.sources["VAE"] == str(embedded_vae_path())
 
 
 def test_the_shipped_sampler_is_the_one_the_json_records():
