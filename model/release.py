@@ -372,9 +372,7 @@ def load_embedded(
 def embedded_window(path: Path) -> tuple[int, bool]:
     """(kv_window_chunks, sink) the tiny model was trained with: `generator.kv_window_chunks` and `generator.sink`
     of `roam_tiny.json`, else (2, True), the window every tiny model so far was trained with."""
-    data = _read_embedded_json(path)
-    generator = data.get("generator") if isinstance(data, dict) else None
-    generator = generator if isinstance(generator, dict) else {}
+    generator = _embedded_generator(path)
     window, sink = generator.get("kv_window_chunks", 2), generator.get("sink", True)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or not isinstance(sink, bool):
         raise CheckpointError(f"{str(path)!r}: generator.kv_window_chunks must be an int >= 1 and generator.sink a bool, "
@@ -382,12 +380,17 @@ def embedded_window(path: Path) -> tuple[int, bool]:
     return window, sink
 
 
+def _embedded_generator(path: Path) -> dict:
+    """The `generator` section of `roam_tiny.json` ({} when the file or the section is absent)."""
+    data = _read_embedded_json(path)
+    generator = data.get("generator") if isinstance(data, dict) else None
+    return generator if isinstance(generator, dict) else {}
+
+
 def embedded_warm_start(path: Path) -> bool:
     """Whether the tiny model was trained for warm-started chunks (`generator.warm_start` of `roam_tiny.json`,
     `model.schedulers.warm_start`); False when the file or the key is absent (every model before it)."""
-    data = _read_embedded_json(path)
-    generator = data.get("generator") if isinstance(data, dict) else None
-    warm = generator.get("warm_start", False) if isinstance(generator, dict) else False
+    warm = _embedded_generator(path).get("warm_start", False)
     if not isinstance(warm, bool):
         raise CheckpointError(f"{str(path)!r}: generator.warm_start must be a bool, got {warm!r}")
     return warm

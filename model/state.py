@@ -36,6 +36,10 @@ def _per_row(index: int | tuple[int, ...], batch_size: int) -> tuple[int, ...]:
     return index if isinstance(index, tuple) else (index,) * batch_size
 
 
+def _optional(t: torch.Tensor | None, fn) -> torch.Tensor | None:
+    return None if t is None else fn(t)
+
+
 def _nbytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -238,7 +242,7 @@ class StreamState:
         chunks = _per_row(self.chunk_index, self.batch_size)
         return [StreamState(layers=tuple(layer.row(i) for layer in self.layers), frame_index=frames[i], chunk_index=chunks[i],
                             latent_hw=self.latent_hw, batch_size=1,
-                            last_latent=None if self.last_latent is None else self.last_latent[i:i + 1])
+                            last_latent=_optional(self.last_latent, lambda t: t[i:i + 1]))
                 for i in range(self.batch_size)]
 
     def nbytes(self) -> int:
@@ -248,12 +252,12 @@ class StreamState:
     def clone(self) -> StreamState:
         """Deep copy: a snapshot that later chunks cannot alter."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.clone()) for layer in self.layers),
-                                   last_latent=None if self.last_latent is None else self.last_latent.clone())
+                                   last_latent=_optional(self.last_latent, torch.Tensor.clone))
 
     def detach(self) -> StreamState:
         """The same state cut from the autograd graph (truncated backpropagation through a long stream)."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.detach()) for layer in self.layers),
-                                   last_latent=None if self.last_latent is None else self.last_latent.detach())
+                                   last_latent=_optional(self.last_latent, torch.Tensor.detach))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamState:
         """Move to `device`; `dtype` converts the KV caches and conv contexts (GDN states stay fp32)."""
@@ -272,5 +276,5 @@ class StreamState:
             else:
                 layers.append(layer._map(move))
         # The anchor keeps its dtype: it is sampler input (fp32 under fp32_sampling), not a cache.
-        last = None if self.last_latent is None else self.last_latent.to(device)
-        return dataclasses.replace(self, layers=tuple(layers), last_latent=last)
+        # The anchor keeps its dtype: it is sampler input (fp32 under fp32_sampling), not a cache.
+        return dataclasses.replace(self, layers=tuple(layers), last_latent=_optional(self.last_latent, lambda t: t.to(device)))

@@ -478,13 +478,13 @@ class RollingSelfForcedLoss:
         starts_clip = walk.next_chunk == 0
         x0 = walk.batch["latents"][:, :, start:end]  # [B, C, Tw, h, w]
         camera, plucker = walk.batch["camera_conditions"][:, start:end], walk.batch["chunk_plucker"][:, :, start:end]
-        sigma, noise, x_in, velocity_target = noised_at_live_sigmas(x0, sizes, self.sigmas, rng, starts_clip)
+        sigma, noise, x_in, _ = noised_at_live_sigmas(x0, sizes, self.sigmas, rng, starts_clip)
         device = next(net.parameters()).device
         v, state, inputs = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device),
                                plucker.to(device), sizes,
                                continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip, self.warm_start))
-        if self.warm_start:  # the chunks ran on warm starts from the model's own latents: v* = (input − x₀)/σ
-            velocity_target = (inputs.detach().cpu() - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
+        # v* = (input − x₀)/σ on what the chunks ran on: x_in itself, or the warm starts built from the model's latents.
+        velocity_target = (inputs.detach().cpu() - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
         live = (sigma > 0).float().to(device)
         loss = masked_mse(v, velocity_target.to(device), live, self.channel_weights)
         logs = {}
