@@ -71,6 +71,8 @@ def test_the_shipped_sampler_is_the_one_the_json_records():
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)
     assert list(release.sampler_sigmas) == info["generator"]["sigmas"]
+    # step 12 ships a warm-started sampler: every entry point must start chunks as the weights were trained to
+    assert release.profile.warm_start is info["generator"].get("warm_start", False)
 
 
 @pytest.mark.parametrize("sigmas", [[1.0, 0.5], [0.5, 1.0, 0.0], [1.0], "fast", [1.5, 0.0]])
