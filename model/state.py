@@ -276,5 +276,4 @@ class StreamState:
             else:
                 layers.append(layer._map(move))
         # The anchor keeps its dtype: it is sampler input (fp32 under fp32_sampling), not a cache.
-        # The anchor keeps its dtype: it is sampler input (fp32 under fp32_sampling), not a cache.
         return dataclasses.replace(self, layers=tuple(layers), last_latent=_optional(self.last_latent, lambda t: t.to(device)))
