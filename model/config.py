@@ -87,6 +87,9 @@ class ModelConfig:
     # conv cache, which is what the official streaming code runs ("cam K conv has no cross-chunk state",
     # fused_streaming.py @0d2318a) and what the streaming release is loaded with (model.profile)
     cam_conv_cross_chunk: bool = True
+    # the clean anchor (newest clean latent before the chunk, rotation-warped into each frame's view) as a
+    # zero-initialised extra input (model.anchor); the embedded model's own, no official key
+    anchor_input: bool = False
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -136,7 +139,7 @@ class ModelConfig:
             raise ValueError(f"key_scaling must be one of {KEY_SCALINGS}, got {self.key_scaling!r}")
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
-        for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk"):
+        for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk", "anchor_input"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
@@ -213,13 +216,15 @@ class ModelConfig:
         """The official / diffusers config.json keys of this config (for diffusers' reference model).
 
         Raises ValueError for what the official keys cannot express: softmax blocks that are not
-        every n-th, or out_channels != in_channels.
+        every n-th, out_channels != in_channels, or the anchor input.
         """
         derived = ModelConfig.replace(self, softmax_layers=None).softmax_layers
         if derived != self.softmax_layers:
             raise ValueError(f"softmax_layers {list(self.softmax_layers)} are not every {self.softmax_every_n}-th block")
         if self.out_channels != self.in_channels:
             raise ValueError(f"out_channels {self.out_channels} != in_channels {self.in_channels} has no official key")
+        if self.anchor_input:
+            raise ValueError("anchor_input (the embedded model's clean-anchor input) has no official key")
         renamed = {ours: theirs for theirs, ours in _OFFICIAL_RENAMES.items()}
         return {renamed[name]: getattr(self, name) for name in renamed if name != "model_max_length"}
 

@@ -12,7 +12,9 @@
                   from here), chunk_index (chunks committed); both are one int when every row is at
                   the same place, or a tuple with one int per row for a stack of different streams;
                   last_latent [B, C, 1, h, w], the newest committed latent frame (None before the first
-                  commit): the warm-start sampler's anchor (`model.schedulers.warm_start`)
+                  commit): the warm-start sampler's anchor (`model.schedulers.warm_start`) and the
+                  anchor input's (`model.anchor`); last_camera [B, 20], that frame's camera_conditions
+                  row (None before the first commit or when it ran without cameras)
 
 Stacking (cross-session batching): `StreamState.stack(states)` concatenates single streams along
 the batch dim and `unstack()` splits them back; the rows may differ in their recurrent states,
@@ -180,6 +182,7 @@ class StreamState:
     latent_hw: tuple[int, int]
     batch_size: int
     last_latent: torch.Tensor | None = None  # [B, C, 1, h, w]
+    last_camera: torch.Tensor | None = None  # [B, 20]
 
     def __post_init__(self) -> None:
         for i, layer in enumerate(self.layers):
@@ -193,25 +196,28 @@ class StreamState:
                                              or self.last_latent.shape[2] != 1):
             raise ValueError(f"StreamState.last_latent must be [{self.batch_size}, C, 1, h, w], "
                              f"got {tuple(self.last_latent.shape)}")
+        if self.last_camera is not None and tuple(self.last_camera.shape) != (self.batch_size, 20):
+            raise ValueError(f"StreamState.last_camera must be [{self.batch_size}, 20], got {tuple(self.last_camera.shape)}")
 
     def row_frame_index(self) -> tuple[int, ...]:
         """The RoPE start of each row: [batch_size] ints."""
         return _per_row(self.frame_index, self.batch_size)
 
     def advanced(self, layers: tuple[GDNState | SoftmaxState, ...], frames: int,
-                 last_latent: torch.Tensor | None = None) -> StreamState:
+                 last_latent: torch.Tensor | None = None, last_camera: torch.Tensor | None = None) -> StreamState:
         """The state after a committed chunk of `frames` latent frames (every row moves on by as many);
-        `last_latent` [B, C, 1, h, w] is that chunk's newest latent frame."""
+        `last_latent` [B, C, 1, h, w] is that chunk's newest latent frame, `last_camera` [B, 20] its camera row."""
         def add(index: int | tuple[int, ...], n: int) -> int | tuple[int, ...]:
             return tuple(i + n for i in index) if isinstance(index, tuple) else index + n
 
         return dataclasses.replace(self, layers=layers, frame_index=add(self.frame_index, frames),
-                                   chunk_index=add(self.chunk_index, 1), last_latent=last_latent)
+                                   chunk_index=add(self.chunk_index, 1), last_latent=last_latent,
+                                   last_camera=last_camera)
 
     def layout_key(self) -> tuple:
         """Equal for states whose rows can be stacked (`stack`): latent size, whether a chunk was committed
-        (`last_latent`), and every KV cache's layout."""
-        return (self.latent_hw, self.last_latent is None, tuple(
+        (`last_latent`) and with cameras (`last_camera`), and every KV cache's layout."""
+        return (self.latent_hw, self.last_latent is None, self.last_camera is None, tuple(
             (layer.main.layout_key(), layer.cam.layout_key()) if isinstance(layer, SoftmaxState) else None
             for layer in self.layers
         ))
@@ -230,11 +236,13 @@ class StreamState:
         layers = tuple(type(group[0]).stack(list(group)) for group in zip(*(s.layers for s in states)))
         frames = sum((_per_row(s.frame_index, s.batch_size) for s in states), ())
         chunks = sum((_per_row(s.chunk_index, s.batch_size) for s in states), ())
-        anchors = [s.last_latent for s in states]  # all None or none: layout_key tells them apart
+        # all None or none: layout_key tells them apart
+        anchors, cameras = [s.last_latent for s in states], [s.last_camera for s in states]
         return StreamState(layers=layers, frame_index=frames[0] if len(set(frames)) == 1 else frames,
                            chunk_index=chunks[0] if len(set(chunks)) == 1 else chunks,
                            latent_hw=states[0].latent_hw, batch_size=len(frames),
-                           last_latent=None if anchors[0] is None else torch.cat(anchors))
+                           last_latent=None if anchors[0] is None else torch.cat(anchors),
+                           last_camera=None if cameras[0] is None else torch.cat(cameras))
 
     def unstack(self) -> list[StreamState]:
         """The rows as single streams (views of this state's tensors; states are never changed in place)."""
@@ -242,22 +250,25 @@ class StreamState:
         chunks = _per_row(self.chunk_index, self.batch_size)
         return [StreamState(layers=tuple(layer.row(i) for layer in self.layers), frame_index=frames[i], chunk_index=chunks[i],
                             latent_hw=self.latent_hw, batch_size=1,
-                            last_latent=_optional(self.last_latent, lambda t: t[i:i + 1]))
+                            last_latent=_optional(self.last_latent, lambda t: t[i:i + 1]),
+                            last_camera=_optional(self.last_camera, lambda t: t[i:i + 1]))
                 for i in range(self.batch_size)]
 
     def nbytes(self) -> int:
         """Total bytes of every tensor held; constant once the KV windows are full."""
-        return sum(layer.nbytes() for layer in self.layers) + _nbytes(self.last_latent)
+        return sum(layer.nbytes() for layer in self.layers) + _nbytes(self.last_latent, self.last_camera)
 
     def clone(self) -> StreamState:
         """Deep copy: a snapshot that later chunks cannot alter."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.clone()) for layer in self.layers),
-                                   last_latent=_optional(self.last_latent, torch.Tensor.clone))
+                                   last_latent=_optional(self.last_latent, torch.Tensor.clone),
+                                   last_camera=_optional(self.last_camera, torch.Tensor.clone))
 
     def detach(self) -> StreamState:
         """The same state cut from the autograd graph (truncated backpropagation through a long stream)."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.detach()) for layer in self.layers),
-                                   last_latent=_optional(self.last_latent, torch.Tensor.detach))
+                                   last_latent=_optional(self.last_latent, torch.Tensor.detach),
+                                   last_camera=_optional(self.last_camera, torch.Tensor.detach))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamState:
         """Move to `device`; `dtype` converts the KV caches and conv contexts (GDN states stay fp32)."""
@@ -275,5 +286,6 @@ class StreamState:
                 ))
             else:
                 layers.append(layer._map(move))
-        # The anchor keeps its dtype: it is sampler input (fp32 under fp32_sampling), not a cache.
-        return dataclasses.replace(self, layers=tuple(layers), last_latent=_optional(self.last_latent, lambda t: t.to(device)))
+        # The anchor and its camera keep their dtype: sampler and camera input (fp32 under fp32_sampling), not caches.
+        return dataclasses.replace(self, layers=tuple(layers), last_latent=_optional(self.last_latent, lambda t: t.to(device)),
+                                   last_camera=_optional(self.last_camera, lambda t: t.to(device)))

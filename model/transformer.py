@@ -27,6 +27,10 @@ equals `forward_chunk_causal` of the whole clip with the same chunk sizes and th
 state was made with. Camera conditions are absolute (relative to the stream's first frame); RoPE
 positions continue at `state.frame_index` (per row for a stack of streams, `StreamState.stack`).
 
+With `ModelConfig.anchor_input` (the embedded model's own) each frame also sees its chunk's clean anchor,
+rotation-warped into its view (`model.anchor`): the state's last committed latent when streaming, else
+the newest frame before the chunk in this call (frame 0 for the first chunk), so the equality above holds.
+
 Timesteps are per frame, truncated to integers as the official model does (`timestep.long()`).
 `camera_conditions=None` skips the UCPE camera branches and `chunk_plucker=None` the Plücker
 injection. Wrong shapes or dtypes raise ValueError naming them; a wrong state type raises TypeError.
@@ -43,6 +47,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from model.anchor import anchor_features
 from model.block import Block
 from model.config import ModelConfig
 from model.embedders import CaptionEmbedder, FinalLayer, PatchEmbed, TimestepEmbedder
@@ -71,12 +76,17 @@ class WorldModel(nn.Module):
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
         self.y_embedder = CaptionEmbedder(config.caption_channels, hidden, config.model_max_length)
         self.attention_y_norm = RMSNorm(hidden, config.y_norm_eps)
+        # the clean anchor, rotation-warped into each frame's view (model.anchor); zero: adds nothing
+        self.anchor_embedder = PatchEmbed(config.in_channels + 1, hidden) if config.anchor_input else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
             nn.init.zeros_(self.plucker_embedder.proj.weight)
             nn.init.zeros_(self.plucker_embedder.proj.bias)
             self.attention_y_norm.weight.fill_(0.01)
+            if self.anchor_embedder is not None:
+                nn.init.zeros_(self.anchor_embedder.proj.weight)
+                nn.init.zeros_(self.anchor_embedder.proj.bias)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict[str, Any]) -> WorldModel:
@@ -153,16 +163,20 @@ class WorldModel(nn.Module):
     def _run(
         self, hidden_states, timestep, text, mask, camera, plucker, layout: RunLayout, *,
         frame_offset: int | tuple[int, ...] = 0, states: tuple | None = None, want_state: bool = False, output: bool = True,
+        past: StreamState | None = None,
     ) -> tuple[torch.Tensor | None, tuple | None]:
         """The shared body of every mode. Returns (velocity [B, C, T, H, W] or None, new block states or None).
 
         `frame_offset` is the RoPE position of the first frame: one int for every row, or one per row
-        (stacked streams at different positions; the rotary tables are then per row)."""
+        (stacked streams at different positions; the rotary tables are then per row). `past` (stream
+        mode) supplies the anchor input's last committed latent and camera."""
         dtype, device = self.dtype, self.device
         batch, frames, height, width = hidden_states.shape[0], layout.frames, layout.height, layout.width
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
+        if self.anchor_embedder is not None:
+            x = x + self.anchor_embedder(self._anchor_features(hidden_states, camera, layout, past).to(dtype))
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -199,6 +213,24 @@ class WorldModel(nn.Module):
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         return out, (tuple(new_states) if want_state else None)
+
+    @staticmethod
+    def _anchor_features(hidden_states: torch.Tensor, camera: torch.Tensor | None, layout: RunLayout,
+                         past: StreamState | None) -> torch.Tensor:
+        """The anchor input [B, C + 1, T, H, W] (model.anchor): the stream's last committed latent for every
+        frame when there is one, else per chunk of `layout` the newest frame before it (frame 0 for the first)."""
+        frames = layout.frames
+        if past is not None and past.last_latent is not None:
+            if camera is not None and past.last_camera is None:
+                raise ValueError("the anchor input needs the camera of the state's last latent: the stream "
+                                 "committed a chunk without camera_conditions, and this chunk has them")
+            anchor = past.last_latent.to(hidden_states.dtype).expand(-1, -1, frames, -1, -1)  # [B, C, T, H, W]
+            anchor_camera = None if camera is None else past.last_camera.to(camera.dtype)[:, None].expand(-1, frames, -1)
+        else:
+            index = anchor_frame_index(layout.chunk_sizes, hidden_states.device)  # [T]
+            anchor = hidden_states[:, :, index]
+            anchor_camera = None if camera is None else camera[:, index]
+        return anchor_features(anchor, anchor_camera, camera)
 
     def forward(
         self,
@@ -321,7 +353,7 @@ class WorldModel(nn.Module):
         _, _, frames, height, width = x_chunk.shape
         layout = RunLayout(frames, height, width, (frames,), "stream")
         out, _ = self._run(x_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions,
-                           chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers)
+                           chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers, past=state)
         return out
 
     def stream_commit(
@@ -346,8 +378,19 @@ class WorldModel(nn.Module):
         layout = RunLayout(frames, height, width, (frames,), "stream")
         _, layers = self._run(x_clean_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions,
                               chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers,
-                              want_state=True, output=False)
-        return state.advanced(layers, frames, x_clean_chunk[:, :, -1:].detach())
+                              want_state=True, output=False, past=state)
+        return state.advanced(layers, frames, x_clean_chunk[:, :, -1:].detach(),
+                              None if camera_conditions is None else camera_conditions[:, -1].detach())
+
+
+def anchor_frame_index(chunk_sizes: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+    """[T] the frame each frame takes its anchor from: 0 in the first chunk, the last frame of the chunk
+    before in every later one."""
+    starts = [0]
+    for size in chunk_sizes[:-1]:
+        starts.append(starts[-1] + size)
+    index = [0 if c == 0 else start - 1 for c, (start, size) in enumerate(zip(starts, chunk_sizes)) for _ in range(size)]
+    return torch.tensor(index, dtype=torch.long, device=device)
 
 
 def _check_window(kv_window_chunks: int | None, sink: bool) -> None:

@@ -18,6 +18,11 @@ what the new block adds: the gradient reaches the zeroed projections at once (th
 copied block's non-zero features) and flows to the rest after the first update. Nothing is zeroed that
 only feeds a zeroed writer: zeroing both proj and out_proj_cam would leave the camera branch's gradient
 at zero until proj had grown, a saddle the copied weights avoid.
+`add_anchor_input(model)` grows the model the same way by an input instead of a block: the clean
+anchor (`model.anchor`, `ModelConfig.anchor_input`) through a zero `anchor_embedder`, so again the
+output is unchanged until training moves it. A single zero linear after a non-zero input gets its
+gradient at once (unlike the Plücker branch's two stacked zero linears).
+
 Why: the embedded model's second softmax block is meant to look the start image up token by token
 (only softmax attention can; a GDN block keeps a D×D summary), and growing it from the trained
 weights keeps the hours of CPU training that went into them.
@@ -78,6 +83,20 @@ def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
         state[key] = source[f"blocks.{donors[block]}.{rest}"].clone()
         if rest in RESIDUAL_WRITERS:
             state[key].zero_()
+    grown.load_state_dict(state, strict=True)
+    return grown.train()
+
+
+def add_anchor_input(model: WorldModel) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing exactly what `model` does, with the
+    anchor input (`ModelConfig.anchor_input`) added through its zero-initialised embedder."""
+    if model.config.anchor_input:
+        raise ValueError("the model already has the anchor input")
+    grown = WorldModel(model.config.replace(anchor_input=True))
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+    for key, value in grown.state_dict().items():
+        if key.startswith("anchor_embedder."):
+            state[key] = torch.zeros_like(value)
     grown.load_state_dict(state, strict=True)
     return grown.train()
 

@@ -99,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-blocks", default="softmax",
                         help="grow: comma-separated kinds (softmax, gdn) of the blocks to append to --init's model; "
                              "each starts as a copy of the last block of its kind with its residual outputs zeroed, "
-                             "so the grown model computes exactly what --init does (train/grow.py)")
+                             "so the grown model computes exactly what --init does (train/grow.py); '' appends none")
+    parser.add_argument("--anchor-input", action="store_true",
+                        help="grow: add the clean-anchor input (model/anchor.py) through a zero embedder, which "
+                             "also leaves the output unchanged (train/grow.py)")
     parser.add_argument("--sigmas", default=None,
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
@@ -388,7 +391,7 @@ def run_export(args, ema) -> Path:
 def run_grow(args) -> Path:
     """--init's model with --append-blocks appended, written to --out with --init's provenance (+ what grew)."""
     from train.embedded import read_info, save_weights
-    from train.grow import append_blocks
+    from train.grow import add_anchor_input, append_blocks
 
     if args.init is None or args.out is None:
         raise ValueError("train grow needs --init (the weights to grow) and --out (where to write the grown ones)")
@@ -396,12 +399,22 @@ def run_grow(args) -> Path:
     if out.resolve() == init.resolve():
         raise ValueError(f"train grow would overwrite its --init {init}: pass another --out")
     kinds = tuple(kind.strip() for kind in args.append_blocks.split(",") if kind.strip())
+    anchor = bool(getattr(args, "anchor_input", False))
+    if not kinds and not anchor:
+        raise ValueError("train grow has nothing to add: pass --append-blocks KINDS and/or --anchor-input")
     source = _load_init(init)
-    grown = append_blocks(source, kinds)
+    grown = append_blocks(source, kinds) if kinds else source
+    if anchor:
+        grown = add_anchor_input(grown)
     info = {k: v for k, v in read_info(init).items() if k != "model"} if init.suffix != ".pt" else {}
-    info["grown"] = {"from": str(init), "depth": [source.config.depth, grown.config.depth],
-                     "appended": list(kinds), "command": f"python run.py train grow --init {init} --out {out} "
-                                                         f"--append-blocks {','.join(kinds)}"}
+    command = f"python run.py train grow --init {init} --out {out} --append-blocks '{','.join(kinds)}'"
+    grew = {"from": str(init), "depth": [source.config.depth, grown.config.depth], "appended": list(kinds),
+            "command": command + (" --anchor-input" if anchor else "")}
+    if anchor:
+        grew["anchor_input"] = True
+    # an earlier growth's record is kept under its own key
+    key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
+    info[key] = grew
     return save_weights(grown, out, info)
 
 

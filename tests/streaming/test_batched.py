@@ -19,14 +19,24 @@ from tests.streaming.fakes import FakeConditioner, FakeModel, FakeVAE
 HISTORY = (0, 1, 3, 5, 2, 3)
 
 
-@pytest.fixture(scope="module")
-def model_and_vae():
+def _model_and_vae(**config) -> tuple[WorldModel, TinyVAE]:
     torch.manual_seed(0)
-    model = WorldModel(ModelConfig.preset("tiny")).eval()
+    model = WorldModel(ModelConfig.preset("tiny", **config)).eval()
     randomise(model, seed=1)
     vae = TinyVAE(TinyVAEConfig(latent_channels=model.config.in_channels)).eval()
     randomise(vae, seed=2, scale=0.05)
     return model, vae
+
+
+@pytest.fixture(scope="module")
+def model_and_vae():
+    return _model_and_vae()
+
+
+@pytest.fixture(scope="module")
+def anchored_model_and_vae():
+    """The tiny model with the clean-anchor input (model.anchor), its embedder random like the rest."""
+    return _model_and_vae(anchor_input=True)
 
 
 def _image(seed: int) -> np.ndarray:
@@ -67,13 +77,15 @@ def _state_tensors(state) -> list[torch.Tensor]:
     return out
 
 
-# The official 4-step sampler from noise, and the embedded one-step warm start (each row's own anchor).
-SAMPLERS = {"noise": {}, "warm": {"sigmas": (0.6, 0.0), "warm_start": True}}
+# The official 4-step sampler from noise, the embedded one-step warm start (each row's own anchor), and
+# that with the anchor input (each row's own anchor latent and camera, warped by its own rotation).
+SAMPLERS = {"noise": ({}, False), "warm": ({"sigmas": (0.6, 0.0), "warm_start": True}, False),
+            "warm-anchor-input": ({"sigmas": (0.6, 0.0), "warm_start": True}, True)}
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS.values(), ids=SAMPLERS.keys())
-def test_batched_generation_equals_per_session_generation(model_and_vae, one_torch_thread, sampler):
-    model, vae = model_and_vae
+@pytest.mark.parametrize("sampler, anchored", SAMPLERS.values(), ids=SAMPLERS.keys())
+def test_batched_generation_equals_per_session_generation(request, one_torch_thread, sampler, anchored):
+    model, vae = request.getfixturevalue("anchored_model_and_vae" if anchored else "model_and_vae")
     single, batched = _walks(model, vae, sampler), _walks(model, vae, sampler)
     batch_sizes = []
     forward = model.stream_forward
@@ -105,6 +117,7 @@ def test_batched_generation_equals_per_session_generation(model_and_vae, one_tor
         for p, q in zip(_state_tensors(a.state), _state_tensors(b.state), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-4, msg=f"walk {walk}")
         torch.testing.assert_close(b.state.last_latent, a.state.last_latent, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.state.last_camera, a.state.last_camera)
         assert torch.equal(a.rng.get_state(), b.rng.get_state())
         assert a.decoder.latents_seen == b.decoder.latents_seen
         for p, q in zip(a.decoder.contexts, b.decoder.contexts, strict=True):

@@ -88,3 +88,19 @@ def test_train_grow_command(tmp_path):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(source)))
     with pytest.raises(ValueError, match="--out"):
         train_cmd.main(_grow_args("--init", str(source)))
+
+
+def test_train_grow_adds_the_anchor_input(tmp_path):
+    source = save_weights(_trained_like(), tmp_path / "m.safetensors", {"vae_tag": "abc", "grown": {"depth": [3, 4]}})
+    out = tmp_path / "anchored.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "", "--anchor-input"))
+    grown, info = load_weights(out), read_info(out)
+    assert grown.config.anchor_input and grown.config.depth == 4
+    assert grown.anchor_embedder.proj.weight.abs().max() == 0
+    assert info["grown"] == {"depth": [3, 4]}, "an earlier growth's record is kept"
+    assert info["grown_2"]["anchor_input"] and info["grown_2"]["appended"] == []
+    x, t, text, mask, cam, plucker = inputs(grown.config, 1, 5, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(grown.eval()(x, t, text, mask, cam, plucker), load_weights(source).eval()(x, t, text, mask, cam, plucker))
+    with pytest.raises(ValueError, match="nothing to add"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", ""))

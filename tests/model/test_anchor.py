@@ -1,0 +1,179 @@
+"""The clean-anchor input (model/anchor.py, `ModelConfig.anchor_input`): the rotation warp lands content
+where a turning camera sees it, streaming still equals the chunk-causal forward, and growing trained
+weights by the input (train/grow.py) changes nothing until training moves it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from controls.camera import rotation_from_ypr
+from model import ModelConfig, WorldModel
+from model.anchor import anchor_features, rotation_sample_grid
+from model.transformer import anchor_frame_index
+from tests.model.helpers import inputs, randomise
+from tests.model.test_streaming import stream
+from train.grow import add_anchor_input
+
+H, W = 6, 9
+FX = 8.0
+
+
+def _camera(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0, translation=(0.0, 0.0, 0.0), fx: float = FX) -> torch.Tensor:
+    """One camera_conditions row [20]: first_T_cam row-major and latent intrinsics (centre at the grid's middle)."""
+    pose = np.eye(4)
+    pose[:3, :3] = rotation_from_ypr(yaw, pitch, roll)
+    pose[:3, 3] = translation
+    return torch.tensor(np.concatenate([pose.reshape(16), [fx, fx, (W - 1) / 2, (H - 1) / 2]]), dtype=torch.float32)
+
+
+def _columns(channels: int = 3) -> torch.Tensor:
+    """An anchor [1, C, 1, H, W] whose value is its column index (channel c adds 10·c)."""
+    u = torch.arange(W, dtype=torch.float32).expand(H, W)
+    return torch.stack([u + 10 * c for c in range(channels)])[None, :, None]
+
+
+def _features(anchor_camera: torch.Tensor, camera: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    anchor = _columns() if anchor is None else anchor
+    return anchor_features(anchor, anchor_camera[None, None], camera[None, None])[0, :, 0]  # [C + 1, H, W]
+
+
+def test_same_rotation_is_the_identity_whatever_the_translation():
+    for anchor_camera, camera in [(_camera(), _camera(translation=(0.3, -0.1, 1.0))),
+                                  (_camera(0.4, -0.2, 0.1), _camera(0.4, -0.2, 0.1, translation=(1.0, 0.0, 0.0)))]:
+        out = _features(anchor_camera, camera)
+        torch.testing.assert_close(out[:3], _columns()[0, :, 0], atol=1e-4, rtol=0)
+        assert bool((out[3] == 1).all())
+
+
+def test_turning_right_brings_in_what_was_right_of_centre():
+    # Yawing right by atan(1/fx) moves the centre column's content one latent pixel: it now shows the
+    # anchor's column cx + 1. Every pixel shows a column further right than its own (more towards the
+    # edges, where the homography stretches), and the rightmost column has nothing to show. (The top
+    # and bottom rows stretch out of view a little: 1/cos of the angle.)
+    out = _features(_camera(), _camera(yaw=math.atan(1.0 / FX)))
+    cx = (W - 1) // 2
+    torch.testing.assert_close(out[0, 1:-1, cx], torch.full((H - 2,), cx + 1.0), atol=2e-3, rtol=0)
+    valid = out[3].bool()
+    u = torch.arange(W, dtype=torch.float32).expand(H, W)
+    assert bool((out[0][valid] > u[valid] + 0.99).all())
+    assert not bool(valid[:, -1].any()) and bool(valid[1:-1, : cx + 1].all())
+    assert bool((out[:3, :, -1] == 0).all()), "invalid pixels must be zero in every channel"
+    # Looking up shows rows of the anchor above each pixel's own; the top row leaves the view.
+    rows = torch.arange(H, dtype=torch.float32)[:, None].expand(H, W)[None, None, None]
+    up = _features(_camera(), _camera(pitch=math.atan(1.0 / FX)), anchor=rows)
+    valid = up[1].bool()
+    v = torch.arange(H, dtype=torch.float32)[:, None].expand(H, W)
+    assert bool((up[0][valid] < v[valid] - 0.9).all())
+    assert not bool(valid[0].any()) and bool(valid[-1, 1:-1].all())
+
+
+def test_the_warp_uses_the_relative_rotation():
+    # Both cameras turned by the same extra yaw see the same relative warp.
+    base = _features(_camera(), _camera(yaw=0.1))
+    turned = _features(_camera(yaw=0.7), _camera(yaw=0.8))
+    torch.testing.assert_close(turned, base, atol=1e-4, rtol=0)
+    # Looking the other way: nothing of the anchor is in view.
+    behind = _features(_camera(), _camera(yaw=math.pi))
+    assert bool((behind == 0).all())
+
+
+def test_sample_grid_matches_projection_of_rotated_rays():
+    g = torch.Generator().manual_seed(0)
+    anchor_camera, camera = _camera(0.2, 0.1, -0.05), _camera(0.25, 0.05, 0.0)
+    grid, valid = rotation_sample_grid(anchor_camera, camera, H, W)
+    ra, rt = anchor_camera[:16].reshape(4, 4)[:3, :3].double(), camera[:16].reshape(4, 4)[:3, :3].double()
+    for _ in range(5):
+        v, u = int(torch.randint(H, (1,), generator=g)), int(torch.randint(W, (1,), generator=g))
+        ray = torch.tensor([(u - (W - 1) / 2) / FX, (v - (H - 1) / 2) / FX, 1.0], dtype=torch.float64)
+        d = ra.T @ rt @ ray
+        ua, va = FX * d[0] / d[2] + (W - 1) / 2, FX * d[1] / d[2] + (H - 1) / 2
+        inside = 0 <= ua <= W - 1 and 0 <= va <= H - 1
+        assert bool(valid[v, u]) == inside
+        if inside:
+            torch.testing.assert_close(grid[v, u].double(), torch.stack([2 * ua / (W - 1) - 1, 2 * va / (H - 1) - 1]),
+                                       atol=1e-5, rtol=0)
+
+
+def test_no_cameras_means_no_warp_and_half_a_camera_is_refused():
+    anchor = _columns()
+    out = anchor_features(anchor, None, None)
+    assert torch.equal(out[:, :3], anchor) and bool((out[:, 3] == 1).all())
+    with pytest.raises(ValueError, match="both"):
+        anchor_features(anchor, None, _camera()[None, None])
+    with pytest.raises(ValueError, match=r"\[B, T, 20\]"):
+        anchor_features(anchor, _camera()[None], _camera()[None, None])
+
+
+def test_anchor_frame_index():
+    assert anchor_frame_index((3, 2, 2)).tolist() == [0, 0, 0, 2, 2, 4, 4]
+    assert anchor_frame_index((4,)).tolist() == [0, 0, 0, 0]
+
+
+def _anchored(seed: int = 0) -> WorldModel:
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True))
+    randomise(model, seed)
+    return model.eval()
+
+
+@pytest.mark.parametrize("with_camera", [True, False], ids=["camera", "no-camera"])
+def test_streaming_equals_chunk_causal_with_the_anchor_input(with_camera):
+    model = _anchored()
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    cam = cam if with_camera else None
+    sizes = (3, 2, 2)
+    with torch.no_grad():
+        whole = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=sizes, kv_window_chunks=1, sink=True)
+        streamed, state = stream(model, x, t, text, mask, cam, plucker, sizes, kv_window_chunks=1, sink=True)
+    torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+    assert torch.equal(state.last_latent, x[:, :, -1:])
+    assert (state.last_camera is None) == (not with_camera)
+    if with_camera:
+        assert torch.equal(state.last_camera, cam[:, -1])
+    # The input matters: a different anchor (the frame before the second chunk) changes that chunk.
+    x2 = x.clone()
+    x2[:, :, 2] += 1.0
+    with torch.no_grad():
+        other = model.forward_chunk_causal(x2, t, text, mask, cam, plucker, chunk_sizes=sizes, kv_window_chunks=1, sink=True)
+    assert (other[:, :, 3:5] - whole[:, :, 3:5]).abs().max() > 1e-3
+
+
+def test_a_state_committed_without_cameras_cannot_anchor_a_chunk_with_them():
+    model = _anchored()
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 4, 4, 6)
+    state = model.init_stream_state(1, (4, 6))
+    with torch.no_grad():
+        state = model.stream_commit(x[:, :, :2], text, mask, None, plucker[:, :, :2], state, timestep=t[:, :, :2])
+        with pytest.raises(ValueError, match="without camera_conditions"):
+            model.stream_forward(x[:, :, 2:], t[:, :, 2:], text, mask, cam[:, 2:], plucker[:, :, 2:], state)
+
+
+def test_adding_the_anchor_input_changes_nothing_until_trained():
+    model = WorldModel(ModelConfig.preset("tiny"))
+    randomise(model, 3)
+    model.eval()
+    grown = add_anchor_input(model).eval()
+    assert grown.config.anchor_input and grown.anchor_embedder.proj.weight.abs().max() == 0
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
+        ours, _ = stream(grown, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+        theirs, _ = stream(model, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+    assert torch.equal(ours, theirs)
+    # One zero linear after a non-zero input: the gradient reaches it at once.
+    grown.train()
+    grown(x, t, text, mask, cam, plucker).square().mean().backward()
+    assert grown.anchor_embedder.proj.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="already"):
+        add_anchor_input(grown)
+
+
+def test_the_anchor_input_has_no_official_key():
+    with pytest.raises(ValueError, match="anchor_input"):
+        ModelConfig.preset("tiny", anchor_input=True, out_channels=16).to_official_dict()
+    with pytest.raises(ValueError, match="bool"):
+        ModelConfig.preset("tiny", anchor_input=1)
+    # The official release never builds the embedder.
+    assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
