@@ -15,6 +15,12 @@ what stays in view is a local copy, not a retrieval through attention. The model
 with a zero-initialised `PatchEmbed` added to the latent tokens, so adding the input to trained
 weights changes nothing until training moves it (`train.grow.add_anchor_input`).
 
+The copy gate (`ModelConfig.anchor_copy`). An input embedding still leaves the copy to the network,
+through five blocks and the output head's LayerNorm, and it learns it slowly (docs/training.md). The
+gate makes the copy one parameter away: a per-token g = Linear(LayerNorm(x_out)), zero-initialised,
+blends the velocity towards (x_t − a)/σ, the one whose Euler step to σ = 0 lands exactly on the
+warped anchor a; where the anchor is out of view, and on frames at σ ≈ 0, g is 0.
+
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
 anchor is used as it is (identity warp, every pixel valid).

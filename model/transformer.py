@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model.anchor import anchor_features
 from model.block import Block
@@ -78,6 +79,8 @@ class WorldModel(nn.Module):
         self.attention_y_norm = RMSNorm(hidden, config.y_norm_eps)
         # the clean anchor, rotation-warped into each frame's view (model.anchor); zero: adds nothing
         self.anchor_embedder = PatchEmbed(config.in_channels + 1, hidden) if config.anchor_input else None
+        # per-token blend of the velocity towards copying that anchor (model.anchor); zero: no copy
+        self.copy_gate = nn.Linear(hidden, 1) if config.anchor_copy else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -87,6 +90,9 @@ class WorldModel(nn.Module):
             if self.anchor_embedder is not None:
                 nn.init.zeros_(self.anchor_embedder.proj.weight)
                 nn.init.zeros_(self.anchor_embedder.proj.bias)
+            if self.copy_gate is not None:
+                nn.init.zeros_(self.copy_gate.weight)
+                nn.init.zeros_(self.copy_gate.bias)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict[str, Any]) -> WorldModel:
@@ -175,8 +181,10 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
+        anchor = None
         if self.anchor_embedder is not None:
-            x = x + self.anchor_embedder(self._anchor_features(hidden_states, camera, layout, past).to(dtype))
+            anchor = self._anchor_features(hidden_states, camera, layout, past)  # [B, C + 1, T, H, W]
+            x = x + self.anchor_embedder(anchor.to(dtype))
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -212,7 +220,23 @@ class WorldModel(nn.Module):
         # 4. output head
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
+        if self.copy_gate is not None:
+            out = self._copy(out, x, hidden_states, timestep, anchor)
         return out, (tuple(new_states) if want_state else None)
+
+    def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
+              anchor: torch.Tensor) -> torch.Tensor:
+        """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
+        and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)) where
+        the anchor is in view, 0 elsewhere and on frames at σ ≈ 0 (the image, the commit pass), whose
+        output no sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
+        batch, _, frames, height, width = velocity.shape
+        gate = self.copy_gate(F.layer_norm(x, x.shape[-1:], eps=1e-6))  # [B, N, 1]
+        gate = gate.float().reshape(batch, 1, frames, height, width)
+        sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
+        gate = gate * anchor[:, -1:].float() * (sigma > 1e-3)
+        copy = (hidden_states.float() - anchor[:, :-1].float()) / sigma.clamp_min(1e-3)
+        return (velocity.float() + gate * (copy - velocity.float())).to(velocity.dtype)
 
     @staticmethod
     def _anchor_features(hidden_states: torch.Tensor, camera: torch.Tensor | None, layout: RunLayout,

@@ -87,15 +87,17 @@ def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
     return grown.train()
 
 
-def add_anchor_input(model: WorldModel) -> WorldModel:
+def add_anchor_input(model: WorldModel, copy_gate: bool = False) -> WorldModel:
     """A new WorldModel (train mode, float32 on the CPU) computing exactly what `model` does, with the
-    anchor input (`ModelConfig.anchor_input`) added through its zero-initialised embedder."""
-    if model.config.anchor_input:
-        raise ValueError("the model already has the anchor input")
-    grown = WorldModel(model.config.replace(anchor_input=True))
+    anchor input (`ModelConfig.anchor_input`) added through its zero-initialised embedder if it has none,
+    and with `copy_gate` the zero-initialised copy gate (`ModelConfig.anchor_copy`) too."""
+    config = model.config
+    if config.anchor_input and (config.anchor_copy or not copy_gate):
+        raise ValueError("the model already has the anchor input" + (" and the copy gate" if config.anchor_copy else ""))
+    grown = WorldModel(config.replace(anchor_input=True, anchor_copy=copy_gate or config.anchor_copy))
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
     for key, value in grown.state_dict().items():
-        if key.startswith("anchor_embedder."):
+        if key not in state:  # the new embedder or gate
             state[key] = torch.zeros_like(value)
     grown.load_state_dict(state, strict=True)
     return grown.train()

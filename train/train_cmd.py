@@ -103,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-input", action="store_true",
                         help="grow: add the clean-anchor input (model/anchor.py) through a zero embedder, which "
                              "also leaves the output unchanged (train/grow.py)")
+    parser.add_argument("--anchor-copy", action="store_true",
+                        help="grow: with --anchor-input (or on a model that has the input), add the zero copy gate "
+                             "that blends the velocity towards copying the warped anchor (model/anchor.py)")
     parser.add_argument("--sigmas", default=None,
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
@@ -399,19 +402,22 @@ def run_grow(args) -> Path:
     if out.resolve() == init.resolve():
         raise ValueError(f"train grow would overwrite its --init {init}: pass another --out")
     kinds = tuple(kind.strip() for kind in args.append_blocks.split(",") if kind.strip())
-    anchor = bool(getattr(args, "anchor_input", False))
+    copy = bool(getattr(args, "anchor_copy", False))
+    anchor = bool(getattr(args, "anchor_input", False)) or copy
     if not kinds and not anchor:
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS and/or --anchor-input")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
-        grown = add_anchor_input(grown)
+        grown = add_anchor_input(grown, copy_gate=copy)
     info = {k: v for k, v in read_info(init).items() if k != "model"} if init.suffix != ".pt" else {}
     command = f"python run.py train grow --init {init} --out {out} --append-blocks '{','.join(kinds)}'"
     grew = {"from": str(init), "depth": [source.config.depth, grown.config.depth], "appended": list(kinds),
-            "command": command + (" --anchor-input" if anchor else "")}
+            "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")}
     if anchor:
         grew["anchor_input"] = True
+    if copy:
+        grew["anchor_copy"] = True
     # an earlier growth's record is kept under its own key
     key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
     info[key] = grew

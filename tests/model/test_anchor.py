@@ -177,3 +177,65 @@ def test_the_anchor_input_has_no_official_key():
         ModelConfig.preset("tiny", anchor_input=1)
     # The official release never builds the embedder.
     assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
+
+
+def _with_copy_gate(seed: int = 0) -> WorldModel:
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True))
+    randomise(model, seed)
+    return model.eval()
+
+
+def test_streaming_equals_chunk_causal_with_the_copy_gate():
+    model = _with_copy_gate()
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    t[:, :, 0] = 0.0  # the image frame: the gate is off there
+    sizes = (3, 2, 2)
+    with torch.no_grad():
+        whole = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=sizes, kv_window_chunks=1, sink=True)
+        streamed, _ = stream(model, x, t, text, mask, cam, plucker, sizes, kv_window_chunks=1, sink=True)
+    torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_a_full_copy_gate_lands_the_euler_step_on_the_warped_anchor():
+    model = _with_copy_gate()
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(1.0)
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 3, 4, 6)
+    cam = torch.stack([_camera(), _camera(yaw=0.05), _camera(yaw=0.1)])[None]  # small turns: most of the view kept
+    cam[..., 16:] = torch.tensor([5.0, 5.0, 2.5, 1.5])
+    sigma = torch.tensor([0.0, 0.5, 0.3])
+    t = (sigma * 1000)[None, None]
+    state = model.init_stream_state(1, (4, 6))
+    with torch.no_grad():
+        v = model.stream_forward(x, t, text, mask, cam, plucker, state)
+    features = anchor_features(x[:, :, :1].expand(-1, -1, 3, -1, -1), cam[:, :1].expand(-1, 3, -1), cam)
+    warped, valid = features[:, :-1], features[:, -1:].bool()
+    landed = x - sigma.view(1, 1, 3, 1, 1) * v  # one Euler step to σ = 0
+    for f in (1, 2):
+        inside = valid[:, :, f].expand_as(warped[:, :, f])
+        assert inside.float().mean() > 0.5
+        torch.testing.assert_close(landed[:, :, f][inside], warped[:, :, f][inside], atol=1e-4, rtol=1e-4)
+    # Out of view and on the σ = 0 image frame the model's own velocity stands.
+    model.copy_gate.bias.data.zero_()
+    with torch.no_grad():
+        own = model.stream_forward(x, t, text, mask, cam, plucker, state)
+    assert torch.equal(v[:, :, 0], own[:, :, 0])
+    outside = ~valid[:, :, 2].expand_as(v[:, :, 2])
+    assert outside.any() and torch.equal(v[:, :, 2][outside], own[:, :, 2][outside])
+
+
+def test_growing_the_copy_gate_changes_nothing_until_trained():
+    model = _anchored(4)
+    grown = add_anchor_input(model, copy_gate=True).eval()
+    assert grown.config.anchor_copy and torch.equal(grown.anchor_embedder.proj.weight, model.anchor_embedder.proj.weight)
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 5, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
+    grown.train()
+    grown(x, t, text, mask, cam, plucker).square().mean().backward()
+    assert grown.copy_gate.weight.grad.abs().max() > 0 and grown.copy_gate.bias.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="copy gate"):
+        add_anchor_input(grown, copy_gate=True)
+    with pytest.raises(ValueError, match="anchor_copy needs anchor_input"):
+        ModelConfig.preset("tiny", anchor_copy=True)

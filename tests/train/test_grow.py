@@ -102,5 +102,8 @@ def test_train_grow_adds_the_anchor_input(tmp_path):
     x, t, text, mask, cam, plucker = inputs(grown.config, 1, 5, 4, 4)
     with torch.no_grad():
         assert torch.equal(grown.eval()(x, t, text, mask, cam, plucker), load_weights(source).eval()(x, t, text, mask, cam, plucker))
+    gated = tmp_path / "gated.safetensors"
+    train_cmd.main(_grow_args("--init", str(out), "--out", str(gated), "--append-blocks", "", "--anchor-copy"))
+    assert load_weights(gated).config.anchor_copy and read_info(gated)["grown_3"]["anchor_copy"]
     with pytest.raises(ValueError, match="nothing to add"):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", ""))
