@@ -60,11 +60,22 @@ def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(t
 def test_the_candidate_weights_load_in_the_shipped_latent_space():
     """The step-12 candidates (docs/training.md) are whole roam weights: they load, run warm-started, and
     decode through the shipped decoder."""
-    for name in ("roam_tiny_warm05", "roam_tiny_warm05adv", "roam_tiny_step12more"):
+    for name in ("roam_tiny_warm05", "roam_tiny_warm05adv", "roam_tiny_step12more", "roam_tiny_anchorcopy"):
         weights = WEIGHTS / "candidates" / f"{name}.safetensors"
         release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, weights=weights)
         assert release.profile.warm_start and release.sampler_sigmas == (0.5, 0.0)
         assert release.sources["VAE"] == str(embedded_vae_path())
+
+
+def test_the_anchor_candidate_trained_its_input_and_gate():
+    """Step 13's candidate (docs/training.md): both zero-initialised additions moved in training, else they
+    would be dead weight on every chunk."""
+    from train.embedded import load_weights
+
+    model = load_weights(WEIGHTS / "candidates" / "roam_tiny_anchorcopy.safetensors")
+    assert model.config.anchor_input and model.config.anchor_copy
+    assert model.anchor_embedder.proj.weight.abs().mean() > 1e-3
+    assert model.copy_gate.weight.abs().mean() > 1e-3
 
 
 def test_the_shipped_sampler_is_the_one_the_json_records():
