@@ -68,14 +68,15 @@ def test_the_candidate_weights_load_in_the_shipped_latent_space():
 
 
 def test_the_anchor_candidate_trained_its_input_and_gate():
-    """Step 13's candidate (docs/training.md): both zero-initialised additions moved in training, else they
-    would be dead weight on every chunk."""
+    """Step 13 (docs/training.md), shipped and kept as a candidate: both zero-initialised additions moved in
+    training, else they would be dead weight on every chunk."""
     from train.embedded import load_weights
 
-    model = load_weights(WEIGHTS / "candidates" / "roam_tiny_anchorcopy.safetensors")
-    assert model.config.anchor_input and model.config.anchor_copy
-    assert model.anchor_embedder.proj.weight.abs().mean() > 1e-3
-    assert model.copy_gate.weight.abs().mean() > 1e-3
+    for weights in (WEIGHTS / "candidates" / "roam_tiny_anchorcopy.safetensors", WEIGHTS / "roam_tiny.safetensors"):
+        model = load_weights(weights)
+        assert model.config.anchor_input and model.config.anchor_copy, weights
+        assert model.anchor_embedder.proj.weight.abs().mean() > 1e-3
+        assert model.copy_gate.weight.abs().mean() > 1e-3
 
 
 def test_the_shipped_sampler_is_the_one_the_json_records():
