@@ -410,10 +410,10 @@ class WorldModel(nn.Module):
 def anchor_frame_index(chunk_sizes: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
     """[T] the frame each frame takes its anchor from: 0 in the first chunk, the last frame of the chunk
     before in every later one."""
-    starts = [0]
-    for size in chunk_sizes[:-1]:
-        starts.append(starts[-1] + size)
-    index = [0 if c == 0 else start - 1 for c, (start, size) in enumerate(zip(starts, chunk_sizes)) for _ in range(size)]
+    index, start = [], 0
+    for c, size in enumerate(chunk_sizes):
+        index += [0 if c == 0 else start - 1] * size
+        start += size
     return torch.tensor(index, dtype=torch.long, device=device)
 
 

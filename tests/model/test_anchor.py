@@ -15,7 +15,6 @@ from model.anchor import anchor_features, rotation_sample_grid
 from model.transformer import anchor_frame_index
 from tests.model.helpers import inputs, randomise
 from tests.model.test_streaming import stream
-from train.grow import add_anchor_input
 
 H, W = 6, 9
 FX = 8.0
@@ -150,26 +149,6 @@ def test_a_state_committed_without_cameras_cannot_anchor_a_chunk_with_them():
             model.stream_forward(x[:, :, 2:], t[:, :, 2:], text, mask, cam[:, 2:], plucker[:, :, 2:], state)
 
 
-def test_adding_the_anchor_input_changes_nothing_until_trained():
-    model = WorldModel(ModelConfig.preset("tiny"))
-    randomise(model, 3)
-    model.eval()
-    grown = add_anchor_input(model).eval()
-    assert grown.config.anchor_input and grown.anchor_embedder.proj.weight.abs().max() == 0
-    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
-    with torch.no_grad():
-        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
-        ours, _ = stream(grown, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
-        theirs, _ = stream(model, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
-    assert torch.equal(ours, theirs)
-    # One zero linear after a non-zero input: the gradient reaches it at once.
-    grown.train()
-    grown(x, t, text, mask, cam, plucker).square().mean().backward()
-    assert grown.anchor_embedder.proj.weight.grad.abs().max() > 0
-    with pytest.raises(ValueError, match="already"):
-        add_anchor_input(grown)
-
-
 def test_the_anchor_input_has_no_official_key():
     with pytest.raises(ValueError, match="anchor_input"):
         ModelConfig.preset("tiny", anchor_input=True, out_channels=16).to_official_dict()
@@ -224,18 +203,3 @@ def test_a_full_copy_gate_lands_the_euler_step_on_the_warped_anchor():
     outside = ~valid[:, :, 2].expand_as(v[:, :, 2])
     assert outside.any() and torch.equal(v[:, :, 2][outside], own[:, :, 2][outside])
 
-
-def test_growing_the_copy_gate_changes_nothing_until_trained():
-    model = _anchored(4)
-    grown = add_anchor_input(model, copy_gate=True).eval()
-    assert grown.config.anchor_copy and torch.equal(grown.anchor_embedder.proj.weight, model.anchor_embedder.proj.weight)
-    x, t, text, mask, cam, plucker = inputs(model.config, 2, 5, 4, 6)
-    with torch.no_grad():
-        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
-    grown.train()
-    grown(x, t, text, mask, cam, plucker).square().mean().backward()
-    assert grown.copy_gate.weight.grad.abs().max() > 0 and grown.copy_gate.bias.grad.abs().max() > 0
-    with pytest.raises(ValueError, match="copy gate"):
-        add_anchor_input(grown, copy_gate=True)
-    with pytest.raises(ValueError, match="anchor_copy needs anchor_input"):
-        ModelConfig.preset("tiny", anchor_copy=True)

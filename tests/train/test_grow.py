@@ -12,7 +12,7 @@ from tests.model.helpers import inputs, randomise
 from tests.model.test_streaming import stream
 from train import train_cmd
 from train.embedded import load_weights, read_info, save_weights
-from train.grow import append_blocks, grown_config
+from train.grow import add_anchor_input, append_blocks, grown_config
 
 
 def _trained_like(seed: int = 0) -> WorldModel:
@@ -28,19 +28,54 @@ def test_grown_config_appends_in_order():
     assert config.softmax_layers == (3, 5, 6)
 
 
+def assert_computes_the_same(grown: WorldModel, model: WorldModel):
+    """`grown` gives `model`'s output bit for bit, bidirectional and streamed through the carried state
+    (the new parts' states fill, but add nothing); returns the grown stream's last state."""
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
+        ours, state = stream(grown, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+        theirs, _ = stream(model, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
+    assert torch.equal(ours, theirs)
+    return state
+
+
 @pytest.mark.parametrize("kinds", [("softmax",), ("gdn", "softmax")])
 def test_grown_model_computes_what_the_model_did(kinds):
     model = _trained_like()
     grown = append_blocks(model, kinds).eval()
     assert grown.config.depth == model.config.depth + len(kinds)
-    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
-    with torch.no_grad():
-        assert torch.equal(grown(x, t, text, mask, cam, plucker), model(x, t, text, mask, cam, plucker))
-        # streaming through the carried state too: the new blocks' states fill, but add nothing
-        ours, state = stream(grown, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
-        theirs, _ = stream(model, x, t, text, mask, cam, plucker, (3, 2, 2), kv_window_chunks=1, sink=True)
-    assert torch.equal(ours, theirs)
+    state = assert_computes_the_same(grown, model)
     assert len(state.layers) == grown.config.depth
+
+
+def test_adding_the_anchor_input_changes_nothing_until_trained():
+    model = _trained_like(3)
+    grown = add_anchor_input(model).eval()
+    assert grown.config.anchor_input and grown.anchor_embedder.proj.weight.abs().max() == 0
+    assert_computes_the_same(grown, model)
+    # One zero linear after a non-zero input: the gradient reaches it at once.
+    grown.train()
+    grown(*inputs(model.config, 2, 7, 4, 6)).square().mean().backward()
+    assert grown.anchor_embedder.proj.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="already"):
+        add_anchor_input(grown)
+
+
+def test_growing_the_copy_gate_changes_nothing_until_trained():
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True))
+    randomise(model, 4)
+    model.eval()
+    grown = add_anchor_input(model, copy_gate=True).eval()
+    assert grown.config.anchor_copy and torch.equal(grown.anchor_embedder.proj.weight, model.anchor_embedder.proj.weight)
+    assert_computes_the_same(grown, model)
+    grown.train()
+    grown(*inputs(model.config, 2, 5, 4, 6)).square().mean().backward()
+    assert grown.copy_gate.weight.grad.abs().max() > 0 and grown.copy_gate.bias.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="copy gate"):
+        add_anchor_input(grown, copy_gate=True)
+    with pytest.raises(ValueError, match="anchor_copy needs anchor_input"):
+        ModelConfig.preset("tiny", anchor_copy=True)
 
 
 def test_new_block_copies_its_kind_and_learns():
