@@ -93,6 +93,9 @@ class ModelConfig:
     # with it, a zero-initialised per-token gate that blends the velocity towards copying the warped anchor
     # (model.anchor, "The copy gate"); needs anchor_input and out_channels == in_channels
     anchor_copy: bool = False
+    # with it, the gate's still term: pulls the gate towards 1 by c·exp(−p/s), p how far the camera moved since
+    # the anchor across each token's ray (metres), c zero-initialised (model.anchor, "The still term")
+    anchor_copy_still: bool = False
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -142,12 +145,15 @@ class ModelConfig:
             raise ValueError(f"key_scaling must be one of {KEY_SCALINGS}, got {self.key_scaling!r}")
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
-        for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk", "anchor_input", "anchor_copy"):
+        for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk", "anchor_input", "anchor_copy",
+                     "anchor_copy_still"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.anchor_copy and not (self.anchor_input and self.out_channels == self.in_channels):
             raise ValueError("ModelConfig.anchor_copy needs anchor_input and out_channels == in_channels "
                              f"(got anchor_input={self.anchor_input}, {self.out_channels} != {self.in_channels})")
+        if self.anchor_copy_still and not self.anchor_copy:
+            raise ValueError("ModelConfig.anchor_copy_still needs anchor_copy (it is a term of the copy gate)")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

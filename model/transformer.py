@@ -41,6 +41,7 @@ False, the released Triton path; diffusers' port clips (set True to match it).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.anchor import anchor_features
+from model.anchor import anchor_features, ray_parallax
 from model.block import Block
 from model.config import ModelConfig
 from model.embedders import CaptionEmbedder, FinalLayer, PatchEmbed, TimestepEmbedder
@@ -81,6 +82,12 @@ class WorldModel(nn.Module):
         self.anchor_embedder = PatchEmbed(config.in_channels + 1, hidden) if config.anchor_input else None
         # per-token blend of the velocity towards copying that anchor (model.anchor); zero: no copy
         self.copy_gate = nn.Linear(hidden, 1) if config.anchor_copy else None
+        # the gate's still term c·exp(−parallax / s) (model.anchor): c zero (adds nothing), s from 0.1 m
+        if config.anchor_copy_still:
+            self.copy_still = nn.Parameter(torch.zeros(1))
+            self.copy_still_log_metres = nn.Parameter(torch.full((1,), math.log(0.1)))
+        else:
+            self.copy_still = self.copy_still_log_metres = None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -181,10 +188,13 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
-        anchor = None
+        anchor = parallax = None
         if self.anchor_embedder is not None:
-            anchor = self._anchor_features(hidden_states, camera, layout, past)  # [B, C + 1, T, H, W]
+            source, source_camera = self._anchor_source(hidden_states, camera, layout, past)
+            anchor = anchor_features(source, source_camera, camera)  # [B, C + 1, T, H, W]
             x = x + self.anchor_embedder(anchor.to(dtype))
+            if self.copy_still is not None and camera is not None:
+                parallax = ray_parallax(source_camera, camera, height, width)  # [B, T, H, W]
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -221,28 +231,38 @@ class WorldModel(nn.Module):
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         if self.copy_gate is not None:
-            out = self._copy(out, x, hidden_states, timestep, anchor)
+            out = self._copy(out, x, hidden_states, timestep, anchor, parallax)
         return out, (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
-              anchor: torch.Tensor) -> torch.Tensor:
+              anchor: torch.Tensor, parallax: torch.Tensor | None) -> torch.Tensor:
         """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
-        and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)) where
-        the anchor is in view, 0 elsewhere and on frames at σ ≈ 0 (the image, the commit pass), whose
-        output no sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
+        and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)), which
+        the still term k = c·exp(−parallax / s) pulls to g + k·(1 − g) (c in [0, 1]; parallax [B, T, H, W]
+        metres, None: 0), where the
+        anchor is in view, 0 elsewhere and on frames at σ ≈ 0 (the image, the commit pass), whose output no
+        sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
         gate = self.copy_gate(F.layer_norm(x, x.shape[-1:], eps=1e-6))  # [B, N, 1]
         gate = gate.float().reshape(batch, 1, frames, height, width)
+        if self.copy_still is not None:
+            # pulls the gate towards 1, never past it: a gate above 1 extrapolates past the anchor, and a
+            # stream that keeps doing so sharpens its own frames chunk after chunk until they are noise
+            still = self.copy_still.float().clamp(0.0, 1.0)
+            if parallax is not None:
+                still = still * torch.exp(-parallax[:, None] / self.copy_still_log_metres.float().exp())
+            gate = gate + still * (1.0 - gate)
         sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
         gate = gate * anchor[:, -1:].float() * (sigma > 1e-3)
         copy = (hidden_states.float() - anchor[:, :-1].float()) / sigma.clamp_min(1e-3)
         return (velocity.float() + gate * (copy - velocity.float())).to(velocity.dtype)
 
     @staticmethod
-    def _anchor_features(hidden_states: torch.Tensor, camera: torch.Tensor | None, layout: RunLayout,
-                         past: StreamState | None) -> torch.Tensor:
-        """The anchor input [B, C + 1, T, H, W] (model.anchor): the stream's last committed latent for every
-        frame when there is one, else per chunk of `layout` the newest frame before it (frame 0 for the first)."""
+    def _anchor_source(hidden_states: torch.Tensor, camera: torch.Tensor | None, layout: RunLayout,
+                       past: StreamState | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each frame's clean anchor [B, C, T, H, W] and its camera [B, T, 20] (None without cameras), unwarped
+        (model.anchor): the stream's last committed latent for every frame when there is one, else per chunk
+        of `layout` the newest frame before it (frame 0 for the first)."""
         frames = layout.frames
         if past is not None and past.last_latent is not None:
             if camera is not None and past.last_camera is None:
@@ -254,7 +274,7 @@ class WorldModel(nn.Module):
             index = anchor_frame_index(layout.chunk_sizes, hidden_states.device)  # [T]
             anchor = hidden_states[:, :, index]
             anchor_camera = None if camera is None else camera[:, index]
-        return anchor_features(anchor, anchor_camera, camera)
+        return anchor, anchor_camera
 
     def forward(
         self,

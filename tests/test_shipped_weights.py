@@ -79,6 +79,17 @@ def test_the_anchor_candidate_trained_its_input_and_gate():
         assert model.copy_gate.weight.abs().mean() > 1e-3
 
 
+def test_the_shipped_still_term_copies_while_standing():
+    """Step 14 (docs/training.md): the shipped gate copies the warped anchor outright where the camera has not
+    moved across a ray (c = 1), and lets go within a few tenths of a metre of parallax."""
+    from train.embedded import load_weights
+
+    model = load_weights()
+    assert model.config.anchor_copy_still
+    assert float(model.copy_still.detach().clamp(0, 1)) > 0.9
+    assert 0.01 < float(model.copy_still_log_metres.detach().exp()) < 1.0
+
+
 def test_the_shipped_sampler_is_the_one_the_json_records():
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)

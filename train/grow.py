@@ -87,18 +87,23 @@ def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
     return grown.train()
 
 
-def add_anchor_input(model: WorldModel, copy_gate: bool = False) -> WorldModel:
+def add_anchor_input(model: WorldModel, copy_gate: bool = False, copy_still: bool = False) -> WorldModel:
     """A new WorldModel (train mode, float32 on the CPU) computing exactly what `model` does, with the
     anchor input (`ModelConfig.anchor_input`) added through its zero-initialised embedder if it has none,
-    and with `copy_gate` the zero-initialised copy gate (`ModelConfig.anchor_copy`) too."""
+    with `copy_gate` the zero-initialised copy gate (`ModelConfig.anchor_copy`) too, and with `copy_still`
+    the gate's still term (`ModelConfig.anchor_copy_still`, and the gate if it has none) at c = 0."""
     config = model.config
-    if config.anchor_input and (config.anchor_copy or not copy_gate):
-        raise ValueError("the model already has the anchor input" + (" and the copy gate" if config.anchor_copy else ""))
-    grown = WorldModel(config.replace(anchor_input=True, anchor_copy=copy_gate or config.anchor_copy))
+    wanted = config.replace(anchor_input=True, anchor_copy=config.anchor_copy or copy_gate or copy_still,
+                            anchor_copy_still=config.anchor_copy_still or copy_still)
+    if wanted == config:
+        has = [name for name, on in (("the anchor input", True), ("the copy gate", config.anchor_copy),
+                                     ("its still term", config.anchor_copy_still)) if on]
+        raise ValueError("the model already has " + ", ".join(has))
+    grown = WorldModel(wanted)
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
     for key, value in grown.state_dict().items():
-        if key not in state:  # the new embedder or gate
-            state[key] = torch.zeros_like(value)
+        if key not in state:  # new: the constructor's values, which add nothing (zero embedder, gate, c)
+            state[key] = value.detach().clone()
     grown.load_state_dict(state, strict=True)
     return grown.train()
 

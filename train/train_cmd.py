@@ -106,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-copy", action="store_true",
                         help="grow: with --anchor-input (or on a model that has the input), add the zero copy gate "
                              "that blends the velocity towards copying the warped anchor (model/anchor.py)")
+    parser.add_argument("--anchor-copy-still", action="store_true",
+                        help="grow: add the copy gate's still term c*exp(-parallax/s) at c = 0 (and the input and "
+                             "gate where missing): the gate learns to copy while the camera stands still (model/anchor.py)")
+    parser.add_argument("--copy-still-c", type=float, default=0.0,
+                        help="grow: the still term's c in [0, 1] (default 0: the output is unchanged; 1: copy the "
+                             "anchor outright wherever the camera has not moved across the ray)")
     parser.add_argument("--sigmas", default=None,
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
@@ -393,6 +399,8 @@ def run_export(args, ema) -> Path:
 
 def run_grow(args) -> Path:
     """--init's model with --append-blocks appended, written to --out with --init's provenance (+ what grew)."""
+    import torch
+
     from train.embedded import read_info, save_weights
     from train.grow import add_anchor_input, append_blocks
 
@@ -402,22 +410,33 @@ def run_grow(args) -> Path:
     if out.resolve() == init.resolve():
         raise ValueError(f"train grow would overwrite its --init {init}: pass another --out")
     kinds = tuple(kind.strip() for kind in args.append_blocks.split(",") if kind.strip())
-    copy = bool(getattr(args, "anchor_copy", False))
+    still = bool(getattr(args, "anchor_copy_still", False))
+    copy = bool(getattr(args, "anchor_copy", False)) or still
     anchor = bool(getattr(args, "anchor_input", False)) or copy
     if not kinds and not anchor:
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS and/or --anchor-input")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
-        grown = add_anchor_input(grown, copy_gate=copy)
+        grown = add_anchor_input(grown, copy_gate=copy, copy_still=still)
+    still_c = float(getattr(args, "copy_still_c", 0.0))
+    if still_c != 0.0:
+        if not still or not 0.0 <= still_c <= 1.0:
+            raise ValueError(f"--copy-still-c {still_c} needs --anchor-copy-still and a value in [0, 1]")
+        with torch.no_grad():
+            grown.copy_still.fill_(still_c)
     info = {k: v for k, v in read_info(init).items() if k != "model"} if init.suffix != ".pt" else {}
     command = f"python run.py train grow --init {init} --out {out} --append-blocks '{','.join(kinds)}'"
     grew = {"from": str(init), "depth": [source.config.depth, grown.config.depth], "appended": list(kinds),
-            "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")}
+            "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")
+            + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")}
     if anchor:
         grew["anchor_input"] = True
     if copy:
         grew["anchor_copy"] = True
+    if still:
+        grew["anchor_copy_still"] = True
+        grew["copy_still_c"] = still_c
     # an earlier growth's record is kept under its own key
     key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
     info[key] = grew

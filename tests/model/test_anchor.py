@@ -11,7 +11,7 @@ import torch
 
 from controls.camera import rotation_from_ypr
 from model import ModelConfig, WorldModel
-from model.anchor import anchor_features, rotation_sample_grid
+from model.anchor import anchor_features, ray_parallax, rotation_sample_grid
 from model.transformer import anchor_frame_index
 from tests.model.helpers import inputs, randomise
 from tests.model.test_streaming import stream
@@ -158,14 +158,15 @@ def test_the_anchor_input_has_no_official_key():
     assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
 
 
-def _with_copy_gate(seed: int = 0) -> WorldModel:
-    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True))
+def _with_copy_gate(seed: int = 0, still: bool = False) -> WorldModel:
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still))
     randomise(model, seed)
     return model.eval()
 
 
-def test_streaming_equals_chunk_causal_with_the_copy_gate():
-    model = _with_copy_gate()
+@pytest.mark.parametrize("still", [False, True], ids=["gate", "gate+still"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still):
+    model = _with_copy_gate(still=still)
     x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
     t[:, :, 0] = 0.0  # the image frame: the gate is off there
     sizes = (3, 2, 2)
@@ -203,3 +204,47 @@ def test_a_full_copy_gate_lands_the_euler_step_on_the_warped_anchor():
     outside = ~valid[:, :, 2].expand_as(v[:, :, 2])
     assert outside.any() and torch.equal(v[:, :, 2][outside], own[:, :, 2][outside])
 
+
+
+def test_parallax_is_the_step_across_each_ray():
+    still = ray_parallax(_camera(0.3, 0.1, 0.0, translation=(1.0, 2.0, 3.0)), _camera(0.6, 0.0, 0.0, translation=(1.0, 2.0, 3.0)), H, W)
+    assert still.shape == (H, W) and bool((still == 0).all()), "turning on the spot moves nothing"
+    # A step along the optical axis: nothing moves on the centre ray, |t|·sin(angle to the axis) elsewhere.
+    forward = ray_parallax(_camera(), _camera(translation=(0.0, 0.0, 0.5)), H, W)
+    v, u = torch.meshgrid(torch.arange(H) - (H - 1) / 2, torch.arange(W) - (W - 1) / 2, indexing="ij")
+    off_axis = torch.sqrt(u.square() + v.square()) / FX  # tan of the angle to the axis
+    torch.testing.assert_close(forward, 0.5 * off_axis / torch.sqrt(1 + off_axis.square()), atol=1e-5, rtol=0)
+    # The step is taken in first-frame axes: a camera yawed by 90° stepping along the first frame's x
+    # steps along its own optical axis, and a sideways step is across every ray (0.5 at the centre).
+    yawed = ray_parallax(_camera(math.pi / 2), _camera(math.pi / 2, translation=(0.5, 0.0, 0.0)), H, W)
+    torch.testing.assert_close(yawed, forward, atol=1e-5, rtol=0)
+    side = ray_parallax(_camera(), _camera(translation=(0.5, 0.0, 0.0)), H, W)
+    assert abs(float(side[(H - 1) // 2, (W - 1) // 2]) - 0.5) < 0.05 and bool((side > 0.3).all())
+
+
+def test_the_still_term_copies_while_standing_and_fades_with_the_step():
+    model = _with_copy_gate(still=True)
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.zero_()
+        model.copy_still.fill_(1.0)
+        model.copy_still_log_metres.fill_(math.log(0.01))
+    x, t, text, mask, _, plucker = inputs(model.config, 1, 3, 4, 6)
+    sigma = torch.tensor([0.0, 0.5, 0.5])
+    t = (sigma * 1000)[None, None]
+
+    def velocity(cam: torch.Tensor, still: float) -> torch.Tensor:
+        model.copy_still.data.fill_(still)
+        state = model.init_stream_state(1, (4, 6))
+        with torch.no_grad():
+            return model.stream_forward(x, t, text, mask, cam, plucker, state)
+
+    standing = torch.stack([_camera(0.2)] * 3)[None]
+    landed = x - sigma.view(1, 1, 3, 1, 1) * velocity(standing, 1.0)  # one Euler step to σ = 0
+    for f in (1, 2):
+        torch.testing.assert_close(landed[:, :, f], x[:, :, 0], atol=1e-4, rtol=1e-4)
+    # A 0.5 m sideways step is 50 of s = 1 cm across every ray: the term is gone, the model's own velocity stands.
+    walking = torch.stack([_camera(0.2), _camera(0.2, translation=(0.5, 0.0, 0.0)), _camera(0.2, translation=(1.0, 0.0, 0.0))])[None]
+    torch.testing.assert_close(velocity(walking, 1.0), velocity(walking, 0.0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="anchor_copy_still needs anchor_copy"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_copy_still=True)

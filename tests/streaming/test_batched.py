@@ -2,6 +2,8 @@
 chunk, with its image latent) equals each walk's own `ChunkGenerator.step`, frame for frame."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +37,13 @@ def model_and_vae():
 
 @pytest.fixture(scope="module")
 def anchored_model_and_vae():
-    """The tiny model with the clean-anchor input (model.anchor), its embedder random like the rest."""
-    return _model_and_vae(anchor_input=True)
+    """The tiny model with the clean-anchor input, the copy gate and its still term (model.anchor), random
+    like the rest; the still term half open, so each row's own parallax shapes its gate."""
+    model, vae = _model_and_vae(anchor_input=True, anchor_copy=True, anchor_copy_still=True)
+    with torch.no_grad():
+        model.copy_still.fill_(0.7)
+        model.copy_still_log_metres.fill_(math.log(0.3))
+    return model, vae
 
 
 def _image(seed: int) -> np.ndarray:
@@ -78,7 +85,8 @@ def _state_tensors(state) -> list[torch.Tensor]:
 
 
 # The official 4-step sampler from noise, the embedded one-step warm start (each row's own anchor), and
-# that with the anchor input (each row's own anchor latent and camera, warped by its own rotation).
+# that with the anchor input, copy gate and still term (each row's own anchor latent and camera, warped by
+# its own rotation, its gate opened by its own parallax).
 SAMPLERS = {"noise": ({}, False), "warm": ({"sigmas": (0.6, 0.0), "warm_start": True}, False),
             "warm-anchor-input": ({"sigmas": (0.6, 0.0), "warm_start": True}, True)}
 

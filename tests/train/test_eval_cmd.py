@@ -33,8 +33,10 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     assert 0.0 <= summary["mean"]["detail_model"] and summary["mean"]["detail_repeat"] > 0.0
     standing = summary["standing"]
     assert len(standing["per_second"]["psnr"]) == 1 and 0.0 < standing["mean"]["detail"]
-    # a rollout that stands still cannot beat the start image through the VAE, its own frame 0
-    assert 10.0 < standing["mean"]["psnr"] < standing["frame0_psnr"]
+    # a rollout that stands still cannot beat the start image through the VAE by more than the decoder's own
+    # spread: the shipped copy gate keeps the start latent exactly, and its later frames, decoded with temporal
+    # context, come out about 0.1 dB above frame 0, the first latent decoded alone
+    assert 10.0 < standing["mean"]["psnr"] < standing["frame0_psnr"] + 0.5
     assert "## Standing still" in text and "| second | PSNR to the start frame | detail |" in text
     # the attention probe: every softmax block's two branches, walking and standing
     for path in ("walking", "standing"):

@@ -78,6 +78,21 @@ def test_growing_the_copy_gate_changes_nothing_until_trained():
         ModelConfig.preset("tiny", anchor_copy=True)
 
 
+def test_growing_the_still_term_changes_nothing_until_trained():
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True))
+    randomise(model, 5)
+    model.eval()
+    grown = add_anchor_input(model, copy_still=True).eval()
+    assert grown.config.anchor_copy_still and float(grown.copy_still.detach()) == 0.0
+    assert torch.equal(grown.copy_gate.weight, model.copy_gate.weight)
+    assert_computes_the_same(grown, model)
+    grown.train()
+    grown(*inputs(model.config, 2, 5, 4, 6)).square().mean().backward()
+    assert grown.copy_still.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="its still term"):
+        add_anchor_input(grown, copy_still=True)
+
+
 def test_new_block_copies_its_kind_and_learns():
     model = _trained_like()
     grown = append_blocks(model, ("softmax",))
@@ -140,5 +155,8 @@ def test_train_grow_adds_the_anchor_input(tmp_path):
     gated = tmp_path / "gated.safetensors"
     train_cmd.main(_grow_args("--init", str(out), "--out", str(gated), "--append-blocks", "", "--anchor-copy"))
     assert load_weights(gated).config.anchor_copy and read_info(gated)["grown_3"]["anchor_copy"]
+    still = tmp_path / "still.safetensors"
+    train_cmd.main(_grow_args("--init", str(gated), "--out", str(still), "--append-blocks", "", "--anchor-copy-still"))
+    assert load_weights(still).config.anchor_copy_still and read_info(still)["grown_4"]["anchor_copy_still"]
     with pytest.raises(ValueError, match="nothing to add"):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", ""))
