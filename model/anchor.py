@@ -27,9 +27,18 @@ answer almost everywhere, but the gate cannot tell standing from walking without
 the whole network. The still term hands it over: with k = c·exp(−p/s), where p = `ray_parallax` is the
 camera's move since the anchor across the token's ray, c in [0, 1] starts at 0 and s (metres) is
 learned from 0.1, the gate becomes g + k·(1 − g). Standing still, p = 0 on every token and c = 1 copies
-outright; walking, the term fades with the parallax. It never lifts the gate past 1: the trained gate
-alone reaches above 0 here and there, and adding c to it extrapolated past the anchor on every chunk,
-sharpening a standing view into noise within seconds (13.4 dB).
+outright; walking, the term fades with the parallax. It never lifts the gate past 1: adding c to the
+trained gate, where that is already above 0, extrapolated past the anchor on every chunk and sharpened a
+standing view into noise within seconds (13.4 dB).
+
+The ground (`ModelConfig.anchor_ground_m`). Walking, the rotation warp is wrong wherever the step moves
+what a ray sees, so the still term lets go of nearly the whole view. The procedural world's largest
+surface is flat ground at a known depth below the eye, and a plane's warp is exact under translation
+too: on the tokens that see the ground (`ground_sample_grid`), after the gate, a second blend with its
+own c_ground moves the velocity towards landing on the anchor warped by that plane, where that is in
+view. At c_ground = 0 it adds nothing (`train grow --anchor-ground-m`); at 1 the ground is carried
+along exactly as the camera walks. What stands on the ground (trees, rocks) is warped as if painted on
+it: a decal that shears as the camera passes.
 
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
@@ -53,14 +62,47 @@ def rotation_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, heig
     first_R_view = cam_t[..., :16].unflatten(-1, (4, 4))[..., :3, :3]
     anchor_R_view = first_R_anchor.transpose(-1, -2) @ first_R_view  # [..., 3, 3]
     rays_view = _pixel_rays(cam_t, height, width)  # [..., h, w, 3]
-    rays_anchor = torch.einsum("...ij,...hwj->...hwi", anchor_R_view, rays_view)
-    z = rays_anchor[..., 2]
+    return _project(cam_a, torch.einsum("...ij,...hwj->...hwi", anchor_R_view, rays_view), height, width)
+
+
+def ground_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, height: int, width: int, ground_m: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each pixel of a view falls in the anchor's view if what it sees below the horizon is the ground.
+
+    The ground is the plane `ground_m` below the first camera, which stands level (first-frame y, down in
+    OpenCV axes, is the plane's normal). A ray that meets it within GROUND_FAR_M lands on that point; the
+    rest, the sky and the far ground, lie at infinity and rotate only, as in `rotation_sample_grid`.
+    anchor_camera, camera [..., 20] -> (grid [..., h, w, 2], valid [..., h, w], on_ground [..., h, w] bool).
+    """
+    cam_a, cam_t = anchor_camera.float(), camera.float()
+    first_T_anchor = cam_a[..., :16].unflatten(-1, (4, 4))
+    first_T_view = cam_t[..., :16].unflatten(-1, (4, 4))
+    rays = torch.einsum("...ij,...hwj->...hwi", first_T_view[..., :3, :3], _pixel_rays(cam_t, height, width))
+    centre = first_T_view[..., None, None, :3, 3]  # [..., 1, 1, 3]
+    down = rays[..., 1]
+    reach = (ground_m - centre[..., 1]) / down.clamp_min(1e-6)  # multiples of the ray to the plane
+    on_ground = (down > 1e-6) & (reach > 0) & (reach * torch.linalg.vector_norm(rays, dim=-1) < GROUND_FAR_M)
+    to_ground = centre + reach[..., None] * rays - first_T_anchor[..., None, None, :3, 3]
+    direction = torch.where(on_ground[..., None], to_ground, rays)  # first-frame axes
+    in_anchor = torch.einsum("...ji,...hwj->...hwi", first_T_anchor[..., :3, :3], direction)
+    grid, valid = _project(cam_a, in_anchor, height, width)
+    return grid, valid, on_ground
+
+
+# beyond this the ground moves less than a latent pixel per step at any pace the app walks: treat it as far
+GROUND_FAR_M = 50.0
+
+
+def _project(anchor_camera: torch.Tensor, in_anchor: torch.Tensor, height: int, width: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Directions in the anchor camera's axes [..., h, w, 3] -> (grid [..., h, w, 2], valid [..., h, w])."""
+    z = in_anchor[..., 2]
     in_front = z > 1e-6
     z = torch.where(in_front, z, torch.ones_like(z))
-    afx, afy = cam_a[..., 16:17, None], cam_a[..., 17:18, None]
-    acx, acy = cam_a[..., 18:19, None], cam_a[..., 19:20, None]
-    u_a = afx * rays_anchor[..., 0] / z + acx
-    v_a = afy * rays_anchor[..., 1] / z + acy
+    afx, afy = anchor_camera[..., 16:17, None], anchor_camera[..., 17:18, None]
+    acx, acy = anchor_camera[..., 18:19, None], anchor_camera[..., 19:20, None]
+    u_a = afx * in_anchor[..., 0] / z + acx
+    v_a = afy * in_anchor[..., 1] / z + acy
     # a thousandth of a pixel of slack, so rounding never drops the border of an unrotated view
     slack = 1e-3
     valid = (in_front & (u_a >= -slack) & (u_a <= width - 1 + slack)
@@ -115,6 +157,20 @@ def anchor_features(anchor: torch.Tensor, anchor_camera: torch.Tensor | None, ca
         raise ValueError(f"anchor_features needs cameras [B, T, 20] = {(batch, frames, 20)}, got "
                          f"{tuple(anchor_camera.shape)} (anchor) and {tuple(camera.shape)} (frames)")
     grid, valid = rotation_sample_grid(anchor_camera, camera, height, width)  # [B, T, h, w, 2], [B, T, h, w]
+    return _sample(anchor, grid, valid)
+
+
+def ground_copy_target(anchor: torch.Tensor, anchor_camera: torch.Tensor, camera: torch.Tensor, ground_m: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anchor warped by `ground_sample_grid` and its validity, as `anchor_features` lays them out, and
+    which pixels see the ground: [B, C, T, h, w], cameras [B, T, 20] -> ([B, C + 1, T, h, w], [B, T, h, w])."""
+    grid, valid, on_ground = ground_sample_grid(anchor_camera, camera, anchor.shape[-2], anchor.shape[-1], ground_m)
+    return _sample(anchor, grid, valid), on_ground
+
+
+def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """anchor [B, C, T, h, w] at grid [B, T, h, w, 2], zero where not valid, plus the validity channel."""
+    batch, channels, frames, height, width = anchor.shape
     flat = anchor.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     warped = F.grid_sample(flat, grid.reshape(batch * frames, height, width, 2).to(anchor.dtype),
                            mode="bilinear", padding_mode="border", align_corners=True)  # [B·T, C, h, w]

@@ -10,6 +10,7 @@ otherwise. By default `softmax_layers` is derived from `softmax_every_n` as the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,10 @@ class ModelConfig:
     # with it, the gate's still term: pulls the gate towards 1 by c·exp(−p/s), p how far the camera moved since
     # the anchor across each token's ray (metres), c zero-initialised (model.anchor, "The still term")
     anchor_copy_still: bool = False
+    # > 0: after the copy gate, the tokens that see the ground plane this many metres below the first camera
+    # (level) are pulled, by their own zero-initialised c_ground, towards the anchor warped by that plane
+    # (model.anchor, "The ground"); 0: off. Needs anchor_copy
+    anchor_ground_m: float = 0.0
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -154,6 +159,11 @@ class ModelConfig:
                              f"(got anchor_input={self.anchor_input}, {self.out_channels} != {self.in_channels})")
         if self.anchor_copy_still and not self.anchor_copy:
             raise ValueError("ModelConfig.anchor_copy_still needs anchor_copy (it is a term of the copy gate)")
+        ground = self.anchor_ground_m
+        if not (isinstance(ground, (int, float)) and not isinstance(ground, bool) and math.isfinite(ground) and ground >= 0):
+            raise ValueError(f"ModelConfig.anchor_ground_m must be a finite number of metres >= 0, got {self.anchor_ground_m!r}")
+        if self.anchor_ground_m > 0 and not self.anchor_copy:
+            raise ValueError("ModelConfig.anchor_ground_m needs anchor_copy (it is a second blend of the copy gate)")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

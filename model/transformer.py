@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.anchor import anchor_features, ray_parallax
+from model.anchor import anchor_features, ground_copy_target, ray_parallax
 from model.block import Block
 from model.config import ModelConfig
 from model.embedders import CaptionEmbedder, FinalLayer, PatchEmbed, TimestepEmbedder
@@ -88,6 +88,8 @@ class WorldModel(nn.Module):
             self.copy_still_log_metres = nn.Parameter(torch.full((1,), math.log(0.1)))
         else:
             self.copy_still = self.copy_still_log_metres = None
+        # the ground-plane copy's c_ground (model.anchor, "The ground"): zero, adds nothing
+        self.copy_ground = nn.Parameter(torch.zeros(1)) if config.anchor_ground_m > 0 else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -188,13 +190,16 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
-        anchor = parallax = None
+        anchor = parallax = ground = None
         if self.anchor_embedder is not None:
             source, source_camera = self._anchor_source(hidden_states, camera, layout, past)
             anchor = anchor_features(source, source_camera, camera)  # [B, C + 1, T, H, W]
             x = x + self.anchor_embedder(anchor.to(dtype))
-            if self.copy_still is not None and camera is not None:
+            # the copy's own geometry; a pass without output (the commit) never copies
+            if output and self.copy_still is not None and camera is not None:
                 parallax = ray_parallax(source_camera, camera, height, width)  # [B, T, H, W]
+            if output and self.copy_ground is not None and camera is not None:
+                ground = ground_copy_target(source, source_camera, camera, self.config.anchor_ground_m)
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -231,18 +236,22 @@ class WorldModel(nn.Module):
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         if self.copy_gate is not None:
-            out = self._copy(out, x, hidden_states, timestep, anchor, parallax)
+            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground)
         return out, (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
-              anchor: torch.Tensor, parallax: torch.Tensor | None) -> torch.Tensor:
+              anchor: torch.Tensor, parallax: torch.Tensor | None,
+              ground: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
         and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)), which
         the still term k = c·exp(−parallax / s) pulls to g + k·(1 − g) (c in [0, 1]; parallax [B, T, H, W]
-        metres, None: 0), where the
-        anchor is in view, 0 elsewhere and on frames at σ ≈ 0 (the image, the commit pass), whose output no
-        sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
+        metres, None: 0); g is 0 where a is out of view. Then on the tokens that see the ground, with `ground`
+        (the plane-warped target [B, C + 1, T, H, W] and those tokens [B, T, H, W]) and its target in view,
+        v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ. Nothing is copied on frames at σ ≈ 0 (the image,
+        the commit pass), whose output no sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
+        sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
+        noisy = sigma > 1e-3
         gate = self.copy_gate(F.layer_norm(x, x.shape[-1:], eps=1e-6))  # [B, N, 1]
         gate = gate.float().reshape(batch, 1, frames, height, width)
         if self.copy_still is not None:
@@ -252,10 +261,14 @@ class WorldModel(nn.Module):
             if parallax is not None:
                 still = still * torch.exp(-parallax[:, None] / self.copy_still_log_metres.float().exp())
             gate = gate + still * (1.0 - gate)
-        sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
-        gate = gate * anchor[:, -1:].float() * (sigma > 1e-3)
-        copy = (hidden_states.float() - anchor[:, :-1].float()) / sigma.clamp_min(1e-3)
-        return (velocity.float() + gate * (copy - velocity.float())).to(velocity.dtype)
+        gate = gate * anchor[:, -1:].float() * noisy
+        out = velocity.float()
+        out = out + gate * ((hidden_states.float() - anchor[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+        if ground is not None:
+            target, on_ground = ground
+            ground_gate = self.copy_ground.float().clamp(0.0, 1.0) * on_ground[:, None] * target[:, -1:].float() * noisy
+            out = out + ground_gate * ((hidden_states.float() - target[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+        return out.to(velocity.dtype)
 
     @staticmethod
     def _anchor_source(hidden_states: torch.Tensor, camera: torch.Tensor | None, layout: RunLayout,

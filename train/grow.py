@@ -87,17 +87,22 @@ def append_blocks(model: WorldModel, kinds: Sequence[str]) -> WorldModel:
     return grown.train()
 
 
-def add_anchor_input(model: WorldModel, copy_gate: bool = False, copy_still: bool = False) -> WorldModel:
+def add_anchor_input(model: WorldModel, copy_gate: bool = False, copy_still: bool = False, ground_m: float = 0.0
+                     ) -> WorldModel:
     """A new WorldModel (train mode, float32 on the CPU) computing exactly what `model` does, with the
     anchor input (`ModelConfig.anchor_input`) added through its zero-initialised embedder if it has none,
-    with `copy_gate` the zero-initialised copy gate (`ModelConfig.anchor_copy`) too, and with `copy_still`
-    the gate's still term (`ModelConfig.anchor_copy_still`, and the gate if it has none) at c = 0."""
+    with `copy_gate` the zero-initialised copy gate (`ModelConfig.anchor_copy`) too, with `copy_still`
+    the gate's still term (`ModelConfig.anchor_copy_still`, and the gate if it has none) at c = 0, and
+    with `ground_m` > 0 the ground-plane copy (`ModelConfig.anchor_ground_m`, and the gate and input if
+    missing) at c_ground = 0."""
     config = model.config
-    wanted = config.replace(anchor_input=True, anchor_copy=config.anchor_copy or copy_gate or copy_still,
-                            anchor_copy_still=config.anchor_copy_still or copy_still)
+    ground_m = ground_m or config.anchor_ground_m
+    wanted = config.replace(anchor_input=True, anchor_copy=config.anchor_copy or copy_gate or copy_still or ground_m > 0,
+                            anchor_copy_still=config.anchor_copy_still or copy_still, anchor_ground_m=ground_m)
     if wanted == config:
         has = [name for name, on in (("the anchor input", True), ("the copy gate", config.anchor_copy),
-                                     ("its still term", config.anchor_copy_still)) if on]
+                                     ("its still term", config.anchor_copy_still),
+                                     ("the ground-plane copy", config.anchor_ground_m > 0)) if on]
         raise ValueError("the model already has " + ", ".join(has))
     grown = WorldModel(wanted)
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}

@@ -109,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-copy-still", action="store_true",
                         help="grow: add the copy gate's still term c*exp(-parallax/s) at c = 0 (and the input and "
                              "gate where missing): the gate learns to copy while the camera stands still (model/anchor.py)")
+    parser.add_argument("--anchor-ground-m", type=float, default=0.0,
+                        help="grow: add the ground-plane copy for a ground this many metres below the first camera "
+                             "(1.6 in the procedural world; and the gate and input where missing), at "
+                             "c_ground = 0 (model/anchor.py)")
+    parser.add_argument("--copy-ground-c", type=float, default=0.0,
+                        help="grow: the ground-plane copy's c_ground in [0, 1] (default 0: the output is unchanged)")
     parser.add_argument("--copy-still-c", type=float, default=0.0,
                         help="grow: the still term's c in [0, 1] (default 0: the output is unchanged; 1: copy the "
                              "anchor outright wherever the camera has not moved across the ray)")
@@ -410,26 +416,31 @@ def run_grow(args) -> Path:
     if out.resolve() == init.resolve():
         raise ValueError(f"train grow would overwrite its --init {init}: pass another --out")
     kinds = tuple(kind.strip() for kind in args.append_blocks.split(",") if kind.strip())
+    ground_m = float(getattr(args, "anchor_ground_m", 0.0))
     still = bool(getattr(args, "anchor_copy_still", False))
-    copy = bool(getattr(args, "anchor_copy", False)) or still
+    copy = bool(getattr(args, "anchor_copy", False)) or still or ground_m > 0
     anchor = bool(getattr(args, "anchor_input", False)) or copy
     if not kinds and not anchor:
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS and/or --anchor-input")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
-        grown = add_anchor_input(grown, copy_gate=copy, copy_still=still)
+        grown = add_anchor_input(grown, copy_gate=copy, copy_still=still, ground_m=ground_m)
     still_c = float(getattr(args, "copy_still_c", 0.0))
-    if still_c != 0.0:
-        if not still or not 0.0 <= still_c <= 1.0:
-            raise ValueError(f"--copy-still-c {still_c} needs --anchor-copy-still and a value in [0, 1]")
-        with torch.no_grad():
-            grown.copy_still.fill_(still_c)
+    ground_c = float(getattr(args, "copy_ground_c", 0.0))
+    for flag, value, added, needs, parameter in (("--copy-still-c", still_c, still, "--anchor-copy-still", "copy_still"),
+                                                 ("--copy-ground-c", ground_c, ground_m > 0, "--anchor-ground-m", "copy_ground")):
+        if value != 0.0:
+            if not added or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{flag} {value} needs {needs} and a value in [0, 1]")
+            with torch.no_grad():
+                getattr(grown, parameter).fill_(value)
     info = {k: v for k, v in read_info(init).items() if k != "model"} if init.suffix != ".pt" else {}
     command = f"python run.py train grow --init {init} --out {out} --append-blocks '{','.join(kinds)}'"
     grew = {"from": str(init), "depth": [source.config.depth, grown.config.depth], "appended": list(kinds),
             "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")
-            + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")}
+            + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")
+            + (f" --anchor-ground-m {ground_m:g}" if ground_m else "") + (f" --copy-ground-c {ground_c:g}" if ground_c else "")}
     if anchor:
         grew["anchor_input"] = True
     if copy:
@@ -437,6 +448,9 @@ def run_grow(args) -> Path:
     if still:
         grew["anchor_copy_still"] = True
         grew["copy_still_c"] = still_c
+    if ground_m:
+        grew["anchor_ground_m"] = ground_m
+        grew["copy_ground_c"] = ground_c
     # an earlier growth's record is kept under its own key
     key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
     info[key] = grew

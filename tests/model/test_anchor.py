@@ -11,7 +11,7 @@ import torch
 
 from controls.camera import rotation_from_ypr
 from model import ModelConfig, WorldModel
-from model.anchor import anchor_features, ray_parallax, rotation_sample_grid
+from model.anchor import GROUND_FAR_M, anchor_features, ground_copy_target, ground_sample_grid, ray_parallax, rotation_sample_grid
 from model.transformer import anchor_frame_index
 from tests.model.helpers import inputs, randomise
 from tests.model.test_streaming import stream
@@ -158,15 +158,19 @@ def test_the_anchor_input_has_no_official_key():
     assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
 
 
-def _with_copy_gate(seed: int = 0, still: bool = False) -> WorldModel:
-    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still))
+def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0) -> WorldModel:
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still,
+                                          anchor_ground_m=ground_m))
     randomise(model, seed)
     return model.eval()
 
 
-@pytest.mark.parametrize("still", [False, True], ids=["gate", "gate+still"])
-def test_streaming_equals_chunk_causal_with_the_copy_gate(still):
-    model = _with_copy_gate(still=still)
+@pytest.mark.parametrize("still, ground_m", [(False, 0.0), (True, 0.0), (True, 1.6)],
+                         ids=["gate", "gate+still", "gate+still+ground"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m):
+    model = _with_copy_gate(still=still, ground_m=ground_m)
+    if ground_m:
+        model.copy_ground.data.fill_(0.8)
     x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
     t[:, :, 0] = 0.0  # the image frame: the gate is off there
     sizes = (3, 2, 2)
@@ -248,3 +252,65 @@ def test_the_still_term_copies_while_standing_and_fades_with_the_step():
     torch.testing.assert_close(velocity(walking, 1.0), velocity(walking, 0.0), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="anchor_copy_still needs anchor_copy"):
         ModelConfig.preset("tiny", anchor_input=True, anchor_copy_still=True)
+
+
+def test_the_ground_warp_lands_each_ray_where_it_meets_the_plane():
+    # The first camera level at 1.6 m; the view stepped 0.7 m forward, 0.3 m right and 0.2 m up, turned and
+    # pitched down a little. Each ray below the horizon meets the ground at a point the anchor camera (turned
+    # the other way, 0.4 m to the left) sees at the grid's coordinates.
+    anchor_camera = _camera(-0.1, 0.0, 0.0, translation=(-0.4, 0.0, 0.0))
+    camera = _camera(0.15, -0.2, 0.0, translation=(0.3, -0.2, 0.7))
+    grid, valid, on_ground = ground_sample_grid(anchor_camera, camera, H, W, ground_m=1.6)
+    rot_grid, rot_valid = rotation_sample_grid(anchor_camera, camera, H, W)
+    first_T_anchor, first_T_view = anchor_camera[:16].reshape(4, 4).double(), camera[:16].reshape(4, 4).double()
+    for v in range(H):
+        for u in range(W):
+            ray = first_T_view[:3, :3] @ torch.tensor([(u - (W - 1) / 2) / FX, (v - (H - 1) / 2) / FX, 1.0], dtype=torch.float64)
+            reach = (1.6 - first_T_view[1, 3]) / ray[1] if ray[1] > 0 else -1.0
+            assert bool(on_ground[v, u]) == bool(0 < reach and reach * ray.norm() < GROUND_FAR_M)
+            if not on_ground[v, u]:  # the sky: at infinity, the rotation alone
+                assert bool(valid[v, u]) == bool(rot_valid[v, u])
+                torch.testing.assert_close(grid[v, u], rot_grid[v, u], atol=1e-6, rtol=0)
+                continue
+            point = first_T_view[:3, 3] + reach * ray
+            seen = first_T_anchor[:3, :3].T @ (point - first_T_anchor[:3, 3])
+            ua, va = FX * seen[0] / seen[2] + (W - 1) / 2, FX * seen[1] / seen[2] + (H - 1) / 2
+            assert bool(valid[v, u]) == bool(seen[2] > 0 and 0 <= ua <= W - 1 and 0 <= va <= H - 1)
+            if valid[v, u]:
+                torch.testing.assert_close(grid[v, u].double(), torch.stack([2 * ua / (W - 1) - 1, 2 * va / (H - 1) - 1]),
+                                           atol=1e-5, rtol=0)
+    assert on_ground.any() and (~on_ground).any() and valid[on_ground].any()
+    # Standing still, the plane's warp is the identity too.
+    still, still_valid, _ = ground_sample_grid(camera, camera, H, W, ground_m=1.6)
+    identity, _ = rotation_sample_grid(camera, camera, H, W)
+    torch.testing.assert_close(still[still_valid], identity[still_valid], atol=1e-5, rtol=0)
+
+
+def test_a_full_ground_copy_lands_the_ground_on_the_plane_warped_anchor():
+    model = _with_copy_gate(still=True, ground_m=1.6)
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.zero_()
+        model.copy_still.zero_()
+        model.copy_ground.fill_(1.0)
+    x, t, text, mask, _, plucker = inputs(model.config, 1, 3, 4, 6)
+    cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.3)), _camera(0.05, translation=(0.1, 0.0, 0.6))])[None]
+    cam[..., 16:] = torch.tensor([5.0, 5.0, 2.5, 1.5])
+    sigma = torch.tensor([0.0, 0.5, 0.5])
+    t = (sigma * 1000)[None, None]
+    with torch.no_grad():
+        v = model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (4, 6)))
+        model.copy_ground.zero_()
+        own = model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (4, 6)))
+    target, on_ground = ground_copy_target(x[:, :, :1].expand(-1, -1, 3, -1, -1), cam[:, :1].expand(-1, 3, -1), cam, 1.6)
+    landed = x - sigma.view(1, 1, 3, 1, 1) * v
+    for f in (1, 2):
+        copied = (on_ground[:, f] & target[:, -1, f].bool())[:, None].expand_as(x[:, :, f])  # on the ground, in view
+        assert copied.float().mean() > 0.3
+        torch.testing.assert_close(landed[:, :, f][copied], target[:, :-1, f][copied], atol=1e-4, rtol=1e-4)
+        # the sky and the rest keep the model's own velocity (the gate and the still term are closed)
+        assert torch.equal(v[:, :, f][~copied], own[:, :, f][~copied])
+    with pytest.raises(ValueError, match="anchor_ground_m needs anchor_copy"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_ground_m=1.6)
+    with pytest.raises(ValueError, match="anchor_ground_m must be"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True, anchor_ground_m=-1.0)

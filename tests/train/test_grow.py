@@ -93,6 +93,18 @@ def test_growing_the_still_term_changes_nothing_until_trained():
         add_anchor_input(grown, copy_still=True)
 
 
+def test_growing_the_ground_copy_changes_nothing_until_trained():
+    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
+    randomise(model, 6)
+    model.eval()
+    grown = add_anchor_input(model, ground_m=1.6).eval()
+    assert grown.config.anchor_ground_m == 1.6 and float(grown.copy_ground.detach()) == 0.0
+    assert torch.equal(grown.copy_still, model.copy_still)
+    assert_computes_the_same(grown, model)
+    with pytest.raises(ValueError, match="the ground-plane copy"):
+        add_anchor_input(grown, ground_m=1.6)
+
+
 def test_new_block_copies_its_kind_and_learns():
     model = _trained_like()
     grown = append_blocks(model, ("softmax",))
@@ -158,5 +170,14 @@ def test_train_grow_adds_the_anchor_input(tmp_path):
     still = tmp_path / "still.safetensors"
     train_cmd.main(_grow_args("--init", str(gated), "--out", str(still), "--append-blocks", "", "--anchor-copy-still"))
     assert load_weights(still).config.anchor_copy_still and read_info(still)["grown_4"]["anchor_copy_still"]
+    ground = tmp_path / "ground.safetensors"
+    train_cmd.main(_grow_args("--init", str(still), "--out", str(ground), "--append-blocks", "", "--anchor-ground-m", "1.6",
+                              "--copy-ground-c", "1"))
+    grounded = load_weights(ground)
+    assert grounded.config.anchor_ground_m == 1.6 and float(grounded.copy_ground.detach()) == 1.0
+    assert read_info(ground)["grown_5"]["copy_ground_c"] == 1.0
+    with pytest.raises(ValueError, match="--copy-ground-c 2.0 needs"):
+        train_cmd.main(_grow_args("--init", str(still), "--out", str(tmp_path / "y.safetensors"), "--append-blocks", "",
+                                  "--anchor-ground-m", "1.6", "--copy-ground-c", "2"))
     with pytest.raises(ValueError, match="nothing to add"):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", ""))
