@@ -74,10 +74,9 @@ def ground_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, height
     rest, the sky and the far ground, lie at infinity and rotate only, as in `rotation_sample_grid`.
     anchor_camera, camera [..., 20] -> (grid [..., h, w, 2], valid [..., h, w], on_ground [..., h, w] bool).
     """
-    cam_a, cam_t = anchor_camera.float(), camera.float()
+    cam_a = anchor_camera.float()
     first_T_anchor = cam_a[..., :16].unflatten(-1, (4, 4))
-    first_T_view = cam_t[..., :16].unflatten(-1, (4, 4))
-    rays = torch.einsum("...ij,...hwj->...hwi", first_T_view[..., :3, :3], _pixel_rays(cam_t, height, width))
+    first_T_view, rays = _first_frame_rays(camera, height, width)
     centre = first_T_view[..., None, None, :3, 3]  # [..., 1, 1, 3]
     down = rays[..., 1]
     reach = (ground_m - centre[..., 1]) / down.clamp_min(1e-6)  # multiples of the ray to the plane
@@ -120,6 +119,14 @@ def _pixel_rays(camera: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors((u - cx) / fx, (v - cy) / fy, torch.ones_like(u)), dim=-1)
 
 
+def _first_frame_rays(camera: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The view's pose and each pixel's ray in first-frame axes: camera [..., 20] -> (first_T_view
+    [..., 4, 4], rays [..., h, w, 3], not normalised), float32."""
+    cam = camera.float()
+    first_T_view = cam[..., :16].unflatten(-1, (4, 4))
+    return first_T_view, torch.einsum("...ij,...hwj->...hwi", first_T_view[..., :3, :3], _pixel_rays(cam, height, width))
+
+
 def ray_parallax(anchor_camera: torch.Tensor, camera: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """How far the camera moved since the anchor, across each pixel's ray: |t × r̂| in metres.
 
@@ -128,11 +135,9 @@ def ray_parallax(anchor_camera: torch.Tensor, camera: torch.Tensor, height: int,
     the ray moves about |t × r̂| / d radians between the two views, so 0 means nothing along that ray
     moved whatever its depth: standing still, or looking straight along the step.
     """
-    cam_a, cam_t = anchor_camera.float(), camera.float()
-    first_T_anchor = cam_a[..., :16].unflatten(-1, (4, 4))
-    first_T_view = cam_t[..., :16].unflatten(-1, (4, 4))
+    first_T_anchor = anchor_camera.float()[..., :16].unflatten(-1, (4, 4))
+    first_T_view, rays = _first_frame_rays(camera, height, width)
     step = (first_T_view[..., :3, 3] - first_T_anchor[..., :3, 3])[..., None, None, :]  # [..., 1, 1, 3]
-    rays = torch.einsum("...ij,...hwj->...hwi", first_T_view[..., :3, :3], _pixel_rays(cam_t, height, width))
     rays = F.normalize(rays, dim=-1)  # [..., h, w, 3]
     return torch.linalg.vector_norm(torch.linalg.cross(step.expand_as(rays), rays, dim=-1), dim=-1)
 
