@@ -8,9 +8,11 @@ there (not on ordinary CI runs): the picture shows what a person sees after walk
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
+import urllib.request
 
 import pytest
 from PIL import Image
@@ -42,11 +44,13 @@ def _start(page, url: str, transport: str) -> None:
     cards.first.wait_for(timeout=30_000)
     assert cards.count() >= 1
     cards.first.click()
+    # A refused or failed session ends the wait at once, with the page's reason.
     page.wait_for_function(
-        "t => { const s = window.__roam.state(); return s.transport === t && s.telemetryCount > 0 && s.framesPresented > 0; }",
+        "t => { const s = window.__roam.state(); return s.error !== null || (s.transport === t && s.telemetryCount > 0 && s.framesPresented > 0); }",
         arg=transport,
         timeout=FIRST_FRAME_TIMEOUT_MS,
     )
+    assert page.evaluate("window.__roam.state().error") is None, page.evaluate("window.__roam.state().error")
 
 
 def _walk(page, screenshot: bool) -> tuple[dict[str, float], dict[str, float]]:
@@ -228,6 +232,38 @@ def test_picker_checks_uploads(page, server, tmp_path):
     assert page.evaluate("window.__roam.state().error") is None
     page.click("#leave-button")
     page.wait_for_selector("#picker:not([hidden])")
+
+
+def _server_sessions(server) -> int:
+    with urllib.request.urlopen(server.url + "healthz", timeout=5) as response:
+        return json.load(response)["sessions"]
+
+
+def test_leaving_while_connecting_frees_the_slot_at_once(page, server):
+    """Leaving while the offer is in flight: the server admits a session nobody will connect to, and the
+    page's close beacon ends it at once, not at the server's connect deadline (4 s), which would refuse
+    the next walk on a server at capacity."""
+    page.goto(server.url)
+    page.locator(".scene-card").first.wait_for(timeout=30_000)
+    held: list = []
+    page.route("**/offer", lambda route: held.append(route))
+    page.locator(".scene-card").first.click()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page sent no offer"
+    page.click("#leave-button")
+    page.wait_for_selector("#picker:not([hidden])")
+    with page.expect_response("**/offer") as answered:
+        held[0].continue_()
+    assert answered.value.ok, answered.value.status
+    left = time.monotonic()
+    while _server_sessions(server) > 0 and time.monotonic() - left < 10:
+        page.wait_for_timeout(50)
+    freed_after = time.monotonic() - left
+    assert _server_sessions(server) == 0
+    assert freed_after < 2.0, f"the abandoned session held its slot {freed_after:.1f} s"
+    page.unroute("**/offer")
 
 
 def test_falls_back_to_websocket_when_webrtc_fails(page, server):

@@ -56,8 +56,9 @@ export function sendVisibility() {
 
 // pagehide (tab closed, navigation, bfcache): end the session now rather than when the server notices.
 // A data channel message may not leave an unloading page; a beacon does.
+// (Mid-connect, failSession's closeTransport sends the beacon.)
 export function sayGoodbye() {
-  if (state.transport === "none") return;
+  if (state.transport === "none" && !state.pc && !state.ws) return;
   sendJSON({ type: "close" }, "control");
   if (state.closeBeacon && state.transport === "webrtc") {
     navigator.sendBeacon(state.closeBeacon.url, state.closeBeacon.token);

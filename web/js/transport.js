@@ -72,8 +72,15 @@ export async function connectWebRTC(startId) {
       if (response.status < 500 || response.status === 503) throw new ServerRefusal(message);
       throw new Error(message);
     }
-    if (epoch !== state.epoch) return;
-    state.closeBeacon = { url: `/api/sessions/${encodeURIComponent(answer.session_id)}/close`, token: answer.close_token };
+    const closeBeacon = { url: `/api/sessions/${encodeURIComponent(answer.session_id)}/close`, token: answer.close_token };
+    if (epoch !== state.epoch) {
+      // The page left (or reconnected) while the offer was in flight: the server has admitted a
+      // session nobody will connect to; end it now instead of letting it hold a slot until its
+      // connect deadline.
+      navigator.sendBeacon(closeBeacon.url, closeBeacon.token);
+      return;
+    }
+    state.closeBeacon = closeBeacon;
     if (answer.events) watchSessionEvents(answer.events, epoch);
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     await withTimeout(connected, CONNECT_TIMEOUT_MS, "WebRTC did not connect in time");
@@ -393,6 +400,12 @@ export async function inboundVideoStats() {
 
 export function closeTransport() {
   stopTimers();
+  // Closing a connected peer connection tells the server; closing one that never connected tells
+  // it nothing, and the session would hold its slot until the server's connect deadline.
+  if (state.closeBeacon && state.transport !== "webrtc") {
+    navigator.sendBeacon(state.closeBeacon.url, state.closeBeacon.token);
+  }
+  state.closeBeacon = null;
   if (state.events) {
     state.events.close();
     state.events = null;
