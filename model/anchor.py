@@ -40,6 +40,10 @@ view. At c_ground = 0 it adds nothing (`train grow --anchor-ground-m`); at 1 the
 along exactly as the camera walks. What stands on the ground (trees, rocks) is warped as if painted on
 it: a decal that shears as the camera passes.
 
+The depth (`ModelConfig.anchor_depth_copy`, model.anchor_depth). With the anchor's own depth, predicted by a
+small head, the warp is exact for whatever stays in view (`depth_sample_grid`): a last blend by its own
+c_depth moves every token whose point of the anchor is in view towards landing on the depth-warped anchor.
+
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
 anchor is used as it is (identity warp, every pixel valid).
@@ -76,7 +80,7 @@ def ground_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, height
     """
     cam_a = anchor_camera.float()
     first_T_anchor = cam_a[..., :16].unflatten(-1, (4, 4))
-    first_T_view, rays = _first_frame_rays(camera, height, width)
+    first_T_view, rays = first_frame_rays(camera, height, width)
     centre = first_T_view[..., None, None, :3, 3]  # [..., 1, 1, 3]
     down = rays[..., 1]
     reach = (ground_m - centre[..., 1]) / down.clamp_min(1e-6)  # multiples of the ray to the plane
@@ -90,6 +94,44 @@ def ground_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, height
 
 # beyond this the ground moves less than a latent pixel per step at any pace the app walks: treat it as far
 GROUND_FAR_M = 50.0
+# fixed-point steps of `depth_sample_grid`: at the app's pace (0.7 m per chunk) a third barely moves the grid
+DEPTH_WARP_ITERATIONS = 3
+
+
+def depth_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, inverse_depth: torch.Tensor,
+                      iterations: int = DEPTH_WARP_ITERATIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pixel of a view falls in the anchor's view, given the anchor's depth.
+
+    anchor_camera, camera [..., 20], inverse_depth [..., h, w] (1/m, z-depth in the anchor camera, 0 =
+    infinitely far) -> (grid [..., h, w, 2], valid [..., h, w]). The anchor's depth is known where a point
+    lands in the anchor, not along the view's ray, so the landing pixel is found by fixed-point
+    iteration: with t the step from the anchor camera to the view's and r the view's ray (both in anchor
+    axes), the point t + λ·r has anchor inverse depth ρ when 1/λ = r_z·ρ / (1 − t_z·ρ); start from the
+    rotation warp (ρ = 0), sample ρ where the point lands, repeat. Converges where the depth is smooth;
+    at an occluding edge it picks one side. Not valid: outside the anchor's image, or a point the step
+    has passed (1 − t_z·ρ ≤ 0.05, behind or at the view camera's depth).
+    """
+    height, width = inverse_depth.shape[-2:]
+    cam_a = anchor_camera.float()
+    first_T_anchor = cam_a[..., :16].unflatten(-1, (4, 4))
+    first_T_view, rays = first_frame_rays(camera, height, width)
+    anchor_R_first = first_T_anchor[..., :3, :3].transpose(-1, -2)
+    rays_a = torch.einsum("...ij,...hwj->...hwi", anchor_R_first, rays)  # [..., h, w, 3]
+    step_a = torch.einsum("...ij,...j->...i", anchor_R_first, first_T_view[..., :3, 3] - first_T_anchor[..., :3, 3])
+    step_a = step_a[..., None, None, :]  # [..., 1, 1, 3]
+    lead = inverse_depth.shape[:-2]
+    flat_rho = inverse_depth.float().reshape(-1, 1, height, width)
+    grid, valid = _project(cam_a, rays_a, height, width)
+    ahead = torch.ones_like(valid)
+    for _ in range(iterations):
+        rho = F.grid_sample(flat_rho, grid.reshape(-1, height, width, 2), mode="bilinear", padding_mode="border",
+                            align_corners=True).reshape(*lead, height, width)
+        room = 1.0 - step_a[..., 2] * rho
+        ahead = room > 0.05
+        inv_reach = rays_a[..., 2] * rho / torch.where(ahead, room, torch.ones_like(room))  # 1/λ
+        grid, valid = _project(cam_a, rays_a + step_a * inv_reach[..., None], height, width)
+    return grid, valid & ahead
+
 
 
 def _project(anchor_camera: torch.Tensor, in_anchor: torch.Tensor, height: int, width: int
@@ -119,7 +161,7 @@ def _pixel_rays(camera: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors((u - cx) / fx, (v - cy) / fy, torch.ones_like(u)), dim=-1)
 
 
-def _first_frame_rays(camera: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_frame_rays(camera: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The view's pose and each pixel's ray in first-frame axes: camera [..., 20] -> (first_T_view
     [..., 4, 4], rays [..., h, w, 3], not normalised), float32."""
     cam = camera.float()
@@ -136,7 +178,7 @@ def ray_parallax(anchor_camera: torch.Tensor, camera: torch.Tensor, height: int,
     moved whatever its depth: standing still, or looking straight along the step.
     """
     first_T_anchor = anchor_camera.float()[..., :16].unflatten(-1, (4, 4))
-    first_T_view, rays = _first_frame_rays(camera, height, width)
+    first_T_view, rays = first_frame_rays(camera, height, width)
     step = (first_T_view[..., :3, 3] - first_T_anchor[..., :3, 3])[..., None, None, :]  # [..., 1, 1, 3]
     rays = F.normalize(rays, dim=-1)  # [..., h, w, 3]
     return torch.linalg.vector_norm(torch.linalg.cross(step.expand_as(rays), rays, dim=-1), dim=-1)
@@ -171,6 +213,14 @@ def ground_copy_target(anchor: torch.Tensor, anchor_camera: torch.Tensor, camera
     which pixels see the ground: [B, C, T, h, w], cameras [B, T, 20] -> ([B, C + 1, T, h, w], [B, T, h, w])."""
     grid, valid, on_ground = ground_sample_grid(anchor_camera, camera, anchor.shape[-2], anchor.shape[-1], ground_m)
     return _sample(anchor, grid, valid), on_ground
+
+
+def depth_copy_target(anchor: torch.Tensor, anchor_camera: torch.Tensor, camera: torch.Tensor,
+                      inverse_depth: torch.Tensor) -> torch.Tensor:
+    """The anchor warped by its depth (`depth_sample_grid`) and its validity, as `anchor_features` lays
+    them out: anchor [B, C, T, h, w], cameras [B, T, 20], inverse_depth [B, T, h, w] -> [B, C + 1, T, h, w]."""
+    grid, valid = depth_sample_grid(anchor_camera, camera, inverse_depth)
+    return _sample(anchor, grid, valid)
 
 
 def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,10 @@ class ModelConfig:
     # (level) are pulled, by their own zero-initialised c_ground, towards the anchor warped by that plane
     # (model.anchor, "The ground"); 0: off. Needs anchor_copy
     anchor_ground_m: float = 0.0
+    # after the copy gate (and the ground), every token whose point of the anchor stays in view is pulled, by a
+    # zero-initialised c_depth, towards the anchor warped by the depth a small head predicts for it
+    # (model.anchor_depth); exact under translation where the depth is right. Needs anchor_copy
+    anchor_depth_copy: bool = False
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -151,7 +155,7 @@ class ModelConfig:
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
         for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk", "anchor_input", "anchor_copy",
-                     "anchor_copy_still"):
+                     "anchor_copy_still", "anchor_depth_copy"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.anchor_copy and not (self.anchor_input and self.out_channels == self.in_channels):
@@ -164,6 +168,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.anchor_ground_m must be a finite number of metres >= 0, got {self.anchor_ground_m!r}")
         if self.anchor_ground_m > 0 and not self.anchor_copy:
             raise ValueError("ModelConfig.anchor_ground_m needs anchor_copy (it is a second blend of the copy gate)")
+        if self.anchor_depth_copy and not self.anchor_copy:
+            raise ValueError("ModelConfig.anchor_depth_copy needs anchor_copy (it is a blend after the copy gate)")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

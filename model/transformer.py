@@ -49,7 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.anchor import anchor_features, ground_copy_target, ray_parallax
+from model.anchor import anchor_features, depth_copy_target, ground_copy_target, ray_parallax
+from model.anchor_depth import AnchorDepthHead
 from model.block import Block
 from model.config import ModelConfig
 from model.embedders import CaptionEmbedder, FinalLayer, PatchEmbed, TimestepEmbedder
@@ -90,6 +91,12 @@ class WorldModel(nn.Module):
             self.copy_still = self.copy_still_log_metres = None
         # the ground-plane copy's c_ground (model.anchor, "The ground"): zero, adds nothing
         self.copy_ground = nn.Parameter(torch.zeros(1)) if config.anchor_ground_m > 0 else None
+        # the depth copy (model.anchor_depth): the anchor's predicted depth and c_depth, zero: adds nothing
+        if config.anchor_depth_copy:
+            self.anchor_depth = AnchorDepthHead(config.in_channels)
+            self.copy_depth = nn.Parameter(torch.zeros(1))
+        else:
+            self.anchor_depth = self.copy_depth = None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -190,7 +197,7 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
-        anchor = parallax = ground = None
+        anchor = parallax = ground = depth = None
         if self.anchor_embedder is not None:
             source, source_camera = self._anchor_source(hidden_states, camera, layout, past)
             anchor = anchor_features(source, source_camera, camera)  # [B, C + 1, T, H, W]
@@ -200,6 +207,8 @@ class WorldModel(nn.Module):
                 parallax = ray_parallax(source_camera, camera, height, width)  # [B, T, H, W]
             if output and self.copy_ground is not None and camera is not None:
                 ground = ground_copy_target(source, source_camera, camera, self.config.anchor_ground_m)
+            if output and self.copy_depth is not None and camera is not None:
+                depth = depth_copy_target(source, source_camera, camera, self.anchor_depth(source, source_camera))
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -236,18 +245,20 @@ class WorldModel(nn.Module):
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         if self.copy_gate is not None:
-            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground)
+            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth)
         return out, (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
               anchor: torch.Tensor, parallax: torch.Tensor | None,
-              ground: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              ground: tuple[torch.Tensor, torch.Tensor] | None = None, depth: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
         and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)), which
         the still term k = c·exp(−parallax / s) pulls to g + k·(1 − g) (c in [0, 1]; parallax [B, T, H, W]
         metres, None: 0); g is 0 where a is out of view. Then on the tokens that see the ground, with `ground`
         (the plane-warped target [B, C + 1, T, H, W] and those tokens [B, T, H, W]) and its target in view,
-        v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ. Nothing is copied on frames at σ ≈ 0 (the image,
+        v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ, and with `depth` (the depth-warped target
+        [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view. Nothing is copied on frames at σ ≈ 0 (the image,
         the commit pass), whose output no sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
         sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
@@ -268,6 +279,9 @@ class WorldModel(nn.Module):
             target, on_ground = ground
             ground_gate = self.copy_ground.float().clamp(0.0, 1.0) * on_ground[:, None] * target[:, -1:].float() * noisy
             out = out + ground_gate * ((hidden_states.float() - target[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+        if depth is not None:
+            depth_gate = self.copy_depth.float().clamp(0.0, 1.0) * depth[:, -1:].float() * noisy
+            out = out + depth_gate * ((hidden_states.float() - depth[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
         return out.to(velocity.dtype)
 
     @staticmethod

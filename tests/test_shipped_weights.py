@@ -90,6 +90,25 @@ def test_the_shipped_still_term_copies_while_standing():
     assert 0.01 < float(model.copy_still_log_metres.detach().exp()) < 1.0
 
 
+def test_the_shipped_depth_head_predicts_the_ground():
+    """Step 15 (docs/training.md): the depth copy is half open, and its head was fitted: on the first frame of an
+    eval scene (never trained on) its inverse depth per latent pixel is within half the error of the best constant."""
+    from sim.clips import sample_clip
+    from train.data import encode_clip
+    from train.embedded import load_weights
+    from model.anchor_depth import inverse_depth_targets
+
+    model = load_weights()
+    assert model.config.anchor_depth_copy and abs(float(model.copy_depth.detach()) - 0.5) < 1e-6
+    clip = sample_clip(1_000_003, 0, 1, 128, 128)
+    item = encode_clip(load_tiny_vae(WEIGHTS / "roam_tiny_vae.safetensors"), clip.frames, clip.world_T_cams, clip.K)
+    with torch.no_grad():
+        inverse = model.anchor_depth(item["latents"][None, :, :1].float(), item["camera_conditions"][None, :1])[0, 0]
+    truth = inverse_depth_targets(torch.from_numpy(clip.depth[0]), 8)
+    error, constant = float((inverse - truth).abs().mean()), float((truth - truth.mean()).abs().mean())
+    assert error < 0.5 * constant, (error, constant)
+
+
 def test_the_shipped_sampler_is_the_one_the_json_records():
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)

@@ -104,10 +104,33 @@ def add_anchor_input(model: WorldModel, copy_gate: bool = False, copy_still: boo
                                      ("its still term", config.anchor_copy_still),
                                      ("the ground-plane copy", config.anchor_ground_m > 0)) if on]
         raise ValueError("the model already has " + ", ".join(has))
-    grown = WorldModel(wanted)
+    return _with_new_parts(model, wanted)
+
+
+def add_anchor_depth_copy(model: WorldModel, copy_depth_c: float = 0.0) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing what `model` does plus the depth copy
+    (`ModelConfig.anchor_depth_copy`, model.anchor_depth) with its head freshly initialised and c_depth =
+    `copy_depth_c`: at 0 the output is unchanged. `model` must have the copy gate."""
+    config = model.config
+    if config.anchor_depth_copy:
+        raise ValueError("the model already has the depth copy")
+    if not config.anchor_copy:
+        raise ValueError("the depth copy is a blend after the copy gate: grow the model with --anchor-copy first")
+    if not 0.0 <= copy_depth_c <= 1.0:
+        raise ValueError(f"c_depth must be in [0, 1], got {copy_depth_c}")
+    grown = _with_new_parts(model, config.replace(anchor_depth_copy=True))
+    with torch.no_grad():
+        grown.copy_depth.fill_(copy_depth_c)
+    return grown.train()
+
+
+def _with_new_parts(model: WorldModel, config: ModelConfig) -> WorldModel:
+    """A WorldModel of `config` (train mode, float32 on the CPU) holding `model`'s weights; the parts `config`
+    adds keep the constructor's values (zero embedder, gate and c: they add nothing)."""
+    grown = WorldModel(config)
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
     for key, value in grown.state_dict().items():
-        if key not in state:  # new: the constructor's values, which add nothing (zero embedder, gate, c)
+        if key not in state:
             state[key] = value.detach().clone()
     grown.load_state_dict(state, strict=True)
     return grown.train()

@@ -26,7 +26,7 @@ import json
 import shutil
 from pathlib import Path
 
-STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "grow", "sweep", "decoder")
+STAGES = ("embedded", "prepare", "teacher", "distil", "selfforce", "export", "grow", "sweep", "decoder", "depth-head")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +118,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy-still-c", type=float, default=0.0,
                         help="grow: the still term's c in [0, 1] (default 0: the output is unchanged; 1: copy the "
                              "anchor outright wherever the camera has not moved across the ray)")
+    parser.add_argument("--copy-depth-c", type=float, default=0.0,
+                        help="depth-head: the depth copy's c_depth in [0, 1] (default 0: the output is unchanged)")
+    parser.add_argument("--depth-clips", type=int, default=240, help="depth-head: walks of new training scenes to fit on")
+    parser.add_argument("--depth-frames", type=int, default=33, help="depth-head: frames per walk (8k+1)")
+    parser.add_argument("--depth-steps", type=int, default=3000, help="depth-head: optimiser steps (cosine lr)")
+    parser.add_argument("--depth-minutes", type=float, default=15.0, help="depth-head: wall-clock cap (0 = none)")
+    parser.add_argument("--depth-lr", type=float, default=2e-3, help="depth-head: peak AdamW lr")
+    parser.add_argument("--depth-batch", type=int, default=64, help="depth-head: latent frames per step")
     parser.add_argument("--sigmas", default=None,
                         help="the live few-step sampler as comma-separated σ from 1 to 0, e.g. 1,0 (default: the "
                              "official 4-step list 1,0.96,0.889,0.727,0): distil and selfforce train for it, export "
@@ -516,6 +524,12 @@ def main(args: argparse.Namespace) -> int:
     if args.stage == "decoder":
         path = run_decoder(args)
         print(f"wrote {path}")
+        return 0
+    if args.stage == "depth-head":
+        from train.depth_head import run as run_depth_head
+
+        path = run_depth_head(args)
+        print(f"wrote {path} and {path.with_suffix('.json')}")
         return 0
     if args.stage == "grow":
         path = run_grow(args)

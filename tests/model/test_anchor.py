@@ -286,24 +286,33 @@ def test_the_ground_warp_lands_each_ray_where_it_meets_the_plane():
     torch.testing.assert_close(still[still_valid], identity[still_valid], atol=1e-5, rtol=0)
 
 
-def test_a_full_ground_copy_lands_the_ground_on_the_plane_warped_anchor():
-    model = _with_copy_gate(still=True, ground_m=1.6)
+def full_copy_and_none(model: WorldModel, parameter: str, cam: torch.Tensor):
+    """One streamed chunk of frames at σ = 0, 0.5, 0.5 on cameras `cam` [1, 3, 20] (latent intrinsics set here)
+    with only the blend `parameter` open, at 1 (the gate and the still term closed), then with it closed too.
+    Returns (the chunk's input x [1, C, 3, 4, 6], the cameras, where one Euler step lands, the velocity, the
+    velocity with nothing open)."""
     with torch.no_grad():
         model.copy_gate.weight.zero_()
         model.copy_gate.bias.zero_()
         model.copy_still.zero_()
-        model.copy_ground.fill_(1.0)
-    x, t, text, mask, _, plucker = inputs(model.config, 1, 3, 4, 6)
-    cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.3)), _camera(0.05, translation=(0.1, 0.0, 0.6))])[None]
+        getattr(model, parameter).fill_(1.0)
+    x, _, text, mask, _, plucker = inputs(model.config, 1, 3, 4, 6)
+    cam = cam.clone()
     cam[..., 16:] = torch.tensor([5.0, 5.0, 2.5, 1.5])
     sigma = torch.tensor([0.0, 0.5, 0.5])
     t = (sigma * 1000)[None, None]
     with torch.no_grad():
         v = model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (4, 6)))
-        model.copy_ground.zero_()
+        getattr(model, parameter).zero_()
         own = model.stream_forward(x, t, text, mask, cam, plucker, model.init_stream_state(1, (4, 6)))
+    return x, cam, x - sigma.view(1, 1, 3, 1, 1) * v, v, own
+
+
+def test_a_full_ground_copy_lands_the_ground_on_the_plane_warped_anchor():
+    model = _with_copy_gate(still=True, ground_m=1.6)
+    cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.3)), _camera(0.05, translation=(0.1, 0.0, 0.6))])[None]
+    x, cam, landed, v, own = full_copy_and_none(model, "copy_ground", cam)
     target, on_ground = ground_copy_target(x[:, :, :1].expand(-1, -1, 3, -1, -1), cam[:, :1].expand(-1, 3, -1), cam, 1.6)
-    landed = x - sigma.view(1, 1, 3, 1, 1) * v
     for f in (1, 2):
         copied = (on_ground[:, f] & target[:, -1, f].bool())[:, None].expand_as(x[:, :, f])  # on the ground, in view
         assert copied.float().mean() > 0.3
