@@ -133,7 +133,6 @@ def depth_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, inverse
     return grid, valid & ahead
 
 
-
 def _project(anchor_camera: torch.Tensor, in_anchor: torch.Tensor, height: int, width: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Directions in the anchor camera's axes [..., h, w, 3] -> (grid [..., h, w, 2], valid [..., h, w])."""

@@ -258,8 +258,9 @@ class WorldModel(nn.Module):
         metres, None: 0); g is 0 where a is out of view. Then on the tokens that see the ground, with `ground`
         (the plane-warped target [B, C + 1, T, H, W] and those tokens [B, T, H, W]) and its target in view,
         v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ, and with `depth` (the depth-warped target
-        [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view. Nothing is copied on frames at σ ≈ 0 (the image,
-        the commit pass), whose output no sampler uses. Computed in float32; velocity [B, C, T, H, W] -> same."""
+        [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view. Nothing is copied
+        on frames at σ ≈ 0 (the image, the commit pass), whose output no sampler uses. Computed in float32;
+        velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
         sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
         noisy = sigma > 1e-3
@@ -272,16 +273,20 @@ class WorldModel(nn.Module):
             if parallax is not None:
                 still = still * torch.exp(-parallax[:, None] / self.copy_still_log_metres.float().exp())
             gate = gate + still * (1.0 - gate)
-        gate = gate * anchor[:, -1:].float() * noisy
-        out = velocity.float()
-        out = out + gate * ((hidden_states.float() - anchor[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+        x_t, step = hidden_states.float(), sigma.clamp_min(1e-3)
+
+        def blend(out: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            """Move the velocity by `weight` towards the one landing on `target` [B, C + 1, T, H, W] (its last
+            channel the validity, where alone the blend acts), on noisy frames only."""
+            weight = weight * target[:, -1:].float() * noisy
+            return out + weight * ((x_t - target[:, :-1].float()) / step - out)
+
+        out = blend(velocity.float(), gate, anchor)
         if ground is not None:
             target, on_ground = ground
-            ground_gate = self.copy_ground.float().clamp(0.0, 1.0) * on_ground[:, None] * target[:, -1:].float() * noisy
-            out = out + ground_gate * ((hidden_states.float() - target[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+            out = blend(out, self.copy_ground.float().clamp(0.0, 1.0) * on_ground[:, None], target)
         if depth is not None:
-            depth_gate = self.copy_depth.float().clamp(0.0, 1.0) * depth[:, -1:].float() * noisy
-            out = out + depth_gate * ((hidden_states.float() - depth[:, :-1].float()) / sigma.clamp_min(1e-3) - out)
+            out = blend(out, self.copy_depth.float().clamp(0.0, 1.0), depth)
         return out.to(velocity.dtype)
 
     @staticmethod

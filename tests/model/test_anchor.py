@@ -158,19 +158,21 @@ def test_the_anchor_input_has_no_official_key():
     assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
 
 
-def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0) -> WorldModel:
+def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0, depth: bool = False) -> WorldModel:
     model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still,
-                                          anchor_ground_m=ground_m))
+                                          anchor_ground_m=ground_m, anchor_depth_copy=depth))
     randomise(model, seed)
     return model.eval()
 
 
-@pytest.mark.parametrize("still, ground_m", [(False, 0.0), (True, 0.0), (True, 1.6)],
-                         ids=["gate", "gate+still", "gate+still+ground"])
-def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m):
-    model = _with_copy_gate(still=still, ground_m=ground_m)
+@pytest.mark.parametrize("still, ground_m, depth", [(False, 0.0, False), (True, 0.0, False), (True, 1.6, False), (True, 0.0, True)],
+                         ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth):
+    model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth)
     if ground_m:
         model.copy_ground.data.fill_(0.8)
+    if depth:
+        model.copy_depth.data.fill_(0.7)
     x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
     t[:, :, 0] = 0.0  # the image frame: the gate is off there
     sizes = (3, 2, 2)

@@ -1,7 +1,8 @@
 """The depth copy (model/anchor_depth.py, `ModelConfig.anchor_depth_copy`): the depth warp lands each ray
 where it meets the anchor's surface, the head predicts inverse depth from a latent and its rays, a full
 c_depth lands the Euler step on the depth-warped anchor, streaming equals the chunk-causal forward, and
-growing trained weights by it changes nothing until c_depth opens."""
+growing trained weights by it changes nothing until c_depth opens. (Streaming against the chunk-causal
+forward: tests/model/test_anchor.py, with the other copies.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,7 @@ from model import ModelConfig, WorldModel
 from model.anchor import depth_copy_target, depth_sample_grid, rotation_sample_grid
 from model.anchor_depth import AnchorDepthHead, inverse_depth_targets, ray_channels
 from tests.model.helpers import inputs, randomise
-from tests.model.test_anchor import FX, H, W, _camera, full_copy_and_none
-from tests.model.test_streaming import stream
+from tests.model.test_anchor import FX, H, W, _camera, _with_copy_gate, full_copy_and_none
 from tests.train.test_grow import assert_computes_the_same
 from train.grow import add_anchor_depth_copy
 
@@ -89,7 +89,7 @@ def test_no_depth_is_the_rotation_warp_and_standing_is_the_identity():
 
 def test_inverse_depth_targets_average_each_cell_with_the_sky_at_zero():
     depth = torch.full((1, 4, 4), float("inf"))
-    depth[0, :2, :2] = 2.0  # a quarter of the first cell... the whole top-left 2x2 cell at 2 m
+    depth[0, :2, :2] = 2.0  # the whole top-left cell at 2 m
     depth[0, 2:, 2:] = torch.tensor([[1.0, 4.0], [float("inf"), 0.5]])
     targets = inverse_depth_targets(depth, 2)
     torch.testing.assert_close(targets, torch.tensor([[[0.5, 0.0], [0.0, (1.0 + 0.25 + 0.0 + 2.0) / 4]]]))
@@ -116,27 +116,8 @@ def test_the_depth_head_sees_the_latent_and_the_rays():
         head(anchor, cameras[:, :2])
 
 
-def _with_depth_copy(seed: int = 0) -> WorldModel:
-    model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True,
-                                          anchor_depth_copy=True))
-    randomise(model, seed)
-    return model.eval()
-
-
-def test_streaming_equals_chunk_causal_with_the_depth_copy():
-    model = _with_depth_copy()
-    model.copy_depth.data.fill_(0.7)
-    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
-    t[:, :, 0] = 0.0
-    sizes = (3, 2, 2)
-    with torch.no_grad():
-        whole = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=sizes, kv_window_chunks=1, sink=True)
-        streamed, _ = stream(model, x, t, text, mask, cam, plucker, sizes, kv_window_chunks=1, sink=True)
-    torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
-
-
 def test_a_full_depth_copy_lands_the_euler_step_on_the_depth_warped_anchor():
-    model = _with_depth_copy(1)
+    model = _with_copy_gate(1, still=True, depth=True)
     # frame 2 turned far enough that part of its view was never in the anchor's
     cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.3)), _camera(0.4, translation=(0.1, 0.0, 0.6))])[None]
     x, cam, landed, v, own = full_copy_and_none(model, "copy_depth", cam)
