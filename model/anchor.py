@@ -44,6 +44,16 @@ The depth (`ModelConfig.anchor_depth_copy`, model.anchor_depth). With the anchor
 small head, the warp is exact for whatever stays in view (`depth_sample_grid`): a last blend by its own
 c_depth moves every token whose point of the anchor is in view towards landing on the depth-warped anchor.
 
+The start (`ModelConfig.anchor_start_fade_m`). Every anchor so far is the newest committed latent, which is
+the model's own output: copying it carries the view along, blur and drift included, and nothing ever
+brings back the sharp start image once it has been blurred. The start latent (frame 0, the one real
+image of a walk; `StreamState.start_latent`) is warped into each view by its own predicted depth, as the
+depth copy warps the newest one, with more fixed-point steps (the camera may be tens of metres from the
+start) and only where the iteration has settled (`START_CONVERGED_PX`): a last blend by c_start, faded
+by exp(−d / fade) with d the camera's distance from the start (the head's depth error moves a warped
+point by about d times it, and so does a start that no longer resembles what the camera sees). The sky
+and the far hills come back from the start frame as long as they are in its view.
+
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
 anchor is used as it is (identity warp, every pixel valid).
@@ -96,10 +106,15 @@ def ground_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, height
 GROUND_FAR_M = 50.0
 # fixed-point steps of `depth_sample_grid`: at the app's pace (0.7 m per chunk) a third barely moves the grid
 DEPTH_WARP_ITERATIONS = 3
+# the start copy's: its camera may be tens of metres from the start, so it iterates longer, and keeps only the
+# pixels whose landing point one more step moves by less than half a latent pixel
+START_WARP_ITERATIONS = 8
+START_CONVERGED_PX = 0.5
 
 
 def depth_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, inverse_depth: torch.Tensor,
-                      iterations: int = DEPTH_WARP_ITERATIONS) -> tuple[torch.Tensor, torch.Tensor]:
+                      iterations: int = DEPTH_WARP_ITERATIONS, converged_px: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each pixel of a view falls in the anchor's view, given the anchor's depth.
 
     anchor_camera, camera [..., 20], inverse_depth [..., h, w] (1/m, z-depth in the anchor camera, 0 =
@@ -109,7 +124,8 @@ def depth_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, inverse
     axes), the point t + λ·r has anchor inverse depth ρ when 1/λ = r_z·ρ / (1 − t_z·ρ); start from the
     rotation warp (ρ = 0), sample ρ where the point lands, repeat. Converges where the depth is smooth;
     at an occluding edge it picks one side. Not valid: outside the anchor's image, or a point the step
-    has passed (1 − t_z·ρ ≤ 0.05, behind or at the view camera's depth).
+    has passed (1 − t_z·ρ ≤ 0.05, behind or at the view camera's depth), and with `converged_px` a pixel
+    whose landing point the last step moved by that many latent pixels or more (not settled).
     """
     height, width = inverse_depth.shape[-2:]
     cam_a = anchor_camera.float()
@@ -123,13 +139,19 @@ def depth_sample_grid(anchor_camera: torch.Tensor, camera: torch.Tensor, inverse
     flat_rho = inverse_depth.float().reshape(-1, 1, height, width)
     grid, valid = _project(cam_a, rays_a, height, width)
     ahead = torch.ones_like(valid)
+    moved = None
     for _ in range(iterations):
+        previous = grid
         rho = F.grid_sample(flat_rho, grid.reshape(-1, height, width, 2), mode="bilinear", padding_mode="border",
                             align_corners=True).reshape(*lead, height, width)
         room = 1.0 - step_a[..., 2] * rho
         ahead = room > 0.05
         inv_reach = rays_a[..., 2] * rho / torch.where(ahead, room, torch.ones_like(room))  # 1/λ
         grid, valid = _project(cam_a, rays_a + step_a * inv_reach[..., None], height, width)
+        moved = previous - grid
+    if converged_px is not None and moved is not None:
+        pixels = moved * torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], device=moved.device)
+        valid = valid & (torch.linalg.vector_norm(pixels, dim=-1) < converged_px)
     return grid, valid & ahead
 
 
@@ -220,6 +242,26 @@ def depth_copy_target(anchor: torch.Tensor, anchor_camera: torch.Tensor, camera:
     them out: anchor [B, C, T, h, w], cameras [B, T, 20], inverse_depth [B, T, h, w] -> [B, C + 1, T, h, w]."""
     grid, valid = depth_sample_grid(anchor_camera, camera, inverse_depth)
     return _sample(anchor, grid, valid)
+
+
+def start_copy_target(start: torch.Tensor, start_camera: torch.Tensor, camera: torch.Tensor,
+                      inverse_depth: torch.Tensor, fade_m: float) -> torch.Tensor:
+    """The start latent warped into each view by its depth, as `depth_copy_target` lays it out, its last
+    channel the validity (settled, `START_CONVERGED_PX`) times exp(−d / fade_m), d the view camera's distance
+    from the start camera in metres: start [B, C, 1, h, w], start_camera [B, 1, 20], camera [B, T, 20],
+    inverse_depth [B, 1, h, w] -> [B, C + 1, T, h, w]."""
+    frames = camera.shape[1]
+    start_camera = start_camera.expand(-1, frames, -1)
+    grid, valid = depth_sample_grid(start_camera, camera, inverse_depth.expand(-1, frames, -1, -1),
+                                    START_WARP_ITERATIONS, START_CONVERGED_PX)
+    target = _sample(start.expand(-1, -1, frames, -1, -1), grid, valid)  # [B, C + 1, T, h, w]
+
+    def position(cam: torch.Tensor) -> torch.Tensor:
+        return cam.float()[..., :16].unflatten(-1, (4, 4))[..., :3, 3]  # [B, T, 3]
+
+    distance = torch.linalg.vector_norm(position(camera) - position(start_camera), dim=-1)  # [B, T]
+    fade = torch.exp(-distance / fade_m).to(target.dtype)[:, None, :, None, None]
+    return torch.cat([target[:, :-1], target[:, -1:] * fade], dim=1)
 
 
 def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,11 @@ class ModelConfig:
     # zero-initialised c_depth, towards the anchor warped by the depth a small head predicts for it
     # (model.anchor_depth); exact under translation where the depth is right. Needs anchor_copy
     anchor_depth_copy: bool = False
+    # > 0: last, every token whose point of the start frame (the stream's first latent) stays in view is pulled,
+    # by a zero-initialised c_start faded by exp(−d / this many metres), d the camera's distance from the start,
+    # towards the start latent warped by its predicted depth (model.anchor, "The start"); 0: off. Needs
+    # anchor_depth_copy (its head gives the depth)
+    anchor_start_fade_m: float = 0.0
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -170,6 +175,11 @@ class ModelConfig:
             raise ValueError("ModelConfig.anchor_ground_m needs anchor_copy (it is a second blend of the copy gate)")
         if self.anchor_depth_copy and not self.anchor_copy:
             raise ValueError("ModelConfig.anchor_depth_copy needs anchor_copy (it is a blend after the copy gate)")
+        fade = self.anchor_start_fade_m
+        if not (isinstance(fade, (int, float)) and not isinstance(fade, bool) and math.isfinite(fade) and fade >= 0):
+            raise ValueError(f"ModelConfig.anchor_start_fade_m must be a finite number of metres >= 0, got {fade!r}")
+        if fade > 0 and not self.anchor_depth_copy:
+            raise ValueError("ModelConfig.anchor_start_fade_m needs anchor_depth_copy (its head gives the start's depth)")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

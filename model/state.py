@@ -14,7 +14,10 @@
                   last_latent [B, C, 1, h, w], the newest committed latent frame (None before the first
                   commit): the warm-start sampler's anchor (`model.schedulers.warm_start`) and the
                   anchor input's (`model.anchor`); last_camera [B, 20], that frame's camera_conditions
-                  row (None before the first commit or when it ran without cameras)
+                  row (None before the first commit or when it ran without cameras);
+                  start_latent [B, C, 1, h, w] and start_camera [B, 20], the stream's first committed
+                  latent frame (the start image on a walk) and its camera row, kept from the first commit
+                  on: the start copy's source (`model.anchor`, "The start")
 
 Stacking (cross-session batching): `StreamState.stack(states)` concatenates single streams along
 the batch dim and `unstack()` splits them back; the rows may differ in their recurrent states,
@@ -172,6 +175,10 @@ class SoftmaxState:
         return self.main.nbytes() + self.cam.nbytes() + _nbytes(self.ffn_context)
 
 
+# StreamState's optional tensors besides the layers: the newest and the first committed latent frame, and their cameras
+ANCHOR_FIELDS = ("last_latent", "last_camera", "start_latent", "start_camera")
+
+
 @dataclass(frozen=True)
 class StreamState:
     """The whole model's streaming state (see the module docstring)."""
@@ -183,6 +190,8 @@ class StreamState:
     batch_size: int
     last_latent: torch.Tensor | None = None  # [B, C, 1, h, w]
     last_camera: torch.Tensor | None = None  # [B, 20]
+    start_latent: torch.Tensor | None = None  # [B, C, 1, h, w]
+    start_camera: torch.Tensor | None = None  # [B, 20]
 
     def __post_init__(self) -> None:
         for i, layer in enumerate(self.layers):
@@ -192,32 +201,39 @@ class StreamState:
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != self.batch_size:
                 raise ValueError(f"StreamState.{name} has {len(value)} rows, the batch {self.batch_size}")
-        if self.last_latent is not None and (self.last_latent.ndim != 5 or self.last_latent.shape[0] != self.batch_size
-                                             or self.last_latent.shape[2] != 1):
-            raise ValueError(f"StreamState.last_latent must be [{self.batch_size}, C, 1, h, w], "
-                             f"got {tuple(self.last_latent.shape)}")
-        if self.last_camera is not None and tuple(self.last_camera.shape) != (self.batch_size, 20):
-            raise ValueError(f"StreamState.last_camera must be [{self.batch_size}, 20], got {tuple(self.last_camera.shape)}")
+        for name in ("last_latent", "start_latent"):
+            latent = getattr(self, name)
+            if latent is not None and (latent.ndim != 5 or latent.shape[0] != self.batch_size or latent.shape[2] != 1):
+                raise ValueError(f"StreamState.{name} must be [{self.batch_size}, C, 1, h, w], got {tuple(latent.shape)}")
+        for name in ("last_camera", "start_camera"):
+            camera = getattr(self, name)
+            if camera is not None and tuple(camera.shape) != (self.batch_size, 20):
+                raise ValueError(f"StreamState.{name} must be [{self.batch_size}, 20], got {tuple(camera.shape)}")
 
     def row_frame_index(self) -> tuple[int, ...]:
         """The RoPE start of each row: [batch_size] ints."""
         return _per_row(self.frame_index, self.batch_size)
 
     def advanced(self, layers: tuple[GDNState | SoftmaxState, ...], frames: int,
-                 last_latent: torch.Tensor | None = None, last_camera: torch.Tensor | None = None) -> StreamState:
+                 last_latent: torch.Tensor | None = None, last_camera: torch.Tensor | None = None,
+                 first_latent: torch.Tensor | None = None, first_camera: torch.Tensor | None = None) -> StreamState:
         """The state after a committed chunk of `frames` latent frames (every row moves on by as many);
-        `last_latent` [B, C, 1, h, w] is that chunk's newest latent frame, `last_camera` [B, 20] its camera row."""
+        `last_latent` [B, C, 1, h, w] is that chunk's newest latent frame, `last_camera` [B, 20] its camera row,
+        `first_latent` / `first_camera` its first frame's, which become the start if the stream has none yet."""
         def add(index: int | tuple[int, ...], n: int) -> int | tuple[int, ...]:
             return tuple(i + n for i in index) if isinstance(index, tuple) else index + n
 
+        first = self.start_latent is None
         return dataclasses.replace(self, layers=layers, frame_index=add(self.frame_index, frames),
                                    chunk_index=add(self.chunk_index, 1), last_latent=last_latent,
-                                   last_camera=last_camera)
+                                   last_camera=last_camera,
+                                   start_latent=first_latent if first else self.start_latent,
+                                   start_camera=first_camera if first else self.start_camera)
 
     def layout_key(self) -> tuple:
-        """Equal for states whose rows can be stacked (`stack`): latent size, whether a chunk was committed
-        (`last_latent`) and with cameras (`last_camera`), and every KV cache's layout."""
-        return (self.latent_hw, self.last_latent is None, self.last_camera is None, tuple(
+        """Equal for states whose rows can be stacked (`stack`): latent size, which of the anchor tensors
+        (`ANCHOR_FIELDS`) are held, and every KV cache's layout."""
+        return (self.latent_hw, tuple(getattr(self, name) is None for name in ANCHOR_FIELDS), tuple(
             (layer.main.layout_key(), layer.cam.layout_key()) if isinstance(layer, SoftmaxState) else None
             for layer in self.layers
         ))
@@ -236,39 +252,38 @@ class StreamState:
         layers = tuple(type(group[0]).stack(list(group)) for group in zip(*(s.layers for s in states)))
         frames = sum((_per_row(s.frame_index, s.batch_size) for s in states), ())
         chunks = sum((_per_row(s.chunk_index, s.batch_size) for s in states), ())
-        # all None or none: layout_key tells them apart
-        anchors, cameras = [s.last_latent for s in states], [s.last_camera for s in states]
+        # each anchor tensor is None in all states or in none: layout_key tells them apart
+        anchors = {name: None if getattr(states[0], name) is None else torch.cat([getattr(s, name) for s in states])
+                   for name in ANCHOR_FIELDS}
         return StreamState(layers=layers, frame_index=frames[0] if len(set(frames)) == 1 else frames,
                            chunk_index=chunks[0] if len(set(chunks)) == 1 else chunks,
-                           latent_hw=states[0].latent_hw, batch_size=len(frames),
-                           last_latent=None if anchors[0] is None else torch.cat(anchors),
-                           last_camera=None if cameras[0] is None else torch.cat(cameras))
+                           latent_hw=states[0].latent_hw, batch_size=len(frames), **anchors)
 
     def unstack(self) -> list[StreamState]:
         """The rows as single streams (views of this state's tensors; states are never changed in place)."""
         frames = self.row_frame_index()
         chunks = _per_row(self.chunk_index, self.batch_size)
         return [StreamState(layers=tuple(layer.row(i) for layer in self.layers), frame_index=frames[i], chunk_index=chunks[i],
-                            latent_hw=self.latent_hw, batch_size=1,
-                            last_latent=_optional(self.last_latent, lambda t: t[i:i + 1]),
-                            last_camera=_optional(self.last_camera, lambda t: t[i:i + 1]))
+                            latent_hw=self.latent_hw, batch_size=1, **self._anchors(lambda t: t[i:i + 1]))
                 for i in range(self.batch_size)]
+
+    def _anchors(self, fn) -> dict[str, torch.Tensor | None]:
+        """`fn` applied to every anchor tensor held (`ANCHOR_FIELDS`), by field name."""
+        return {name: _optional(getattr(self, name), fn) for name in ANCHOR_FIELDS}
 
     def nbytes(self) -> int:
         """Total bytes of every tensor held; constant once the KV windows are full."""
-        return sum(layer.nbytes() for layer in self.layers) + _nbytes(self.last_latent, self.last_camera)
+        return sum(layer.nbytes() for layer in self.layers) + _nbytes(*(getattr(self, name) for name in ANCHOR_FIELDS))
 
     def clone(self) -> StreamState:
         """Deep copy: a snapshot that later chunks cannot alter."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.clone()) for layer in self.layers),
-                                   last_latent=_optional(self.last_latent, torch.Tensor.clone),
-                                   last_camera=_optional(self.last_camera, torch.Tensor.clone))
+                                   **self._anchors(torch.Tensor.clone))
 
     def detach(self) -> StreamState:
         """The same state cut from the autograd graph (truncated backpropagation through a long stream)."""
         return dataclasses.replace(self, layers=tuple(layer._map(lambda t: t.detach()) for layer in self.layers),
-                                   last_latent=_optional(self.last_latent, torch.Tensor.detach),
-                                   last_camera=_optional(self.last_camera, torch.Tensor.detach))
+                                   **self._anchors(torch.Tensor.detach))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamState:
         """Move to `device`; `dtype` converts the KV caches and conv contexts (GDN states stay fp32)."""
@@ -286,6 +301,5 @@ class StreamState:
                 ))
             else:
                 layers.append(layer._map(move))
-        # The anchor and its camera keep their dtype: sampler and camera input (fp32 under fp32_sampling), not caches.
-        return dataclasses.replace(self, layers=tuple(layers), last_latent=_optional(self.last_latent, lambda t: t.to(device)),
-                                   last_camera=_optional(self.last_camera, lambda t: t.to(device)))
+        # The anchors and their cameras keep their dtype: sampler and camera input (fp32 under fp32_sampling), not caches.
+        return dataclasses.replace(self, layers=tuple(layers), **self._anchors(lambda t: t.to(device)))

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.anchor import anchor_features, depth_copy_target, ground_copy_target, ray_parallax
+from model.anchor import anchor_features, depth_copy_target, ground_copy_target, ray_parallax, start_copy_target
 from model.anchor_depth import AnchorDepthHead
 from model.block import Block
 from model.config import ModelConfig
@@ -97,6 +97,8 @@ class WorldModel(nn.Module):
             self.copy_depth = nn.Parameter(torch.zeros(1))
         else:
             self.anchor_depth = self.copy_depth = None
+        # the start copy (model.anchor, "The start"): c_start, zero: adds nothing
+        self.copy_start = nn.Parameter(torch.zeros(1)) if config.anchor_start_fade_m > 0 else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -197,7 +199,7 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
-        anchor = parallax = ground = depth = None
+        anchor = parallax = ground = depth = start = None
         if self.anchor_embedder is not None:
             source, source_camera = self._anchor_source(hidden_states, camera, layout, past)
             anchor = anchor_features(source, source_camera, camera)  # [B, C + 1, T, H, W]
@@ -209,6 +211,10 @@ class WorldModel(nn.Module):
                 ground = ground_copy_target(source, source_camera, camera, self.config.anchor_ground_m)
             if output and self.copy_depth is not None and camera is not None:
                 depth = depth_copy_target(source, source_camera, camera, self.anchor_depth(source, source_camera))
+            if output and self.copy_start is not None and camera is not None:
+                start_latent, start_camera = self._start_source(hidden_states, camera, past)
+                start = start_copy_target(start_latent, start_camera, camera, self.anchor_depth(start_latent, start_camera),
+                                          self.config.anchor_start_fade_m)
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -245,20 +251,21 @@ class WorldModel(nn.Module):
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         if self.copy_gate is not None:
-            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth)
+            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth, start)
         return out, (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
               anchor: torch.Tensor, parallax: torch.Tensor | None,
-              ground: tuple[torch.Tensor, torch.Tensor] | None = None, depth: torch.Tensor | None = None
-              ) -> torch.Tensor:
+              ground: tuple[torch.Tensor, torch.Tensor] | None = None, depth: torch.Tensor | None = None,
+              start: torch.Tensor | None = None) -> torch.Tensor:
         """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
         and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)), which
         the still term k = c·exp(−parallax / s) pulls to g + k·(1 − g) (c in [0, 1]; parallax [B, T, H, W]
         metres, None: 0); g is 0 where a is out of view. Then on the tokens that see the ground, with `ground`
         (the plane-warped target [B, C + 1, T, H, W] and those tokens [B, T, H, W]) and its target in view,
         v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ, and with `depth` (the depth-warped target
-        [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view. Nothing is copied
+        [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view, and last with
+        `start` (the start frame depth-warped, its last channel the validity times the fade) by c_start. Nothing is copied
         on frames at σ ≈ 0 (the image, the commit pass), whose output no sampler uses. Computed in float32;
         velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
@@ -287,6 +294,8 @@ class WorldModel(nn.Module):
             out = blend(out, self.copy_ground.float().clamp(0.0, 1.0) * on_ground[:, None], target)
         if depth is not None:
             out = blend(out, self.copy_depth.float().clamp(0.0, 1.0), depth)
+        if start is not None:
+            out = blend(out, self.copy_start.float().clamp(0.0, 1.0), start)
         return out.to(velocity.dtype)
 
     @staticmethod
@@ -307,6 +316,18 @@ class WorldModel(nn.Module):
             anchor = hidden_states[:, :, index]
             anchor_camera = None if camera is None else camera[:, index]
         return anchor, anchor_camera
+
+    @staticmethod
+    def _start_source(hidden_states: torch.Tensor, camera: torch.Tensor, past: StreamState | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stream's start latent [B, C, 1, H, W] and its camera [B, 1, 20] (model.anchor, "The start"): the
+        state's when it holds one, else this run's frame 0 (a clip, or a stream's first chunk)."""
+        if past is not None and past.start_latent is not None:
+            if past.start_camera is None:
+                raise ValueError("the start copy needs the camera of the state's start latent: the stream "
+                                 "committed its first chunk without camera_conditions, and this chunk has them")
+            return past.start_latent.to(hidden_states.dtype), past.start_camera.to(camera.dtype)[:, None]
+        return hidden_states[:, :, :1], camera[:, :1]
 
     def forward(
         self,
@@ -456,7 +477,9 @@ class WorldModel(nn.Module):
                               chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers,
                               want_state=True, output=False, past=state)
         return state.advanced(layers, frames, x_clean_chunk[:, :, -1:].detach(),
-                              None if camera_conditions is None else camera_conditions[:, -1].detach())
+                              None if camera_conditions is None else camera_conditions[:, -1].detach(),
+                              x_clean_chunk[:, :, :1].detach(),
+                              None if camera_conditions is None else camera_conditions[:, 0].detach())
 
 
 def anchor_frame_index(chunk_sizes: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:

@@ -109,6 +109,16 @@ def test_the_shipped_depth_head_predicts_the_ground():
     assert error < 0.5 * constant, (error, constant)
 
 
+def test_the_shipped_start_copy_is_open_and_recorded():
+    """Step 16 (docs/training.md): the start copy is fully open with a 10 m fade, and the json names the grow."""
+    from train.embedded import load_weights
+
+    model = load_weights()
+    assert model.config.anchor_start_fade_m == 10.0 and float(model.copy_start.detach()) == 1.0
+    grown = [v for k, v in json.loads((WEIGHTS / "roam_tiny.json").read_text()).items() if k.startswith("grown")]
+    assert any(g.get("anchor_start_fade_m") == 10.0 and g.get("copy_start_c") == 1.0 for g in grown)
+
+
 def test_the_shipped_sampler_is_the_one_the_json_records():
     info = json.loads((WEIGHTS / "roam_tiny.json").read_text())
     release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0)

@@ -29,6 +29,8 @@ weights keeps the hours of CPU training that went into them.
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -121,6 +123,26 @@ def add_anchor_depth_copy(model: WorldModel, copy_depth_c: float = 0.0) -> World
     grown = _with_new_parts(model, config.replace(anchor_depth_copy=True))
     with torch.no_grad():
         grown.copy_depth.fill_(copy_depth_c)
+    return grown.train()
+
+
+def add_anchor_start_copy(model: WorldModel, fade_m: float, copy_start_c: float = 0.0) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing what `model` does plus the start copy
+    (`ModelConfig.anchor_start_fade_m` = `fade_m`, model.anchor "The start") at c_start = `copy_start_c`: at 0
+    the output is unchanged. `model` must have the depth copy, whose head gives the start frame's depth."""
+    config = model.config
+    if config.anchor_start_fade_m > 0:
+        raise ValueError("the model already has the start copy")
+    if not config.anchor_depth_copy:
+        raise ValueError("the start copy warps the start frame by the depth copy's head: the model has no depth copy "
+                         "(train depth-head adds it)")
+    if not (math.isfinite(fade_m) and fade_m > 0):
+        raise ValueError(f"the start copy's fade must be a finite number of metres > 0, got {fade_m}")
+    if not 0.0 <= copy_start_c <= 1.0:
+        raise ValueError(f"c_start must be in [0, 1], got {copy_start_c}")
+    grown = _with_new_parts(model, config.replace(anchor_start_fade_m=float(fade_m)))
+    with torch.no_grad():
+        grown.copy_start.fill_(copy_start_c)
     return grown.train()
 
 

@@ -118,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy-still-c", type=float, default=0.0,
                         help="grow: the still term's c in [0, 1] (default 0: the output is unchanged; 1: copy the "
                              "anchor outright wherever the camera has not moved across the ray)")
+    parser.add_argument("--anchor-start-fade-m", type=float, default=0.0,
+                        help="grow: add the start copy (the start frame warped by its predicted depth, faded by "
+                             "exp(-distance from the start / this many metres); model/anchor.py) at c_start = 0; "
+                             "needs a model with the depth copy")
+    parser.add_argument("--copy-start-c", type=float, default=0.0,
+                        help="grow: the start copy's c_start in [0, 1] (default 0: the output is unchanged)")
     parser.add_argument("--copy-depth-c", type=float, default=0.0,
                         help="depth-head: the depth copy's c_depth in [0, 1] (default 0: the output is unchanged)")
     parser.add_argument("--depth-clips", type=int, default=240, help="depth-head: walks of new training scenes to fit on")
@@ -416,7 +422,7 @@ def run_grow(args) -> Path:
     import torch
 
     from train.embedded import read_info, save_weights
-    from train.grow import add_anchor_input, append_blocks
+    from train.grow import add_anchor_input, add_anchor_start_copy, append_blocks
 
     if args.init is None or args.out is None:
         raise ValueError("train grow needs --init (the weights to grow) and --out (where to write the grown ones)")
@@ -428,12 +434,19 @@ def run_grow(args) -> Path:
     still = bool(getattr(args, "anchor_copy_still", False))
     copy = bool(getattr(args, "anchor_copy", False)) or still or ground_m > 0
     anchor = bool(getattr(args, "anchor_input", False)) or copy
-    if not kinds and not anchor:
-        raise ValueError("train grow has nothing to add: pass --append-blocks KINDS and/or --anchor-input")
+    start_fade = float(getattr(args, "anchor_start_fade_m", 0.0))
+    start_c = float(getattr(args, "copy_start_c", 0.0))
+    if start_c and not start_fade:
+        raise ValueError(f"--copy-start-c {start_c} needs --anchor-start-fade-m")
+    if not kinds and not anchor and not start_fade:
+        raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input and/or "
+                         "--anchor-start-fade-m")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
         grown = add_anchor_input(grown, copy_gate=copy, copy_still=still, ground_m=ground_m)
+    if start_fade:
+        grown = add_anchor_start_copy(grown, start_fade, start_c)
     still_c = float(getattr(args, "copy_still_c", 0.0))
     ground_c = float(getattr(args, "copy_ground_c", 0.0))
     for flag, value, added, needs, parameter in (("--copy-still-c", still_c, still, "--anchor-copy-still", "copy_still"),
@@ -448,7 +461,8 @@ def run_grow(args) -> Path:
     grew = {"from": str(init), "depth": [source.config.depth, grown.config.depth], "appended": list(kinds),
             "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")
             + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")
-            + (f" --anchor-ground-m {ground_m:g}" if ground_m else "") + (f" --copy-ground-c {ground_c:g}" if ground_c else "")}
+            + (f" --anchor-ground-m {ground_m:g}" if ground_m else "") + (f" --copy-ground-c {ground_c:g}" if ground_c else "")
+            + (f" --anchor-start-fade-m {start_fade:g}" if start_fade else "") + (f" --copy-start-c {start_c:g}" if start_c else "")}
     if anchor:
         grew["anchor_input"] = True
     if copy:
@@ -459,6 +473,9 @@ def run_grow(args) -> Path:
     if ground_m:
         grew["anchor_ground_m"] = ground_m
         grew["copy_ground_c"] = ground_c
+    if start_fade:
+        grew["anchor_start_fade_m"] = start_fade
+        grew["copy_start_c"] = start_c
     # an earlier growth's record is kept under its own key
     key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
     info[key] = grew

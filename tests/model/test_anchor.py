@@ -158,21 +158,28 @@ def test_the_anchor_input_has_no_official_key():
     assert WorldModel(ModelConfig.preset("tiny")).anchor_embedder is None
 
 
-def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0, depth: bool = False) -> WorldModel:
+def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0, depth: bool = False,
+                    start_fade_m: float = 0.0) -> WorldModel:
     model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still,
-                                          anchor_ground_m=ground_m, anchor_depth_copy=depth))
+                                          anchor_ground_m=ground_m, anchor_depth_copy=depth,
+                                          anchor_start_fade_m=start_fade_m))
     randomise(model, seed)
     return model.eval()
 
 
-@pytest.mark.parametrize("still, ground_m, depth", [(False, 0.0, False), (True, 0.0, False), (True, 1.6, False), (True, 0.0, True)],
-                         ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth"])
-def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth):
-    model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth)
+@pytest.mark.parametrize("still, ground_m, depth, start_fade_m",
+                         [(False, 0.0, False, 0.0), (True, 0.0, False, 0.0), (True, 1.6, False, 0.0), (True, 0.0, True, 0.0),
+                          (True, 0.0, True, 5.0)],
+                         ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth", "gate+still+depth+start"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth, start_fade_m):
+    model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth, start_fade_m=start_fade_m)
     if ground_m:
         model.copy_ground.data.fill_(0.8)
     if depth:
         model.copy_depth.data.fill_(0.7)
+    if start_fade_m:
+        # the start latent (frame 0) reaches the third chunk through the state's start, not its last latent
+        model.copy_start.data.fill_(0.9)
     x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
     t[:, :, 0] = 0.0  # the image frame: the gate is off there
     sizes = (3, 2, 2)

@@ -5,17 +5,19 @@ growing trained weights by it changes nothing until c_depth opens. (Streaming ag
 forward: tests/model/test_anchor.py, with the other copies.)"""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from model import ModelConfig, WorldModel
-from model.anchor import depth_copy_target, depth_sample_grid, rotation_sample_grid
+from model.anchor import depth_copy_target, depth_sample_grid, rotation_sample_grid, start_copy_target
 from model.anchor_depth import AnchorDepthHead, inverse_depth_targets, ray_channels
 from tests.model.helpers import inputs, randomise
 from tests.model.test_anchor import FX, H, W, _camera, _with_copy_gate, full_copy_and_none
 from tests.train.test_grow import assert_computes_the_same
-from train.grow import add_anchor_depth_copy
+from train.grow import add_anchor_depth_copy, add_anchor_start_copy
 
 
 def _hand_warp(anchor_camera: torch.Tensor, camera: torch.Tensor, surface) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,3 +180,87 @@ def test_the_depth_set_has_one_target_per_latent_frame(tmp_path):
     assert figures["steps"] == 150
     assert figures["held_out_l1_after"] < min(figures["held_out_l1_before"], 1.5 * figures["held_out_l1_constant"])
     assert np.isfinite(figures["held_out_l1_after"])
+
+
+def test_an_unsettled_depth_warp_is_not_valid():
+    # A wall 1 m away on the left half and the sky on the right: a 0.6 m step sideways moves the wall's pixels by
+    # several pixels, so where a ray crosses the wall's edge the fixed point jumps between the two sides and never
+    # settles. Those pixels are dropped with converged_px; settled ones (the sky, the wall's middle) stay.
+    anchor_camera, camera = _camera(), _camera(translation=(0.6, 0.0, 0.0))
+    inverse = torch.zeros(H, W)
+    inverse[:, : W // 2] = 1.0
+    grid, valid = depth_sample_grid(anchor_camera, camera, inverse, iterations=8)
+    settled_grid, settled = depth_sample_grid(anchor_camera, camera, inverse, iterations=8, converged_px=0.5)
+    assert torch.equal(settled_grid, grid), "the check drops pixels, it does not move them"
+    assert bool((settled <= valid).all()) and int(valid.sum()) > int(settled.sum()), "some pixels never settle"
+    assert bool(settled[:, -1].all()), "the sky rotates only and settles at once"
+    one_more, _ = depth_sample_grid(anchor_camera, camera, inverse, iterations=9)
+    pixels = (one_more - grid) * torch.tensor([(W - 1) / 2, (H - 1) / 2])
+    assert bool((pixels[settled].norm(dim=-1) < 0.5).all())
+
+
+def test_the_start_copy_fades_with_the_distance_from_the_start():
+    start = torch.randn(1, 8, 1, H, W)
+    start_camera = _camera()[None, None]
+    cams = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 2.0)), _camera(translation=(0.0, 0.0, 8.0))])[None]
+    sky = torch.zeros(1, 1, H, W)  # all infinitely far: every ray settles and rotates only, all in view
+    target = start_copy_target(start, start_camera, cams, sky, fade_m=4.0)
+    assert target.shape == (1, 9, 3, H, W)
+    for f, metres in enumerate((0.0, 2.0, 8.0)):
+        torch.testing.assert_close(target[0, -1, f], torch.full((H, W), math.exp(-metres / 4.0)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(target[0, :-1, f], start[0, :, 0], atol=1e-5, rtol=0)
+
+
+def test_the_start_copy_lands_on_the_start_frame_long_after_the_stream_moved_on():
+    # Three chunks of one image frame and two latents each; from the second chunk on the anchors are the
+    # stream's own latents, but with only c_start open (at 1) a view that stands at the start lands on frame 0.
+    model = _with_copy_gate(2, still=True, depth=True, start_fade_m=3.0)
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.zero_()
+        model.copy_still.zero_()
+        model.copy_depth.zero_()
+        model.copy_start.fill_(1.0)
+    x, t, text, mask, cam, plucker = inputs(model.config, 1, 5, 4, 6)
+    cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.4)), _camera(translation=(0.0, 0.0, 0.8)),
+                       _camera(), _camera(0.2)])[None]
+    cam[..., 16:] = torch.tensor([5.0, 5.0, 2.5, 1.5])
+    t = torch.tensor([[[0.0, 0.0, 0.0, 500.0, 500.0]]])
+    state = model.init_stream_state(1, (4, 6))
+    with torch.no_grad():
+        state = model.stream_commit(x[:, :, :3], text, mask, cam[:, :3], plucker[:, :, :3], state, timestep=t[:, :, :3])
+        assert torch.equal(state.start_latent, x[:, :, :1]) and torch.equal(state.start_camera, cam[:, 0])
+        assert torch.equal(state.last_latent, x[:, :, 2:3])
+        v = model.stream_forward(x[:, :, 3:], t[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:], state)
+        later = model.stream_commit(x[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:], state, timestep=t[:, :, 3:])
+    landed = x[:, :, 3] - 0.5 * v[:, :, 0]
+    torch.testing.assert_close(landed, x[:, :, 0], atol=1e-4, rtol=1e-4)  # standing at the start: frame 0 exactly
+    turned = x[:, :, 4] - 0.5 * v[:, :, 1]
+    assert (turned - x[:, :, 0]).abs().max() > 1e-2, "a turned view sees the start warped, not as it is"
+    assert torch.equal(later.start_latent, state.start_latent), "the start is kept once set"
+
+
+def test_growing_the_start_copy_changes_nothing_until_c_start_opens():
+    model = _with_copy_gate(4, still=True, depth=True)
+    with torch.no_grad():
+        model.copy_depth.fill_(0.5)
+    grown = add_anchor_start_copy(model, 10.0).eval()
+    assert grown.config.anchor_start_fade_m == 10.0 and float(grown.copy_start.detach()) == 0.0
+    assert_computes_the_same(grown, model)
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 5, 4, 6)
+    opened = add_anchor_start_copy(model, 10.0, 1.0).eval()
+    with torch.no_grad():
+        assert not torch.allclose(opened(x, t, text, mask, cam, plucker), grown(x, t, text, mask, cam, plucker))
+    with pytest.raises(ValueError, match="already has the start copy"):
+        add_anchor_start_copy(grown, 10.0)
+    with pytest.raises(ValueError, match="no depth copy"):
+        add_anchor_start_copy(_with_copy_gate(4, still=True), 10.0)
+    with pytest.raises(ValueError, match="fade"):
+        add_anchor_start_copy(model, 0.0)
+    with pytest.raises(ValueError, match=r"c_start must be in \[0, 1\]"):
+        add_anchor_start_copy(model, 10.0, 2.0)
+    with pytest.raises(ValueError, match="anchor_start_fade_m needs anchor_depth_copy"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_start_fade_m=5.0)
+    with pytest.raises(ValueError, match="anchor_start_fade_m must be"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_depth_copy=True,
+                           anchor_start_fade_m=float("inf"))

@@ -262,8 +262,9 @@ def test_streams_of_different_cache_layouts_do_not_stack():
 
 
 def test_commit_keeps_the_newest_latent_and_states_carry_it():
-    """`StreamState.last_latent` (the warm-start anchor): each commit stores its chunk's newest latent; stack,
-    unstack, clone and detach carry it; a fresh stream has none and never stacks with a committed one."""
+    """`StreamState.last_latent` (the warm-start anchor): each commit stores its chunk's newest latent, and the
+    first commit its first latent as the start (`start_latent`), which later commits keep; stack, unstack, clone
+    and detach carry both; a fresh stream has neither and never stacks with a committed one."""
     import pytest
 
     from model import ModelConfig, StreamState, WorldModel
@@ -280,15 +281,19 @@ def test_commit_keeps_the_newest_latent_and_states_carry_it():
         chunk = torch.randn(1, c, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             state = model.stream_commit(chunk, text, mask, None, None, fresh)
-        assert torch.equal(state.last_latent, chunk[:, :, -1:])
+        assert torch.equal(state.last_latent, chunk[:, :, -1:]) and torch.equal(state.start_latent, chunk[:, :, :1])
+        with torch.no_grad():
+            later = model.stream_commit(chunk.flip(2), text, mask, None, None, state)
+        assert torch.equal(later.last_latent, chunk[:, :, :1]) and torch.equal(later.start_latent, chunk[:, :, :1])
         states.append(state)
     both = StreamState.stack(states)
-    assert both.last_latent.shape == (2, c, 1, 4, 4)
+    assert both.last_latent.shape == both.start_latent.shape == (2, c, 1, 4, 4)
     for row, state in zip(both.unstack(), states):
-        assert torch.equal(row.last_latent, state.last_latent)
+        assert torch.equal(row.last_latent, state.last_latent) and torch.equal(row.start_latent, state.start_latent)
     clone = both.clone()
     assert torch.equal(clone.last_latent, both.last_latent) and clone.last_latent.data_ptr() != both.last_latent.data_ptr()
-    assert both.detach().last_latent is not None and both.nbytes() > sum(layer.nbytes() for layer in both.layers)
+    assert clone.start_latent.data_ptr() != both.start_latent.data_ptr()
+    assert both.detach().start_latent is not None and both.nbytes() > sum(layer.nbytes() for layer in both.layers)
     assert fresh.layout_key() != states[0].layout_key()
     with pytest.raises(ValueError, match="different layouts"):
         StreamState.stack([fresh, states[0]])

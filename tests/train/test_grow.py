@@ -181,3 +181,23 @@ def test_train_grow_adds_the_anchor_input(tmp_path):
                                   "--anchor-ground-m", "1.6", "--copy-ground-c", "2"))
     with pytest.raises(ValueError, match="nothing to add"):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", ""))
+
+
+def test_train_grow_adds_the_start_copy(tmp_path):
+    from train.grow import add_anchor_depth_copy
+
+    gated = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
+    source = save_weights(add_anchor_depth_copy(gated, 0.5), tmp_path / "m.safetensors", {"vae_tag": "abc"})
+    out = tmp_path / "start.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
+                              "--anchor-start-fade-m", "10", "--copy-start-c", "1"))
+    grown, info = load_weights(out), read_info(out)
+    assert grown.config.anchor_start_fade_m == 10.0 and float(grown.copy_start.detach()) == 1.0
+    assert info["grown"]["anchor_start_fade_m"] == 10.0 and info["grown"]["copy_start_c"] == 1.0
+    assert "--anchor-start-fade-m 10 --copy-start-c 1" in info["grown"]["command"]
+    with pytest.raises(ValueError, match="--copy-start-c 0.5 needs --anchor-start-fade-m"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
+                                  "--copy-start-c", "0.5"))
+    with pytest.raises(ValueError, match="no depth copy"):
+        train_cmd.main(_grow_args("--init", str(save_weights(gated, tmp_path / "g.safetensors", {})), "--out",
+                                  str(tmp_path / "y.safetensors"), "--append-blocks", "", "--anchor-start-fade-m", "10"))
