@@ -327,6 +327,10 @@ class WorldModel(nn.Module):
                 raise ValueError("the start copy needs the camera of the state's start latent: the stream "
                                  "committed its first chunk without camera_conditions, and this chunk has them")
             return past.start_latent.to(hidden_states.dtype), past.start_camera.to(camera.dtype)[:, None]
+        if past is not None and past.last_latent is not None:
+            # this chunk's frame 0 is noise, not the start: a state built without one cannot feed the copy
+            raise ValueError("the start copy needs the state's start latent (StreamState.start_latent), and this "
+                             "state has committed chunks but no start")
         return hidden_states[:, :, :1], camera[:, :1]
 
     def forward(

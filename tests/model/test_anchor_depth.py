@@ -5,6 +5,7 @@ growing trained weights by it changes nothing until c_depth opens. (Streaming ag
 forward: tests/model/test_anchor.py, with the other copies.)"""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -238,6 +239,9 @@ def test_the_start_copy_lands_on_the_start_frame_long_after_the_stream_moved_on(
     turned = x[:, :, 4] - 0.5 * v[:, :, 1]
     assert (turned - x[:, :, 0]).abs().max() > 1e-2, "a turned view sees the start warped, not as it is"
     assert torch.equal(later.start_latent, state.start_latent), "the start is kept once set"
+    with pytest.raises(ValueError, match="no start"):
+        model.stream_forward(x[:, :, 3:], t[:, :, 3:], text, mask, cam[:, 3:], plucker[:, :, 3:],
+                             dataclasses.replace(state, start_latent=None, start_camera=None))
 
 
 def test_growing_the_start_copy_changes_nothing_until_c_start_opens():
