@@ -187,13 +187,14 @@ class WorldModel(nn.Module):
     def _run(
         self, hidden_states, timestep, text, mask, camera, plucker, layout: RunLayout, *,
         frame_offset: int | tuple[int, ...] = 0, states: tuple | None = None, want_state: bool = False, output: bool = True,
-        past: StreamState | None = None,
-    ) -> tuple[torch.Tensor | None, tuple | None]:
+        past: StreamState | None = None, before_copy: bool = False,
+    ) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, tuple | None]:
         """The shared body of every mode. Returns (velocity [B, C, T, H, W] or None, new block states or None).
 
         `frame_offset` is the RoPE position of the first frame: one int for every row, or one per row
         (stacked streams at different positions; the rotary tables are then per row). `past` (stream
-        mode) supplies the anchor input's last committed latent and camera."""
+        mode) supplies the anchor input's last committed latent and camera. With `before_copy` the velocity is the
+        pair (velocity, the velocity before the copy blends)."""
         dtype, device = self.dtype, self.device
         batch, frames, height, width = hidden_states.shape[0], layout.frames, layout.height, layout.width
 
@@ -250,9 +251,10 @@ class WorldModel(nn.Module):
         # 4. output head
         out = self.final_layer(x, t, frames)  # [B, N, C_out]
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
+        raw = out
         if self.copy_gate is not None:
             out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth, start)
-        return out, (tuple(new_states) if want_state else None)
+        return ((out, raw) if before_copy else out), (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
               anchor: torch.Tensor, parallax: torch.Tensor | None,
@@ -447,14 +449,19 @@ class WorldModel(nn.Module):
         camera_conditions: torch.Tensor | None,
         chunk_plucker: torch.Tensor | None,
         state: StreamState,
-    ) -> torch.Tensor:
-        """Velocity [B, C_out, Tc, h, w] of one chunk against the past in `state` (read-only)."""
+        *,
+        before_copy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Velocity [B, C_out, Tc, h, w] of one chunk against the past in `state` (read-only); with `before_copy`
+        the pair (that velocity, the network's velocity before the copy blends of model.anchor), for a loss that
+        trains the network alone while the rollout uses the blended velocity."""
         self._check_inputs(x_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions, chunk_plucker)
         state = self._check_state(state, x_chunk)
         _, _, frames, height, width = x_chunk.shape
         layout = RunLayout(frames, height, width, (frames,), "stream")
         out, _ = self._run(x_chunk, timestep, encoder_hidden_states, encoder_attention_mask, camera_conditions,
-                           chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers, past=state)
+                           chunk_plucker, layout, frame_offset=state.frame_index, states=state.layers, past=state,
+                           before_copy=before_copy)
         return out
 
     def stream_commit(

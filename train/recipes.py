@@ -171,7 +171,8 @@ class StreamedWindow(NamedTuple):
 
 def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.Tensor, plucker: torch.Tensor,
                   chunk_sizes: Sequence[int], sigmas: Sequence[float], noise: torch.Tensor, state, *,
-                  starts_clip: bool, commit_last: bool, warm_start: bool = False) -> StreamedWindow:
+                  starts_clip: bool, commit_last: bool, warm_start: bool = False,
+                  loss_before_copy: bool = False) -> StreamedWindow:
     """`self_forced_stream` over consecutive chunks of a stream that may have begun before them.
 
     `state` holds what the stream committed before `x`'s first chunk; `starts_clip` says that chunk is the
@@ -183,6 +184,10 @@ def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.
     built as the live sampler builds them, `schedulers.warm_start` from the newest latent committed before
     the chunk (the image on the clip's first chunk) and that chunk's `noise` at σ₀; `inputs` returns them
     (the training target is v* = (input − x₀)/σ₀).
+
+    `loss_before_copy`: `velocity` is the network's velocity before the copy blends (model.anchor), while the
+    chunks committed are still the blended sampler's: the network is trained as if there were no copy, so it
+    cannot learn to make up for the copy where the copy is wrong, and its context is what the app streams.
     """
     batch = x.shape[0]
     text, mask = model.null_text(batch)
@@ -205,8 +210,11 @@ def stream_window(model, x: torch.Tensor, timestep: torch.Tensor, camera: torch.
             x_c = x_c.clone()
             x_c[:, :, first:] = schedulers.warm_start(anchor, noise[:, :, sl][:, :, first:], grid[0])
         inputs.append(x_c)
-        v = model.stream_forward(x_c, timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
-        velocities.append(v)
+        if loss_before_copy:
+            v, trained = model.stream_forward(x_c, timestep[:, :, sl], text, mask, cam, pl, state, before_copy=True)
+        else:
+            v = trained = model.stream_forward(x_c, timestep[:, :, sl], text, mask, cam, pl, state)  # [B, C, Tc, h, w]
+        velocities.append(trained)
         last = c == len(chunk_sizes) - 1
         if last and not commit_last:
             break  # nothing streams after the last chunk
@@ -436,7 +444,8 @@ class RollingSelfForcedLoss:
     def __init__(self, clips: LatentClips, batch_size: int, chunk_latents: int, sigmas: Sequence[float],
                  kv_window_chunks: int, sink: bool, window_chunks: int, crops: tuple[int, ...] = (),
                  frames: int | None = None, channel_weights: torch.Tensor | None = None, refresh_every: int = 200,
-                 frame_mean_weight: float = 0.0, warm_start: bool = False, adversarial=None):
+                 frame_mean_weight: float = 0.0, warm_start: bool = False, adversarial=None,
+                 loss_before_copy: bool = False):
         if len(clips) == 0:
             raise ValueError(f"no encoded clips in {clips.directory}")
         if frame_mean_weight < 0:
@@ -453,6 +462,7 @@ class RollingSelfForcedLoss:
         self.window_chunks, self.crops, self.frames = window_chunks, tuple(crops), frames
         self.channel_weights, self.refresh_every = channel_weights, refresh_every
         self.frame_mean_weight = frame_mean_weight
+        self.loss_before_copy = loss_before_copy  # see `stream_window`
         self.walk: _Walk | None = None
         self.walks_started = 0
 
@@ -482,7 +492,8 @@ class RollingSelfForcedLoss:
         device = next(net.parameters()).device
         v, state, inputs = net(x_in.to(device), (sigma * 1000.0)[:, None].to(device), camera.to(device),
                                plucker.to(device), sizes,
-                               continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip, self.warm_start))
+                               continue_stream=(self.sigmas, noise.to(device), walk.state, starts_clip, self.warm_start),
+                               loss_before_copy=self.loss_before_copy)
         # v* = (input − x₀)/σ on what the chunks ran on: x_in itself, or the warm starts built from the model's latents.
         velocity_target = (inputs.detach().cpu() - x0) / sigma.clamp_min(1e-6)[:, None, :, None, None]
         live = (sigma > 0).float().to(device)

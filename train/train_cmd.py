@@ -124,6 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "needs a model with the depth copy")
     parser.add_argument("--copy-start-c", type=float, default=0.0,
                         help="grow: the start copy's c_start in [0, 1] (default 0: the output is unchanged)")
+    parser.add_argument("--selfforce-loss-before-copy", action="store_true",
+                        help="rolling self-forcing: the loss is on the network's velocity before the copy blends "
+                             "(model/anchor.py), while the rollout commits the blended sampler's chunks")
     parser.add_argument("--copy-depth-c", type=float, default=0.0,
                         help="depth-head: the depth copy's c_depth in [0, 1] (default 0: the output is unchanged)")
     parser.add_argument("--depth-clips", type=int, default=240, help="depth-head: walks of new training scenes to fit on")
@@ -330,12 +333,15 @@ def run_selfforce(args):
         student = _load_checkpoint(_last_student_checkpoint(run_dir, before="selfforce")).train()
     if args.selfforce_rolling < 0:
         raise ValueError(f"--selfforce-rolling must be >= 0 chunks, got {args.selfforce_rolling}")
+    if args.selfforce_loss_before_copy and not args.selfforce_rolling:
+        raise ValueError("--selfforce-loss-before-copy is a rolling self-forcing option: pass --selfforce-rolling N")
     if args.selfforce_rolling:
         loss = RollingSelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,
                                      gen.kv_window_chunks, gen.sink, args.selfforce_rolling,
                                      crops=_crops(args.selfforce_crops), frames=args.train_latents,
                                      channel_weights=_channel_weights(args),
                                      frame_mean_weight=args.frame_mean_weight, warm_start=gen.warm_start,
+                                     loss_before_copy=args.selfforce_loss_before_copy,
                                      adversarial=_adversarial(args, student))
     else:
         if gen.warm_start or args.adversarial_weight:

@@ -71,14 +71,15 @@ class ChunkCausalNet(nn.Module):
         self.sink = sink
 
     def forward(self, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, *, live_sampler=None,
-                continue_stream=None):
+                continue_stream=None, loss_before_copy: bool = False):
         """Velocity [B, C, T, h, w]. With `live_sampler` = (σ list, noise [B, C, T, h, w]) the chunks stream
         one by one instead, each against the model's own earlier chunks (`train.recipes.self_forced_stream`).
 
         With `continue_stream` = (σ list, noise, state, starts_clip, warm_start) as well, the chunks continue the
         stream `state` (None: a new one) and the result is (velocity, the state after every chunk, detached, the
         inputs the chunks ran on), for a long walk trained a window at a time
-        (`train.recipes.RollingSelfForcedLoss`; `warm_start` as in `train.recipes.stream_window`)."""
+        (`train.recipes.RollingSelfForcedLoss`; `warm_start` and `loss_before_copy` as in
+        `train.recipes.stream_window`)."""
         if continue_stream is not None:
             from train.recipes import stream_window
 
@@ -87,7 +88,8 @@ class ChunkCausalNet(nn.Module):
                 state = self.model.init_stream_state(x.shape[0], latent_hw=tuple(x.shape[-2:]),
                                                      kv_window_chunks=self.kv_window_chunks, sink=self.sink)
             window = stream_window(self.model, x, timestep, camera_conditions, chunk_plucker, chunk_sizes, sigmas,
-                                   noise, state, starts_clip=starts_clip, commit_last=True, warm_start=warm_start)
+                                   noise, state, starts_clip=starts_clip, commit_last=True, warm_start=warm_start,
+                                   loss_before_copy=loss_before_copy)
             return window.velocity, window.state.detach(), window.inputs
         if live_sampler is not None:
             from train.recipes import self_forced_stream

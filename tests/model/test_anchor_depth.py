@@ -5,6 +5,7 @@ growing trained weights by it changes nothing until c_depth opens. (Streaming ag
 forward: tests/model/test_anchor.py, with the other copies.)"""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -268,3 +269,50 @@ def test_growing_the_start_copy_changes_nothing_until_c_start_opens():
     with pytest.raises(ValueError, match="anchor_start_fade_m must be"):
         ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_depth_copy=True,
                            anchor_start_fade_m=float("inf"))
+
+
+def test_the_velocity_before_the_copies_trains_the_network_while_the_rollout_copies():
+    """`stream_forward(before_copy=True)` also returns the network's velocity before the copy blends (what the
+    model gives with every copy closed), and `stream_window(loss_before_copy=True)` trains that one while the
+    chunks it commits are still the blended sampler's: the same states as the plain window."""
+    from train.recipes import stream_window
+
+    model = _with_copy_gate(5, still=True, depth=True, start_fade_m=3.0)
+    with torch.no_grad():
+        model.copy_still.fill_(0.8)
+        model.copy_depth.fill_(0.6)
+        model.copy_start.fill_(1.0)
+    x, t, text, mask, _, plucker = inputs(model.config, 1, 5, 4, 6)
+    cam = torch.stack([_camera(), _camera(translation=(0.0, 0.0, 0.3)), _camera(0.1, translation=(0.1, 0.0, 0.6)),
+                       _camera(0.2, translation=(0.1, 0.0, 0.9)), _camera(0.3, translation=(0.2, 0.0, 1.2))])[None]
+    cam[..., 16:] = torch.tensor([5.0, 5.0, 2.5, 1.5])
+    t = torch.tensor([[[0.0, 500.0, 500.0, 500.0, 500.0]]])
+    state = model.init_stream_state(1, (4, 6), kv_window_chunks=2, sink=True)
+    closed = copy.deepcopy(model)  # every blend shut
+    with torch.no_grad():
+        v = model.stream_forward(x[:, :, :3], t[:, :, :3], text, mask, cam[:, :3], plucker[:, :, :3], state)
+        blended, raw = model.stream_forward(x[:, :, :3], t[:, :, :3], text, mask, cam[:, :3], plucker[:, :, :3], state,
+                                            before_copy=True)
+        for name in ("copy_gate.weight", "copy_gate.bias", "copy_still", "copy_depth", "copy_start"):
+            closed.get_parameter(name).zero_()
+        expected = closed.stream_forward(x[:, :, :3], t[:, :, :3], text, mask, cam[:, :3], plucker[:, :, :3], state)
+    assert torch.equal(blended, v) and not torch.allclose(raw, v)
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-5)
+
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    common = dict(starts_clip=True, commit_last=True, warm_start=True)
+    with torch.no_grad():
+        plain = stream_window(model, x, t, cam, plucker, [3, 2], (0.5, 0.0), noise, state, **common)
+        before = stream_window(model, x, t, cam, plucker, [3, 2], (0.5, 0.0), noise, state, loss_before_copy=True,
+                               **common)
+    torch.testing.assert_close(before.inputs, plain.inputs, atol=1e-6, rtol=0)  # the same warm starts
+    text, mask = model.null_text(1)  # what the window streams with
+    with torch.no_grad():
+        _, first_raw = model.stream_forward(before.inputs[:, :, :3], t[:, :, :3], text, mask, cam[:, :3],
+                                            plucker[:, :, :3], state, before_copy=True)
+    torch.testing.assert_close(before.velocity[:, :, :3], first_raw, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain.velocity[:, :, :3],
+                               model.stream_forward(before.inputs[:, :, :3], t[:, :, :3], text, mask, cam[:, :3],
+                                                    plucker[:, :, :3], state).detach(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before.velocity, plain.velocity)
+    torch.testing.assert_close(before.state.last_latent, plain.state.last_latent, atol=1e-6, rtol=0)
