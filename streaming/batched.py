@@ -4,7 +4,7 @@
 returns (frame for frame within float tolerance, `tests/streaming/test_batched.py`), with the
 model and the VAE decoder run once per group of rows instead of once per walk. `ChunkGenerator.step`
 is its naive twin: the same phases (`begin_chunk`, Euler steps, commit, `refine_chunk`, decode,
-`end_chunk`) for one row.
+`end_chunk`) for one row, with the commits beside the refines and decodes where that pays (`streaming.overlap`).
 
 Rows of one batched model call may differ in
 - their stream state (GDN states, conv contexts, KV caches): `model.state.StreamState.stack`;
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ import torch
 from model.schedulers import euler_chunk
 from model.state import StreamState
 from streaming.generator import ChunkGenerator, ChunkInputs, ChunkTimings
+from streaming.overlap import overlaps_phases, run_beside
 from streaming.protocols import StackableDecoder
 
 
@@ -75,53 +77,79 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
         groups[_model_key(g, chunk)].append(i)
 
     clean: list[torch.Tensor | None] = [None] * len(generators)
-    states: list[Any] = [None] * len(generators)
     phase_ms: list[list[float]] = [[0.0, 0.0, 0.0, 0.0] for _ in generators]  # denoise, commit, decode, refine
+    commits: list[_GroupCommit] = []
     for rows in groups.values():
-        # 2. One batched Euler integration and 3. one batched commit per group.
-        x, new_states, denoise_ms, commit_ms = _denoise_and_commit([generators[i] for i in rows], [chunks[i] for i in rows])
+        # 2. One batched Euler integration per group.
+        x, commit, denoise_ms = _denoise([generators[i] for i in rows], [chunks[i] for i in rows])
+        commits.append(_GroupCommit(rows, commit))
         for j, i in enumerate(rows):
             clean[i] = x[j:j + 1]
-            states[i] = new_states[j]
-            phase_ms[i][0], phase_ms[i][1] = denoise_ms, commit_ms
+            phase_ms[i][0] = denoise_ms
 
-    # 4. Refiners, row by row (each keeps its own refiner state).
-    latents: list[torch.Tensor] = []
-    for i, g in enumerate(generators):
-        t = time.perf_counter()
-        latents.append(g.refine_chunk(clean[i], chunks[i].first))
-        if g.refiner is not None:
-            phase_ms[i][3] = (time.perf_counter() - t) * 1e3
+    def commit_groups() -> list[Any]:
+        # 3. One batched commit per group.
+        states: list[Any] = [None] * len(generators)
+        for group in commits:
+            t = time.perf_counter()
+            committed = group.commit()
+            next_states = [committed] if len(group.rows) == 1 else committed.unstack()
+            ms = (time.perf_counter() - t) * 1e3
+            for j, i in enumerate(group.rows):
+                states[i] = next_states[j]
+                phase_ms[i][1] = ms
+        return states
 
-    # 5. One batched decode per group of stackable decoders.
-    decode_groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, g in enumerate(generators):
-        decode_groups[_decoder_key(g, i)].append(i)
-    videos: list[torch.Tensor | None] = [None] * len(generators)
-    for rows in decode_groups.values():
-        t = time.perf_counter()
-        if len(rows) == 1:
-            (i,) = rows
-            videos[i] = generators[i].decoder.decode_chunk(latents[i])
-        else:
-            decoders = [generators[i].decoder for i in rows]
-            stacked = type(decoders[0]).stack(decoders)
-            video = stacked.decode_chunk(torch.cat([latents[i] for i in rows]))  # [B, 3, n, H, W]
-            for i, decoder in zip(rows, stacked.unstack()):
-                generators[i].decoder = decoder
-            for j, i in enumerate(rows):
-                videos[i] = video[j:j + 1]
-        ms = (time.perf_counter() - t) * 1e3
-        for i in rows:
-            phase_ms[i][2] = ms
+    def refine_and_decode() -> list[torch.Tensor | None]:
+        # 4. Refiners, row by row (each keeps its own refiner state).
+        latents: list[torch.Tensor] = []
+        for i, g in enumerate(generators):
+            t = time.perf_counter()
+            latents.append(g.refine_chunk(clean[i], chunks[i].first))
+            if g.refiner is not None:
+                phase_ms[i][3] = (time.perf_counter() - t) * 1e3
+        # 5. One batched decode per group of stackable decoders.
+        decode_groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, g in enumerate(generators):
+            decode_groups[_decoder_key(g, i)].append(i)
+        videos: list[torch.Tensor | None] = [None] * len(generators)
+        for rows in decode_groups.values():
+            t = time.perf_counter()
+            if len(rows) == 1:
+                (i,) = rows
+                videos[i] = generators[i].decoder.decode_chunk(latents[i])
+            else:
+                decoders = [generators[i].decoder for i in rows]
+                stacked = type(decoders[0]).stack(decoders)
+                video = stacked.decode_chunk(torch.cat([latents[i] for i in rows]))  # [B, 3, n, H, W]
+                for i, decoder in zip(rows, stacked.unstack()):
+                    generators[i].decoder = decoder
+                for j, i in enumerate(rows):
+                    videos[i] = video[j:j + 1]
+            ms = (time.perf_counter() - t) * 1e3
+            for i in rows:
+                phase_ms[i][2] = ms
+        return videos
 
-    return [g.end_chunk(chunks[i], states[i], videos[i], ChunkTimings(*phase_ms[i]))
+    # The commits run beside the refiners and decoders where that pays (`streaming.overlap`): each
+    # side reads the clean latents and nothing of the other's.
+    overlap = overlaps_phases(generators[0].device)
+    states, videos = run_beside(commit_groups, refine_and_decode, overlap)
+    return [g.end_chunk(chunks[i], states[i], videos[i], ChunkTimings(*phase_ms[i], overlapped=overlap))
             for i, g in enumerate(generators)]
 
 
-def _denoise_and_commit(generators: list[ChunkGenerator], chunks: list[ChunkInputs]) -> tuple[torch.Tensor, list[Any], float, float]:
-    """One group's rows through the Euler steps and the commit: (clean x [B, C, Tc', h, w], each row's
-    next state, denoise ms, commit ms)."""
+@dataclass(frozen=True)
+class _GroupCommit:
+    """One model group's rows (indices into the call's generators) and its pending batched commit."""
+
+    rows: list[int]
+    commit: Callable[[], Any]  # () -> the committed (stacked) StreamState
+
+
+def _denoise(generators: list[ChunkGenerator], chunks: list[ChunkInputs]) -> tuple[torch.Tensor, Callable[[], Any], float]:
+    """One group's rows through the Euler steps: (clean x [B, C, Tc', h, w], the group's commit, which
+    returns the committed state of all its rows (stacked when there are several), denoise ms)."""
     lead = generators[0]
     model = lead.model
     if len(generators) == 1:
@@ -137,8 +165,5 @@ def _denoise_and_commit(generators: list[ChunkGenerator], chunks: list[ChunkInpu
     t0 = time.perf_counter()
     x = euler_chunk(lambda x_t, timestep: model.stream_forward(x_t, timestep, text, mask, camera, plucker, state),
                     x, lead.config.sigmas, image_latent=image_latent)
-    t1 = time.perf_counter()
-    committed = model.stream_commit(x, text, mask, camera, plucker, state)
-    t2 = time.perf_counter()
-    next_states = [committed] if len(generators) == 1 else committed.unstack()
-    return x, next_states, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+    denoise_ms = (time.perf_counter() - t0) * 1e3
+    return x, (lambda: model.stream_commit(x, text, mask, camera, plucker, state)), denoise_ms
