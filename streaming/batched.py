@@ -4,7 +4,8 @@
 returns (frame for frame within float tolerance, `tests/streaming/test_batched.py`), with the
 model and the VAE decoder run once per group of rows instead of once per walk. `ChunkGenerator.step`
 is its naive twin: the same phases (`begin_chunk`, Euler steps, commit, `refine_chunk`, decode,
-`end_chunk`) for one row, with the commits beside the refines and decodes where that pays (`streaming.overlap`).
+`end_chunk`) for one row. On a CPU with a core to spare (`streaming.overlap`) the rows are split in two
+halves that run side by side, one core each; a single row runs its commit beside its decode instead.
 
 Rows of one batched model call may differ in
 - their stream state (GDN states, conv contexts, KV caches): `model.state.StreamState.stack`;
@@ -69,6 +70,18 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
         raise ValueError(f"step_batched needs one pose array per generator, got {len(generators)} generators and {len(poses)} pose arrays")
     if len({id(g) for g in generators}) != len(generators):
         raise ValueError("step_batched got the same generator twice (one chunk per walk per call)")
+    if len(generators) >= 2 and overlaps_phases(generators[0].device):
+        # Two halves side by side, one core each, each half's phases in turn (`streaming.overlap`).
+        half = (len(generators) + 1) // 2
+        first, second = run_beside(lambda: _step_rows(generators[:half], poses[:half], overlap=False),
+                                   lambda: _step_rows(generators[half:], poses[half:], overlap=False), overlap=True)
+        return first + second
+    return _step_rows(generators, poses, overlap=overlaps_phases(generators[0].device) if generators else False)
+
+
+def _step_rows(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarray], overlap: bool) -> list[np.ndarray]:
+    """`step_batched`'s body for these rows on this thread; with `overlap`, the commits run beside the
+    refines and decodes."""
     # 1. Each walk's camera conditioning and noise (its own conditioner and RNG).
     chunks = [g.begin_chunk(p) for g, p in zip(generators, poses)]
 
@@ -131,9 +144,8 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
                 phase_ms[i][2] = ms
         return videos
 
-    # The commits run beside the refiners and decoders where that pays (`streaming.overlap`): each
-    # side reads the clean latents and nothing of the other's.
-    overlap = overlaps_phases(generators[0].device)
+    # The commits beside the refiners and decoders (`streaming.overlap`): each side reads the clean
+    # latents and nothing of the other's.
     states, videos = run_beside(commit_groups, refine_and_decode, overlap)
     return [g.end_chunk(chunks[i], states[i], videos[i], ChunkTimings(*phase_ms[i], overlapped=overlap))
             for i, g in enumerate(generators)]

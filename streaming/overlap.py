@@ -1,22 +1,28 @@
-"""A chunk's commit beside its decode: the two phases after the Euler steps, on two cores at once.
+"""Two cores for one chunk's work: the commit beside the decode, or two halves of a batch side by side.
 
-    overlap = overlaps_phases(device)                      # CPU and a free core for the second phase
+    overlap = overlaps_phases(device)                      # CPU and a free core for a second thread
     state, video = run_beside(lambda: commit(x), lambda: decode(x), overlap)
 
-Why: once the Euler steps have given a chunk's clean latents x, the commit (the model at t = 0 on x,
-giving the next stream state) and the decode (the VAE's stream decoder on x, giving the frames) read x
-and nothing of each other's. On the 2-core CPU the worker runs the model with one torch thread
-(`app.config.StreamConfig.worker_threads`: the other core serves the event loop), and the two phases
-are 30 % and 40 % of a chunk (docs/benchmarks.md, "Where one chunk's time goes"): side by side, a
-chunk takes the denoise plus the longer of the two instead of the sum of all three, and its frames
-are ready that much sooner. On a GPU both would queue on one stream, so nothing is gained there and
-the phases run in turn; on a CPU whose cores the worker's threads already fill, two phases' threads
-would oversubscribe them.
+Why: on the 2-core CPU the worker runs the model with one torch thread
+(`app.config.StreamConfig.worker_threads`: the other core serves the event loop), and the event loop
+needs only part of it (about 20 % of a core at 4 walks, docs/benchmarks.md).
+- One walk (`ChunkGenerator.step`, and a batch of one): once the Euler steps have given the chunk's
+  clean latents x, the commit (the model at t = 0 on x, giving the next stream state) and the decode
+  (the VAE's stream decoder on x, giving the frames) read x and nothing of each other's. They are
+  30 % and 40 % of a chunk; side by side, a chunk takes the denoise plus the longer of the two, and
+  its frames are ready that much sooner.
+- Several walks (`streaming.batched.step_batched`): the rows are split in two halves that run whole
+  chunks side by side, each on one core with its phases in turn. Every walk's state, decoder, RNG
+  and conditioner are its own, so the halves share only the model's weights, which they read.
+On a GPU everything would queue on one stream, so nothing is gained and one thread runs it all; on a
+CPU whose cores the worker's threads already fill, a second thread would oversubscribe them.
 
-The outputs are bit for bit those of running the phases in turn (each phase runs its own ops on its
-own tensors; tests/streaming/test_overlap.py). The helper thread takes over the caller's
-inference-mode and grad-mode (both are thread-local in torch), and an exception in either phase
-reaches the caller only after both have finished, so a failed chunk never leaves a phase running.
+The outputs are those of one thread's phases in turn: bit for bit for the commit beside the decode
+(each runs its own ops on its own tensors), within float tolerance for the halves (a half batches
+its rows into other groups than the whole; tests/streaming/test_overlap.py, test_batched.py). The
+helper thread takes over the caller's inference-mode and grad-mode (both are thread-local in torch),
+and an exception on either side reaches the caller only after both have finished, so a failed chunk
+never leaves work running.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ B = TypeVar("B")
 
 
 def overlaps_phases(device: torch.device | str) -> bool:
-    """Whether `run_beside` should run its phases side by side: on the CPU, when the two phases'
-    torch threads fit the machine's cores (the 2-core default: one each)."""
+    """Whether `run_beside` should run its two sides at once: on the CPU, when the two sides' torch
+    threads fit the machine's cores (the 2-core default: one each)."""
     return torch.device(device).type == "cpu" and 2 * torch.get_num_threads() <= (os.cpu_count() or 1)
 
 

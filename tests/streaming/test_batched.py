@@ -96,8 +96,13 @@ SAMPLERS = {"noise": ({}, False), "warm": ({"sigmas": (0.6, 0.0), "warm_start": 
             "warm-anchor-input": ({"sigmas": (0.6, 0.0), "warm_start": True}, True)}
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-thread", "halves-side-by-side"])
 @pytest.mark.parametrize("sampler, anchored", SAMPLERS.values(), ids=SAMPLERS.keys())
-def test_batched_generation_equals_per_session_generation(request, one_torch_thread, sampler, anchored):
+def test_batched_generation_equals_per_session_generation(request, monkeypatch, one_torch_thread, sampler, anchored,
+                                                          split):
+    """Batched equals per-session with the rows in one thread, and split in two halves side by side
+    (`streaming.overlap`: walks 0–2 and 3–5, each half grouped on its own)."""
+    monkeypatch.setattr("streaming.batched.overlaps_phases", lambda device: split)
     model, vae = request.getfixturevalue("anchored_model_and_vae" if anchored else "model_and_vae")
     single, batched = _walks(model, vae, sampler), _walks(model, vae, sampler)
     batch_sizes = []
@@ -123,7 +128,13 @@ def test_batched_generation_equals_per_session_generation(request, one_torch_thr
     # committed) and the three steady walks (batch 3); round 2 runs 3: the new second chunk, the new
     # third, and the four steady walks (batch 4), the one that was at 2 chunks having joined them.
     steps = len(GeneratorConfig(**sampler).sigmas) - 1
-    assert sorted(batch_sizes) == sorted([1] * 3 * steps + [3] * steps + [1] * 2 * steps + [4] * steps), batch_sizes
+    if split:
+        # Round 1: walks 0–2 (chunks 0, 1, 3: three groups) and 3–5 (5, 2, 3: the two steady ones
+        # together); round 2: 1, 2, 4 (three groups) and 6, 3, 4 (the filling window full now: one group).
+        expected = [1] * 3 * steps + [1, 2] * steps + [1] * 3 * steps + [3] * steps
+    else:
+        expected = [1] * 3 * steps + [3] * steps + [1] * 2 * steps + [4] * steps
+    assert sorted(batch_sizes) == sorted(expected), batch_sizes
     for walk, (a, b) in enumerate(zip(single, batched)):
         assert (a.chunk_index, a.frame_index, a.latent_index) == (b.chunk_index, b.frame_index, b.latent_index)
         assert a.state.frame_index == b.state.frame_index and b.state.batch_size == 1

@@ -1,6 +1,7 @@
-"""The commit beside the decode (`streaming.overlap`): the phases really run side by side, failures
-reach the caller only once both phases are done, and a walk's frames and states are bit for bit
-those of the phases run in turn, per session and batched."""
+"""Two cores for one chunk (`streaming.overlap`): the phases really run side by side, failures
+reach the caller only once both are done, and a walk's frames and states are bit for bit those of
+one thread's phases in turn: per session (commit beside decode) bit for bit, batched (two halves of
+the rows) within float tolerance."""
 from __future__ import annotations
 
 import threading
@@ -94,28 +95,52 @@ def test_phases_overlap_on_a_cpu_with_a_core_to_spare(monkeypatch, one_torch_thr
 @pytest.mark.parametrize("batched", [False, True], ids=["per-session", "batched"])
 def test_overlapped_chunks_equal_chunks_in_turn(request, monkeypatch, one_torch_thread, batched):
     """Walks at different chunk indices (one on its first chunk), with every copy of the anchored model
-    open: the overlapped commit and decode give exactly the frames, states and decoder caches of the
-    phases run in turn."""
+    open: the overlapped commit and decode (per session) give exactly the frames, states and decoder
+    caches of one thread's phases in turn, and the rows' two halves side by side (batched) the same
+    within float tolerance."""
     model, vae = request.getfixturevalue("anchored_model_and_vae")
     sampler = {"sigmas": (0.6, 0.0), "warm_start": True}
     results = {}
+    forward = model.stream_forward
     for overlap in (False, True):
         for module in (streaming.generator, streaming.batched):
             monkeypatch.setattr(module, "overlaps_phases", lambda device, on=overlap: on)
         walks = _walks(model, vae, sampler)
-        frames = []
-        for _ in range(2):
-            poses = [_poses(gen, walk) for walk, gen in enumerate(walks)]
-            frames.append(step_batched(walks, poses) if batched else [g.step(p) for g, p in zip(walks, poses)])
-        assert all(g.last_timings.overlapped == overlap for g in walks)
+        frames, threads = [], []  # per round, the threads that ran the denoising
+
+        def recording_forward(*args):
+            threads[-1].add(threading.get_ident())
+            return forward(*args)
+
+        model.stream_forward = recording_forward
+        try:
+            for _ in range(2):
+                threads.append(set())
+                poses = [_poses(gen, walk) for walk, gen in enumerate(walks)]
+                frames.append(step_batched(walks, poses) if batched else [g.step(p) for g, p in zip(walks, poses)])
+        finally:
+            del model.stream_forward
+        # Per session, the commit runs beside the decode; batched, the two halves of the rows run side
+        # by side (their denoising on two threads), each half's phases in turn.
+        assert [len(t) for t in threads] == [2 if batched and overlap else 1] * 2
+        assert all(g.last_timings.overlapped == (overlap and not batched) for g in walks)
         results[overlap] = (frames, walks)
     (frames_a, walks_a), (frames_b, walks_b) = results[False], results[True]
+    # Per session the same ops run on the same tensors: bit for bit. Batched, a half groups its rows
+    # into other batches than the whole does, and a batched matmul may round differently: within
+    # float tolerance, as in tests/streaming/test_batched.py.
+    def same(p: torch.Tensor, q: torch.Tensor) -> None:
+        if batched:
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-4)
+        else:
+            assert torch.equal(p, q)
+
     for round_a, round_b in zip(frames_a, frames_b):
         for a, b in zip(round_a, round_b, strict=True):
-            assert np.array_equal(a, b)
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= (1 if batched else 0)
     for a, b in zip(walks_a, walks_b, strict=True):
         for p, q in zip(_state_tensors(a.state), _state_tensors(b.state), strict=True):
-            assert torch.equal(p, q)
-        assert torch.equal(a.state.last_latent, b.state.last_latent)
+            same(p, q)
+        same(a.state.last_latent, b.state.last_latent)
         for p, q in zip(a.decoder.contexts, b.decoder.contexts, strict=True):
-            assert torch.equal(p, q)
+            same(p, q)
