@@ -70,13 +70,14 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
         raise ValueError(f"step_batched needs one pose array per generator, got {len(generators)} generators and {len(poses)} pose arrays")
     if len({id(g) for g in generators}) != len(generators):
         raise ValueError("step_batched got the same generator twice (one chunk per walk per call)")
-    if len(generators) >= 2 and overlaps_phases(generators[0].device):
+    overlap = bool(generators) and overlaps_phases(generators[0].device)
+    if overlap and len(generators) >= 2:
         # Two halves side by side, one core each, each half's phases in turn (`streaming.overlap`).
         half = (len(generators) + 1) // 2
         first, second = run_beside(lambda: _step_rows(generators[:half], poses[:half], overlap=False),
                                    lambda: _step_rows(generators[half:], poses[half:], overlap=False), overlap=True)
         return first + second
-    return _step_rows(generators, poses, overlap=overlaps_phases(generators[0].device) if generators else False)
+    return _step_rows(generators, poses, overlap)
 
 
 def _step_rows(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarray], overlap: bool) -> list[np.ndarray]:

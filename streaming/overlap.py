@@ -60,7 +60,7 @@ def run_beside(helper: Callable[[], A], here: Callable[[], B], overlap: bool) ->
         except BaseException as exc:  # handed to the caller below
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="roam-commit", daemon=True)
+    thread = threading.Thread(target=run, name="roam-beside", daemon=True)
     thread.start()
     try:
         mine = here()

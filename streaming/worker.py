@@ -4,7 +4,8 @@ Sessions register a `StreamJob` (generator, pose integrator, frame buffer, input
 worker takes the ready jobs in deadline order (the one whose queued frames run out first) and runs
 their next chunks together: per job, newest input snapshot -> integrator poses for the chunk's raw
 frames; for all of them one `streaming.batched.step_batched` (one batched denoise, commit and decode;
-on a CPU with a core to spare it takes a helper thread for part of that work, `streaming.overlap`); per job, frames (each with its pose, chunk id, input seq and frame id) into its `FrameBuffer`.
+on a CPU with a core to spare it takes a helper thread for part of that work, `streaming.overlap`);
+per job, frames (each with its pose, chunk id, input seq and frame id) into its `FrameBuffer`.
 Scheduling and the measured capacity the server admits by: `streaming.schedule`.
 The event loop never runs model work; it only posts inputs into mailboxes (thread-safe).
 

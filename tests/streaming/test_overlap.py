@@ -42,28 +42,23 @@ def test_phases_run_side_by_side_or_in_turn():
 def test_a_failed_phase_is_raised_after_both_have_finished():
     finished = []
 
-    def slow_here():
-        threading.Event().wait(0.2)
-        finished.append("here")
-        return 0
+    def slow(name):
+        def phase():
+            threading.Event().wait(0.2)
+            finished.append(name)
+            return 0
+        return phase
 
-    def failing_helper():
-        raise RuntimeError("commit broke")
+    def failing(error):
+        def phase():
+            raise error
+        return phase
 
     with pytest.raises(RuntimeError, match="commit broke"):
-        run_beside(failing_helper, slow_here, overlap=True)
+        run_beside(failing(RuntimeError("commit broke")), slow("here"), overlap=True)
     assert finished == ["here"]
-
-    def slow_helper():
-        threading.Event().wait(0.2)
-        finished.append("helper")
-        return 0
-
-    def failing_here():
-        raise ValueError("decode broke")
-
     with pytest.raises(ValueError, match="decode broke"):
-        run_beside(slow_helper, failing_here, overlap=True)
+        run_beside(slow("helper"), failing(ValueError("decode broke")), overlap=True)
     assert finished == ["here", "helper"]
 
 
