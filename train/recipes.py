@@ -508,8 +508,10 @@ class RollingSelfForcedLoss:
             new = sigma[0] > 0  # frame 0 of a walk's first window is the given image
             s = sigma[:, new].to(device)[:, None, :, None, None]
             predicted = inputs.to(device)[:, :, new] - s * v[:, :, new]
-            logs.update(self.adversarial.update(x0[:, :, new].to(device), predicted.detach()))
-            adversarial = self.adversarial.generator_loss(predicted)
+            # The walk's start latent (its given image), for a discriminator that judges a frame beside it.
+            start = walk.batch["latents"][:, :, 0].to(device) if self.adversarial.conditional else None
+            logs.update(self.adversarial.update(x0[:, :, new].to(device), predicted.detach(), start))
+            adversarial = self.adversarial.generator_loss(predicted, start)
             loss = loss + adversarial
             logs["adversarial"] = float(adversarial.detach())
         first_chunk = walk.next_chunk

@@ -146,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adversarial-weight", type=float, default=0.0,
                         help="selfforce (rolling): add a latent patch discriminator's hinge term at this weight "
                              "(train/adversarial.py), trained beside the model, for detail instead of a blurred mean")
+    parser.add_argument("--adversarial-conditional", action="store_true",
+                        help="with --adversarial-weight: the discriminator sees each frame beside the walk's start "
+                             "latent, so texture or colour of another place counts as fake")
     parser.add_argument("--lr-scale", default="",
                         help="per-parameter lr multipliers as name=multiplier[,name=multiplier]: parameters whose name "
                              "contains `name` train at lr × multiplier (e.g. plucker=10: the Plücker branch, which starts "
@@ -362,10 +365,13 @@ def _adversarial(args, student):
     if args.adversarial_weight < 0:
         raise ValueError(f"--adversarial-weight must be >= 0, got {args.adversarial_weight}")
     if not args.adversarial_weight:
+        if args.adversarial_conditional:
+            raise ValueError("--adversarial-conditional needs --adversarial-weight > 0")
         return None
     from train.adversarial import AdversarialTerm
 
-    return AdversarialTerm(student.config.in_channels, args.adversarial_weight, seed=args.seed)
+    return AdversarialTerm(student.config.in_channels, args.adversarial_weight, seed=args.seed,
+                           conditional=args.adversarial_conditional)
 
 
 def _last_student_checkpoint(run_dir: Path, before: str | None = None) -> Path:

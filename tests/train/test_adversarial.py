@@ -73,3 +73,52 @@ def test_rolling_loss_with_the_term_logs_it_and_a_resumed_run_keeps_the_discrimi
                                                        progress=False), kv_window_chunks=2, sink=True)
     for a, b in zip(resumed.adversarial.discriminator.parameters(), trained.adversarial.discriminator.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_conditional_discriminator_tells_the_wrong_place_where_an_unconditional_one_cannot():
+    """Real frames are noisy copies of their walk's start latent; fakes are equally real-looking frames of another
+    walk's place. Only the discriminator that sees the start latent can tell them apart."""
+    torch.set_num_threads(1)
+
+    def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        places = torch.randn(8, 8, 8, 8, generator=g)  # [B, C, h, w]: each walk's start latent
+        frames = places[:, :, None] + 0.1 * torch.randn(8, 8, 2, 8, 8, generator=g)  # [B, C, T, h, w]
+        return frames, frames.roll(1, dims=0), places  # real, fake (another walk's place), condition
+
+    conditional, plain = AdversarialTerm(8, weight=1.0, lr=1e-3, conditional=True), AdversarialTerm(8, weight=1.0, lr=1e-3)
+    for step in range(80):
+        real, fake, places = batch(step)
+        conditional.update(real, fake, places)
+        plain.update(real, fake)
+    real, fake, places = batch(10_000)
+    with torch.no_grad():
+        margin = float(conditional.discriminator(real, places).mean() - conditional.discriminator(fake, places).mean())
+        plain_margin = float(plain.discriminator(real).mean() - plain.discriminator(fake).mean())
+    assert margin > 1.0 and abs(plain_margin) < 0.3 * margin
+
+    with pytest.raises(ValueError, match="condition"):
+        conditional.discriminator(real)
+    with pytest.raises(ValueError, match="condition"):
+        conditional.discriminator(real, places[:, :4])
+    with pytest.raises(ValueError, match="conditional"):
+        plain.load_state_dict(conditional.state_dict())
+    restored = AdversarialTerm(8, weight=1.0, seed=3, conditional=True)
+    restored.load_state_dict(conditional.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(restored.discriminator(real, places), conditional.discriminator(real, places))
+
+
+def test_rolling_loss_feeds_a_conditional_discriminator_the_walks_start_latent(tmp_path):
+    torch.set_num_threads(1)
+    clips = LatentClips(write_latent_clips(tmp_path / "latents", 2, frames=9))
+    term = AdversarialTerm(8, weight=0.2, seed=0, conditional=True)
+    seen = []
+    update = term.update
+    term.update = lambda real, fake, condition=None: seen.append(condition) or update(real, fake, condition)
+    loss_fn = RollingSelfForcedLoss(clips, 2, 2, (0.6, 0.0), 2, True, window_chunks=2, warm_start=True, adversarial=term)
+    net = ChunkCausalNet(tiny_model(seed=2), kv_window_chunks=2, sink=True)
+    loss, logs = loss_fn(net, torch.Generator().manual_seed(0), 0)
+    loss.backward()
+    assert {"d_loss", "adversarial"} <= set(logs)
+    torch.testing.assert_close(seen[0], loss_fn.walk.batch["latents"][:, :, 0])
