@@ -64,9 +64,13 @@ class AdversarialTerm:
             raise ValueError(f"adversarial weight must be > 0, got {weight}")
         torch.manual_seed(seed)
         self.weight = float(weight)
-        self.conditional = conditional
         self.discriminator = LatentDiscriminator(latent_channels, conditional=conditional)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.99))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the discriminator judges each frame beside the walk's start latent."""
+        return self.discriminator.conditional
 
     def update(self, real: torch.Tensor, fake: torch.Tensor, condition: torch.Tensor | None = None) -> dict[str, float]:
         """One discriminator step on latent frames real / fake [B, C, T, h, w] (fake detached by the caller),

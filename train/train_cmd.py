@@ -347,7 +347,7 @@ def run_selfforce(args):
                                      loss_before_copy=args.selfforce_loss_before_copy,
                                      adversarial=_adversarial(args, student))
     else:
-        if gen.warm_start or args.adversarial_weight:
+        if gen.warm_start or args.adversarial_weight or args.adversarial_conditional:
             raise ValueError("--warm-start and --adversarial-weight train with rolling self-forcing only "
                              "(add --selfforce-rolling N)")
         loss = SelfForcedLoss(LatentClips(_latents_dir(args)), args.batch_size, gen.chunk_latents, gen.sigmas,

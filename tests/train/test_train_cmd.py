@@ -197,6 +197,8 @@ def test_a_warm_start_sampler_trains_ships_and_is_what_every_entry_point_runs(tm
         train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, warm_start=True, sigmas="0.6,0"))
     with pytest.raises(ValueError, match="rolling"):
         train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, adversarial_weight=0.2))
+    with pytest.raises(ValueError, match="rolling"):
+        train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, adversarial_conditional=True))
     with pytest.raises(ValueError, match="--adversarial-conditional needs --adversarial-weight"):
         train_cmd.main(_args(tmp_path, vae, "selfforce", selfforce_steps=1, warm_start=True, sigmas="0.6,0",
                              selfforce_rolling=2, adversarial_conditional=True))
