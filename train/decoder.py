@@ -17,6 +17,13 @@ stays as it was. It costs nothing at run time: same network, new weights.
 The result is a whole TinyVAE file whose metadata names the latent space it decodes (`latent_space`,
 the `vae_tag` of the VAE it was refined from): `model.release.embedded_vae_path` takes it for the
 model trained in that space.
+
+The decoder is also the one per-frame cost a streaming walk pays besides the world model, so it can
+be made narrower (`distil_decoder`): a decoder of smaller `decoder_widths` beside the same encoder,
+trained to give the frames the wide one gives for the same latents. It starts from the wide decoder's
+linear path (the 1×1 map from a latent to its own pixels, which carries most of the picture) and
+learns the rest from the wide decoder's output on encoded walks, some of them perturbed the way the
+model's drifted latents are, so it paints off-manifold latents as the wide one does too.
 """
 from __future__ import annotations
 
@@ -208,3 +215,179 @@ def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
     if bar is not None:
         bar.close()
     return ema.eval()
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """How `distil_decoder` trains a narrower decoder against a wide one."""
+
+    run_dir: str
+    widths: tuple[int, ...]  # the narrow decoder's 2D stage widths (TinyVAEConfig.decoder_widths)
+    steps: int = 100_000
+    minutes: float = 10.0
+    lr: float = 2e-3
+    batch_size: int = 4
+    window: int = 5  # latents per sample
+    crop: int = 8  # latent cells per side of a sample (the decoder is convolutional)
+    p_perturbed: float = 0.5  # share of samples with Gaussian noise added to their latents, as drifted ones have
+    max_perturbation: float = 0.5  # its std on the normalised latents is drawn from U(0, max)
+    held_out: int = 6  # the last walks, kept out of training and scored at the end
+    ema_decay: float = 0.99
+    warmup_steps: int = 0  # read by train.trainer._lr_at
+    checkpoint_every_s: float = 120.0
+    seed: int = 0
+    progress: bool = True
+
+
+def narrow_decoder(wide, widths: tuple[int, ...]):
+    """A TinyVAE with `wide`'s encoder, latent statistics and decoder linear path (`decoder.skip`), and
+    fresh decoder stages of `widths`: before training it decodes every latent to its linear image."""
+    from dataclasses import replace
+
+    from model.vae import TinyVAE
+
+    narrow = TinyVAE(replace(wide.cfg, decoder_widths=tuple(widths)))
+    narrow.encoder.load_state_dict(wide.encoder.state_dict())
+    narrow.decoder.skip.load_state_dict(wide.decoder.skip.state_dict())
+    narrow.latents_mean.copy_(wide.latents_mean)
+    narrow.latents_std.copy_(wide.latents_std)
+    return narrow
+
+
+def draw_latent_windows(walks: list[torch.Tensor], batch_size: int, window: int, crop: int, p_perturbed: float,
+                        max_perturbation: float, rng: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """Normalised latents [B, C, window, c, c], c = min(crop, h, w), cut from random places of random walks
+    [C, T, h, w] (all of one grid), and whether they start at latent 0 (then decoded as a sequence's first chunk, else from a zero context).
+    All samples of a batch share their start kind; a `p_perturbed` share get N(0, σ²) noise, σ ~ U(0, max)."""
+    first = bool(float(torch.rand((), generator=rng)) < 0.1)
+    out = []
+    for _ in range(batch_size):
+        walk = walks[int(torch.randint(len(walks), (1,), generator=rng))]
+        _, total, h, w = walk.shape
+        if total < window:
+            raise ValueError(f"a walk of {total} latents is shorter than a window of {window}")
+        crop = min(crop, h, w)
+        t0 = 0 if first else int(torch.randint(total - window + 1, (1,), generator=rng))
+        y0 = int(torch.randint(h - crop + 1, (1,), generator=rng))
+        x0 = int(torch.randint(w - crop + 1, (1,), generator=rng))
+        z = walk[:, t0:t0 + window, y0:y0 + crop, x0:x0 + crop].float()
+        if float(torch.rand((), generator=rng)) < p_perturbed:
+            sigma = float(torch.rand((), generator=rng)) * max_perturbation
+            z = z + sigma * torch.randn(z.shape, generator=rng)
+        out.append(z)
+    return torch.stack(out), first
+
+
+def raw_decode(vae, latents: torch.Tensor, first: bool) -> torch.Tensor:
+    """Frames [B, 3, F, H, W] of normalised latents, neither seam-filtered nor clamped (what is distilled)."""
+    mean, std = vae._stats()
+    return vae.decoder(latents * std + mean, None, first=first)[0]
+
+
+@torch.no_grad()
+def decoder_fidelity(narrow, wide, walks: list[torch.Tensor], window: int = 9, perturbation: float = 0.0,
+                     seed: int = 0) -> list[float]:
+    """PSNR (dB, frames on [-1, 1]) of `narrow`'s decode to `wide`'s, as shown (`TinyVAE.decode`), over a
+    whole-grid window from the middle of each walk, its latents perturbed by N(0, perturbation²) noise."""
+    rng = torch.Generator().manual_seed(seed)
+    scores = []
+    for walk in walks:
+        start = max(0, (walk.shape[1] - window) // 2)
+        z = walk[None, :, start:start + window].float()
+        z = z + perturbation * torch.randn(z.shape, generator=rng)
+        error = (narrow.decode(z) - wide.decode(z)).pow(2).mean().clamp_min(1e-12)
+        scores.append(float(10 * torch.log10(4.0 / error)))
+    return scores
+
+
+def distil_decoder(wide, walks: list[torch.Tensor], cfg: DistilConfig):
+    """Train a decoder of `cfg.widths` to give `wide`'s frames for the latents of `walks` ([C, T, h, w] each,
+    normalised), keeping `wide`'s encoder and latent space. Resumes from run_dir/checkpoint.pt.
+
+    Returns (the EMA narrow TinyVAE, a report: steps, seconds, and the median PSNR to `wide` on the
+    `cfg.held_out` last walks, clean and perturbed by noise of std 0.25)."""
+    import statistics
+
+    from train.trainer import _ema_update, _lr_at
+
+    if len(walks) <= cfg.held_out:
+        raise ValueError(f"need more than held_out={cfg.held_out} walks to distil a decoder, got {len(walks)}")
+    train_walks, held_walks = walks[:len(walks) - cfg.held_out], walks[len(walks) - cfg.held_out:]
+    wide = wide.eval().requires_grad_(False)
+    narrow = narrow_decoder(wide, cfg.widths).train()
+    narrow.encoder.requires_grad_(False)
+    ema = copy.deepcopy(narrow).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(narrow.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "checkpoint.pt"
+    step, seconds_before = 0, 0.0
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if tuple(saved["config"]["widths"]) != tuple(cfg.widths):
+            raise ValueError(f"{checkpoint} distils widths {tuple(saved['config']['widths'])}, not {tuple(cfg.widths)}: "
+                             "use another run dir")
+        narrow.load_state_dict(saved["vae"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, seconds_before = int(saved["step"]), float(saved["seconds"])
+        rng.set_state(saved["rng"])
+    start = last_save = time.monotonic()
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="distil decoder", dynamic_ncols=True)
+
+    def elapsed() -> float:
+        return seconds_before + time.monotonic() - start
+
+    def save() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"vae": narrow.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "seconds": elapsed(), "rng": rng.get_state(), "config": asdict(cfg)}, tmp)
+        os.replace(tmp, checkpoint)
+
+    with open(run_dir / "log.jsonl", "a") as log:
+        while step < cfg.steps and not (cfg.minutes and elapsed() >= cfg.minutes * 60):
+            lr = _lr_at(step, cfg, elapsed())  # cosine to lr/10 over the steps or the minutes
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            latents, first = draw_latent_windows(train_walks, cfg.batch_size, cfg.window, cfg.crop, cfg.p_perturbed,
+                                                 cfg.max_perturbation, rng)
+            with torch.no_grad():
+                target = raw_decode(wide, latents, first)
+            loss = (raw_decode(narrow, latents, first) - target).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(narrow.decoder.parameters(), 1.0)
+            optimizer.step()
+            _ema_update(ema.decoder, narrow.decoder, cfg.ema_decay)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.2e}")
+            if step % 10 == 0:
+                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": round(elapsed(), 1)}) + "\n")
+                log.flush()
+            if time.monotonic() - last_save >= cfg.checkpoint_every_s:
+                save()
+                last_save = time.monotonic()
+        save()
+    if bar is not None:
+        bar.close()
+    report = {"steps": step, "seconds": round(elapsed(), 1),
+              "held_out_walks": len(held_walks),
+              "held_out_psnr_db": round(statistics.median(decoder_fidelity(ema, wide, held_walks)), 2),
+              "held_out_perturbed_psnr_db": round(statistics.median(
+                  decoder_fidelity(ema, wide, held_walks, perturbation=0.25)), 2)}
+    return ema, report
+
+
+def load_walk_latents(latents_dir: Path) -> list[torch.Tensor]:
+    """The normalised latents [C, T, h, w] of every encoded walk under `latents_dir`, in name order."""
+    paths = sorted(Path(latents_dir).glob("*.pt"))
+    if not paths:
+        raise FileNotFoundError(f"no encoded walks (*.pt) under {latents_dir}: run `python run.py train prepare` first")
+    return [torch.load(path, weights_only=True)["latents"] for path in paths]

@@ -74,7 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model/vae/deblock.py)")
     parser.add_argument("--deblock-flat", type=float, default=0.06,
                         help="decoder: the largest step inside the cells beside a seam")
-    parser.add_argument("--decoder-lr", type=float, default=2e-4)
+    parser.add_argument("--decoder-lr", type=float, default=None,
+                        help="decoder: peak learning rate (default 2e-4 to fine-tune on rollouts, 2e-3 to distil "
+                             "a narrower decoder)")
+    parser.add_argument("--decoder-widths", default=None, metavar="W1,W2,W3",
+                        help="decoder: distil a decoder of these 2D stage widths from --vae's on the encoded walks of "
+                             "--data, for --decoder-minutes (train.decoder.distil_decoder; the encoder and latent "
+                             "space stay --vae's), instead of fine-tuning on rollouts")
     parser.add_argument("--pairs", type=int, default=96, help="teacher rollouts for distillation")
     parser.add_argument("--rollout-steps", type=int, default=16, help="teacher Euler steps per chunk")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -510,6 +516,8 @@ def run_decoder(args) -> Path:
     out = Path(args.out) if args.out else EMBEDDED_WEIGHTS.with_name("roam_tiny_decoder.safetensors")
     space = vae_tag(_vae_path(args))
     seams = {"deblock_step": args.deblock_step, "deblock_flat": args.deblock_flat}
+    if args.decoder_widths:
+        return _distil_decoder(args, out, space, seams)
     if args.decoder_steps == 0:
         vae = load_tiny_vae(_vae_path(args))
         vae.cfg = replace(vae.cfg, **seams)
@@ -527,13 +535,42 @@ def run_decoder(args) -> Path:
     print(f"decoder: {count} rollouts of {weights} under {run_dir / 'rollouts'}", flush=True)
     pairs = RolloutPairs(run_dir / "rollouts", latents_dir, Path(args.data) / "clips" / "train")
     vae = load_tiny_vae(_vae_path(args))
-    cfg = RefineConfig(run_dir=str(run_dir), steps=args.decoder_steps, minutes=args.decoder_minutes, lr=args.decoder_lr,
+    cfg = RefineConfig(run_dir=str(run_dir), steps=args.decoder_steps, minutes=args.decoder_minutes,
+                       lr=args.decoder_lr if args.decoder_lr is not None else 2e-4,
                        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     refined = refine_decoder(vae, pairs, cfg)
     refined.cfg = replace(refined.cfg, **seams)
     meta = {"latent_space": space, "refined_on": f"{len(pairs)} rollouts of {weights}",
             "refine_config": json.dumps(asdict(cfg))}
     return save_tiny_vae(refined, out, extra_metadata=meta)
+
+
+def _distil_decoder(args, out: Path, space: str, seams: dict) -> Path:
+    """`train decoder --decoder-widths`: a narrower decoder distilled from --vae's (train.decoder.distil_decoder),
+    written with --vae's encoder, the seam filter and its fidelity on held-out walks in the metadata."""
+    from dataclasses import asdict, replace
+
+    from model.vae import load_tiny_vae, save_tiny_vae
+    from train.decoder import DistilConfig, distil_decoder, load_walk_latents
+
+    try:
+        widths = tuple(int(w) for w in args.decoder_widths.split(","))
+    except ValueError as error:
+        raise ValueError(f"--decoder-widths must be comma-separated integers, got {args.decoder_widths!r}") from error
+    if args.decoder_steps == 0:
+        raise ValueError("--decoder-widths distils a new decoder, so it needs --decoder-steps > 0")
+    wide = load_tiny_vae(_vae_path(args))
+    replace(wide.cfg, decoder_widths=widths)  # raises, naming the field, for a wrong count or a width < 1
+    cfg = DistilConfig(run_dir=str(Path(args.run_dir) / "decoder_distil"), widths=widths, steps=args.decoder_steps,
+                       minutes=args.decoder_minutes, lr=args.decoder_lr if args.decoder_lr is not None else 2e-3,
+                       batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    narrow, report = distil_decoder(wide, load_walk_latents(_latents_dir(args)), cfg)
+    narrow.cfg = replace(narrow.cfg, **seams)
+    print(f"decoder: distilled widths {widths} from {_vae_path(args)} in {report['steps']} steps; held-out PSNR to it "
+          f"{report['held_out_psnr_db']} dB clean, {report['held_out_perturbed_psnr_db']} dB perturbed", flush=True)
+    meta = {"latent_space": space, "distilled_from": str(_vae_path(args)), "distil_config": json.dumps(asdict(cfg)),
+            "distil_report": json.dumps(report)}
+    return save_tiny_vae(narrow, out, extra_metadata=meta)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ CANDIDATES: dict[str, tuple[dict, int]] = {
     "s8 t4 c16 w(32,64,128) @128": ({"latent_channels": 16, "spatial_stride": 8, "temporal_stride": 4, "widths": (32, 64, 128)}, 128),
     "s8 t4 c32 w(24,48,96) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 4, "widths": (24, 48, 96)}, 128),
     "s8 t8 c32 w(32,64,128) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 8, "widths": (32, 64, 128)}, 128),
+    "s8 t4 c32 w(24,48,96) decoder w(16,32,64) @128": ({"latent_channels": 32, "spatial_stride": 8, "temporal_stride": 4, "widths": (24, 48, 96),
+                                                       "decoder_widths": (16, 32, 64)}, 128),
     "s16 t4 c32 w(16,32,64,128) @256": ({"latent_channels": 32, "spatial_stride": 16, "temporal_stride": 4, "widths": (16, 32, 64, 128)}, 256),
 }
 
@@ -86,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
     load = os.getloadavg()[0]
     cfg = vae.cfg
     refine = f" refine{cfg.refine_width}" if cfg.refine_width else ""
-    name = f"TinyVAE s{cfg.spatial_stride} t{cfg.temporal_stride} c{cfg.latent_channels} w{cfg.widths}{refine} @{resolution}"
+    narrow = f" decoder w{cfg.decoder_widths}" if cfg.decoder_widths is not None else ""
+    name = f"TinyVAE s{cfg.spatial_stride} t{cfg.temporal_stride} c{cfg.latent_channels} w{cfg.widths}{narrow}{refine} @{resolution}"
     rows = []
     for n in threads:
         torch.set_num_threads(n)

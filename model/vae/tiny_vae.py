@@ -37,13 +37,16 @@ class TinyVAEConfig:
     """Shape of the autoencoder.
 
     widths[i] is the channel count of the 2D stage at resolution H / 2^(i+1); there are
-    log2(spatial_stride) stages, the last one at the latent resolution.
+    log2(spatial_stride) stages, the last one at the latent resolution. decoder_widths, when set, are
+    the decoder's instead (None: the encoder's): a decoder distilled narrower than its encoder for
+    speed (train/decoder.py, `distil_decoder`) decodes the same latent space at a fraction of the cost.
     """
 
     latent_channels: int = 32
     spatial_stride: int = 8
     temporal_stride: int = 4
     widths: tuple[int, ...] = (32, 64, 128)
+    decoder_widths: tuple[int, ...] | None = None
     temporal_blocks: int = 2
     temporal_kernel: int = 3
     refine_width: int = 0
@@ -54,13 +57,19 @@ class TinyVAEConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.decoder_widths is not None:
+            object.__setattr__(self, "decoder_widths", tuple(int(w) for w in self.decoder_widths))
         s = self.spatial_stride
         if s < 2 or s & (s - 1):
             raise ValueError(f"spatial_stride must be a power of two >= 2, got {s}")
-        if len(self.widths) != int(math.log2(s)):
-            raise ValueError(f"widths needs log2(spatial_stride)={int(math.log2(s))} entries, got {self.widths}")
-        if any(w < 1 for w in self.widths):
-            raise ValueError(f"widths must be positive, got {self.widths}")
+        for name in ("widths", "decoder_widths"):
+            widths = getattr(self, name)
+            if widths is None:
+                continue
+            if len(widths) != int(math.log2(s)):
+                raise ValueError(f"{name} needs log2(spatial_stride)={int(math.log2(s))} entries, got {widths}")
+            if any(w < 1 for w in widths):
+                raise ValueError(f"{name} must be positive, got {widths}")
         if self.temporal_stride < 1:
             raise ValueError(f"temporal_stride must be >= 1, got {self.temporal_stride}")
         if self.latent_channels < 1:
@@ -74,6 +83,11 @@ class TinyVAEConfig:
             raise ValueError(
                 f"need temporal_blocks >= 0 and temporal_kernel >= 1, got {self.temporal_blocks}, {self.temporal_kernel}"
             )
+
+    @property
+    def decoder_stage_widths(self) -> tuple[int, ...]:
+        """The decoder's 2D stage widths: decoder_widths, else the encoder's widths."""
+        return self.decoder_widths if self.decoder_widths is not None else self.widths
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,7 +216,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TinyVAEConfig):
         super().__init__()
         self.cfg = cfg
-        widths = cfg.widths
+        widths = cfg.decoder_stage_widths
         c = widths[-1]
         self.inp = nn.Conv2d(cfg.latent_channels, c, 3, padding=1)
         self.temporal = nn.ModuleList(CausalTemporalBlock(c, cfg.temporal_kernel) for _ in range(cfg.temporal_blocks))

@@ -140,3 +140,125 @@ def test_train_decoder_without_steps_writes_the_vae_with_the_seam_filter(tmp_pat
     assert latent_space_tag(out) == vae_tag(vae_path)
     with pytest.raises(ValueError, match="--decoder-steps"):
         train_cmd.main(parser.parse_args(["decoder", "--vae", str(vae_path), "--decoder-steps", "-1"]))
+
+
+def _walks(n: int, latents: int = 7, hw: int = 4) -> list[torch.Tensor]:
+    from tests.train.helpers import LATENT_CHANNELS
+
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randn(LATENT_CHANNELS, latents, hw, hw, generator=gen) for _ in range(n)]
+
+
+def _wide_vae(tmp_path):
+    """The helpers' VAE with a deep decoder path that matters (a fresh one is only its linear path)."""
+    vae = load_tiny_vae(write_vae(tmp_path / "vae.safetensors"))
+    with torch.no_grad():
+        vae.decoder.stages[-1][1].weight.normal_(0, 0.2)
+        for block in vae.decoder.temporal:
+            block.conv_s.weight.normal_(0, 0.2)
+    return vae
+
+
+def test_a_narrow_decoder_starts_as_the_wide_ones_linear_path_and_keeps_its_encoder(tmp_path):
+    from train.decoder import narrow_decoder
+
+    wide = _wide_vae(tmp_path)
+    narrow = narrow_decoder(wide, (2, 4, 4))
+    assert narrow.cfg.widths == wide.cfg.widths and narrow.cfg.decoder_stage_widths == (2, 4, 4)
+    assert narrow.decoder.stages[0][0].conv1.weight.shape[0] == 4  # the lowest-resolution stage is the narrow width
+    video = torch.rand(1, 3, 1 + 2 * STRIDE, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(narrow.encode(video), wide.encode(video))
+        z = wide.encode(video)
+        mean, std = wide._stats()
+        skip = wide.decoder.skip((z * std + mean)[:, :, 0])  # [1, stride·3·8², h, w]: one block per sub-frame
+        linear = torch.nn.functional.pixel_shuffle(skip[:, -3 * 64:], 8)  # latent 0 keeps its last sub-frame
+        torch.testing.assert_close(narrow.decode(z[:, :, :1])[:, :, 0], linear.clamp(-1, 1), atol=1e-5, rtol=1e-5)
+        assert (narrow.decode(z) - wide.decode(z)).abs().max() > 1e-3  # the wide deep path is not there yet
+
+
+def test_distilling_a_narrow_decoder_approaches_the_wide_one_and_resumes(tmp_path):
+    """The distilled decoder scores closer to the wide one on held-out walks than its start did, in a
+    file that holds the wide encoder beside the narrow decoder; a second call resumes from the checkpoint."""
+    import statistics
+
+    from train.decoder import DistilConfig, decoder_fidelity, distil_decoder, narrow_decoder
+
+    wide, walks = _wide_vae(tmp_path), _walks(8)
+    before = statistics.median(decoder_fidelity(narrow_decoder(wide, (4, 8, 8)), wide, walks[-2:], window=5))
+    cfg = DistilConfig(run_dir=str(tmp_path / "run"), widths=(4, 8, 8), steps=60, minutes=0.0, lr=5e-3, window=3,
+                       crop=4, held_out=2, ema_decay=0.5, progress=False)
+    narrow, report = distil_decoder(wide, walks, cfg)
+    assert report["steps"] == 60 and report["held_out_walks"] == 2
+    assert report["held_out_psnr_db"] > before + 1.0
+    saved = save_tiny_vae(narrow, tmp_path / "narrow.safetensors")
+    loaded = load_tiny_vae(saved)
+    assert loaded.cfg.decoder_widths == (4, 8, 8) and loaded.cfg.widths == wide.cfg.widths
+    z = walks[-1][None, :, :5]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), narrow.decode(z), atol=2e-3, rtol=0)  # float16 file
+    again, report = distil_decoder(wide, walks, DistilConfig(**{**cfg.__dict__, "steps": 70}))
+    assert report["steps"] == 70
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [10, 20, 30, 40, 50, 60, 70]
+    with pytest.raises(ValueError, match="distils widths"):
+        distil_decoder(wide, walks, DistilConfig(**{**cfg.__dict__, "widths": (4, 4, 4)}))
+    with pytest.raises(ValueError, match="held_out"):
+        distil_decoder(wide, walks[:2], DistilConfig(**{**cfg.__dict__, "run_dir": str(tmp_path / "other")}))
+
+
+def test_latent_windows_are_cut_from_the_walks_and_perturbed_on_request():
+    from train.decoder import draw_latent_windows
+
+    walks = _walks(3, latents=9, hw=6)
+    rng = torch.Generator().manual_seed(0)
+    seen_first = seen_later = False
+    for _ in range(30):
+        z, first = draw_latent_windows(walks, 2, 4, 3, 0.0, 0.5, rng)
+        assert z.shape == (2, walks[0].shape[0], 4, 3, 3)
+        for sample in z:  # every clean sample is a window of one of the walks
+            assert any((walk.unfold(1, 4, 1).unfold(2, 3, 1).unfold(3, 3, 1).permute(1, 2, 3, 0, 4, 5, 6)
+                        - sample).abs().flatten(3).amax(-1).min() < 1e-6 for walk in walks)
+        seen_first |= first
+        seen_later |= not first
+    assert seen_first and seen_later
+    noisy, _ = draw_latent_windows(walks, 64, 4, 3, 1.0, 0.5, torch.Generator().manual_seed(1))
+    clean, _ = draw_latent_windows(walks, 64, 4, 3, 0.0, 0.5, torch.Generator().manual_seed(1))
+    assert not torch.equal(noisy, clean)
+    with pytest.raises(ValueError, match="shorter than a window"):
+        draw_latent_windows(walks, 1, 12, 3, 0.0, 0.5, rng)
+
+
+def test_train_decoder_with_widths_distils_into_a_file_the_app_loads(tmp_path):
+    """`train decoder --decoder-widths` writes a TinyVAE with --vae's encoder, the narrow decoder, the seam
+    filter and the latent space, and the report in its metadata; bad widths are refused by name."""
+    import argparse
+
+    from safetensors import safe_open
+
+    from model.release import latent_space_tag, vae_tag
+    from train import train_cmd
+    from train.data import vae_tag as data_vae_tag
+
+    vae_path = write_vae(tmp_path / "vae.safetensors")
+    data = tmp_path / "data"
+    write_latent_clips(data / "latents" / data_vae_tag(vae_path) / "train", 8, frames=7)
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    out = tmp_path / "narrow.safetensors"
+    common = ["decoder", "--vae", str(vae_path), "--data", str(data), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    args = parser.parse_args(common + ["--decoder-widths", "2,4,4", "--decoder-steps", "5", "--out", str(out)])
+    assert train_cmd.main(args) == 0
+    written, source = load_tiny_vae(out), load_tiny_vae(vae_path)
+    assert written.cfg.decoder_widths == (2, 4, 4) and written.cfg.deblock_step == 0.5
+    for name, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(written.encoder.state_dict()[name], value)
+    assert latent_space_tag(out) == vae_tag(vae_path)
+    with safe_open(str(out), framework="pt") as f:
+        report = json.loads(f.metadata()["distil_report"])
+    assert report["steps"] == 5 and report["held_out_walks"] == 6
+    for bad, message in (("2,4", "decoder_widths needs"), ("2,x,4", "comma-separated"), ("2,0,4", "positive")):
+        with pytest.raises(ValueError, match=message):
+            train_cmd.main(parser.parse_args(common + ["--decoder-widths", bad]))
+    with pytest.raises(ValueError, match="--decoder-steps > 0"):
+        train_cmd.main(parser.parse_args(common + ["--decoder-widths", "2,4,4", "--decoder-steps", "0"]))

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2)
 SMALL_S16_T8 = TinyVAEConfig(latent_channels=6, spatial_stride=16, temporal_stride=8, widths=(4, 4, 8, 8), temporal_blocks=1)
 SMALL_REFINE = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), temporal_blocks=2, refine_width=6)
+SMALL_NARROW = TinyVAEConfig(latent_channels=8, spatial_stride=8, temporal_stride=4, widths=(4, 8, 16), decoder_widths=[2, 4, 6],
+                             temporal_blocks=2)
 
 
 def _vae(cfg: TinyVAEConfig) -> TinyVAE:
@@ -85,6 +87,8 @@ def test_bad_latents_and_stream_use_raise():
         ({"latent_channels": 0}, "latent_channels"),
         ({"widths": (4, 0, 8)}, "positive"),
         ({"refine_width": -1}, "refine_width"),
+        ({"decoder_widths": (4, 8)}, r"decoder_widths needs log2\(spatial_stride\)=3"),
+        ({"decoder_widths": (4, 8, -1)}, "decoder_widths must be positive"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
@@ -94,8 +98,9 @@ def test_bad_config_raises(kwargs, match):
 
 @pytest.mark.parametrize(
     "cfg, splits",
-    [(SMALL, [1, 1, 1, 1, 1, 1]), (SMALL, [1, 5]), (SMALL, [2, 4]), (SMALL, [6]), (SMALL_REFINE, [3, 1, 2]), (SMALL_REFINE, [1, 5])],
-    ids=["plain-1x6", "plain-1+5", "plain-2+4", "plain-6", "refine-3+1+2", "refine-1+5"],
+    [(SMALL, [1, 1, 1, 1, 1, 1]), (SMALL, [1, 5]), (SMALL, [2, 4]), (SMALL, [6]), (SMALL_REFINE, [3, 1, 2]), (SMALL_REFINE, [1, 5]),
+     (SMALL_NARROW, [2, 1, 3])],
+    ids=["plain-1x6", "plain-1+5", "plain-2+4", "plain-6", "refine-3+1+2", "refine-1+5", "narrow-decoder-2+1+3"],
 )
 def test_stream_decode_equals_whole_decode(cfg, splits):
     vae = _vae(cfg)
@@ -132,6 +137,20 @@ def test_cpu_decoder_frames_in_passes_equal_one_pass(cfg, monkeypatch):
     for a, b in zip(in_passes, one_pass):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_a_narrow_decoder_has_its_own_widths_and_the_config_round_trips():
+    """decoder_widths size the decoder only (the encoder keeps widths), and the config survives the JSON of a
+    weights file (lists back to tuples); a config without it is the encoder's widths throughout."""
+    import json
+
+    vae = TinyVAE(SMALL_NARROW)
+    assert SMALL_NARROW.decoder_widths == (2, 4, 6) and SMALL_NARROW.decoder_stage_widths == (2, 4, 6)
+    assert vae.decoder.inp.out_channels == 6 and vae.encoder.out.in_channels == 16
+    assert TinyVAEConfig(**json.loads(json.dumps(SMALL_NARROW.to_dict()))) == SMALL_NARROW
+    assert SMALL.decoder_stage_widths == SMALL.widths and TinyVAE(SMALL).decoder.inp.out_channels == 16
+    narrow_params = sum(p.numel() for p in vae.decoder.parameters())
+    assert narrow_params < sum(p.numel() for p in TinyVAE(SMALL).decoder.parameters())
 
 
 def test_stream_decode_equals_whole_decode_s16_t8():
