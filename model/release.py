@@ -316,14 +316,17 @@ def load_embedded(
     seed: int = 0,
     weights: Path | None = None,
     chunk_latents: int = 2,
+    decoder_dtype: torch.dtype | None = None,
 ) -> Release:
     """The embedded tiny model: trained weights (`model/weights/roam_tiny.safetensors` + `roam_tiny.json`)
     when installed, else `ModelConfig.preset("tiny")` with seeded random weights (a warning says so); the
-    committed TinyVAE when its latent channels fit, else a seeded random TinyVAE (warned too)."""
+    committed TinyVAE when its latent channels fit, else a seeded random TinyVAE (warned too). The VAE's
+    decoder runs in `decoder_dtype` (None: on a CPU, `cpu_decoder_dtype()`, bf16 where it is native; else
+    float32)."""
     from model.checkpoint import load_state_dict_exact, read_weights
     from model.config import ModelConfig
     from model.transformer import WorldModel
-    from model.vae import TinyVAE, TinyVAEConfig, load_tiny_vae
+    from model.vae import TinyVAE, TinyVAEConfig, cpu_decoder_dtype, load_tiny_vae
 
     weights = weights or Path(__file__).resolve().parent / "weights" / "roam_tiny.safetensors"
     sources: dict[str, str] = {}
@@ -360,6 +363,10 @@ def load_embedded(
         sources["VAE"] = "random"
     dit = dit.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device).eval()
+    if decoder_dtype is None:
+        decoder_dtype = cpu_decoder_dtype() if torch.device(device).type == "cpu" else torch.float32
+    vae.decode_in(decoder_dtype)
+    logger.info("the tiny VAE's decoder runs in %s", str(decoder_dtype).removeprefix("torch."))
     window, sink = embedded_window(weights.with_suffix(".json"))
     profile = embedded_profile(chunk_latents=chunk_latents, sigmas=sampler, kv_window_chunks=window, sink=sink,
                                cam_conv_cross_chunk=dit.config.cam_conv_cross_chunk, name=f"{name} (as trained)",

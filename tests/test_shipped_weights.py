@@ -29,6 +29,31 @@ def test_the_shipped_model_names_a_shipped_vae_with_its_latent_space():
     assert shipped.cfg.deblock_step > 0  # the cell-seam filter is on for the shipped decoder
 
 
+def test_the_shipped_narrow_decoder_paints_what_the_training_vaes_decoder_paints():
+    """The shipped decoder is distilled narrower than the training VAE's (`train decoder --decoder-widths`, for
+    real-time headroom): on a held-out scene, clean and with its latents perturbed as a drifted rollout's are, it
+    gives the frames the wide decoder (with the same seam filter) gives, within 40 dB, at under 60 % of its weights."""
+    from dataclasses import replace
+
+    from tests.conftest import ci_size
+    from train.vae import psnr, sim_clip, to_video
+
+    shipped = load_tiny_vae(embedded_vae_path(WEIGHTS / "roam_tiny.safetensors"))
+    wide = load_tiny_vae(WEIGHTS / "roam_tiny_vae.safetensors")
+    wide.cfg = replace(wide.cfg, deblock_step=shipped.cfg.deblock_step, deblock_flat=shipped.cfg.deblock_flat)
+    assert shipped.cfg.decoder_widths is not None and shipped.cfg.widths == wide.cfg.widths
+    count = sum(p.numel() for p in shipped.decoder.parameters())
+    assert count < 0.6 * sum(p.numel() for p in wide.decoder.parameters())
+    frames = ci_size(17, 9)
+    clip = to_video(sim_clip("eval", 5, frames, 128))[None]
+    with torch.no_grad():
+        z = wide.encode(clip)
+        for noise in (0.0, 0.3):
+            drifted = z + noise * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+            score = psnr(shipped.decode(drifted), wide.decode(drifted))
+            assert score > 40.0, (noise, score)
+
+
 def test_training_tags_latents_with_the_function_loading_reads():
     import train.data
 
@@ -41,6 +66,13 @@ def test_every_entry_point_gets_the_trained_pair():
     assert release.sources["DiT"].endswith("roam_tiny.safetensors")
     assert release.sources["VAE"] == str(embedded_vae_path())
     assert release.vae.latent_channels == release.dit.config.in_channels
+    # the decoder runs in bf16 where this CPU has it natively (as `run.py eval` scores it), the encoder in float32
+    from model.vae import cpu_decoder_dtype
+
+    assert release.vae.decoder.inp.weight.dtype == cpu_decoder_dtype()
+    assert release.vae.encoder.out.weight.dtype == torch.float32
+    forced = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, decoder_dtype=torch.float32)
+    assert forced.vae.decoder.inp.weight.dtype == torch.float32
 
 
 def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(tmp_path):

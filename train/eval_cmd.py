@@ -55,7 +55,7 @@ WARM_NOTE = ", each chunk starting from the last committed latent noised to the 
 
 def main(args: argparse.Namespace) -> int:
     from model.release import embedded_vae_path, embedded_warm_start, model_sampler_sigmas
-    from model.vae import load_tiny_vae
+    from model.vae import cpu_decoder_dtype, load_tiny_vae
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
     from train.evaluate import summarise
 
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     model = load_weights(args.model)
     # The VAE whose latent space the model was trained in (its recorded vae_tag), unless one is named.
     vae_path = args.vae or embedded_vae_path(args.model)
-    vae = load_tiny_vae(vae_path)
+    vae = load_tiny_vae(vae_path).decode_in(cpu_decoder_dtype())  # the decoder as the app runs it
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
     sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
@@ -92,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
+    summary["decoder_dtype"] = str(cpu_decoder_dtype()).removeprefix("torch.")
     summary["warm_start"] = warm
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
@@ -144,10 +145,11 @@ class EvalJob:
 
     def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """In a worker process: load the model and VAE, then `evaluate`."""
-        from model.vae import load_tiny_vae
+        from model.vae import cpu_decoder_dtype, load_tiny_vae
         from train.embedded import load_weights
 
-        return self.evaluate(load_weights(self.model), load_tiny_vae(self.vae), indices)
+        vae = load_tiny_vae(self.vae).decode_in(cpu_decoder_dtype())  # the decoder as the app runs it
+        return self.evaluate(load_weights(self.model), vae, indices)
 
     def evaluate(self, model, vae, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """(index, result, frames) per eval scene index; frames only for index 0 (the docs' figure)."""

@@ -10,6 +10,6 @@
 from __future__ import annotations
 
 from model.vae.io import DEFAULT_WEIGHTS, load_tiny_vae, save_tiny_vae
-from model.vae.tiny_vae import StreamDecoder, TinyVAE, TinyVAEConfig
+from model.vae.tiny_vae import StreamDecoder, TinyVAE, TinyVAEConfig, cpu_decoder_dtype
 
-__all__ = ["DEFAULT_WEIGHTS", "StreamDecoder", "TinyVAE", "TinyVAEConfig", "load_tiny_vae", "save_tiny_vae"]
+__all__ = ["DEFAULT_WEIGHTS", "StreamDecoder", "TinyVAE", "TinyVAEConfig", "cpu_decoder_dtype", "load_tiny_vae", "save_tiny_vae"]

@@ -153,6 +153,29 @@ def test_a_narrow_decoder_has_its_own_widths_and_the_config_round_trips():
     assert narrow_params < sum(p.numel() for p in TinyVAE(SMALL).decoder.parameters())
 
 
+def test_a_decoder_in_bf16_paints_the_float32_frames_and_leaves_the_encoder():
+    """`decode_in(bf16)` runs only the decoder in bf16: frames come back in the VAE's float32, close to the
+    float32 decoder's, streamed equal to whole; encoding is bit for bit unchanged."""
+    from model.vae import cpu_decoder_dtype
+    from train.vae import psnr
+
+    vae = _vae(SMALL_NARROW)
+    video = torch.rand(1, 3, 9, 16, 24) * 2 - 1
+    z = torch.randn(1, 8, 5, 2, 3)
+    with torch.no_grad():
+        wide_z, full = vae.encode(video), vae.decode(z)
+        assert vae.decode_in(torch.bfloat16) is vae
+        assert vae.decoder.inp.weight.dtype == torch.bfloat16 and vae.encoder.out.weight.dtype == torch.float32
+        torch.testing.assert_close(vae.encode(video), wide_z, atol=0, rtol=0)
+        half = vae.decode(z)
+        assert half.dtype == torch.float32 and half.shape == full.shape
+        assert psnr(half, full) > 35.0
+        dec = vae.stream_decoder(1)
+        streamed = torch.cat([dec.decode_chunk(z[:, :, :2]), dec.decode_chunk(z[:, :, 2:])], dim=2)
+        torch.testing.assert_close(streamed, half, atol=1e-2, rtol=0)
+    assert cpu_decoder_dtype() in (torch.bfloat16, torch.float32)
+
+
 def test_stream_decode_equals_whole_decode_s16_t8():
     vae = _vae(SMALL_S16_T8)
     z = torch.randn(1, 6, 4, 2, 2)
