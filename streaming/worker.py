@@ -422,14 +422,23 @@ class GenerationWorker:
             return batch, 0.0
 
     def _rows_within_a_chunk(self, lead: StreamJob, rows: int) -> int:
-        """The most rows (1 … `rows`) whose batch is expected to take no longer than the video one
-        chunk of `lead` holds: a longer batch stalls every member anyway, and only adds latency."""
+        """How many of the `rows` ready walks (lead first) to run now.
+
+        All of them when their batch is expected to fit the video one chunk of `lead` holds. Otherwise
+        the most rows that fit, but only when a second batch of the rest fits in the same period after
+        them: then the lead's chunk lands sooner and no one is later. Without such a split the worker is
+        behind whatever it does, and one batch of all the rows makes the most frames a second: each extra
+        batch pays its fixed cost again, and a cut kept up by an estimate extrapolated from small batches
+        (`BatchCost.estimate_ms` errs high) would never measure the big batch again.
+        """
         period_ms = lead.next_chunk_frames() / lead.fps * 1e3
-        while rows > 1:
-            expected = self.cost.estimate_ms(rows)
-            if expected is None or expected <= period_ms:
-                break
-            rows -= 1
+        whole = self.cost.estimate_ms(rows)
+        if whole is None or whole <= period_ms:
+            return rows
+        for first in range(rows - 1, 0, -1):
+            lead_ms, rest_ms = self.cost.estimate_ms(first), self.cost.estimate_ms(rows - first)
+            if lead_ms <= period_ms and lead_ms + rest_ms <= period_ms:
+                return first
         return rows
 
     def _run(self) -> None:

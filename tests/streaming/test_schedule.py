@@ -72,20 +72,42 @@ async def test_the_walk_with_the_least_frames_queued_goes_first():
     assert batch == [empty]
 
 
-async def test_a_batch_is_cut_to_what_fits_one_chunk_of_video():
+async def test_a_batch_is_cut_only_where_the_rest_still_fits_the_same_chunk_of_video():
     loop = asyncio.get_running_loop()
     worker = GenerationWorker(max_batch=4)
     jobs = [_job(loop, f"j{i}") for i in range(4)]
     for job in jobs:
         worker.add(job)
-    # A first chunk is 9 frames: 562.5 ms of video at 16 fps. Measured: 300 ms alone, 500 for two, 900 for four.
+    # A first chunk is 9 frames: 562.5 ms of video at 16 fps. Two batches of two (2 × 250 ms) fit it where
+    # one batch of four (700 ms) does not: the lead's two go first.
+    for rows, ms in ((1, 150.0), (2, 250.0), (4, 700.0)):
+        worker.cost.observe(rows, ms)
+    batch, _ = worker._next_batch()
+    assert len(batch) == 2
+    # 300 ms alone, 500 for two, 900 for four: no split fits one chunk, so one batch of four, the most frames
+    # a second (two batches of two would take 1000 ms).
+    worker.cost = BatchCost()
     for rows, ms in ((1, 300.0), (2, 500.0), (4, 900.0)):
         worker.cost.observe(rows, ms)
     batch, _ = worker._next_batch()
-    assert len(batch) == 2  # three rows: ~700 ms on the line through the measurements, more than 562.5
+    assert len(batch) == 4
     worker.cost = BatchCost()
     batch, _ = worker._next_batch()
     assert len(batch) == 4  # nothing measured: all ready walks
+
+
+async def test_a_slow_spell_does_not_keep_batches_small():
+    """After a slow spell only single walks were measured; the estimate for four, extrapolated through the
+    origin, says 4 × 200 ms. Cutting to two (400 ms) would leave the other two 400 ms more: past one chunk
+    of video, so the worker runs all four and measures them again."""
+    loop = asyncio.get_running_loop()
+    worker = GenerationWorker(max_batch=4)
+    for i in range(4):
+        worker.add(_job(loop, f"j{i}"))
+    worker.cost.observe(1, 200.0)
+    assert worker.cost.estimate_ms(4) == pytest.approx(800.0)
+    batch, _ = worker._next_batch()
+    assert len(batch) == 4
 
 
 def test_a_row_count_not_measured_for_a_while_is_forgotten():
