@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 WARM_NOTE = ", each chunk starting from the last committed latent noised to the first σ (warm start)"
 
 
+def _repo_relative(path) -> str:
+    """`path` relative to the repository when it is inside it (docs stay machine-independent), else as given."""
+    resolved = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def main(args: argparse.Namespace) -> int:
     from model.release import embedded_vae_path, embedded_warm_start, model_sampler_sigmas
     from model.vae import cpu_decoder_dtype, load_tiny_vae
@@ -92,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
-    summary["decoder_dtype"] = str(cpu_decoder_dtype()).removeprefix("torch.")
+    summary["vae"] = _repo_relative(vae_path)
+    summary["decoder"] = f"widths {list(vae.cfg.decoder_stage_widths)}, {str(cpu_decoder_dtype()).removeprefix('torch.')}"
     summary["warm_start"] = warm
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
@@ -297,6 +305,7 @@ Written by `python run.py eval --clips {args.clips} --seconds {args.seconds} --s
 (train/eval_cmd.py, train/evaluate.py) on {machine_description()}.
 
 Model: `{summary['model']}` ({json.dumps(summary.get('model_info', {}).get('trained_on', {}))}).
+Decoded by `{summary.get('vae', '?')}` (decoder {summary.get('decoder', '?')}).
 Each of {summary['clips']} eval-split scenes (seeds ≥ 1 000 000, never trained on) gives one random walk of
 {args.seconds} s at 16 fps, {args.size}×{args.size}. The live chunk generator (`streaming.generator.ChunkGenerator`,
 {len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}{WARM_NOTE if summary.get('warm_start') else ''}, KV window 2 + sink) starts from the walk's first rendered frame and is driven

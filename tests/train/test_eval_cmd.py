@@ -29,6 +29,13 @@ def test_eval_writes_the_summary_docs_and_figures_and_keeps_the_hand_written_not
     assert text.startswith("# Evaluation of the embedded model") and text.endswith("kept by hand\n")
     assert "| warp first frame (true depth) |" in text and "| repeat first frame |" in text
     assert "| model detail | repeat detail | warp detail |" in text
+    # the decoder the app runs, named in the docs: the shipped decoder file, its widths and its dtype
+    from model.vae import cpu_decoder_dtype
+
+    dtype = str(cpu_decoder_dtype()).removeprefix("torch.")
+    assert summary["vae"] == "model/weights/roam_tiny_decoder.safetensors"
+    assert summary["decoder"] == f"widths [16, 32, 64], {dtype}"
+    assert f"Decoded by `model/weights/roam_tiny_decoder.safetensors` (decoder widths [16, 32, 64], {dtype})." in text
     assert "columns at 0, 0.25, 0.5 and 1 s." in text  # the caption names the frames the 1 s rollout shows
     assert 0.0 <= summary["mean"]["detail_model"] and summary["mean"]["detail_repeat"] > 0.0
     standing = summary["standing"]
