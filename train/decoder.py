@@ -152,6 +152,22 @@ class RefineConfig:
 
 def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
     """Fine-tune `vae`'s decoder in place on `pairs`; returns the EMA copy. Resumes from run_dir/checkpoint.pt."""
+    warmup = warmup_latents(vae)
+
+    def loss_of(rng: torch.Generator) -> torch.Tensor:
+        latents, target = draw_windows(pairs, cfg.batch_size, cfg.window, warmup, cfg.p_clean, vae.temporal_stride, rng)
+        return refine_loss(decode_window(vae, latents, warmup), target, cfg.gradient_weight)
+
+    ema, _, _ = fit_decoder(vae, loss_of, cfg, "decoder")
+    return ema
+
+
+def fit_decoder(vae, loss_of, cfg, desc: str, must_match: tuple[str, ...] = ()):
+    """Train `vae`'s decoder in place (encoder frozen) on `loss_of(rng)`, the loss of one drawn batch, for
+    `cfg.steps` or `cfg.minutes` (counted across resumes), whichever ends first: AdamW at `cfg.lr` on the
+    shared cosine schedule, clipped gradients, an EMA of the decoder, a log every 10 steps and a checkpoint
+    every `cfg.checkpoint_every_s` and at the end. Resumes from run_dir/checkpoint.pt; a checkpoint whose
+    config differs in a `must_match` field raises ValueError. Returns (the EMA TinyVAE, steps, seconds)."""
     from train.trainer import _ema_update, _lr_at
 
     run_dir = Path(cfg.run_dir)
@@ -161,37 +177,42 @@ def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
     ema = copy.deepcopy(vae).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(vae.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     rng = torch.Generator().manual_seed(cfg.seed)
-    step = 0
     checkpoint = run_dir / "checkpoint.pt"
+    step, seconds_before = 0, 0.0
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ours = asdict(cfg)
+        for name in must_match:
+            if saved["config"][name] != ours[name]:
+                raise ValueError(f"{checkpoint} was made with {name}={saved['config'][name]!r}, not {ours[name]!r}: "
+                                 "use another run dir")
         vae.load_state_dict(saved["vae"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
-        step = int(saved["step"])
+        step, seconds_before = int(saved["step"]), float(saved.get("seconds", 0.0))
         rng.set_state(saved["rng"])
-    warmup = warmup_latents(vae)
     start = last_save = time.monotonic()
     bar = None
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="decoder", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True)
+
+    def elapsed() -> float:
+        return seconds_before + time.monotonic() - start
 
     def save() -> None:
         tmp = checkpoint.with_suffix(".tmp")
         torch.save({"vae": vae.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "rng": rng.get_state(), "config": asdict(cfg)}, tmp)
+                    "step": step, "seconds": elapsed(), "rng": rng.get_state(), "config": asdict(cfg)}, tmp)
         os.replace(tmp, checkpoint)
 
     with open(run_dir / "log.jsonl", "a") as log:
-        while step < cfg.steps:
-            lr = _lr_at(step, cfg, time.monotonic() - start)  # cosine to lr/10 over the steps or the minutes
+        while step < cfg.steps and not (cfg.minutes and elapsed() >= cfg.minutes * 60):
+            lr = _lr_at(step, cfg, elapsed())  # cosine to lr/10 over the steps or the minutes
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            latents, target = draw_windows(pairs, cfg.batch_size, cfg.window, warmup, cfg.p_clean,
-                                           vae.temporal_stride, rng)
-            loss = refine_loss(decode_window(vae, latents, warmup), target, cfg.gradient_weight)
+            loss = loss_of(rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
@@ -200,21 +221,17 @@ def refine_decoder(vae, pairs: RolloutPairs, cfg: RefineConfig):
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.3e}")
             if step % 10 == 0:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr,
-                                      "elapsed_s": round(time.monotonic() - start, 1)}) + "\n")
+                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": round(elapsed(), 1)}) + "\n")
                 log.flush()
-            now = time.monotonic()
-            done = step >= cfg.steps or (cfg.minutes and now - start >= cfg.minutes * 60)
-            if done or now - last_save >= cfg.checkpoint_every_s:
+            if time.monotonic() - last_save >= cfg.checkpoint_every_s:
                 save()
-                last_save = now
-            if done:
-                break
+                last_save = time.monotonic()
+        save()
     if bar is not None:
         bar.close()
-    return ema.eval()
+    return ema.eval(), step, elapsed()
 
 
 @dataclass(frozen=True)
@@ -308,76 +325,21 @@ def distil_decoder(wide, walks: list[torch.Tensor], cfg: DistilConfig):
     `cfg.held_out` last walks, clean and perturbed by noise of std 0.25)."""
     import statistics
 
-    from train.trainer import _ema_update, _lr_at
-
     if len(walks) <= cfg.held_out:
         raise ValueError(f"need more than held_out={cfg.held_out} walks to distil a decoder, got {len(walks)}")
     train_walks, held_walks = walks[:len(walks) - cfg.held_out], walks[len(walks) - cfg.held_out:]
     wide = wide.eval().requires_grad_(False)
-    narrow = narrow_decoder(wide, cfg.widths).train()
-    narrow.encoder.requires_grad_(False)
-    ema = copy.deepcopy(narrow).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(narrow.decoder.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    rng = torch.Generator().manual_seed(cfg.seed)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "checkpoint.pt"
-    step, seconds_before = 0, 0.0
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if tuple(saved["config"]["widths"]) != tuple(cfg.widths):
-            raise ValueError(f"{checkpoint} distils widths {tuple(saved['config']['widths'])}, not {tuple(cfg.widths)}: "
-                             "use another run dir")
-        narrow.load_state_dict(saved["vae"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, seconds_before = int(saved["step"]), float(saved["seconds"])
-        rng.set_state(saved["rng"])
-    start = last_save = time.monotonic()
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+    narrow = narrow_decoder(wide, cfg.widths)
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="distil decoder", dynamic_ncols=True)
+    def loss_of(rng: torch.Generator) -> torch.Tensor:
+        latents, first = draw_latent_windows(train_walks, cfg.batch_size, cfg.window, cfg.crop, cfg.p_perturbed,
+                                             cfg.max_perturbation, rng)
+        with torch.no_grad():
+            target = raw_decode(wide, latents, first)
+        return (raw_decode(narrow, latents, first) - target).pow(2).mean()
 
-    def elapsed() -> float:
-        return seconds_before + time.monotonic() - start
-
-    def save() -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"vae": narrow.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "seconds": elapsed(), "rng": rng.get_state(), "config": asdict(cfg)}, tmp)
-        os.replace(tmp, checkpoint)
-
-    with open(run_dir / "log.jsonl", "a") as log:
-        while step < cfg.steps and not (cfg.minutes and elapsed() >= cfg.minutes * 60):
-            lr = _lr_at(step, cfg, elapsed())  # cosine to lr/10 over the steps or the minutes
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            latents, first = draw_latent_windows(train_walks, cfg.batch_size, cfg.window, cfg.crop, cfg.p_perturbed,
-                                                 cfg.max_perturbation, rng)
-            with torch.no_grad():
-                target = raw_decode(wide, latents, first)
-            loss = (raw_decode(narrow, latents, first) - target).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(narrow.decoder.parameters(), 1.0)
-            optimizer.step()
-            _ema_update(ema.decoder, narrow.decoder, cfg.ema_decay)
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.2e}")
-            if step % 10 == 0:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": round(elapsed(), 1)}) + "\n")
-                log.flush()
-            if time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                save()
-                last_save = time.monotonic()
-        save()
-    if bar is not None:
-        bar.close()
-    report = {"steps": step, "seconds": round(elapsed(), 1),
+    ema, step, seconds = fit_decoder(narrow, loss_of, cfg, "distil decoder", must_match=("widths",))
+    report = {"steps": step, "seconds": round(seconds, 1),
               "held_out_walks": len(held_walks),
               "held_out_psnr_db": round(statistics.median(decoder_fidelity(ema, wide, held_walks)), 2),
               "held_out_perturbed_psnr_db": round(statistics.median(

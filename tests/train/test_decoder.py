@@ -201,7 +201,7 @@ def test_distilling_a_narrow_decoder_approaches_the_wide_one_and_resumes(tmp_pat
     assert report["steps"] == 70
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [10, 20, 30, 40, 50, 60, 70]
-    with pytest.raises(ValueError, match="distils widths"):
+    with pytest.raises(ValueError, match=r"made with widths=\(4, 8, 8\), not \(4, 4, 4\)"):
         distil_decoder(wide, walks, DistilConfig(**{**cfg.__dict__, "widths": (4, 4, 4)}))
     with pytest.raises(ValueError, match="held_out"):
         distil_decoder(wide, walks[:2], DistilConfig(**{**cfg.__dict__, "run_dir": str(tmp_path / "other")}))
