@@ -100,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
     summary["sigmas"] = list(sigmas)
     summary["vae"] = _repo_relative(vae_path)
-    summary["decoder"] = f"widths {list(vae.cfg.decoder_stage_widths)}, {str(cpu_decoder_dtype()).removeprefix('torch.')}"
+    decoder_dtype = str(vae.decoder.inp.weight.dtype).removeprefix("torch.")
+    summary["decoder"] = f"widths {list(vae.cfg.decoder_stage_widths)}, {decoder_dtype}"
     summary["warm_start"] = warm
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
