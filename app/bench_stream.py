@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default="per-session,batched", help="worker policies to compare: per-session, batched (default %(default)s)")
     parser.add_argument("--batch-sessions", type=int, default=None, help="most walks per batched chunk in batched mode (default: the app's)")
     parser.add_argument("--hold-fps", type=float, default=15.5, help="steady fps every session must hold to count (default %(default)s)")
+    parser.add_argument("--generator-process", default="auto",
+                        help="where the server computes the walks, as `serve --generator-process`: auto, on, off, or a comma list "
+                             "to compare, interleaved like --modes (default %(default)s)")
 
 
 @dataclass
@@ -281,7 +284,8 @@ async def _measure_sessions(runtime, n: int, args: argparse.Namespace) -> dict[s
     from app.config import AppConfig, ServerConfig
     from app.server import WORKER, create_app
 
-    config = AppConfig(server=ServerConfig(port=0, max_sessions=max(n, 1), admit_by_capacity=False), stream=runtime.stream)
+    config = AppConfig(server=ServerConfig(port=0, max_sessions=max(n, 1), admit_by_capacity=False), stream=runtime.stream,
+                       model_path=args.model, device=args.device)
     app = create_app(config, runtime)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -399,7 +403,9 @@ def _time_batching(runtime, batch: int, repeats: int = 5) -> tuple[float, float]
 def main(args: argparse.Namespace) -> int:
     import logging
 
-    from app.config import AppConfig, ServerConfig, StreamConfig
+    import dataclasses
+
+    from app.config import GENERATOR_PROCESS_SETTINGS, AppConfig, ServerConfig, StreamConfig
     from app.runtime import build_runtime
     from common.bench import machine_description, markdown_table, write_docs_section
 
@@ -431,9 +437,18 @@ def main(args: argparse.Namespace) -> int:
     print(f"  standing camera, mean |last frame − start image| (0–255): {drift_text}")
     if batch > 1:
         print(f"  one batched chunk of {batch} walks: {batched_ms:.0f} ms; their {batch} chunks one at a time: {singles_ms:.0f} ms")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    places = [p.strip() for p in args.generator_process.split(",") if p.strip()]
+    if not places or any(p not in GENERATOR_PROCESS_SETTINGS for p in places):
+        raise SystemExit(f"--generator-process must list {', '.join(GENERATOR_PROCESS_SETTINGS)}, got {args.generator_process!r}")
     base_stream = runtime.stream
-    streams = {mode: mode_stream(base_stream, mode, args.batch_sessions) for mode in modes}
+    streams = {}
+    for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
+        for place in places:
+            label = mode if len(places) == 1 else f"{mode}, generator process {place}"
+            streams[label] = dataclasses.replace(mode_stream(base_stream, mode, args.batch_sessions), generator_process=place)
+    modes = list(streams)
+    resolved = {label: AppConfig(stream=s, model_path=args.model, device=args.device).uses_generator_process() for label, s in streams.items()}
+    print("  walks computed in " + "; ".join(f"{label}: {'a generator process' if on else 'the server process'}" for label, on in resolved.items()))
     rows = []
     held: dict[str, int] = {mode: 0 for mode in modes}
     for n in counts:
@@ -461,7 +476,8 @@ def main(args: argparse.Namespace) -> int:
         body = (
             f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
             f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising step(s), transport {args.transport}, "
-            f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}. "
+            f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}, walks computed in "
+            + "; ".join(f"{label}: {'a generator process' if on else 'the server process'}" for label, on in resolved.items()) + ". "
             f"Machine: {machine}; {load_text}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"
             f"Most sessions of which every one held >= {args.hold_fps:g} fps steady: {held_text}.\n\n"

@@ -93,6 +93,9 @@ class ServerConfig:
             raise ValueError(f"need 0.5 <= silence_timeout_s <= hidden_silence_timeout_s <= 3600, got {self.silence_timeout_s}, {self.hidden_silence_timeout_s}")
 
 
+GENERATOR_PROCESS_SETTINGS = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """Video and generation settings of every session."""
@@ -137,6 +140,11 @@ class StreamConfig:
     # Bitrates (bit/s) patched into aiortc's encoders: localhost can afford far more than its defaults.
     video_bitrate: int = 3_000_000
     video_bitrate_max: int = 8_000_000
+    # Where the walks' chunks are computed: "on", a child process with its own GIL
+    # (`streaming.generator_process`); "off", the worker thread of this process; "auto", "on" for the
+    # embedded model on a CPU with a core per model thread (what `python run.py` serves). The event
+    # loop's Python and the model's torch calls then no longer wait on one GIL (docs/serving.md).
+    generator_process: str = "off"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and 1.0 <= self.fps <= 60.0):
@@ -164,6 +172,8 @@ class StreamConfig:
             check_prompt(self.prompt)
         if not 100_000 <= self.video_bitrate <= self.video_bitrate_max:
             raise ValueError(f"need 100 kbit/s <= video_bitrate <= video_bitrate_max, got {self.video_bitrate}, {self.video_bitrate_max}")
+        if self.generator_process not in GENERATOR_PROCESS_SETTINGS:
+            raise ValueError(f"generator_process must be one of {', '.join(GENERATOR_PROCESS_SETTINGS)}, got {self.generator_process!r}")
         self.generator_config()
 
     def worker_threads(self) -> int:
@@ -196,6 +206,13 @@ class AppConfig:
     stream_from_model: bool = False
     # The stage-1 Gemma-2 text encoder folder (`--text-encoder`), for a release that does not ship one.
     text_encoder: Path | None = None
+
+    def uses_generator_process(self) -> bool:
+        """Whether walks run in a generator process (`StreamConfig.generator_process`, "auto" resolved)."""
+        setting = self.stream.generator_process
+        if setting != "auto":
+            return setting == "on"
+        return self.device == "cpu" and self.model_path is None and 2 * self.stream.worker_threads() <= (os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
         if self.model_path is not None and not Path(self.model_path).exists():

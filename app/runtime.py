@@ -21,6 +21,7 @@ import numpy as np
 
 from app.config import AppConfig, StreamConfig
 from streaming.generator import ChunkGenerator
+from streaming.generator_process import GeneratorSpec
 
 log = logging.getLogger("roam.runtime")
 
@@ -303,23 +304,20 @@ class Runtime:
     def make_generator(self, prompt: str | None = None) -> ChunkGenerator:
         """A walk's generator; `prompt` (from `walk_prompt`) is encoded once, on the worker thread, when the walk
         starts (the runtime's PromptCache keeps it for the next walk with the same prompt)."""
-        import torch
-
         if prompt is not None and self.prompts is None:
             raise ValueError(f"{self.model_name} has no text encoder for the prompt {prompt[:40]!r}")
         prompts = self.prompts
+        return self.generator_spec().build(prompt=None if prompt is None else (lambda: prompts.encode(prompt)))
+
+    def generator_spec(self) -> GeneratorSpec:
+        """What this runtime's walks' generators are built from, here or in a generator process
+        (`streaming.generator_process`)."""
+        import torch
+
         K = self.K
-        return ChunkGenerator(
-            self.model,
-            self.vae,
-            self.stream.generator_config(),
-            (K[0, 0], K[1, 1], K[0, 2], K[1, 2]),
-            device=self.device,
-            dtype=getattr(self.model, "dtype", torch.float32),
-            conditioner_factory=self.conditioner_factory,
-            prompt=None if prompt is None else (lambda: prompts.encode(prompt)),
-            refiner=self.refiner,
-        )
+        return GeneratorSpec(self.model, self.vae, self.stream.generator_config(), (K[0, 0], K[1, 1], K[0, 2], K[1, 2]),
+                             device=self.device, dtype=getattr(self.model, "dtype", torch.float32),
+                             conditioner_factory=self.conditioner_factory, refiner=self.refiner)
 
     def make_integrator(self, world_T_cam0: np.ndarray) -> Any:
         if self.integrator_factory is not None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from app.config import ServerConfig, StreamConfig
+    from app.config import GENERATOR_PROCESS_SETTINGS, ServerConfig, StreamConfig
 
     server, stream = ServerConfig(), StreamConfig()
     parser.add_argument("--host", default=server.host, help="bind address (default %(default)s; others need --token)")
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refiner", action="store_true", help="decode stage-1 latents directly (the release's refiner is on by default)")
     parser.add_argument("--idle-chunks", type=int, default=stream.idle_chunks, help="standing-camera chunks before a walk pauses; 0 = never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the generation worker (default: cores - 1)")
+    parser.add_argument("--generator-process", choices=GENERATOR_PROCESS_SETTINGS, default="auto",
+                        help="compute the walks in a child process with its own GIL: auto = for the embedded model on a CPU "
+                             "with a core per model thread (default %(default)s)")
     parser.add_argument("--seed", type=int, default=stream.seed, help="noise seed of every walk (default %(default)s)")
     parser.add_argument("--sigmas", default=None,
                         help="comma-separated sampler σ list, e.g. 1,0.75,0.5,0.25,0 (default: the one the model was trained for)")
@@ -97,7 +100,7 @@ def config_from_args(args: argparse.Namespace):
     explicit = {name: getattr(args, key) for name, key in (("width", "width"), ("height", "height"), ("fps", "fps"), ("chunk_latents", "chunk_latents")) if getattr(args, key) is not None}
     sigmas = None if args.sigmas is None else sigmas_flag(args.sigmas)
     stream = StreamConfig(kv_window_chunks=args.kv_window, idle_chunks=args.idle_chunks, torch_threads=args.threads, seed=args.seed,
-                          batch_sessions=args.batch_sessions, buffer_chunks=args.buffer_chunks,
+                          batch_sessions=args.batch_sessions, buffer_chunks=args.buffer_chunks, generator_process=args.generator_process,
                           sigmas=sigmas, prompt=args.prompt, refiner=not args.no_refiner, **explicit)
     # A release brings its own size and chunking unless the command line sets them.
     from_model = args.model is not None and not explicit

@@ -106,6 +106,8 @@ async def _on_startup(app: web.Application) -> None:
     patch_encoder_bitrates(config.stream.video_bitrate, config.stream.video_bitrate_max)
     if RUNTIME not in app:
         app[RUNTIME] = await asyncio.to_thread(build_runtime, config)
+    if config.uses_generator_process():
+        await _start_generator_process(app)
     app[WORKER].start()
     prewarm = getattr(app[RUNTIME].scenes, "prewarm", None)
     if prewarm is not None:
@@ -116,10 +118,27 @@ async def _on_startup(app: web.Application) -> None:
     log.info("serving model %s at %dx%d, %g fps", app[RUNTIME].model_name, stream.width, stream.height, stream.fps)
 
 
+async def _start_generator_process(app: web.Application) -> None:
+    """Walks in a child process with its own GIL (`streaming.generator_process`), started before the
+    first walk so that no walk waits for it."""
+    from streaming.generator_process import GeneratorProcess
+
+    runtime, worker = app[RUNTIME], app[WORKER]
+    if runtime.takes_prompts:
+        raise ValueError(f"{runtime.model_name} conditions walks on prompts, which a generator process does not take: "
+                         "use --generator-process off")
+    host = GeneratorProcess(runtime.generator_spec(), torch_threads=app[CONFIG].stream.worker_threads())
+    await asyncio.to_thread(host.start)
+    worker.host = host
+    log.info("walks run in generator process %d", host.generation)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     sessions = list(app[SESSIONS].values())
     await asyncio.gather(*(s.close("server shutdown") for s in sessions), return_exceptions=True)
     await app[WORKER].astop()
+    if app[WORKER].host is not None:
+        await asyncio.to_thread(app[WORKER].host.close)
     if PREWARM in app:
         app[PREWARM_STOP].set()
         await asyncio.gather(app[PREWARM], return_exceptions=True)

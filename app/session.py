@@ -119,7 +119,7 @@ class Session:
             )
         self.job = RewindableJob(
             session_id=session_id,
-            generator=runtime.make_generator() if prompt is None else runtime.make_generator(prompt),
+            generator=self._new_generator(runtime, worker, prompt),
             make_integrator=lambda: runtime.make_integrator(start.world_T_cam),
             buffer=self.buffer,
             start_image=start.image,
@@ -131,6 +131,15 @@ class Session:
             recorder=self.recorder,
             fps=stream.fps,
         )
+
+    @staticmethod
+    def _new_generator(runtime: Runtime, worker: GenerationWorker, prompt: str | None) -> Any:
+        """The walk's generator: in the worker's generator process when it has one, else here."""
+        if worker.host is not None:
+            if prompt is not None:
+                raise ValueError("walks with a prompt run in the server's own process: start it with --generator-process off")
+            return worker.host.new_generator()
+        return runtime.make_generator() if prompt is None else runtime.make_generator(prompt)
 
     def begin(self) -> None:
         """Hand the job to the worker: generation starts now."""

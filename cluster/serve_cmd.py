@@ -167,6 +167,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"run.py serve --ray: {NOT_INSTALLED}") from None
     try:
         config = config_from_args(args)
+        if config.stream.generator_process == "auto":
+            # A replica is its own process already, apart from the ingress; a generator process inside
+            # it is not measured there, so replicas compute in-process unless --generator-process on.
+            config = dataclasses.replace(config, stream=dataclasses.replace(config.stream, generator_process="off"))
         cluster = cluster_from_args(args, config.device)
         if config.server.campaign is not None:
             # A campaign's desk (who has which task) lives in one process; the replicas would each keep their own.

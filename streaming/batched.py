@@ -22,6 +22,9 @@ Decoding groups rows by the decoder's own key (`StackableDecoder.stack_key`); a 
 stack (the LTX-2 adapter) decodes its row alone. A refiner refines row by row.
 
 Every row of a group gets the group's phase timings (the batched call's wall time).
+
+Walks in a generator process (`streaming.generator_process.RemoteGenerator`) go there in one request,
+and the child runs this function on its own generators.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import torch
 from model.schedulers import euler_chunk
 from model.state import StreamState
 from streaming.generator import ChunkGenerator, ChunkInputs, ChunkTimings
+from streaming.generator_process import RemoteGenerator
 from streaming.overlap import overlaps_phases, run_beside
 from streaming.protocols import StackableDecoder
 
@@ -70,6 +74,12 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
         raise ValueError(f"step_batched needs one pose array per generator, got {len(generators)} generators and {len(poses)} pose arrays")
     if len({id(g) for g in generators}) != len(generators):
         raise ValueError("step_batched got the same generator twice (one chunk per walk per call)")
+    remote = [isinstance(g, RemoteGenerator) for g in generators]
+    if any(remote):
+        if not all(remote):
+            raise ValueError("step_batched got walks of a generator process beside walks of this process")
+        # Walks in a generator process: the child runs this function on its own generators.
+        return generators[0].host.step_batched(generators, poses)
     overlap = bool(generators) and overlaps_phases(generators[0].device)
     if overlap and len(generators) >= 2:
         # Two halves side by side, one core each, each half's phases in turn (`streaming.overlap`).

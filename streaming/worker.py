@@ -47,6 +47,7 @@ from streaming.schedule import BatchCost, due_in_s
 
 if TYPE_CHECKING:
     from streaming.generator import ChunkGenerator
+    from streaming.generator_process import GeneratorProcess
 
 log = logging.getLogger("roam.worker")
 
@@ -330,15 +331,19 @@ class GenerationWorker:
         num_threads: torch intra-op threads for the worker (None leaves torch's setting alone).
         poll_s: how often an idle worker re-checks readiness (buffers drain on the event loop).
         max_batch: most sessions in one batched chunk (1: each chunk alone, as before batching).
+        host: the `GeneratorProcess` that new walks' generators live in (`new_generator`), or None
+            for generators in this process. The worker schedules either kind the same way.
     """
 
-    def __init__(self, name: str = "roam-generation", num_threads: int | None = None, poll_s: float = 0.01, max_batch: int = 1):
+    def __init__(self, name: str = "roam-generation", num_threads: int | None = None, poll_s: float = 0.01, max_batch: int = 1,
+                 host: GeneratorProcess | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.name = name
         self.num_threads = num_threads
         self.poll_s = poll_s
         self.max_batch = max_batch
+        self.host = host
         self.cost = BatchCost()
         self._jobs: list[StreamJob] = []
         # The jobs whose chunks are being generated (released by the worker when removed meanwhile).
