@@ -313,6 +313,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
 async def _healthz(request: web.Request) -> web.Response:
     app = request.app
     runtime = app.get(RUNTIME)
+    host = app[WORKER].host
     return web.json_response(
         {
             "ok": True,
@@ -322,6 +323,8 @@ async def _healthz(request: web.Request) -> web.Response:
             "capacity": _measured_capacity(app),
             "model": runtime.model_name if runtime else None,
             "rejected": {name.removeprefix("rejected_"): count for name, count in app[STATS].items()},
+            # The child the walks run in (`--generator-process`); None when they run in this process.
+            "generator_process": None if host is None else {"alive": host.alive, "children_started": host.generation},
         }
     )
 

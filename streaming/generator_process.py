@@ -174,7 +174,9 @@ class GeneratorProcess:
         # Children started so far; a RemoteGenerator of an older one is dead.
         self.generation = 0
         # Bookkeeping that must not wait for a chunk in flight (`_lock` is held through each request).
-        self._books = threading.Lock()
+        # Reentrant: a finalizer (`_forget`) may run on a thread that holds it, when an allocation
+        # inside the lock sets off the garbage collector.
+        self._books = threading.RLock()
         self._forget_generators: list[int] = []
         self._forget_snapshots: list[int] = []
         self._last_key = 0

@@ -38,6 +38,8 @@ async def test_sessions_stream_from_the_generator_process_and_outlive_its_death(
     async with serve(_runtime()) as (url, app), aiohttp.ClientSession() as http:
         host = app[WORKER].host
         assert host is not None and host.alive
+        async with http.get(f"{url}/healthz") as response:
+            assert (await response.json())["generator_process"] == {"alive": True, "children_started": 1}
         async with http.ws_connect(f"{url}/ws") as ws:
             await ws.send_str(json.dumps({"type": "hello", "start": "scene:1"}))
             assert len(await _frames(ws, 12)) == 12
@@ -50,7 +52,16 @@ async def test_sessions_stream_from_the_generator_process_and_outlive_its_death(
         # The next walk starts a fresh child.
         await _still_serves(http, url, "scene:2")
         assert host.generation == 2 and host.alive
+        async with http.get(f"{url}/healthz") as response:
+            assert (await response.json())["generator_process"] == {"alive": True, "children_started": 2}
     assert not host.alive  # stopped with the server
+
+
+async def test_healthz_names_no_generator_process_when_walks_run_in_the_server():
+    async with serve(_runtime("off")) as (url, app), aiohttp.ClientSession() as http:
+        assert app[WORKER].host is None
+        async with http.get(f"{url}/healthz") as response:
+            assert (await response.json())["generator_process"] is None
 
 
 @pytest.mark.parametrize("setting, device, model, cores, expected", [
