@@ -100,7 +100,12 @@ class GeneratorView:
 
 def _child_main(conn: Any, spec: GeneratorSpec, torch_threads: int) -> None:
     """The child's loop: one request, one reply, until the parent says stop or goes away."""
+    import signal
+
     import torch
+
+    # Ctrl-C in a terminal reaches the whole process group; the server stops the child itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from common.memory import trim_allocator
     from streaming.batched import step_batched
