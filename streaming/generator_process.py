@@ -247,6 +247,7 @@ class GeneratorProcess:
             code = process.exitcode if process is not None else None
             if process is not None and process.is_alive():
                 process.kill()  # hung: it holds walks no one can reach any more
+                process.join(5.0)
                 why = f"did not answer {op!r} within {timeout:g} s and was stopped"
             else:
                 why = f"exited (code {code}) during {op!r}"
