@@ -128,7 +128,11 @@ async def _start_generator_process(app: web.Application) -> None:
         raise ValueError(f"{runtime.model_name} conditions walks on prompts, which a generator process does not take: "
                          "use --generator-process off")
     host = GeneratorProcess(runtime.generator_spec(), torch_threads=app[CONFIG].stream.worker_threads())
-    await asyncio.to_thread(host.start)
+    try:
+        await asyncio.to_thread(host.start)
+    except Exception as error:
+        raise RuntimeError(f"could not start the generator process ({error}); serve with --generator-process off "
+                           "to compute the walks in this process") from error
     worker.host = host
     log.info("walks run in generator process %d", host.generation)
 

@@ -57,6 +57,18 @@ async def test_sessions_stream_from_the_generator_process_and_outlive_its_death(
     assert not host.alive  # stopped with the server
 
 
+async def test_a_generator_process_that_cannot_start_stops_the_server_start_with_the_way_out(monkeypatch):
+    from streaming.generator_process import GeneratorProcess, GeneratorProcessError
+
+    def fail(self):
+        raise GeneratorProcessError("the generator process exited (code 1) during 'start'; its walks are lost")
+
+    monkeypatch.setattr(GeneratorProcess, "start", fail)
+    with pytest.raises(RuntimeError, match=r"could not start the generator process \(the generator process exited .*serve with --generator-process off"):
+        async with serve(_runtime()):
+            pass
+
+
 async def test_healthz_names_no_generator_process_when_walks_run_in_the_server():
     async with serve(_runtime("off")) as (url, app), aiohttp.ClientSession() as http:
         assert app[WORKER].host is None
