@@ -22,7 +22,6 @@ import hmac
 import io
 import json
 import logging
-import os
 import secrets
 import struct
 import threading
@@ -128,18 +127,14 @@ async def _start_generator_process(app: web.Application) -> None:
     if runtime.takes_prompts:
         raise ValueError(f"{runtime.model_name} conditions walks on prompts, which a generator process does not take: "
                          "use --generator-process off")
-    threads = app[CONFIG].stream.worker_threads()
-    # Where a core per thread is left for a second one, two children: the halves of a batch then run
-    # in two processes, so they do not share a GIL either.
-    processes = 2 if 2 * threads <= (os.cpu_count() or 1) else 1
-    host = GeneratorProcess(runtime.generator_spec(), torch_threads=threads, processes=processes)
+    host = GeneratorProcess(runtime.generator_spec(), torch_threads=app[CONFIG].stream.worker_threads())
     try:
         await asyncio.to_thread(host.start)
     except Exception as error:
         raise RuntimeError(f"could not start the generator process ({error}); serve with --generator-process off "
                            "to compute the walks in this process") from error
     worker.host = host
-    log.info("walks run in %d generator process(es)", processes)
+    log.info("walks run in generator process %d", host.generation)
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -333,8 +328,7 @@ async def _healthz(request: web.Request) -> web.Response:
             "model": runtime.model_name if runtime else None,
             "rejected": {name.removeprefix("rejected_"): count for name, count in app[STATS].items()},
             # The child the walks run in (`--generator-process`); None when they run in this process.
-            "generator_process": None if host is None else {"processes": len(host.children), "alive": host.alive,
-                                                            "started": host.generation},
+            "generator_process": None if host is None else {"alive": host.alive, "children_started": host.generation},
         }
     )
 

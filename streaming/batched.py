@@ -63,13 +63,12 @@ def _decoder_key(generator: ChunkGenerator, index: int) -> tuple:
 
 
 @torch.inference_mode()
-def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarray], *, overlap: bool | None = None) -> list[np.ndarray]:
+def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The next chunk of every generator: poses[i] [n_i, 4, 4] with n_i = generators[i].frames_for_next_chunk().
 
     Returns frames [n_i', H, W, 3] per generator, as `ChunkGenerator.step` would; each generator's
     state, decoder cache, RNG, counters and `last_timings` move on exactly as after its own `step`.
-    The generators must be distinct and started. `overlap`: whether this thread may use a second
-    one (`streaming.overlap`); None decides by the device and the cores (`overlaps_phases`).
+    The generators must be distinct and started.
     """
     if len(generators) != len(poses):
         raise ValueError(f"step_batched needs one pose array per generator, got {len(generators)} generators and {len(poses)} pose arrays")
@@ -81,8 +80,7 @@ def step_batched(generators: Sequence[ChunkGenerator], poses: Sequence[np.ndarra
             raise ValueError("step_batched got walks of a generator process beside walks of this process")
         # Walks in a generator process: the child runs this function on its own generators.
         return generators[0].host.step_batched(generators, poses)
-    if overlap is None:
-        overlap = bool(generators) and overlaps_phases(generators[0].device)
+    overlap = bool(generators) and overlaps_phases(generators[0].device)
     if overlap and len(generators) >= 2:
         # Two halves side by side, one core each, each half's phases in turn (`streaming.overlap`).
         half = (len(generators) + 1) // 2

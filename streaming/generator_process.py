@@ -47,13 +47,7 @@ STARTUP_TIMEOUT_S = 300.0
 
 
 class GeneratorProcessError(RuntimeError):
-    """A request to the generator process failed (an error in the child, or the child is gone).
-
-    From `GeneratorProcess.step_batched` over several children, `frames` holds the rows that the
-    other children made (None where they failed); otherwise it is None.
-    """
-
-    frames: list[np.ndarray | None] | None = None
+    """A request to the generator process failed (an error in the child, or the child is gone)."""
 
 
 @dataclass
@@ -124,10 +118,10 @@ def _child_main(conn: Any, spec: GeneratorSpec, torch_threads: int) -> None:
     def snapshot(gid: int, sid: int) -> None:
         snapshots[sid] = generators[gid].snapshot()
 
-    def step(gids: list[int], poses: list[np.ndarray], overlap: bool | None) -> tuple[list[np.ndarray], list[GeneratorView]]:
+    def step(gids: list[int], poses: list[np.ndarray]) -> tuple[list[np.ndarray], list[GeneratorView]]:
         rows = [generators[g] for g in gids]
         with torch.inference_mode():
-            frames = step_batched(rows, poses, overlap=overlap)
+            frames = step_batched(rows, poses)
         return frames, [GeneratorView.of(g) for g in rows]
 
     def start(gid: int, image: np.ndarray, world_T_cam0: np.ndarray) -> GeneratorView:
@@ -165,59 +159,71 @@ def _child_main(conn: Any, spec: GeneratorSpec, torch_threads: int) -> None:
         conn.send(reply)
 
 
-class _Child:
-    """One child process and its pipe: one request at a time (`lock`), its own walks and snapshots.
+class GeneratorProcess:
+    """A child process that owns walks' generators and runs their chunks (see the module docstring).
 
-    `generation` counts the processes started for this slot; a walk of an older one is lost.
+    Args:
+        spec: what the child builds generators from.
+        torch_threads: the child's torch intra-op threads (the worker's; with 1 on 2 cores the child
+            runs a batch as two halves side by side, `streaming.overlap`).
+        timeout_s: longest wait for one reply before the child is taken for hung and stopped.
     """
 
-    def __init__(self, index: int, spec: GeneratorSpec, torch_threads: int, timeout_s: float):
-        self.index = index
+    def __init__(self, spec: GeneratorSpec, torch_threads: int = 1, timeout_s: float = 120.0):
         self.spec = spec
         self.torch_threads = torch_threads
         self.timeout_s = timeout_s
-        self.lock = threading.Lock()
-        self.process: Any = None
-        self.conn: Any = None
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Any = None
+        # Children started so far; a RemoteGenerator of an older one is dead.
         self.generation = 0
-        # Bookkeeping that must not wait for a chunk in flight (`lock` is held through each request).
-        # Reentrant: a finalizer (`forget`) may run on a thread that holds it, when an allocation
-        # inside it sets off the garbage collector.
-        self.books = threading.RLock()
-        self.forget_generators: list[int] = []
-        self.forget_snapshots: list[int] = []
-        self.walks = 0  # live RemoteGenerators placed here (the least loaded child gets the next walk)
+        # Bookkeeping that must not wait for a chunk in flight (`_lock` is held through each request).
+        # Reentrant: a finalizer (`_forget`) may run on a thread that holds it, when an allocation
+        # inside the lock sets off the garbage collector.
+        self._books = threading.RLock()
+        self._forget_generators: list[int] = []
+        self._forget_snapshots: list[int] = []
+        self._last_key = 0
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self._process is not None and self._process.is_alive()
 
-    def spawn(self) -> None:
-        """Start a fresh process (caller holds `lock`) and wait until it is ready."""
+    def start(self) -> None:
+        """Start the child (a fresh one if the last has exited) and wait until it is ready."""
+        with self._lock:
+            if not self.alive:
+                self._spawn()
+
+    def _spawn(self) -> None:
         import multiprocessing
 
-        self.stop()
+        self._stop_child()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        process = context.Process(target=_child_main, args=(child, self.spec, self.torch_threads), name=f"roam-generator-{self.index}",
-                                  daemon=True)
+        process = context.Process(target=_child_main, args=(child, self.spec, self.torch_threads), name="roam-generator", daemon=True)
         process.start()
         child.close()
-        self.process, self.conn = process, parent
+        self._process, self._conn = process, parent
         self.generation += 1
-        with self.books:
-            # What the last process held went with it.
-            self.forget_generators.clear()
-            self.forget_snapshots.clear()
-            self.walks = 0
-        status, _ = self.receive(STARTUP_TIMEOUT_S, "start")
+        with self._books:
+            # What the last child held went with it.
+            self._forget_generators.clear()
+            self._forget_snapshots.clear()
+        status, _ = self._receive(STARTUP_TIMEOUT_S, "start")
         if status != "ready":
             raise GeneratorProcessError(f"the generator process said {status!r} instead of 'ready'")
-        log.info("generator process %d.%d started (pid %d)", self.index, self.generation, process.pid)
+        log.info("generator process %d started (pid %d)", self.generation, process.pid)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        process, conn = self.process, self.conn
-        self.process = self.conn = None
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child (every walk it holds ends)."""
+        with self._lock:
+            self._stop_child(timeout)
+
+    def _stop_child(self, timeout: float = 5.0) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
         if conn is not None:
             try:
                 conn.send(None)
@@ -230,25 +236,8 @@ class _Child:
                 process.kill()
                 process.join(timeout)
 
-    def send(self, generation: int, op: str, args: tuple) -> None:
-        """Send one request (caller holds `lock`); starts the process first for a walk made while none ran."""
-        if not self.alive and generation == self.generation + 1:
-            self.spawn()
-        if generation != self.generation or not self.alive:
-            raise GeneratorProcessError("the generator process this walk ran in has exited; its walk is lost")
-        with self.books:
-            forget = (self.forget_generators[:], self.forget_snapshots[:])
-            self.forget_generators.clear()
-            self.forget_snapshots.clear()
-        try:
-            self.conn.send((*forget, op, args))
-        except (OSError, ValueError) as error:
-            self.conn = self.process = None
-            raise GeneratorProcessError(f"the generator process is gone ({error!r}); its walks are lost") from error
-
-    def receive(self, timeout: float, op: str) -> tuple:
-        """The reply to the request in flight (caller holds `lock`)."""
-        conn, process = self.conn, self.process
+    def _receive(self, timeout: float, op: str) -> tuple:
+        conn, process = self._conn, self._process
         try:
             ready = conn.poll(timeout)
             reply = conn.recv() if ready else None
@@ -262,80 +251,37 @@ class _Child:
                 why = f"did not answer {op!r} within {timeout:g} s and was stopped"
             else:
                 why = f"exited (code {code}) during {op!r}"
-            self.conn = self.process = None
+            self._conn = self._process = None
             raise GeneratorProcessError(f"the generator process {why}; its walks are lost")
         return reply
 
-    def call(self, generation: int, op: str, *args: Any) -> Any:
-        with self.lock:
-            self.send(generation, op, args)
-            reply = self.receive(self.timeout_s, op)
-        return _payload(reply, op)
+    def _call(self, generation: int, op: str, *args: Any) -> Any:
+        with self._lock:
+            if not self.alive and generation == self.generation + 1:
+                self._spawn()  # the first request of a walk made while no child ran
+            if generation != self.generation or not self.alive:
+                raise GeneratorProcessError("the generator process this walk ran in has exited; its walk is lost")
+            with self._books:
+                forget = (self._forget_generators[:], self._forget_snapshots[:])
+                self._forget_generators.clear()
+                self._forget_snapshots.clear()
+            try:
+                self._conn.send((*forget, op, args))
+            except (OSError, ValueError) as error:
+                self._conn = self._process = None
+                raise GeneratorProcessError(f"the generator process is gone ({error!r}); its walks are lost") from error
+            reply = self._receive(self.timeout_s, op)
+        if reply[0] == "error":
+            log.error("generator process: %r failed:\n%s", op, reply[2])
+            raise GeneratorProcessError(f"{op} failed in the generator process: {reply[1]}")
+        return reply[1]
 
-    def forget(self, generation: int, kind: str, key: int) -> None:
+    def _forget(self, generation: int, kind: str, key: int) -> None:
         """Free a child-side object with the next request (called by finalizers, on any thread)."""
-        with self.books:
-            if generation != self.generation:
-                return
-            if kind == "generator":
-                self.forget_generators.append(key)
-                self.walks -= 1
-            else:
-                self.forget_snapshots.append(key)
-
-
-def _payload(reply: tuple, op: str) -> Any:
-    if reply[0] == "error":
-        log.error("generator process: %r failed:\n%s", op, reply[2])
-        raise GeneratorProcessError(f"{op} failed in the generator process: {reply[1]}")
-    return reply[1]
-
-
-class GeneratorProcess:
-    """Child processes that own walks' generators and run their chunks (see the module docstring).
-
-    Args:
-        spec: what the children build generators from.
-        torch_threads: each child's torch intra-op threads.
-        processes: children. With one, it runs a batch's two halves side by side on two threads when
-            its threads leave a core for each (`streaming.overlap`). With several, each new walk goes
-            to the child with the fewest walks; a batch of walks in several children runs in all of
-            them at once, each child's rows on one thread; a batch that is all in one child runs
-            there as with one child.
-        timeout_s: longest wait for one reply before a child is taken for hung and stopped.
-    """
-
-    def __init__(self, spec: GeneratorSpec, torch_threads: int = 1, processes: int = 1, timeout_s: float = 120.0):
-        if processes < 1:
-            raise ValueError(f"processes must be >= 1, got {processes}")
-        self.spec = spec
-        self.timeout_s = timeout_s
-        self.children = [_Child(i, spec, torch_threads, timeout_s) for i in range(processes)]
-        self._books = threading.Lock()
-        self._last_key = 0
-
-    @property
-    def alive(self) -> bool:
-        """Whether every child runs (a dead one is started again by the next walk placed there)."""
-        return all(child.alive for child in self.children)
-
-    @property
-    def generation(self) -> int:
-        """Child processes started so far, over all children."""
-        return sum(child.generation for child in self.children)
-
-    def start(self) -> None:
-        """Start every child that does not run (a fresh one if the last has exited) and wait until ready."""
-        for child in self.children:
-            with child.lock:
-                if not child.alive:
-                    child.spawn()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the children (every walk they hold ends)."""
-        for child in self.children:
-            with child.lock:
-                child.stop(timeout)
+        if generation != self.generation:
+            return
+        with self._books:
+            (self._forget_generators if kind == "generator" else self._forget_snapshots).append(key)
 
     def _next_key(self) -> int:
         with self._books:
@@ -343,68 +289,30 @@ class GeneratorProcess:
             return self._last_key
 
     def new_generator(self) -> RemoteGenerator:
-        """A new walk's generator: in a child that does not run (never started, or exited), which the
-        walk's first `start` starts afresh, else in the child with the fewest walks. No request here:
-        the child builds the generator at that first `start`, so this never waits for a chunk in flight."""
-        dead = [c for c in self.children if not c.alive]
-        child = dead[0] if dead else min(self.children, key=lambda c: (c.walks, c.index))
-        with child.books:
-            child.walks += 1
-            generation = child.generation if child.alive else child.generation + 1
-        return RemoteGenerator(self, child, generation, self._next_key())
+        """A new walk's generator. No request: the child builds it at the walk's first `start`, in the
+        running child, or in a fresh one started then when none runs (never started, or exited), so
+        this never waits for a chunk in flight."""
+        generation = self.generation if self.alive else self.generation + 1
+        return RemoteGenerator(self, generation, self._next_key())
 
     def held(self) -> tuple[int, int]:
-        """(generators, snapshots) the running children hold (after freeing what the parent let go of)."""
-        counts = [child.call(child.generation, "count") for child in self.children if child.alive]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+        """(generators, snapshots) the child holds (after freeing what the parent let go of)."""
+        return self._call(self.generation, "count")
 
     def step_batched(self, generators: Sequence[RemoteGenerator], poses: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """`streaming.batched.step_batched` for walks of these children: one request per child, all in
-        flight at once. When a child fails, the rows of the others still get their frames: the error
-        raised (`GeneratorProcessError`) carries them in `frames`, None for the failed rows."""
+        """`streaming.batched.step_batched` for walks of this process: one request for all rows."""
         if len(generators) != len(poses):
             raise ValueError(f"step_batched needs one pose array per generator, got {len(generators)} generators and {len(poses)} pose arrays")
+        if not generators:
+            return []
         if any(not isinstance(g, RemoteGenerator) or g.host is not self for g in generators):
             raise ValueError("step_batched: every generator must be a RemoteGenerator of this process")
-        rows: dict[int, list[int]] = {}
-        for i, g in enumerate(generators):
-            rows.setdefault(g.child.index, []).append(i)
-        # Walks in several children: each child runs its rows on one thread, the children side by side.
-        overlap = None if len(rows) == 1 else False
-        frames: list[np.ndarray | None] = [None] * len(generators)
-        errors: list[BaseException] = []
-        children = [self.children[index] for index in sorted(rows)]
-        for child in children:
-            child.lock.acquire()
-        try:
-            sent = []
-            for child in children:
-                group = rows[child.index]
-                generation = generators[group[0]].generation
-                try:
-                    if any(generators[i].generation != generation for i in group):
-                        raise GeneratorProcessError("the generator process this walk ran in has exited; its walk is lost")
-                    child.send(generation, "step", ([generators[i].key for i in group],
-                                                    [np.asarray(poses[i], dtype=np.float64) for i in group], overlap))
-                    sent.append(child)
-                except GeneratorProcessError as error:
-                    errors.append(error)
-            for child in sent:
-                try:
-                    got, views = _payload(child.receive(self.timeout_s, "step"), "step")
-                except GeneratorProcessError as error:
-                    errors.append(error)
-                    continue
-                for i, image, view in zip(rows[child.index], got, views):
-                    frames[i] = image
-                    generators[i]._view = view
-        finally:
-            for child in children:
-                child.lock.release()
-        if errors:
-            error = GeneratorProcessError(str(errors[0]))
-            error.frames = frames
-            raise error
+        generation = generators[0].generation
+        if any(g.generation != generation for g in generators):
+            raise GeneratorProcessError("the generator process this walk ran in has exited; its walk is lost")
+        frames, views = self._call(generation, "step", [g.key for g in generators], [np.asarray(p, dtype=np.float64) for p in poses])
+        for generator, view in zip(generators, views):
+            generator._view = view
         return frames
 
 
@@ -413,7 +321,6 @@ class RemoteSnapshot:
     """A rewind snapshot that lives in the generator process (freed there when this is collected)."""
 
     key: int
-    child: int
     generation: int
 
 
@@ -421,15 +328,14 @@ class RemoteGenerator:
     """One walk's `ChunkGenerator` in a `GeneratorProcess`, with the interface `StreamJob` drives:
     `start`, `step`, `frames_for_next_chunk`, `snapshot`/`restore` and the counters."""
 
-    def __init__(self, host: GeneratorProcess, child: _Child, generation: int, key: int):
+    def __init__(self, host: GeneratorProcess, generation: int, key: int):
         self.host = host
-        self.child = child
         self.generation = generation
         self.key = key
         self.config = host.spec.config
         self.temporal_stride = int(host.spec.vae.temporal_stride)
         self._view = GeneratorView(False, 0, 0, 0, None, None, None)
-        weakref.finalize(self, child.forget, generation, "generator", key)
+        weakref.finalize(self, host._forget, generation, "generator", key)
 
     @property
     def started(self) -> bool:
@@ -462,7 +368,7 @@ class RemoteGenerator:
         return self._view.frames_shown_next
 
     def start(self, start_image: np.ndarray, world_T_cam0: np.ndarray) -> None:
-        self._view = self.child.call(self.generation, "start", self.key, np.asarray(start_image), np.asarray(world_T_cam0, dtype=np.float64))
+        self._view = self.host._call(self.generation, "start", self.key, np.asarray(start_image), np.asarray(world_T_cam0, dtype=np.float64))
 
     def step(self, world_T_cams: np.ndarray) -> np.ndarray:
         return self.host.step_batched([self], [world_T_cams])[0]
@@ -470,12 +376,12 @@ class RemoteGenerator:
     def snapshot(self) -> RemoteSnapshot:
         if not self.started:
             raise RuntimeError("ChunkGenerator.start() must be called first")
-        snap = RemoteSnapshot(self.host._next_key(), self.child.index, self.generation)
-        self.child.call(self.generation, "snapshot", self.key, snap.key)
-        weakref.finalize(snap, self.child.forget, self.generation, "snapshot", snap.key)
+        snap = RemoteSnapshot(self.host._next_key(), self.generation)
+        self.host._call(self.generation, "snapshot", self.key, snap.key)
+        weakref.finalize(snap, self.host._forget, self.generation, "snapshot", snap.key)
         return snap
 
     def restore(self, snap: RemoteSnapshot) -> None:
-        if not isinstance(snap, RemoteSnapshot) or (snap.child, snap.generation) != (self.child.index, self.generation):
+        if not isinstance(snap, RemoteSnapshot) or snap.generation != self.generation:
             raise ValueError("restore needs a snapshot this generator process took")
-        self._view = self.child.call(self.generation, "restore", self.key, snap.key)
+        self._view = self.host._call(self.generation, "restore", self.key, snap.key)

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streaming.buffer import FrameBuffer, StreamFrame
-from streaming.generator_process import GeneratorProcessError
 from streaming.schedule import BatchCost, due_in_s
 
 if TYPE_CHECKING:
@@ -525,21 +524,13 @@ class GenerationWorker:
         try:
             images = step_batched([job.generator for job, _ in planned], [plan.poses for _, plan in planned])
         except Exception as error:
-            made = error.frames if isinstance(error, GeneratorProcessError) else None
-            if made is None:
-                # One batched call: which row broke it cannot be told apart, so every walk in it ends.
-                for job, _ in planned:
-                    self._fail(job, error)
-                return
-            # Walks in several generator processes: only those of the one that failed end.
-            for (job, _), frames in zip(planned, made):
-                if frames is None:
-                    self._fail(job, error)
-            planned, images = [p for p, f in zip(planned, made) if f is not None], [f for f in made if f is not None]
+            # One batched call: which row broke it cannot be told apart, so every walk in it ends.
+            for job, _ in planned:
+                self._fail(job, error)
+            return
         chunk_ms = (time.perf_counter() - start) * 1e3
-        # A batch with a walk's first chunk (start image encoded, rows in separate calls), or one that
-        # partly failed, is no measure of steady batches.
-        if len(planned) == len(batch) and not any(plan.first for _, plan in planned):
+        # A batch with a walk's first chunk (start image encoded, rows in separate calls) is no measure of steady batches.
+        if not any(plan.first for _, plan in planned):
             self.cost.observe(len(planned), chunk_ms)
         now = time.monotonic()
         for (job, plan), frames in zip(planned, images):

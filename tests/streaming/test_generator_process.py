@@ -76,22 +76,9 @@ def _same_frames(a: np.ndarray, b: np.ndarray, what: str) -> None:
     assert diff.max() <= 1 and diff.mean() < 0.01, f"{what}: max {diff.max()}, mean {diff.mean()}"
 
 
-@pytest.fixture(scope="module")
-def two_children():
-    host = GeneratorProcess(_spec(), torch_threads=1, processes=2)
-    host.start()
-    yield host
-    host.close()
-
-
-@pytest.mark.parametrize("children", ["host", "two_children"], ids=["one-child", "two-children"])
-def test_walks_in_a_generator_process_equal_walks_in_this_process(request, children, one_torch_thread):
-    """One child runs a batch's halves on two threads; two children run their walks side by side."""
-    host = request.getfixturevalue(children)
+def test_walks_in_a_generator_process_equal_walks_in_this_process(host, one_torch_thread):
     spec = host.spec
     here, there = _walks(spec.build), _walks(host.new_generator)
-    # Two children: the walks are spread over them, the least loaded first.
-    assert sorted(g.child.index for g in there) == ([0, 0, 0] if len(host.children) == 1 else [0, 0, 1])
     for round_ in range(2):
         expected = step_batched(here, [_poses(g, w) for w, g in enumerate(here)])
         got = step_batched(there, [_poses(g, w) for w, g in enumerate(there)])
@@ -152,8 +139,8 @@ def test_a_dead_child_ends_its_walks_and_a_new_walk_starts_a_fresh_child():
         host.start()
         old = host.new_generator()
         old.start(_image(1), np.eye(4))
-        os.kill(host.children[0].process.pid, signal.SIGKILL)
-        host.children[0].process.join(10)
+        os.kill(host._process.pid, signal.SIGKILL)
+        host._process.join(10)
         with pytest.raises(GeneratorProcessError, match="exited|gone"):
             old.step(_poses(old, 0))
         # A walk made now starts the next child at its first request; the old walk stays lost.
@@ -167,38 +154,13 @@ def test_a_dead_child_ends_its_walks_and_a_new_walk_starts_a_fresh_child():
         host.close()
 
 
-def test_a_dead_child_of_two_ends_only_its_walks():
-    host = GeneratorProcess(_spec(), torch_threads=1, processes=2)
-    try:
-        host.start()
-        walks = [host.new_generator() for _ in range(4)]
-        for walk, gen in enumerate(walks):
-            gen.start(_image(walk), np.eye(4))
-        assert [g.child.index for g in walks] == [0, 1, 0, 1]
-        os.kill(host.children[1].process.pid, signal.SIGKILL)
-        host.children[1].process.join(10)
-        with pytest.raises(GeneratorProcessError, match="exited") as info:
-            step_batched(walks, [_poses(g, w) for w, g in enumerate(walks)])
-        made = info.value.frames
-        assert [f is None for f in made] == [False, True, False, True]
-        assert all(f.shape == (9, 24, 32, 3) for f in made if f is not None)
-        # The other child's walks go on; the next new walk restarts the dead one.
-        assert walks[0].step(_poses(walks[0], 0)).shape == (8, 24, 32, 3)
-        fresh = host.new_generator()
-        assert fresh.child.index == 1
-        fresh.start(_image(9), np.eye(4))
-        assert host.alive and host.generation == 3
-    finally:
-        host.close()
-
-
 def test_a_child_that_stops_answering_is_stopped_after_the_timeout():
     host = GeneratorProcess(_spec(), torch_threads=1, timeout_s=1.0)
     try:
         host.start()
         gen = host.new_generator()
         gen.start(_image(1), np.eye(4))
-        os.kill(host.children[0].process.pid, signal.SIGSTOP)
+        os.kill(host._process.pid, signal.SIGSTOP)
         with pytest.raises(GeneratorProcessError, match=r"did not answer 'step' within 1 s and was stopped"):
             gen.step(_poses(gen, 0))
         assert not host.alive
