@@ -447,8 +447,9 @@ def main(args: argparse.Namespace) -> int:
             label = mode if len(places) == 1 else f"{mode}, generator process {place}"
             streams[label] = dataclasses.replace(mode_stream(base_stream, mode, args.batch_sessions), generator_process=place)
     modes = list(streams)
-    resolved = {label: AppConfig(stream=s, model_path=args.model, device=args.device).uses_generator_process() for label, s in streams.items()}
-    print("  walks computed in " + "; ".join(f"{label}: {'a generator process' if on else 'the server process'}" for label, on in resolved.items()))
+    placement = "; ".join(f"{label}: {'a generator process' if AppConfig(stream=s, model_path=args.model, device=args.device).uses_generator_process() else 'the server process'}"
+                          for label, s in streams.items())
+    print(f"  walks computed in {placement}")
     rows = []
     held: dict[str, int] = {mode: 0 for mode in modes}
     for n in counts:
@@ -476,8 +477,7 @@ def main(args: argparse.Namespace) -> int:
         body = (
             f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
             f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising step(s), transport {args.transport}, "
-            f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}, walks computed in "
-            + "; ".join(f"{label}: {'a generator process' if on else 'the server process'}" for label, on in resolved.items()) + ". "
+            f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}, walks computed in {placement}. "
             f"Machine: {machine}; {load_text}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"
             f"Most sessions of which every one held >= {args.hold_fps:g} fps steady: {held_text}.\n\n"

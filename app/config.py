@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streaming.generator import DISTILLED_SIGMAS, GeneratorConfig
+from streaming.overlap import leaves_a_core_per_thread
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -212,7 +213,8 @@ class AppConfig:
         setting = self.stream.generator_process
         if setting != "auto":
             return setting == "on"
-        return self.device == "cpu" and self.model_path is None and 2 * self.stream.worker_threads() <= (os.cpu_count() or 1)
+        # The rule by which the worker runs its phases side by side (`streaming.overlap`).
+        return self.device == "cpu" and self.model_path is None and leaves_a_core_per_thread(self.stream.worker_threads())
 
     def __post_init__(self) -> None:
         if self.model_path is not None and not Path(self.model_path).exists():

@@ -40,7 +40,12 @@ B = TypeVar("B")
 def overlaps_phases(device: torch.device | str) -> bool:
     """Whether `run_beside` should run its two sides at once: on the CPU, when the two sides' torch
     threads fit the machine's cores (the 2-core default: one each)."""
-    return torch.device(device).type == "cpu" and 2 * torch.get_num_threads() <= (os.cpu_count() or 1)
+    return torch.device(device).type == "cpu" and leaves_a_core_per_thread(torch.get_num_threads())
+
+
+def leaves_a_core_per_thread(threads: int) -> bool:
+    """Whether the machine's cores fit two sides of `threads` torch threads each."""
+    return 2 * threads <= (os.cpu_count() or 1)
 
 
 def run_beside(helper: Callable[[], A], here: Callable[[], B], overlap: bool) -> tuple[A, B]:
