@@ -21,8 +21,12 @@ import contextlib
 import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from streaming.generator import GeneratorConfig
 
 BRANCHES = ("main", "camera")  # the order SoftmaxMixer.forward attends in
 
@@ -105,7 +109,7 @@ def record_attention(model: torch.nn.Module):
 
 
 def probe_scene(model, vae, scene_seed: int, seconds: int, size: int,
-                sigmas: tuple[float, ...] | None = None, warm_start: bool = False) -> dict[str, list[AttentionStats]]:
+                sampler: GeneratorConfig | None = None) -> dict[str, list[AttentionStats]]:
     """Attention statistics of the live generator from an eval scene's first frame, for its walk and for
     the camera standing at the walk's first pose: {"walking": [...], "standing": [...]}."""
     from train.evaluate import held_out_walk, rollout, standing_at_start
@@ -115,7 +119,7 @@ def probe_scene(model, vae, scene_seed: int, seconds: int, size: int,
     out = {}
     for name, poses in paths.items():
         with record_attention(model) as stats:
-            rollout(model, vae, clip.frames[0], poses, K, sigmas=sigmas, warm_start=warm_start)
+            rollout(model, vae, clip.frames[0], poses, K, sampler=sampler)
         out[name] = stats
     return out
 

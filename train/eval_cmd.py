@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from streaming.generator import GeneratorConfig
     from train.evaluate import ClipResult
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -61,7 +62,7 @@ def _repo_relative(path) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from model.release import embedded_vae_path, embedded_warm_start, model_sampler_sigmas
+    from model.release import embedded_vae_path
     from model.vae import cpu_decoder_dtype, load_tiny_vae
     from train.embedded import EMBEDDED_WEIGHTS, load_weights, read_info
     from train.evaluate import summarise
@@ -80,9 +81,8 @@ def main(args: argparse.Namespace) -> int:
     vae = load_tiny_vae(vae_path).decode_in(cpu_decoder_dtype())  # the decoder as the app runs it
     if vae.latent_channels != model.config.in_channels:
         raise ValueError(f"the VAE has {vae.latent_channels} latent channels, the model {model.config.in_channels}")
-    sigmas = model_sampler_sigmas(args.sigmas, args.model or EMBEDDED_WEIGHTS)
-    warm = embedded_warm_start(Path(args.model or EMBEDDED_WEIGHTS).with_suffix(".json"))
-    job = EvalJob(args.model, str(vae_path), sigmas, args.seconds, args.size, args.threads, args.long_seconds, warm)
+    sampler = eval_sampler(args.model or EMBEDDED_WEIGHTS, args.sigmas)
+    job = EvalJob(args.model, str(vae_path), sampler, args.seconds, args.size, args.threads, args.long_seconds)
     if args.workers == 1:
         evaluated = job.evaluate(model, vae, range(args.clips))
     else:
@@ -98,11 +98,13 @@ def main(args: argparse.Namespace) -> int:
     shown = (results[0].scene_seed, evaluated[0][2])
     summary = summarise(results, args.seconds)
     summary["model"] = str(args.model or "model/weights/roam_tiny.safetensors")
-    summary["sigmas"] = list(sigmas)
+    summary["sigmas"] = list(sampler.sigmas)
     summary["vae"] = _repo_relative(vae_path)
     decoder_dtype = str(vae.decoder.inp.weight.dtype).removeprefix("torch.")
     summary["decoder"] = f"widths {list(vae.cfg.decoder_stage_widths)}, {decoder_dtype}"
-    summary["warm_start"] = warm
+    summary["warm_start"] = sampler.warm_start
+    summary["kv_window_chunks"] = sampler.kv_window_chunks
+    summary["sink"] = sampler.sink
     try:
         summary["model_info"] = {k: v for k, v in read_info(args.model).items() if k != "model"}
     except FileNotFoundError:
@@ -110,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("mean", "follow", "follow_baselines", "gain_over_repeat_db", "standing", "long")
                       if k in summary}, indent=2))
     if args.attention:
-        summary["attention"] = attention_summary(model, vae, args.attention, args.size, sigmas, warm)
+        summary["attention"] = attention_summary(model, vae, args.attention, args.size, sampler)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if args.write_docs:
@@ -118,7 +120,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def attention_summary(model, vae, scenes: int, size: int, sigmas, warm_start: bool = False) -> dict[str, list[dict]]:
+def eval_sampler(weights, sigmas_flag: str | None) -> GeneratorConfig:
+    """The generator settings the model at `weights` was trained for, read from its json: σ list (or
+    `sigmas_flag`), warm start, KV window and sink. The eval runs exactly what the app would."""
+    from model.release import embedded_warm_start, embedded_window, model_sampler_sigmas
+    from streaming.generator import GeneratorConfig
+
+    info = Path(weights).with_suffix(".json")
+    window, sink = embedded_window(info)
+    return GeneratorConfig(sigmas=model_sampler_sigmas(sigmas_flag, weights), warm_start=embedded_warm_start(info),
+                           kv_window_chunks=window, sink=sink)
+
+
+def attention_summary(model, vae, scenes: int, size: int, sampler) -> dict[str, list[dict]]:
     """The attention probe over the first 2 s of `scenes` eval scenes, printed and returned per path."""
     import dataclasses
 
@@ -126,7 +140,7 @@ def attention_summary(model, vae, scenes: int, size: int, sigmas, warm_start: bo
     from sim.clips import ClipDataset
     from train.attention_probe import mean_stats, probe_scene
 
-    probes = [probe_scene(model, vae, ClipDataset.scene_seed("eval", i), 2, size, sigmas, warm_start) for i in range(scenes)]
+    probes = [probe_scene(model, vae, ClipDataset.scene_seed("eval", i), 2, size, sampler) for i in range(scenes)]
     out = {}
     for path in ("walking", "standing"):
         stats = mean_stats([probe[path] for probe in probes])
@@ -145,12 +159,11 @@ class EvalJob:
 
     model: str | None  # None: the embedded weights
     vae: str
-    sigmas: tuple[float, ...]
+    sampler: GeneratorConfig  # the model's json: σ list, warm start, KV window and sink (`eval_sampler`)
     seconds: int
     size: int
     threads: int
     long_seconds: int = 0  # > 0: also a walk this long per scene (train.evaluate.long_walk)
-    warm_start: bool = False  # the model's json: chunks start from the last committed latent
 
     def run(self, indices) -> list[tuple[int, ClipResult, dict | None]]:
         """In a worker process: load the model and VAE, then `evaluate`."""
@@ -171,8 +184,8 @@ class EvalJob:
         out = []
         for i in indices:
             seed = ClipDataset.scene_seed("eval", i)
-            result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sigmas=self.sigmas,
-                                           warm_start=self.warm_start, long_seconds=self.long_seconds)
+            result, frames = evaluate_clip(model, vae, seed, self.seconds, self.size, sampler=self.sampler,
+                                           long_seconds=self.long_seconds)
             out.append((i, result, frames if i == 0 else None))
             late = {f"{w}": {k: round(v, 3) for k, v in m.items()} for w, m in result.long_windows.items()}
             print(f"scene {seed}: PSNR model {sum(result.psnr['model']) / self.seconds:.2f} repeat "
@@ -309,7 +322,7 @@ Model: `{summary['model']}` ({json.dumps(summary.get('model_info', {}).get('trai
 Decoded by `{summary.get('vae', '?')}` (decoder {summary.get('decoder', '?')}).
 Each of {summary['clips']} eval-split scenes (seeds ≥ 1 000 000, never trained on) gives one random walk of
 {args.seconds} s at 16 fps, {args.size}×{args.size}. The live chunk generator (`streaming.generator.ChunkGenerator`,
-{len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}{WARM_NOTE if summary.get('warm_start') else ''}, KV window 2 + sink) starts from the walk's first rendered frame and is driven
+{len(summary['sigmas']) - 1} Euler step(s) per 0.5 s chunk over σ = {', '.join(f'{x:g}' for x in summary['sigmas'])}{WARM_NOTE if summary.get('warm_start') else ''}, KV window {summary.get('kv_window_chunks', 2)}{' + sink' if summary.get('sink', True) else ', no sink'}) starts from the walk's first rendered frame and is driven
 with the walk's poses; metrics compare each second of its output with the ground-truth render.
 
 ![PSNR, SSIM and detail per second](eval.png)

@@ -16,14 +16,19 @@ the start image through the VAE, is the ceiling).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from controls.camera import compose, invert
+
+if TYPE_CHECKING:
+    from streaming.generator import GeneratorConfig
 
 PERTURBATIONS = ("mirrored_yaw", "reversed_motion")
 METHODS = ("model", "repeat", "warp")  # the rollout and the two baselines
@@ -181,15 +186,14 @@ def per_second(pred: np.ndarray, gt: np.ndarray, fps: int, seconds: int, metric)
 
 
 def rollout(model, vae, frame0: np.ndarray, world_T_cams: np.ndarray, K: np.ndarray, seed: int = 0,
-            sigmas: tuple[float, ...] | None = None, warm_start: bool = False) -> np.ndarray:
+            sampler: GeneratorConfig | None = None) -> np.ndarray:
     """The live generator's frames along `world_T_cams` from `frame0` -> uint8 [F, H, W, 3].
 
-    `sigmas`: the few-step sampler (None = the generator's default, the official 4-step list); `warm_start`:
-    chunks start from the last committed latent (`GeneratorConfig.warm_start`, as the model was trained)."""
+    `sampler`: the generator's settings (σ list, warm start, KV window and sink), as the model was trained
+    (`eval_sampler` reads them from its json); None = `GeneratorConfig()`. Its seed is replaced by `seed`."""
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
-    config = GeneratorConfig(seed=seed, warm_start=warm_start) if sigmas is None else GeneratorConfig(
-        seed=seed, sigmas=tuple(sigmas), warm_start=warm_start)
+    config = dataclasses.replace(sampler or GeneratorConfig(), seed=seed)
     gen = ChunkGenerator(model, vae, config, (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     gen.start(frame0, world_T_cams[0])
     frames, start = [], 0
@@ -225,7 +229,7 @@ def window_frames(frames: np.ndarray, first_s: int, last_s: int, fps: int = 16) 
 
 
 def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-              sigmas: tuple[float, ...] | None = None, warm_start: bool = False) -> tuple[dict, dict, dict[str, np.ndarray]]:
+              sampler: GeneratorConfig | None = None) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """A `seconds`-long held-out walk streamed whole: (per-second metrics, window metrics, frames gt/model).
 
     Per second: `LONG_METRICS` (metric -> list). Windows: each of `LONG_WINDOWS` that fits ("22-30" ->
@@ -234,7 +238,7 @@ def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 1
     """
     _, clip, K = held_out_walk(scene_seed, seconds, size, fps)
     gt = clip.frames
-    pred = rollout(model, vae, gt[0], clip.world_T_cams, K, sigmas=sigmas, warm_start=warm_start)
+    pred = rollout(model, vae, gt[0], clip.world_T_cams, K, sampler=sampler)
     per_second_metrics = {name: per_second(pred, gt, fps, seconds, metric) for name, metric in LONG_METRICS.items()}
     windows = {}
     for first, last in LONG_WINDOWS:
@@ -245,16 +249,16 @@ def long_walk(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 1
 
 
 def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int = 16,
-                  sigmas: tuple[float, ...] | None = None, warm_start: bool = False,
+                  sampler: GeneratorConfig | None = None,
                   long_seconds: int = 0) -> tuple[ClipResult, dict[str, np.ndarray]]:
-    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sigmas` as in `rollout`.
+    """Metrics of one held-out walk, and its frames (gt, model, repeat, warp); `sampler` as in `rollout`.
 
     With `long_seconds` > 0 the scene also gets a walk that long (`long_walk`; frames long_gt, long_model)."""
     scene, clip, K = held_out_walk(scene_seed, seconds, size, fps)
     gt, poses = clip.frames, clip.world_T_cams
     frames = {
         "gt": gt,
-        "model": rollout(model, vae, gt[0], poses, K, sigmas=sigmas, warm_start=warm_start),
+        "model": rollout(model, vae, gt[0], poses, K, sampler=sampler),
         "repeat": np.repeat(gt[:1], len(gt), axis=0),
         "warp": depth_warp(gt[0], clip.depth[0], clip.depth, poses[0], poses, K),
     }
@@ -262,7 +266,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
     for method in METHODS:
         for name, metric in METRICS.items():
             getattr(result, name)[method] = per_second(frames[method], gt, fps, seconds, metric)
-    frames["standing"] = rollout(model, vae, gt[0], standing_at_start(poses), K, sigmas=sigmas, warm_start=warm_start)
+    frames["standing"] = rollout(model, vae, gt[0], standing_at_start(poses), K, sampler=sampler)
     # standing still, the ground truth is the start frame throughout: the repeat baseline's frames
     result.standing = {name: per_second(frames["standing"], frames["repeat"], fps, seconds, METRICS[name])
                        for name in STANDING_METRICS}
@@ -271,7 +275,7 @@ def evaluate_clip(model, vae, scene_seed: int, seconds: int, size: int, fps: int
         frames[kind] = scene.render(perturb(poses, kind), K, size, size).rgb
     if long_seconds:
         result.long_per_second, result.long_windows, long_frames = long_walk(model, vae, scene_seed, long_seconds, size,
-                                                                             fps, sigmas, warm_start)
+                                                                             fps, sampler)
         frames.update(long_frames)
     for method in METHODS:
         margins = following_margins(frames[method], gt, {kind: frames[kind] for kind in PERTURBATIONS})
