@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-process", default="auto",
                         help="where the server computes the walks, as `serve --generator-process`: auto, on, off, or a comma list "
                              "to compare, interleaved like --modes (default %(default)s)")
+    parser.add_argument("--kv-window", default=None,
+                        help="recent chunks in the softmax KV window besides the sink, as `serve --kv-window` (default: the model's), "
+                             "or a comma list to compare, interleaved like --modes")
 
 
 @dataclass
@@ -400,6 +403,19 @@ def _time_batching(runtime, batch: int, repeats: int = 5) -> tuple[float, float]
         torch.set_num_threads(previous)
 
 
+def _kv_windows(flag: str | None) -> list[int] | None:
+    """`--kv-window`: the windows to stream with, in order; None when the flag is absent (the model's own)."""
+    if flag is None:
+        return None
+    try:
+        windows = [int(x) for x in flag.split(",") if x.strip()]
+    except ValueError:
+        windows = []
+    if not windows or min(windows) < 1:
+        raise SystemExit(f"--kv-window must list integers >= 1, got {flag!r}")
+    return windows
+
+
 def main(args: argparse.Namespace) -> int:
     import logging
 
@@ -413,6 +429,7 @@ def main(args: argparse.Namespace) -> int:
     counts = [int(x) for x in args.sessions.split(",") if x.strip()]
     if not counts or min(counts) < 1:
         raise SystemExit(f"--sessions must list positive integers, got {args.sessions!r}")
+    asked_windows = _kv_windows(args.kv_window)
     defaults = StreamConfig()
     stream = StreamConfig(width=args.width or defaults.width, height=args.height or defaults.height, torch_threads=args.threads, idle_chunks=0)
     from_model = args.model is not None and args.width is None and args.height is None
@@ -440,12 +457,16 @@ def main(args: argparse.Namespace) -> int:
     places = [p.strip() for p in args.generator_process.split(",") if p.strip()]
     if not places or any(p not in GENERATOR_PROCESS_SETTINGS for p in places):
         raise SystemExit(f"--generator-process must list {', '.join(GENERATOR_PROCESS_SETTINGS)}, got {args.generator_process!r}")
+    windows = asked_windows or [runtime.stream.kv_window_chunks]
     base_stream = runtime.stream
     streams = {}
     for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
         for place in places:
-            label = mode if len(places) == 1 else f"{mode}, generator process {place}"
-            streams[label] = dataclasses.replace(mode_stream(base_stream, mode, args.batch_sessions), generator_process=place)
+            for window in windows:
+                label = ", ".join([mode] + ([f"generator process {place}"] if len(places) > 1 else [])
+                                  + ([f"KV window {window}"] if len(windows) > 1 else []))
+                streams[label] = dataclasses.replace(mode_stream(base_stream, mode, args.batch_sessions), generator_process=place,
+                                                     kv_window_chunks=window)
     modes = list(streams)
     placement = "; ".join(f"{label}: {'a generator process' if AppConfig(stream=s, model_path=args.model, device=args.device).uses_generator_process() else 'the server process'}"
                           for label, s in streams.items())
@@ -476,7 +497,8 @@ def main(args: argparse.Namespace) -> int:
     if args.write_docs:
         body = (
             f"`python run.py bench stream` — {runtime.model_name}, {stream.width}x{stream.height} at {stream.fps:g} fps, "
-            f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising step(s), transport {args.transport}, "
+            f"{stream.chunk_latents}-latent chunks, {len(stream.sigmas) - 1} denoising step(s), "
+            f"KV window {' or '.join(map(str, windows))}{' + sink' if stream.sink else ''}, transport {args.transport}, "
             f"{args.seconds:g} s walks with in-process clients, worker torch threads {stream.worker_threads()}, walks computed in {placement}. "
             f"Machine: {machine}; {load_text}. Per-session figures are medians over sessions; latency percentiles pool all inputs.\n\n"
             f"{table}\n\n"

@@ -54,3 +54,28 @@ def test_bench_runs_end_to_end_and_writes_its_docs_section(monkeypatch, capsys):
     for mode in ("per-session", "batched"):
         row = [line for line in written["stream"].splitlines() if line.startswith(f"| {mode} | 1 |")][0]
         assert row.split("|")[3].strip() == "1", f"the session streamed ({mode})"
+
+
+def test_bench_compares_kv_windows_interleaved_and_streams_each(monkeypatch, capsys):
+    """`--kv-window 2,1`: one run per window per count, in turn, each streaming with its window (as `serve
+    --kv-window`); a bad list is refused by name."""
+    seen = []
+
+    async def measure(runtime, n, args):
+        seen.append((n, runtime.stream.generator_config().kv_window_chunks, runtime.stream.sink))
+        return {"fps": 16.0, "min_fps": 16.0, "total_fps": 16.0 * n, "chunk_ms": 100.0, "ttff_ms": 200.0, "m2p_p50_ms": 300.0,
+                "m2p_p95_ms": 400.0, "drops_per_min": 0.0, "sessions_ok": float(n), "capacity": 8.0, "batch_ms": 100.0}
+
+    monkeypatch.setattr(bench, "_measure_sessions", measure)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write-docs", action="store_true")
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--sessions", "1,2", "--width", "32", "--height", "24", "--thread-counts", "1", "--drift-chunks", "1",
+                              "--modes", "batched", "--generator-process", "off", "--kv-window", "2,1", "--threads", "1"])
+    assert bench.main(args) == 0
+    assert seen == [(1, 2, True), (1, 1, True), (2, 2, True), (2, 1, True)]
+    out = capsys.readouterr().out
+    assert "batched, KV window 2, 2 session(s)" in out and "batched, KV window 1, 2 session(s)" in out
+    for bad in ("0", "a,1", ""):
+        with pytest.raises(SystemExit, match="--kv-window must list integers >= 1"):
+            bench.main(parser.parse_args(["--sessions", "1", "--kv-window", bad, "--thread-counts", "1", "--drift-chunks", "1"]))
