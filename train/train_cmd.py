@@ -149,6 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selfforce/export: a one-step sampler --sigmas S,0 with S < 1 that starts each chunk from "
                              "the newest committed latent noised to S (model.schedulers.warm_start) instead of from "
                              "pure noise; selfforce (rolling) trains for it, export records it for the app")
+    parser.add_argument("--kv-window", type=int, default=None, metavar="CHUNKS",
+                        help="the softmax KV window, recent chunks besides the sink (default 2): teacher, distil and "
+                             "selfforce train with it and export records it in the model's json, which the app, generate "
+                             "and eval then stream with; grow: rewrite --init's json to this window (weights unchanged)")
     parser.add_argument("--adversarial-weight", type=float, default=0.0,
                         help="selfforce (rolling): add a latent patch discriminator's hinge term at this weight "
                              "(train/adversarial.py), trained beside the model, for detail instead of a blurred mean")
@@ -183,11 +187,22 @@ def _generator_defaults(args=None):
     from model.release import sigmas_flag
 
     warm = bool(getattr(args, "warm_start", False))
+    window = _kv_window(args)
     if args is None or args.sigmas is None:
         if warm:
             raise ValueError("--warm-start needs --sigmas S,0 (the σ each chunk starts from, S < 1)")
-        return GeneratorConfig()
-    return GeneratorConfig(sigmas=sigmas_flag(args.sigmas), warm_start=warm)
+        return GeneratorConfig(kv_window_chunks=window)
+    return GeneratorConfig(sigmas=sigmas_flag(args.sigmas), warm_start=warm, kv_window_chunks=window)
+
+
+def _kv_window(args) -> int:
+    """--kv-window, checked (2, the generator's default, when absent)."""
+    window = getattr(args, "kv_window", None)
+    if window is None:
+        return 2
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"--kv-window must be an integer >= 1 (chunks besides the sink), got {window!r}")
+    return window
 
 
 def _vae_path(args) -> Path:
@@ -274,12 +289,14 @@ def _initial_model(args, config):
 
 
 def run_teacher(args):
+    from streaming.generator import GeneratorConfig
+
     from model.vae import load_tiny_vae
     from train.data import LatentClips
     from train.recipes import TeacherLoss
     from train.trainer import LoopConfig, train_loop
 
-    gen = _generator_defaults()
+    gen = GeneratorConfig(kv_window_chunks=_kv_window(args))  # the teacher learns the window; its sampler is distil's
     vae = load_tiny_vae(_vae_path(args))
     clips = LatentClips(_latents_dir(args))
     loss = TeacherLoss(clips, args.batch_size, gen.chunk_latents, args.shift, args.p_clean_context, crops=_crops(args.crops),
@@ -456,9 +473,10 @@ def run_grow(args) -> Path:
     start_c = float(getattr(args, "copy_start_c", 0.0))
     if start_c and not start_fade:
         raise ValueError(f"--copy-start-c {start_c} needs --anchor-start-fade-m")
-    if not kinds and not anchor and not start_fade:
-        raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input and/or "
-                         "--anchor-start-fade-m")
+    window = None if getattr(args, "kv_window", None) is None else _kv_window(args)
+    if not kinds and not anchor and not start_fade and window is None:
+        raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input, "
+                         "--anchor-start-fade-m and/or --kv-window")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
@@ -480,7 +498,8 @@ def run_grow(args) -> Path:
             "command": command + (" --anchor-input" if anchor else "") + (" --anchor-copy" if copy else "")
             + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")
             + (f" --anchor-ground-m {ground_m:g}" if ground_m else "") + (f" --copy-ground-c {ground_c:g}" if ground_c else "")
-            + (f" --anchor-start-fade-m {start_fade:g}" if start_fade else "") + (f" --copy-start-c {start_c:g}" if start_c else "")}
+            + (f" --anchor-start-fade-m {start_fade:g}" if start_fade else "") + (f" --copy-start-c {start_c:g}" if start_c else "")
+            + (f" --kv-window {window}" if window is not None else "")}
     if anchor:
         grew["anchor_input"] = True
     if copy:
@@ -494,6 +513,12 @@ def run_grow(args) -> Path:
     if start_fade:
         grew["anchor_start_fade_m"] = start_fade
         grew["copy_start_c"] = start_c
+    if window is not None:
+        # The weights stream with another window: the json the app, generate and eval read says so.
+        if not isinstance(info.get("generator"), dict):
+            raise ValueError(f"--kv-window needs --init's json to record its generator settings; {init} has none")
+        grew["kv_window_chunks"] = [info["generator"].get("kv_window_chunks", 2), window]
+        info["generator"] = {**info["generator"], "kv_window_chunks": window}
     # an earlier growth's record is kept under its own key
     key = "grown" if "grown" not in info else f"grown_{sum(k.startswith('grown') for k in info) + 1}"
     info[key] = grew

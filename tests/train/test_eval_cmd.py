@@ -103,8 +103,8 @@ def test_eval_refuses_no_workers():
 
 def test_eval_runs_the_kv_window_and_sink_the_weights_were_trained_with(tmp_path):
     """The eval streams with the weights' json settings (`generator.kv_window_chunks`, `sink`), as the app does,
-    not with the generator's defaults: a copy of the shipped weights whose json says window 1, no sink, gives
-    the shipped frames while every chunk sees the same context, and other frames once it does not."""
+    not with the generator's defaults: two copies of the shipped weights whose jsons say window 2 + sink and
+    window 1, no sink give the same frames while every chunk sees the same context, and others once it does not."""
     import numpy as np
 
     from model.release import embedded_vae_path
@@ -112,24 +112,25 @@ def test_eval_runs_the_kv_window_and_sink_the_weights_were_trained_with(tmp_path
     from train.embedded import EMBEDDED_WEIGHTS, load_weights
     from train.evaluate import held_out_walk, rollout
 
-    weights = tmp_path / "w.safetensors"
-    weights.symlink_to(EMBEDDED_WEIGHTS)
     info = json.loads(EMBEDDED_WEIGHTS.with_suffix(".json").read_text())
-    info["generator"].update(kv_window_chunks=1, sink=False)
-    weights.with_suffix(".json").write_text(json.dumps(info))
-
-    shipped, narrow = eval_cmd.eval_sampler(EMBEDDED_WEIGHTS, None), eval_cmd.eval_sampler(weights, None)
-    assert (shipped.kv_window_chunks, shipped.sink) == (2, True)
-    assert (narrow.kv_window_chunks, narrow.sink) == (1, False)
-    assert narrow.sigmas == shipped.sigmas == tuple(info["generator"]["sigmas"])
-    assert narrow.warm_start == shipped.warm_start == info["generator"]["warm_start"]
+    shipped = eval_cmd.eval_sampler(EMBEDDED_WEIGHTS, None)
+    assert (shipped.kv_window_chunks, shipped.sink) == (info["generator"]["kv_window_chunks"], info["generator"]["sink"])
+    samplers = {}
+    for name, window, sink in (("wide", 2, True), ("narrow", 1, False)):
+        weights = tmp_path / f"{name}.safetensors"
+        weights.symlink_to(EMBEDDED_WEIGHTS)
+        weights.with_suffix(".json").write_text(json.dumps({**info, "generator": {**info["generator"], "kv_window_chunks": window,
+                                                                                 "sink": sink}}))
+        samplers[name] = eval_cmd.eval_sampler(weights, None)
+        assert (samplers[name].kv_window_chunks, samplers[name].sink) == (window, sink)
+        assert samplers[name].sigmas == tuple(info["generator"]["sigmas"])
+        assert samplers[name].warm_start == info["generator"]["warm_start"]
     assert eval_cmd.eval_sampler(weights, "1,0").sigmas == (1.0, 0.0)
 
     model = load_weights(str(weights))
     vae = load_tiny_vae(embedded_vae_path(str(weights)))
     _, clip, K = held_out_walk(1000000, 2, 32)
-    frames = {name: rollout(model, vae, clip.frames[0], clip.world_T_cams, K, sampler=sampler)
-              for name, sampler in (("shipped", shipped), ("narrow", narrow))}
+    frames = {name: rollout(model, vae, clip.frames[0], clip.world_T_cams, K, sampler=sampler) for name, sampler in samplers.items()}
     # chunks 0 and 1 see chunk 0 either way (9 + 8 frames); chunk 2 sees chunks 0-1 or chunk 1 only
-    np.testing.assert_array_equal(frames["narrow"][:17], frames["shipped"][:17])
-    assert np.abs(frames["narrow"][17:].astype(int) - frames["shipped"][17:]).mean() > 0.05
+    np.testing.assert_array_equal(frames["narrow"][:17], frames["wide"][:17])
+    assert np.abs(frames["narrow"][17:].astype(int) - frames["wide"][17:]).mean() > 0.05

@@ -201,3 +201,39 @@ def test_train_grow_adds_the_start_copy(tmp_path):
     with pytest.raises(ValueError, match="no depth copy"):
         train_cmd.main(_grow_args("--init", str(save_weights(gated, tmp_path / "g.safetensors", {})), "--out",
                                   str(tmp_path / "y.safetensors"), "--append-blocks", "", "--anchor-start-fade-m", "10"))
+
+
+def test_train_grow_rewrites_the_kv_window_and_leaves_the_weights(tmp_path):
+    """`train grow --kv-window 1`: the same tensors, the json's generator window changed (and recorded), so the app,
+    generate and eval stream with it; a json without generator settings, or a window below 1, is refused."""
+    from safetensors.torch import load_file
+
+    from model.release import embedded_window
+
+    generator = {"sigmas": [0.5, 0.0], "kv_window_chunks": 2, "sink": True, "warm_start": True}
+    source = save_weights(_trained_like(), tmp_path / "m.safetensors", {"vae_tag": "abc", "generator": generator})
+    out = tmp_path / "w1.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "", "--kv-window", "1"))
+    before, after = load_file(str(source)), load_file(str(out))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    info = read_info(out)
+    assert info["generator"] == {**generator, "kv_window_chunks": 1}
+    assert info["grown"]["kv_window_chunks"] == [2, 1] and info["grown"]["command"].endswith("--kv-window 1")
+    assert embedded_window(out.with_suffix(".json")) == (1, True)
+    bare = save_weights(_trained_like(), tmp_path / "bare.safetensors", {"vae_tag": "abc"})
+    with pytest.raises(ValueError, match="--kv-window needs --init's json to record its generator settings"):
+        train_cmd.main(_grow_args("--init", str(bare), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
+                                  "--kv-window", "1"))
+    with pytest.raises(ValueError, match="--kv-window must be an integer >= 1"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "y.safetensors"), "--append-blocks", "",
+                                  "--kv-window", "0"))
+
+
+def test_training_stages_take_the_kv_window_from_the_flag():
+    """--kv-window sets the window every stage trains with and export records (2 when absent)."""
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    assert train_cmd._generator_defaults(parser.parse_args(["export"])).kv_window_chunks == 2
+    assert train_cmd._generator_defaults(parser.parse_args(["export", "--kv-window", "1"])).kv_window_chunks == 1
+    warm = train_cmd._generator_defaults(parser.parse_args(["selfforce", "--sigmas", "0.5,0", "--warm-start", "--kv-window", "3"]))
+    assert (warm.kv_window_chunks, warm.warm_start, warm.sigmas) == (3, True, (0.5, 0.0))
