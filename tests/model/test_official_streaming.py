@@ -151,7 +151,8 @@ def test_camera_key_conv_context_is_zero_at_every_chunk_start():
 def test_the_streaming_release_is_built_with_the_camera_conv_inside_each_chunk(tmp_path):
     """Source: `diffusion/model/ops/fused_streaming.py` (~line 586) @0d2318a ("cam K conv has no cross-chunk
     state"). The streaming release folder loads with `cam_conv_cross_chunk=False`; the embedded model keeps
-    the `true` its roam_tiny.json records (model/weights/roam_tiny.json)."""
+    the `true` its roam_tiny.json records (model/weights/roam_tiny.json), and streams with the window that json
+    records (since step 17 the official one, 1 chunk + the sink), which the embedded profile carries."""
     import json
     from pathlib import Path
 
@@ -163,7 +164,12 @@ def test_the_streaming_release_is_built_with_the_camera_conv_inside_each_chunk(t
     assert release.profile.cam_conv_cross_chunk is False and release.profile.kv_window_chunks == 1
     recorded = json.loads((Path(__file__).resolve().parents[2] / "model/weights/roam_tiny.json").read_text())
     assert recorded["model"]["cam_conv_cross_chunk"] is True
-    assert (recorded["generator"]["kv_window_chunks"], recorded["generator"]["sink"]) == (2, True)
+    assert (recorded["generator"]["kv_window_chunks"], recorded["generator"]["sink"]) == (1, True)
+    from model.release import load_embedded
+
+    embedded = load_embedded(height=32, width=32, fps=16.0, hfov_deg=60.0)
+    assert (embedded.profile.kv_window_chunks, embedded.profile.sink) == (1, True)
+    assert embedded.profile.cam_conv_cross_chunk is True
 
 
 class _RecordingBf16Model:
