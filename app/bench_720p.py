@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gated delta rule path of the GDN blocks (default triton; --tiny-smoke always uses chunk)")
     parser.add_argument("--refiner", choices=("off", "on", "both"), default="both",
                         help="time the pipeline without the refiner, with it, or both (default, one row each)")
+    parser.add_argument("--walks", default="1",
+                        help="concurrent walks, batched across sessions as the app's worker does (streaming.batched."
+                             "step_batched), or a comma list for one row per count (default %(default)s)")
     parser.add_argument("--tiny-smoke", action="store_true", help="tiny model at 64x64 on the CPU (tests the code path)")
     parser.add_argument("--docs-path", type=Path, default=None, help="write the section here instead of docs/benchmarks.md")
 
@@ -137,7 +141,19 @@ def _walk(n: int):
     return np.stack([make_pose(rotation_yaw(0.2 * ti), [0.0, 0.0, 1.4 * ti]) for ti in t])
 
 
+def _walk_counts(flag: str) -> list[int]:
+    """--walks as a list of counts >= 1."""
+    try:
+        counts = [int(x) for x in str(flag).split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--walks must list integers >= 1, got {flag!r}")
+    return counts
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    _walk_counts(getattr(args, "walks", "1"))
     for name in ("chunks", "warmup", "chunk_latents"):
         value = getattr(args, name)
         if value < (0 if name == "warmup" else 1):
@@ -150,15 +166,18 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"got {args.chunk_latents}")
 
 
-def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = None) -> dict:
-    """Stream `warmup + chunks` chunks (with the refiner when `refiner`) and return the measured figures.
-    `parts`: (dit, vae, (height, width)) already built, to time both rows on one DiT."""
+def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = None, walks: int = 1) -> dict:
+    """Stream `warmup + chunks` chunks of `walks` concurrent walks (with the refiner when `refiner`) and return the
+    measured figures. The walks start from different images and poses and advance together, one batched chunk per
+    step (`streaming.batched.step_batched`, the app's worker path; one walk is `ChunkGenerator.step`).
+    `parts`: (dit, vae, (height, width)) already built, to time every row on one DiT."""
     import numpy as np
     import torch
 
     # This benchmark times the whole live pipeline, so it drives the app's own generator.
     from model.profile import OFFICIAL_STREAMING
     from model.prompts import EncodedPrompt
+    from streaming.batched import step_batched
     from streaming.generator import ChunkGenerator, GeneratorConfig
 
     _check_args(args)
@@ -187,31 +206,37 @@ def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = N
     config = GeneratorConfig(chunk_latents=args.chunk_latents, kv_window_chunks=profile.kv_window_chunks, sink=profile.sink,
                              fp32_sampling=profile.fp32_sampling, drop_first_frame=profile.drop_first_frame,
                              warm_start=profile.warm_start, seed=0)
-    generator = ChunkGenerator(dit, vae, config, (fx, fx, width / 2.0, height / 2.0), device=device, dtype=dtype,
-                               prompt=prompt, refiner=stage2)
+    generators = [ChunkGenerator(dit, vae, dataclasses.replace(config, seed=w), (fx, fx, width / 2.0, height / 2.0), device=device,
+                                 dtype=dtype, prompt=prompt, refiner=stage2) for w in range(walks)]
     rng = np.random.default_rng(0)
-    image = (rng.random((height, width, 3)) * 255).astype(np.uint8)
     total_chunks = args.warmup + args.chunks
     per_chunk = vae.temporal_stride * args.chunk_latents
     poses = _walk(1 + per_chunk * total_chunks)
-    generator.start(image, poses[0])
-    times, refine_times, start, frames_timed = [], [], 0, 0
+    # Each walk its own start image and its own place on the path: rows differ as live walks do.
+    walk_poses = [poses.copy() for _ in range(walks)]
+    for w, generator in enumerate(generators):
+        walk_poses[w][:, 0, 3] += 2.0 * w  # 2 m apart sideways
+        generator.start((rng.random((height, width, 3)) * 255).astype(np.uint8), walk_poses[w][0])
+    times, refine_times, start = [], [], 0
     for c in range(total_chunks):
-        count = generator.frames_for_next_chunk()
-        shown = generator.frames_shown_for_next_chunk()
+        count = generators[0].frames_for_next_chunk()
+        shown = generators[0].frames_shown_for_next_chunk()
+        chunk_poses = [p[start:start + count] for p in walk_poses]
         t0 = time.perf_counter()
-        frames = generator.step(poses[start:start + count])  # host uint8 frames: the GPU work is done
+        # host uint8 frames: the GPU work is done
+        frames = [generators[0].step(chunk_poses[0])] if walks == 1 else step_batched(generators, chunk_poses)
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         start += count
-        if frames.shape != (shown, height, width, 3):
-            raise RuntimeError(f"chunk {c} gave frames {frames.shape}, expected {(shown, height, width, 3)}")
+        for walk_frames in frames:
+            if walk_frames.shape != (shown, height, width, 3):
+                raise RuntimeError(f"chunk {c} gave frames {walk_frames.shape}, expected {(shown, height, width, 3)}")
         if c >= args.warmup:
             times.append(elapsed)
-            refine_times.append(generator.last_timings.refine_ms / 1e3)
-            frames_timed += count
+            refine_times.append(max(g.last_timings.refine_ms for g in generators) / 1e3)
     median = float(np.median(times))
+    generator = generators[0]
     refiner_state = generator.refiner_state
     return {
         "refiner": "on" if refiner else "off",
@@ -228,9 +253,10 @@ def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = N
         "median_s": median,
         "min_s": float(np.min(times)),
         "max_s": float(np.max(times)),
-        "x_real_time": (per_chunk / 16.0) / median,
+        "walks": walks,
+        "x_real_time": (per_chunk / 16.0) / median,  # per walk: each walk gets a chunk of video per batched step
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan"),
-        "state_mb": generator.state.nbytes() / 1e6,
+        "state_mb": generator.state.nbytes() / 1e6,  # per walk
         "chunks": len(times),
         "parts": parts,
     }
@@ -250,13 +276,14 @@ def main(args: argparse.Namespace) -> int:
         _check_args(args)
         results, parts = [], None
         for with_refiner in {"off": (False,), "on": (True,), "both": (False, True)}[args.refiner]:
-            r = run(args, refiner=with_refiner, parts=parts)
-            results.append(r)
-            parts = r.pop("parts")
+            for walks in _walk_counts(args.walks):
+                r = run(args, refiner=with_refiner, parts=parts, walks=walks)
+                results.append(r)
+                parts = r.pop("parts")
     except ValueError as error:
         raise SystemExit(f"bench gpu720: {error}") from None
-    header = ["device", "dtype", "GDN", "compile", "frames", "DiT params", "refiner", "chunk ms (median)", "refine ms",
-              "min-max ms", "x real time", "peak GB", "state MB"]
+    header = ["device", "dtype", "GDN", "compile", "frames", "DiT params", "refiner", "walks", "chunk ms (median)", "refine ms",
+              "min-max ms", "x real time per walk", "peak GB", "state MB per walk"]
     rows = []
     for r in results:
         peak = "n/a (CPU)" if r["peak_gb"] != r["peak_gb"] else f"{r['peak_gb']:.1f}"
@@ -264,19 +291,21 @@ def main(args: argparse.Namespace) -> int:
         refiner = "off" if r["refiner"] == "off" else f"on ({size}, window {r['refiner_window_mb']:.1f} MB)"
         refine = "-" if r["refiner"] == "off" else f"{1e3 * r['refine_s']:.0f}"
         rows.append([r["device"], r["dtype"], r["gdn"], r["compile"], f"{r['size']}, {r['chunk_frames']}/chunk",
-                     f"{r['params_m']:.1f} M", refiner, f"{1e3 * r['median_s']:.0f}", refine,
+                     f"{r['params_m']:.1f} M", refiner, str(r["walks"]), f"{1e3 * r['median_s']:.0f}", refine,
                      f"{1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}", f"{r['x_real_time']:.2f}", peak, f"{r['state_mb']:.1f}"])
     r = results[0]
     table = markdown_table(header, rows)
     print(table)
     if args.write_docs:
         body = (
-            f"`python run.py bench gpu720 --gdn-backend {r['gdn']} --refiner {args.refiner}" + (f" --compile --compile-mode {args.compile_mode}"
+            f"`python run.py bench gpu720 --gdn-backend {r['gdn']} --refiner {args.refiner} --walks {args.walks}"
+            + (f" --compile --compile-mode {args.compile_mode}"
                                                                       if args.compile else "") + "`: the full 720p streaming "
             "pipeline as the release's profile runs it (camera conditioning, 4 distilled steps + commit of the 2.66 B DiT, "
             "the chunk-causal LTX-2 refiner where the row says on, causal LTX-2 decode to "
             f"host frames) with random weights of the real size; median of {r['chunks']} chunks after warm-up. "
-            f"x real time = video seconds / wall seconds. Machine: {machine_description()}, {r['device']}. "
+            "Several walks run as the app's worker batches them (one batched chunk per step, `streaming.batched`). "
+            f"x real time per walk = one walk's video seconds / wall seconds; a batch keeps up while it is >= 1. Machine: {machine_description()}, {r['device']}. "
             "The official streaming pipeline reports 1.09x at 47.3 GB on one H100 in bf16 (with its refiner).\n\n"
             + table
         )

@@ -26,10 +26,32 @@ def test_tiny_smoke_streams_chunks_and_writes_its_section(tmp_path, capsys):
     assert len(rows) == 2, "one row without the refiner, one with it"
     off, on = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
     for cells in (off, on):
-        assert cells[4] == "64x64, 24/chunk" and float(cells[7]) > 0 and float(cells[10]) > 0
-    assert off[6] == "off" and off[8] == "-"
-    assert on[6].startswith("on (") and float(on[8]) > 0
+        assert cells[4] == "64x64, 24/chunk" and cells[7] == "1" and float(cells[8]) > 0 and float(cells[11]) > 0
+    assert off[6] == "off" and off[9] == "-"
+    assert on[6].startswith("on (") and float(on[9]) > 0
     assert "x real time" in capsys.readouterr().out
+
+
+def test_walks_run_batched_as_the_worker_does_one_row_per_count(monkeypatch, capsys):
+    """--walks 1,2: a row per count; two walks go through `streaming.batched.step_batched` together, every chunk,
+    with their own start images and poses."""
+    import streaming.batched
+
+    calls = []
+    real = streaming.batched.step_batched
+
+    def spy(generators, poses):
+        calls.append((len(generators), [p[0, 0, 3] for p in poses], len({id(g) for g in generators})))
+        return real(generators, poses)
+
+    monkeypatch.setattr(streaming.batched, "step_batched", spy)
+    assert bench_720p.main(_args("--tiny-smoke", "--chunks", "2", "--warmup", "1", "--refiner", "off", "--walks", "1,2")) == 0
+    assert len(calls) == 3, "warm-up + 2 timed chunks of the 2-walk row; the 1-walk row steps its generator alone"
+    for rows, xs, distinct in calls:
+        assert rows == 2 and distinct == 2 and xs[1] - xs[0] == pytest.approx(2.0)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| CPU (tiny smoke test)")]
+    assert [r[7] for r in rows] == ["1", "2"] and all(float(r[8]) > 0 for r in rows)
 
 
 def test_refusals(monkeypatch):
@@ -40,6 +62,8 @@ def test_refusals(monkeypatch):
         bench_720p.main(_args("--tiny-smoke", "--write-docs"))
     with pytest.raises(SystemExit, match="--chunks must be >= 1"):
         bench_720p.main(_args("--tiny-smoke", "--chunks", "0"))
+    with pytest.raises(SystemExit, match="--walks must list integers >= 1"):
+        bench_720p.main(_args("--tiny-smoke", "--walks", "0"))
     with pytest.raises(SystemExit, match="--refiner both needs --chunk-latents 3"):
         bench_720p.main(_args("--tiny-smoke", "--chunk-latents", "2"))
 
