@@ -196,10 +196,12 @@ def _generator_defaults(args=None):
 
 
 def _kv_window(args) -> int:
-    """--kv-window, checked (2, the generator's default, when absent)."""
+    """--kv-window, checked (the generator's default when absent)."""
+    from streaming.generator import GeneratorConfig
+
     window = getattr(args, "kv_window", None)
     if window is None:
-        return 2
+        return GeneratorConfig.kv_window_chunks
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"--kv-window must be an integer >= 1 (chunks besides the sink), got {window!r}")
     return window
