@@ -141,19 +141,10 @@ def _walk(n: int):
     return np.stack([make_pose(rotation_yaw(0.2 * ti), [0.0, 0.0, 1.4 * ti]) for ti in t])
 
 
-def _walk_counts(flag: str) -> list[int]:
-    """--walks as a list of counts >= 1."""
-    try:
-        counts = [int(x) for x in str(flag).split(",") if x.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise ValueError(f"--walks must list integers >= 1, got {flag!r}")
-    return counts
-
-
 def _check_args(args: argparse.Namespace) -> None:
-    _walk_counts(getattr(args, "walks", "1"))
+    from common.bench import counts_flag
+
+    counts_flag(getattr(args, "walks", "1"), "--walks")
     for name in ("chunks", "warmup", "chunk_latents"):
         value = getattr(args, name)
         if value < (0 if name == "warmup" else 1):
@@ -265,7 +256,7 @@ def run(args: argparse.Namespace, refiner: bool = False, parts: tuple | None = N
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from common.bench import DOCS_BENCHMARKS, machine_description, markdown_table, write_docs_section
+    from common.bench import DOCS_BENCHMARKS, counts_flag, machine_description, markdown_table, write_docs_section
 
     if not args.tiny_smoke and not torch.cuda.is_available():
         raise SystemExit("bench gpu720: needs a CUDA GPU (torch.cuda.is_available() is False on this machine); "
@@ -276,7 +267,7 @@ def main(args: argparse.Namespace) -> int:
         _check_args(args)
         results, parts = [], None
         for with_refiner in {"off": (False,), "on": (True,), "both": (False, True)}[args.refiner]:
-            for walks in _walk_counts(args.walks):
+            for walks in counts_flag(args.walks, "--walks"):
                 r = run(args, refiner=with_refiner, parts=parts, walks=walks)
                 results.append(r)
                 parts = r.pop("parts")

@@ -403,19 +403,6 @@ def _time_batching(runtime, batch: int, repeats: int = 5) -> tuple[float, float]
         torch.set_num_threads(previous)
 
 
-def _kv_windows(flag: str | None) -> list[int] | None:
-    """`--kv-window`: the windows to stream with, in order; None when the flag is absent (the model's own)."""
-    if flag is None:
-        return None
-    try:
-        windows = [int(x) for x in flag.split(",") if x.strip()]
-    except ValueError:
-        windows = []
-    if not windows or min(windows) < 1:
-        raise SystemExit(f"--kv-window must list integers >= 1, got {flag!r}")
-    return windows
-
-
 def main(args: argparse.Namespace) -> int:
     import logging
 
@@ -423,13 +410,15 @@ def main(args: argparse.Namespace) -> int:
 
     from app.config import GENERATOR_PROCESS_SETTINGS, AppConfig, ServerConfig, StreamConfig
     from app.runtime import build_runtime
-    from common.bench import machine_description, markdown_table, write_docs_section
+    from common.bench import counts_flag, machine_description, markdown_table, write_docs_section
 
     logging.basicConfig(level=logging.WARNING)
-    counts = [int(x) for x in args.sessions.split(",") if x.strip()]
-    if not counts or min(counts) < 1:
-        raise SystemExit(f"--sessions must list positive integers, got {args.sessions!r}")
-    asked_windows = _kv_windows(args.kv_window)
+    try:
+        counts = counts_flag(args.sessions, "--sessions")
+        # The windows to stream with, in order; None: the model's own.
+        asked_windows = None if args.kv_window is None else counts_flag(args.kv_window, "--kv-window")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     defaults = StreamConfig()
     stream = StreamConfig(width=args.width or defaults.width, height=args.height or defaults.height, torch_threads=args.threads, idle_chunks=0)
     from_model = args.model is not None and args.width is None and args.height is None

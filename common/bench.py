@@ -26,6 +26,18 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> li
     return times
 
 
+def counts_flag(value: str, flag: str) -> list[int]:
+    """A comma-listed flag of counts (`--sessions 1,4`, `--walks 1,2`) -> [int, ...], in order; ValueError naming
+    `flag` unless every item is an integer >= 1 and there is at least one."""
+    try:
+        counts = [int(x) for x in str(value).split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"{flag} must list integers >= 1, got {value!r}")
+    return counts
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

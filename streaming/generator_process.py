@@ -357,14 +357,16 @@ class RemoteGenerator:
     def last_timings(self) -> Any:
         return self._view.last_timings
 
-    def frames_for_next_chunk(self) -> int:
+    def _require_started(self) -> None:
         if not self.started:
             raise RuntimeError("ChunkGenerator.start() must be called first")
+
+    def frames_for_next_chunk(self) -> int:
+        self._require_started()
         return self._view.frames_next
 
     def frames_shown_for_next_chunk(self) -> int:
-        if not self.started:
-            raise RuntimeError("ChunkGenerator.start() must be called first")
+        self._require_started()
         return self._view.frames_shown_next
 
     def start(self, start_image: np.ndarray, world_T_cam0: np.ndarray) -> None:
@@ -374,8 +376,7 @@ class RemoteGenerator:
         return self.host.step_batched([self], [world_T_cams])[0]
 
     def snapshot(self) -> RemoteSnapshot:
-        if not self.started:
-            raise RuntimeError("ChunkGenerator.start() must be called first")
+        self._require_started()
         snap = RemoteSnapshot(self.host._next_key(), self.generation)
         self.host._call(self.generation, "snapshot", self.key, snap.key)
         weakref.finalize(snap, self.host._forget, self.generation, "snapshot", snap.key)
