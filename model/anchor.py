@@ -54,6 +54,19 @@ by exp(−d / fade) with d the camera's distance from the start (the head's dept
 point by about d times it, and so does a start that no longer resembles what the camera sees). The sky
 and the far hills come back from the start frame as long as they are in its view.
 
+The background (`ModelConfig.anchor_background_eye_m`). What a turn or a step brings into view is in no latent
+the stream holds, and the network regresses it from context. A small one does that badly where it matters
+most: after a fast turn away from a near wall or tree, the new view became a wash of the wall's colour that
+later chunks kept (a copy of what is in view carries a wash as faithfully as a scene). Yet most of any new view
+is predictable without seeing it: every walk starts level, the sky is at infinity and the ground flat, so the
+sky and the far ground look, at a given elevation of the ray, much as they did in the start frame at that
+elevation, whatever the heading. The background target of a token is the start latent averaged over the
+start pixels at its ray's elevation (a Gaussian kernel one latent row wide), over the start's background
+pixels only: those the depth head places no nearer than the ground plane `anchor_background_eye_m` below
+the first camera would be (1.5 times its inverse depth plus 1/50 m), so a tree or a wall in the start frame
+does not colour the sky. The last blend, by c_background, acts only where no copy of a latent reaches:
+weighted by (1 − valid_depth)·(1 − valid_start·fade).
+
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
 anchor is used as it is (identity warp, every pixel valid).
@@ -262,6 +275,48 @@ def start_copy_target(start: torch.Tensor, start_camera: torch.Tensor, camera: t
     distance = torch.linalg.vector_norm(position(camera) - position(start_camera), dim=-1)  # [B, T]
     fade = torch.exp(-distance / fade_m).to(target.dtype)[:, None, :, None, None]
     return torch.cat([target[:, :-1], target[:, -1:] * fade], dim=1)
+
+
+BACKGROUND_KERNEL_ROWS = 1.0
+BACKGROUND_NEARER_THAN_GROUND = 1.5  # a start pixel this many times nearer than the ground's ray point is not background
+BACKGROUND_FAR_INVERSE_M = 0.02  # above the horizon: nearer than 50 m is not background
+
+
+def ray_elevation(camera: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Each pixel's ray elevation above the first frame's horizon in radians (OpenCV axes, y down): camera
+    [..., 20] -> [..., h, w] float32."""
+    _, rays = first_frame_rays(camera, height, width)
+    return torch.asin((-F.normalize(rays, dim=-1)[..., 1]).clamp(-1.0, 1.0))
+
+
+def background_copy_target(start: torch.Tensor, start_camera: torch.Tensor, camera: torch.Tensor,
+                           inverse_depth: torch.Tensor, eye_m: float) -> torch.Tensor:
+    """The start frame's background at each view ray's elevation, and its validity (1 unless the start has no
+    background pixel), laid out as `depth_copy_target`'s: start [B, C, 1, h, w], start_camera [B, 1, 20], camera
+    [B, T, 20], inverse_depth [B, 1, h, w] (1/m, the depth head's) -> [B, C + 1, T, h, w] float32.
+
+    A start pixel is background when its inverse depth is at most 1.5 times that of the ground plane `eye_m`
+    below the first camera along its ray (0 above the horizon), plus 1/50 m: sky, far hills and the ground
+    itself, not the things standing on it. Each view token gets the kernel mean of the background pixels over
+    elevation (Gaussian, `BACKGROUND_KERNEL_ROWS` latent rows wide); a token above or below every background
+    pixel gets the nearest ones'."""
+    batch, channels, _, height, width = start.shape
+    frames = camera.shape[1]
+    start_elevation = ray_elevation(start_camera.float(), height, width).reshape(batch, 1, height * width)
+    view_elevation = ray_elevation(camera.float(), height, width).reshape(batch, frames * height * width, 1)
+    ground = torch.clamp(-torch.sin(start_elevation), min=0.0) / eye_m  # [B, 1, P] the ground's inverse depth
+    background = inverse_depth.float().reshape(batch, 1, height * width) <= (
+        BACKGROUND_NEARER_THAN_GROUND * ground + BACKGROUND_FAR_INVERSE_M)
+    width_rad = BACKGROUND_KERNEL_ROWS / start_camera.float()[..., 17].abs().clamp_min(1e-6).reshape(batch, 1, 1)
+    logits = -(view_elevation - start_elevation) ** 2 / (2.0 * width_rad ** 2)  # [B, Q, P]
+    # the max over background pixels only, so a token far from every one still gets the nearest (no underflow)
+    logits = logits.masked_fill(~background, float("-inf"))
+    peak = logits.amax(dim=-1, keepdim=True)
+    weights = torch.exp(logits - torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)))
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, Q, P]; 0 without background
+    target = torch.einsum("bqp,bcp->bcq", weights, start.float().reshape(batch, channels, height * width))
+    valid = background.any(dim=-1).float().reshape(batch, 1, 1, 1, 1).expand(-1, 1, frames, height, width)
+    return torch.cat([target.reshape(batch, channels, frames, height, width), valid], dim=1)
 
 
 def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,12 @@ class ModelConfig:
     # towards the start latent warped by its predicted depth (model.anchor, "The start"); 0: off. Needs
     # anchor_depth_copy (its head gives the depth)
     anchor_start_fade_m: float = 0.0
+    # > 0: after the start copy, the tokens no copy of a latent covers (what a turn or a step brings into view)
+    # are pulled, by a zero-initialised c_background, towards the start frame's background at their ray's
+    # elevation: the start latent's sky and far ground, told from near things by the depth head and flat
+    # ground this many metres below the first camera (model.anchor, "The background"); 0: off. Needs
+    # anchor_start_fade_m (the start and its depth)
+    anchor_background_eye_m: float = 0.0
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -180,6 +186,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.anchor_start_fade_m must be a finite number of metres >= 0, got {fade!r}")
         if fade > 0 and not self.anchor_depth_copy:
             raise ValueError("ModelConfig.anchor_start_fade_m needs anchor_depth_copy (its head gives the start's depth)")
+        eye = self.anchor_background_eye_m
+        if not (isinstance(eye, (int, float)) and not isinstance(eye, bool) and math.isfinite(eye) and eye >= 0):
+            raise ValueError(f"ModelConfig.anchor_background_eye_m must be a finite number of metres >= 0, got {eye!r}")
+        if eye > 0 and not fade > 0:
+            raise ValueError("ModelConfig.anchor_background_eye_m needs anchor_start_fade_m (the start copy's latent and depth)")
         for name in ("rope_theta", "gdn_eps", "qk_norm_eps", "cross_norm_eps", "y_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")

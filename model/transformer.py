@@ -49,7 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.anchor import anchor_features, depth_copy_target, ground_copy_target, ray_parallax, start_copy_target
+from model.anchor import (anchor_features, background_copy_target, depth_copy_target, ground_copy_target, ray_parallax,
+                          start_copy_target)
 from model.anchor_depth import AnchorDepthHead
 from model.block import Block
 from model.config import ModelConfig
@@ -99,6 +100,8 @@ class WorldModel(nn.Module):
             self.anchor_depth = self.copy_depth = None
         # the start copy (model.anchor, "The start"): c_start, zero: adds nothing
         self.copy_start = nn.Parameter(torch.zeros(1)) if config.anchor_start_fade_m > 0 else None
+        # the background copy (model.anchor, "The background"): c_background, zero: adds nothing
+        self.copy_background = nn.Parameter(torch.zeros(1)) if config.anchor_background_eye_m > 0 else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -200,7 +203,7 @@ class WorldModel(nn.Module):
 
         # 1. embed tokens, timesteps, text
         x = self.x_embedder(hidden_states.to(dtype))  # [B, N, C]
-        anchor = parallax = ground = depth = start = None
+        anchor = parallax = ground = depth = start = background = None
         if self.anchor_embedder is not None:
             source, source_camera = self._anchor_source(hidden_states, camera, layout, past)
             anchor = anchor_features(source, source_camera, camera)  # [B, C + 1, T, H, W]
@@ -214,8 +217,11 @@ class WorldModel(nn.Module):
                 depth = depth_copy_target(source, source_camera, camera, self.anchor_depth(source, source_camera))
             if output and self.copy_start is not None and camera is not None:
                 start_latent, start_camera = self._start_source(hidden_states, camera, past)
-                start = start_copy_target(start_latent, start_camera, camera, self.anchor_depth(start_latent, start_camera),
-                                          self.config.anchor_start_fade_m)
+                start_depth = self.anchor_depth(start_latent, start_camera)
+                start = start_copy_target(start_latent, start_camera, camera, start_depth, self.config.anchor_start_fade_m)
+                if self.copy_background is not None:
+                    background = background_copy_target(start_latent, start_camera, camera, start_depth,
+                                                        self.config.anchor_background_eye_m)
         t = self.t_embedder(timestep.reshape(-1)).reshape(batch, frames, -1)  # [B, T, C]
         t0 = self.t_block(t).unflatten(-1, (6, -1))  # [B, T, 6, C]
         y = self.attention_y_norm(self.y_embedder(text.to(dtype)))  # [B, L, C]
@@ -253,13 +259,13 @@ class WorldModel(nn.Module):
         out = out.reshape(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
         raw = out
         if self.copy_gate is not None:
-            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth, start)
+            out = self._copy(out, x, hidden_states, timestep, anchor, parallax, ground, depth, start, background)
         return ((out, raw) if before_copy else out), (tuple(new_states) if want_state else None)
 
     def _copy(self, velocity: torch.Tensor, x: torch.Tensor, hidden_states: torch.Tensor, timestep: torch.Tensor,
               anchor: torch.Tensor, parallax: torch.Tensor | None,
               ground: tuple[torch.Tensor, torch.Tensor] | None = None, depth: torch.Tensor | None = None,
-              start: torch.Tensor | None = None) -> torch.Tensor:
+              start: torch.Tensor | None = None, background: torch.Tensor | None = None) -> torch.Tensor:
         """The copy gate (model.anchor): v' = (1 − g)·v + g·(x_t − a)/σ per token, where a is the warped anchor
         and (x_t − a)/σ the velocity whose Euler step to σ = 0 lands on it; g = copy_gate(LayerNorm(x)), which
         the still term k = c·exp(−parallax / s) pulls to g + k·(1 − g) (c in [0, 1]; parallax [B, T, H, W]
@@ -267,7 +273,9 @@ class WorldModel(nn.Module):
         (the plane-warped target [B, C + 1, T, H, W] and those tokens [B, T, H, W]) and its target in view,
         v'' = (1 − c_ground)·v' + c_ground·(x_t − a_ground)/σ, and with `depth` (the depth-warped target
         [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view, and last with
-        `start` (the start frame depth-warped, its last channel the validity times the fade) by c_start. Nothing is copied
+        `start` (the start frame depth-warped, its last channel the validity times the fade) by c_start, and after it with
+        `background` (the start's background at each ray's elevation) by c_background on what neither the depth copy
+        nor the start copy covers, weighted by (1 − valid_depth)·(1 − valid_start). Nothing is copied
         on frames at σ ≈ 0 (the image, the commit pass), whose output no sampler uses. Computed in float32;
         velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
@@ -298,6 +306,13 @@ class WorldModel(nn.Module):
             out = blend(out, self.copy_depth.float().clamp(0.0, 1.0), depth)
         if start is not None:
             out = blend(out, self.copy_start.float().clamp(0.0, 1.0), start)
+        if background is not None:
+            # only what no copy of a latent reaches: what a turn or a step has just brought into view
+            uncovered = torch.ones_like(background[:, -1:])
+            for covered in (depth, start):
+                if covered is not None:
+                    uncovered = uncovered * (1.0 - covered[:, -1:].float())
+            out = blend(out, self.copy_background.float().clamp(0.0, 1.0) * uncovered, background)
         return out.to(velocity.dtype)
 
     @staticmethod

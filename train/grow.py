@@ -146,6 +146,26 @@ def add_anchor_start_copy(model: WorldModel, fade_m: float, copy_start_c: float 
     return grown.train()
 
 
+def add_anchor_background_copy(model: WorldModel, eye_m: float, copy_background_c: float = 0.0) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing what `model` does plus the background copy
+    (`ModelConfig.anchor_background_eye_m` = `eye_m`, model.anchor "The background") at c_background =
+    `copy_background_c`: at 0 the output is unchanged. `model` must have the start copy (its latent and depth)."""
+    config = model.config
+    if config.anchor_background_eye_m > 0:
+        raise ValueError("the model already has the background copy")
+    if not config.anchor_start_fade_m > 0:
+        raise ValueError("the background copy reads the start copy's latent and depth: the model has no start copy "
+                         "(grow it with --anchor-start-fade-m first)")
+    if not (math.isfinite(eye_m) and eye_m > 0):
+        raise ValueError(f"the background copy's eye height must be a finite number of metres > 0, got {eye_m}")
+    if not 0.0 <= copy_background_c <= 1.0:
+        raise ValueError(f"c_background must be in [0, 1], got {copy_background_c}")
+    grown = _with_new_parts(model, config.replace(anchor_background_eye_m=float(eye_m)))
+    with torch.no_grad():
+        grown.copy_background.fill_(copy_background_c)
+    return grown.train()
+
+
 def _with_new_parts(model: WorldModel, config: ModelConfig) -> WorldModel:
     """A WorldModel of `config` (train mode, float32 on the CPU) holding `model`'s weights; the parts `config`
     adds keep the constructor's values (zero embedder, gate and c: they add nothing)."""

@@ -130,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "needs a model with the depth copy")
     parser.add_argument("--copy-start-c", type=float, default=0.0,
                         help="grow: the start copy's c_start in [0, 1] (default 0: the output is unchanged)")
+    parser.add_argument("--anchor-background-eye-m", type=float, default=0.0,
+                        help="grow: add the background copy (what no copy covers pulled towards the start frame's sky "
+                             "and far ground at the ray's elevation, background told by the ground plane this many "
+                             "metres below the first camera: 1.6 in the procedural world; model/anchor.py) at "
+                             "c_background = 0; needs a model with the start copy")
+    parser.add_argument("--copy-background-c", type=float, default=0.0,
+                        help="grow: the background copy's c_background in [0, 1] (default 0: the output is unchanged)")
     parser.add_argument("--selfforce-loss-before-copy", action="store_true",
                         help="rolling self-forcing: the loss is on the network's velocity before the copy blends "
                              "(model/anchor.py), while the rollout commits the blended sampler's chunks")
@@ -459,7 +466,7 @@ def run_grow(args) -> Path:
     import torch
 
     from train.embedded import read_info, save_weights
-    from train.grow import add_anchor_input, add_anchor_start_copy, append_blocks
+    from train.grow import add_anchor_background_copy, add_anchor_input, add_anchor_start_copy, append_blocks
 
     if args.init is None or args.out is None:
         raise ValueError("train grow needs --init (the weights to grow) and --out (where to write the grown ones)")
@@ -475,16 +482,22 @@ def run_grow(args) -> Path:
     start_c = float(getattr(args, "copy_start_c", 0.0))
     if start_c and not start_fade:
         raise ValueError(f"--copy-start-c {start_c} needs --anchor-start-fade-m")
+    background_eye = float(getattr(args, "anchor_background_eye_m", 0.0))
+    background_c = float(getattr(args, "copy_background_c", 0.0))
+    if background_c and not background_eye:
+        raise ValueError(f"--copy-background-c {background_c} needs --anchor-background-eye-m")
     window = None if getattr(args, "kv_window", None) is None else _kv_window(args)
-    if not kinds and not anchor and not start_fade and window is None:
+    if not kinds and not anchor and not start_fade and not background_eye and window is None:
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input, "
-                         "--anchor-start-fade-m and/or --kv-window")
+                         "--anchor-start-fade-m, --anchor-background-eye-m and/or --kv-window")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
         grown = add_anchor_input(grown, copy_gate=copy, copy_still=still, ground_m=ground_m)
     if start_fade:
         grown = add_anchor_start_copy(grown, start_fade, start_c)
+    if background_eye:
+        grown = add_anchor_background_copy(grown, background_eye, background_c)
     still_c = float(getattr(args, "copy_still_c", 0.0))
     ground_c = float(getattr(args, "copy_ground_c", 0.0))
     for flag, value, added, needs, parameter in (("--copy-still-c", still_c, still, "--anchor-copy-still", "copy_still"),
@@ -501,6 +514,8 @@ def run_grow(args) -> Path:
             + (" --anchor-copy-still" if still else "") + (f" --copy-still-c {still_c:g}" if still_c else "")
             + (f" --anchor-ground-m {ground_m:g}" if ground_m else "") + (f" --copy-ground-c {ground_c:g}" if ground_c else "")
             + (f" --anchor-start-fade-m {start_fade:g}" if start_fade else "") + (f" --copy-start-c {start_c:g}" if start_c else "")
+            + (f" --anchor-background-eye-m {background_eye:g}" if background_eye else "")
+            + (f" --copy-background-c {background_c:g}" if background_c else "")
             + (f" --kv-window {window}" if window is not None else "")}
     if anchor:
         grew["anchor_input"] = True
@@ -515,6 +530,9 @@ def run_grow(args) -> Path:
     if start_fade:
         grew["anchor_start_fade_m"] = start_fade
         grew["copy_start_c"] = start_c
+    if background_eye:
+        grew["anchor_background_eye_m"] = background_eye
+        grew["copy_background_c"] = background_c
     if window is not None:
         # The weights stream with another window: the json the app, generate and eval read says so.
         if not isinstance(info.get("generator"), dict):

@@ -159,20 +159,22 @@ def test_the_anchor_input_has_no_official_key():
 
 
 def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0, depth: bool = False,
-                    start_fade_m: float = 0.0) -> WorldModel:
+                    start_fade_m: float = 0.0, background_eye_m: float = 0.0) -> WorldModel:
     model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still,
                                           anchor_ground_m=ground_m, anchor_depth_copy=depth,
-                                          anchor_start_fade_m=start_fade_m))
+                                          anchor_start_fade_m=start_fade_m, anchor_background_eye_m=background_eye_m))
     randomise(model, seed)
     return model.eval()
 
 
-@pytest.mark.parametrize("still, ground_m, depth, start_fade_m",
-                         [(False, 0.0, False, 0.0), (True, 0.0, False, 0.0), (True, 1.6, False, 0.0), (True, 0.0, True, 0.0),
-                          (True, 0.0, True, 5.0)],
-                         ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth", "gate+still+depth+start"])
-def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth, start_fade_m):
-    model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth, start_fade_m=start_fade_m)
+@pytest.mark.parametrize("still, ground_m, depth, start_fade_m, background_eye_m",
+                         [(False, 0.0, False, 0.0, 0.0), (True, 0.0, False, 0.0, 0.0), (True, 1.6, False, 0.0, 0.0),
+                          (True, 0.0, True, 0.0, 0.0), (True, 0.0, True, 5.0, 0.0), (True, 0.0, True, 5.0, 1.6)],
+                         ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth", "gate+still+depth+start",
+                              "gate+still+depth+start+background"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth, start_fade_m, background_eye_m):
+    model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth, start_fade_m=start_fade_m,
+                            background_eye_m=background_eye_m)
     if ground_m:
         model.copy_ground.data.fill_(0.8)
     if depth:
@@ -180,6 +182,9 @@ def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth
     if start_fade_m:
         # the start latent (frame 0) reaches the third chunk through the state's start, not its last latent
         model.copy_start.data.fill_(0.9)
+    if background_eye_m:
+        # the start's background reaches the later chunks through the state's start too
+        model.copy_background.data.fill_(0.8)
     x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
     t[:, :, 0] = 0.0  # the image frame: the gate is off there
     sizes = (3, 2, 2)

@@ -237,3 +237,21 @@ def test_training_stages_take_the_kv_window_from_the_flag():
     assert train_cmd._generator_defaults(parser.parse_args(["export", "--kv-window", "1"])).kv_window_chunks == 1
     warm = train_cmd._generator_defaults(parser.parse_args(["selfforce", "--sigmas", "0.5,0", "--warm-start", "--kv-window", "3"]))
     assert (warm.kv_window_chunks, warm.warm_start, warm.sigmas) == (3, True, (0.5, 0.0))
+
+
+def test_train_grow_adds_the_background_copy(tmp_path):
+    from train.grow import add_anchor_depth_copy, add_anchor_start_copy
+
+    gated = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
+    started = add_anchor_start_copy(add_anchor_depth_copy(gated, 0.5), 10.0, 1.0)
+    source = save_weights(started, tmp_path / "m.safetensors", {"vae_tag": "abc"})
+    out = tmp_path / "background.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
+                              "--anchor-background-eye-m", "1.6", "--copy-background-c", "1"))
+    grown, info = load_weights(out), read_info(out)
+    assert grown.config.anchor_background_eye_m == 1.6 and float(grown.copy_background.detach()) == 1.0
+    assert info["grown"]["anchor_background_eye_m"] == 1.6 and info["grown"]["copy_background_c"] == 1.0
+    assert "--anchor-background-eye-m 1.6 --copy-background-c 1" in info["grown"]["command"]
+    with pytest.raises(ValueError, match="--copy-background-c 0.5 needs --anchor-background-eye-m"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
+                                  "--copy-background-c", "0.5"))
