@@ -90,9 +90,9 @@ def test_a_vae_of_another_latent_space_is_not_picked_when_the_right_one_exists(t
 
 
 def test_the_candidate_weights_load_in_the_shipped_latent_space():
-    """The step-12 candidates (docs/training.md) are whole roam weights: they load, run warm-started, and
-    decode through the shipped decoder."""
-    for name in ("roam_tiny_warm05", "roam_tiny_warm05adv", "roam_tiny_step12more", "roam_tiny_anchorcopy"):
+    """The candidates (docs/training.md) are whole roam weights: they load, run warm-started, and decode through
+    the shipped decoder."""
+    for name in ("roam_tiny_warm05", "roam_tiny_warm05adv", "roam_tiny_step12more", "roam_tiny_anchorcopy", "roam_tiny_grow6"):
         weights = WEIGHTS / "candidates" / f"{name}.safetensors"
         release = load_embedded(height=128, width=128, fps=16, hfov_deg=60.0, weights=weights)
         assert release.profile.warm_start and release.sampler_sigmas == (0.5, 0.0)
