@@ -118,12 +118,7 @@ def add_anchor_depth_copy(model: WorldModel, copy_depth_c: float = 0.0) -> World
         raise ValueError("the model already has the depth copy")
     if not config.anchor_copy:
         raise ValueError("the depth copy is a blend after the copy gate: grow the model with --anchor-copy first")
-    if not 0.0 <= copy_depth_c <= 1.0:
-        raise ValueError(f"c_depth must be in [0, 1], got {copy_depth_c}")
-    grown = _with_new_parts(model, config.replace(anchor_depth_copy=True))
-    with torch.no_grad():
-        grown.copy_depth.fill_(copy_depth_c)
-    return grown.train()
+    return _with_blend(model, config.replace(anchor_depth_copy=True), "copy_depth", copy_depth_c, "c_depth")
 
 
 def add_anchor_start_copy(model: WorldModel, fade_m: float, copy_start_c: float = 0.0) -> WorldModel:
@@ -138,12 +133,7 @@ def add_anchor_start_copy(model: WorldModel, fade_m: float, copy_start_c: float 
                          "(train depth-head adds it)")
     if not (math.isfinite(fade_m) and fade_m > 0):
         raise ValueError(f"the start copy's fade must be a finite number of metres > 0, got {fade_m}")
-    if not 0.0 <= copy_start_c <= 1.0:
-        raise ValueError(f"c_start must be in [0, 1], got {copy_start_c}")
-    grown = _with_new_parts(model, config.replace(anchor_start_fade_m=float(fade_m)))
-    with torch.no_grad():
-        grown.copy_start.fill_(copy_start_c)
-    return grown.train()
+    return _with_blend(model, config.replace(anchor_start_fade_m=float(fade_m)), "copy_start", copy_start_c, "c_start")
 
 
 def add_anchor_background_copy(model: WorldModel, eye_m: float, copy_background_c: float = 0.0) -> WorldModel:
@@ -158,11 +148,18 @@ def add_anchor_background_copy(model: WorldModel, eye_m: float, copy_background_
                          "(grow it with --anchor-start-fade-m first)")
     if not (math.isfinite(eye_m) and eye_m > 0):
         raise ValueError(f"the background copy's eye height must be a finite number of metres > 0, got {eye_m}")
-    if not 0.0 <= copy_background_c <= 1.0:
-        raise ValueError(f"c_background must be in [0, 1], got {copy_background_c}")
-    grown = _with_new_parts(model, config.replace(anchor_background_eye_m=float(eye_m)))
+    return _with_blend(model, config.replace(anchor_background_eye_m=float(eye_m)), "copy_background", copy_background_c,
+                       "c_background")
+
+
+def _with_blend(model: WorldModel, config: ModelConfig, parameter: str, c: float, c_name: str) -> WorldModel:
+    """`_with_new_parts` for a model whose new part is a copy blend: its weight `parameter` set to c, checked to be
+    in [0, 1] first (named `c_name` in the error), in train mode."""
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"{c_name} must be in [0, 1], got {c}")
+    grown = _with_new_parts(model, config)
     with torch.no_grad():
-        grown.copy_background.fill_(copy_background_c)
+        getattr(grown, parameter).fill_(c)
     return grown.train()
 
 
