@@ -52,7 +52,9 @@ depth copy warps the newest one, with more fixed-point steps (the camera may be 
 start) and only where the iteration has settled (`START_CONVERGED_PX`): a last blend by c_start, faded
 by exp(−d / fade) with d the camera's distance from the start (the head's depth error moves a warped
 point by about d times it, and so does a start that no longer resembles what the camera sees). The sky
-and the far hills come back from the start frame as long as they are in its view.
+and the far hills come back from the start frame as long as they are in its view. The warped positions fall
+between latent pixels, where a bilinear sample is a mean of neighbours that the decoder paints as blur
+(`ModelConfig.anchor_start_interpolation` "bicubic" keeps more of the start's fine structure).
 
 The background (`ModelConfig.anchor_background_eye_m`). What a turn or a step brings into view is in no latent
 the stream holds, and the network regresses it from context. A small one does that badly where it matters
@@ -65,7 +67,10 @@ start pixels at its ray's elevation (a Gaussian kernel one latent row wide), ove
 pixels only: those the depth head places no nearer than the ground plane `anchor_background_eye_m` below
 the first camera would be (1.5 times its inverse depth plus 1/50 m), so a tree or a wall in the start frame
 does not colour the sky. The last blend, by c_background, acts only where no copy of a latent reaches:
-weighted by (1 − valid_depth)·(1 − valid_start·fade).
+weighted by (1 − valid_depth)·(1 − valid_start·fade). The background is the right guess where the network knows
+nothing and a worse one where it has seen a thing no copy carries (a hut it turned away from and back to), which only
+its hidden state knows: `ModelConfig.anchor_background_gate` adds a per-token gate read from it, clamp(1 + g, 0, 1)
+with g a zero-initialised linear, for training to close where the network knows better.
 
 Cameras are rows of `camera_conditions`: the row-major camera-to-first-frame pose (16 numbers, OpenCV
 axes) and fx, fy, cx, cy on the latent grid, pixel centres on integer coordinates. Without cameras the
@@ -258,16 +263,17 @@ def depth_copy_target(anchor: torch.Tensor, anchor_camera: torch.Tensor, camera:
 
 
 def start_copy_target(start: torch.Tensor, start_camera: torch.Tensor, camera: torch.Tensor,
-                      inverse_depth: torch.Tensor, fade_m: float) -> torch.Tensor:
+                      inverse_depth: torch.Tensor, fade_m: float, interpolation: str = "bilinear") -> torch.Tensor:
     """The start latent warped into each view by its depth, as `depth_copy_target` lays it out, its last
     channel the validity (settled, `START_CONVERGED_PX`) times exp(−d / fade_m), d the view camera's distance
     from the start camera in metres: start [B, C, 1, h, w], start_camera [B, 1, 20], camera [B, T, 20],
-    inverse_depth [B, 1, h, w] -> [B, C + 1, T, h, w]."""
+    inverse_depth [B, 1, h, w] -> [B, C + 1, T, h, w]. `interpolation`: grid_sample's mode for the latent
+    ("bilinear" or "bicubic", `ModelConfig.anchor_start_interpolation`); the depth is always sampled bilinearly."""
     frames = camera.shape[1]
     start_camera = start_camera.expand(-1, frames, -1)
     grid, valid = depth_sample_grid(start_camera, camera, inverse_depth.expand(-1, frames, -1, -1),
                                     START_WARP_ITERATIONS, START_CONVERGED_PX)
-    target = _sample(start.expand(-1, -1, frames, -1, -1), grid, valid)  # [B, C + 1, T, h, w]
+    target = _sample(start.expand(-1, -1, frames, -1, -1), grid, valid, interpolation)  # [B, C + 1, T, h, w]
 
     def position(cam: torch.Tensor) -> torch.Tensor:
         return cam.float()[..., :16].unflatten(-1, (4, 4))[..., :3, 3]  # [B, T, 3]
@@ -319,12 +325,13 @@ def background_copy_target(start: torch.Tensor, start_camera: torch.Tensor, came
     return torch.cat([target.reshape(batch, channels, frames, height, width), valid], dim=1)
 
 
-def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """anchor [B, C, T, h, w] at grid [B, T, h, w, 2], zero where not valid, plus the validity channel."""
+def _sample(anchor: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """anchor [B, C, T, h, w] at grid [B, T, h, w, 2] (grid_sample `mode`), zero where not valid, plus the
+    validity channel."""
     batch, channels, frames, height, width = anchor.shape
     flat = anchor.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
     warped = F.grid_sample(flat, grid.reshape(batch * frames, height, width, 2).to(anchor.dtype),
-                           mode="bilinear", padding_mode="border", align_corners=True)  # [B·T, C, h, w]
+                           mode=mode, padding_mode="border", align_corners=True)  # [B·T, C, h, w]
     mask = valid.reshape(batch * frames, 1, height, width).to(anchor.dtype)
     out = torch.cat([warped * mask, mask], dim=1)  # [B·T, C + 1, h, w]
     return out.reshape(batch, frames, channels + 1, height, width).permute(0, 2, 1, 3, 4)

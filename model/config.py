@@ -16,6 +16,7 @@ from typing import Any
 
 KEY_SCALINGS = ("dim_spatial", "none")
 GDN_BACKENDS = ("naive", "chunk", "triton")
+START_INTERPOLATIONS = ("bilinear", "bicubic")  # grid_sample modes of the start copy
 
 # official config.json key -> our field
 _OFFICIAL_RENAMES = {
@@ -110,12 +111,22 @@ class ModelConfig:
     # towards the start latent warped by its predicted depth (model.anchor, "The start"); 0: off. Needs
     # anchor_depth_copy (its head gives the depth)
     anchor_start_fade_m: float = 0.0
+    # how the start copy samples the start latent at its warped positions: "bilinear", or "bicubic", which keeps
+    # more of the latent's fine structure between latent pixels (a bilinear sample half way between two latent
+    # pixels is their mean, which the decoder paints as blur); the start latent is sampled once per view, so
+    # bicubic's ringing cannot build up as it would in the depth copy's chunk-to-chunk chain
+    anchor_start_interpolation: str = "bilinear"
     # > 0: after the start copy, the tokens no copy of a latent covers (what a turn or a step brings into view)
     # are pulled, by a zero-initialised c_background, towards the start frame's background at their ray's
     # elevation: the start latent's sky and far ground, told from near things by the depth head and flat
     # ground this many metres below the first camera (model.anchor, "The background"); 0: off. Needs
     # anchor_start_fade_m (the start and its depth)
     anchor_background_eye_m: float = 0.0
+    # with it, a per-token gate on the background blend read from the network's last hidden state:
+    # c_background·clamp(1 + g(LayerNorm(x)), 0, 1), g a zero-initialised linear (1: the blend as it was). Trained, it
+    # can learn where the network knows the new view better than the start's background does (a hut it has seen
+    # and the copies do not carry) and where it knows nothing (the wash after a fast turn). Needs anchor_background_eye_m
+    anchor_background_gate: bool = False
     rope_theta: float = 10000.0
     gdn_eps: float = 1e-8
     qk_norm_eps: float = 1e-5
@@ -166,7 +177,7 @@ class ModelConfig:
         if self.gdn_backend not in GDN_BACKENDS:
             raise ValueError(f"gdn_backend must be one of {GDN_BACKENDS}, got {self.gdn_backend!r}")
         for name in ("ucpe_rms_clip", "causal_scale_padded", "cam_conv_cross_chunk", "anchor_input", "anchor_copy",
-                     "anchor_copy_still", "anchor_depth_copy"):
+                     "anchor_copy_still", "anchor_depth_copy", "anchor_background_gate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.anchor_copy and not (self.anchor_input and self.out_channels == self.in_channels):
@@ -186,6 +197,15 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.anchor_start_fade_m must be a finite number of metres >= 0, got {fade!r}")
         if fade > 0 and not self.anchor_depth_copy:
             raise ValueError("ModelConfig.anchor_start_fade_m needs anchor_depth_copy (its head gives the start's depth)")
+        if self.anchor_background_gate and not self.anchor_background_eye_m > 0:
+            raise ValueError("ModelConfig.anchor_background_gate needs anchor_background_eye_m (it gates the background "
+                             "copy)")
+        if self.anchor_start_interpolation not in START_INTERPOLATIONS:
+            raise ValueError(f"ModelConfig.anchor_start_interpolation must be one of {START_INTERPOLATIONS}, "
+                             f"got {self.anchor_start_interpolation!r}")
+        if self.anchor_start_interpolation != "bilinear" and not fade > 0:
+            raise ValueError("ModelConfig.anchor_start_interpolation needs anchor_start_fade_m (it is how the start copy "
+                             "samples)")
         eye = self.anchor_background_eye_m
         if not (isinstance(eye, (int, float)) and not isinstance(eye, bool) and math.isfinite(eye) and eye >= 0):
             raise ValueError(f"ModelConfig.anchor_background_eye_m must be a finite number of metres >= 0, got {eye!r}")

@@ -102,6 +102,8 @@ class WorldModel(nn.Module):
         self.copy_start = nn.Parameter(torch.zeros(1)) if config.anchor_start_fade_m > 0 else None
         # the background copy (model.anchor, "The background"): c_background, zero: adds nothing
         self.copy_background = nn.Parameter(torch.zeros(1)) if config.anchor_background_eye_m > 0 else None
+        # its per-token gate clamp(1 + g, 0, 1) (model.anchor, "The background"): g zero, the blend as without it
+        self.background_gate = nn.Linear(hidden, 1) if config.anchor_background_gate else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(hidden, config.out_channels)
         with torch.no_grad():
@@ -111,9 +113,10 @@ class WorldModel(nn.Module):
             if self.anchor_embedder is not None:
                 nn.init.zeros_(self.anchor_embedder.proj.weight)
                 nn.init.zeros_(self.anchor_embedder.proj.bias)
-            if self.copy_gate is not None:
-                nn.init.zeros_(self.copy_gate.weight)
-                nn.init.zeros_(self.copy_gate.bias)
+            for gate in (self.copy_gate, self.background_gate):
+                if gate is not None:
+                    nn.init.zeros_(gate.weight)
+                    nn.init.zeros_(gate.bias)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict[str, Any]) -> WorldModel:
@@ -218,7 +221,8 @@ class WorldModel(nn.Module):
             if output and self.copy_start is not None and camera is not None:
                 start_latent, start_camera = self._start_source(hidden_states, camera, past)
                 start_depth = self.anchor_depth(start_latent, start_camera)
-                start = start_copy_target(start_latent, start_camera, camera, start_depth, self.config.anchor_start_fade_m)
+                start = start_copy_target(start_latent, start_camera, camera, start_depth, self.config.anchor_start_fade_m,
+                                          self.config.anchor_start_interpolation)
                 if self.copy_background is not None:
                     background = background_copy_target(start_latent, start_camera, camera, start_depth,
                                                         self.config.anchor_background_eye_m)
@@ -275,14 +279,15 @@ class WorldModel(nn.Module):
         [B, C + 1, T, H, W]) the same blend by c_depth on every token whose target is in view, and last with
         `start` (the start frame depth-warped, its last channel the validity times the fade) by c_start, and after it with
         `background` (the start's background at each ray's elevation) by c_background on what neither the depth copy
-        nor the start copy covers, weighted by (1 − valid_depth)·(1 − valid_start). Nothing is copied
+        nor the start copy covers, weighted by (1 − valid_depth)·(1 − valid_start) and, with the background gate,
+        by clamp(1 + background_gate(LayerNorm(x)), 0, 1). Nothing is copied
         on frames at σ ≈ 0 (the image, the commit pass), whose output no sampler uses. Computed in float32;
         velocity [B, C, T, H, W] -> same."""
         batch, _, frames, height, width = velocity.shape
         sigma = timestep.float().reshape(batch, 1, frames, 1, 1) / 1000.0
         noisy = sigma > 1e-3
-        gate = self.copy_gate(F.layer_norm(x, x.shape[-1:], eps=1e-6))  # [B, N, 1]
-        gate = gate.float().reshape(batch, 1, frames, height, width)
+        normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+        gate = self.copy_gate(normed).float().reshape(batch, 1, frames, height, width)  # [B, 1, T, H, W]
         if self.copy_still is not None:
             # pulls the gate towards 1, never past it: a gate above 1 extrapolates past the anchor, and a
             # stream that keeps doing so sharpens its own frames chunk after chunk until they are noise
@@ -312,7 +317,11 @@ class WorldModel(nn.Module):
             for covered in (depth, start):
                 if covered is not None:
                     uncovered = uncovered * (1.0 - covered[:, -1:].float())
-            out = blend(out, self.copy_background.float().clamp(0.0, 1.0) * uncovered, background)
+            weight = self.copy_background.float().clamp(0.0, 1.0) * uncovered
+            if self.background_gate is not None:
+                opened = 1.0 + self.background_gate(normed).float().reshape(batch, 1, frames, height, width)
+                weight = weight * opened.clamp(0.0, 1.0)
+            out = blend(out, weight, background)
         return out.to(velocity.dtype)
 
     @staticmethod

@@ -136,6 +136,17 @@ def add_anchor_start_copy(model: WorldModel, fade_m: float, copy_start_c: float 
     return _with_blend(model, config.replace(anchor_start_fade_m=float(fade_m)), "copy_start", copy_start_c, "c_start")
 
 
+def with_start_interpolation(model: WorldModel, interpolation: str) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) with `model`'s weights whose start copy samples the start
+    latent with `interpolation` (`ModelConfig.anchor_start_interpolation`); nothing is trained, the output changes
+    wherever the start copy lands between latent pixels. `model` must have the start copy."""
+    config = model.config
+    if not config.anchor_start_fade_m > 0:
+        raise ValueError("the start interpolation is how the start copy samples: the model has no start copy "
+                         "(grow it with --anchor-start-fade-m first)")
+    return _with_new_parts(model, config.replace(anchor_start_interpolation=interpolation))
+
+
 def add_anchor_background_copy(model: WorldModel, eye_m: float, copy_background_c: float = 0.0) -> WorldModel:
     """A new WorldModel (train mode, float32 on the CPU) computing what `model` does plus the background copy
     (`ModelConfig.anchor_background_eye_m` = `eye_m`, model.anchor "The background") at c_background =
@@ -150,6 +161,19 @@ def add_anchor_background_copy(model: WorldModel, eye_m: float, copy_background_
         raise ValueError(f"the background copy's eye height must be a finite number of metres > 0, got {eye_m}")
     return _with_blend(model, config.replace(anchor_background_eye_m=float(eye_m)), "copy_background", copy_background_c,
                        "c_background")
+
+
+def add_background_gate(model: WorldModel) -> WorldModel:
+    """A new WorldModel (train mode, float32 on the CPU) computing what `model` does plus the background copy's
+    per-token gate (`ModelConfig.anchor_background_gate`), zero, so the blend and the output are unchanged until
+    training moves it. `model` must have the background copy."""
+    config = model.config
+    if config.anchor_background_gate:
+        raise ValueError("the model already has the background gate")
+    if not config.anchor_background_eye_m > 0:
+        raise ValueError("the background gate gates the background copy: the model has no background copy "
+                         "(grow it with --anchor-background-eye-m first)")
+    return _with_new_parts(model, config.replace(anchor_background_gate=True))
 
 
 def _with_blend(model: WorldModel, config: ModelConfig, parameter: str, c: float, c_name: str) -> WorldModel:

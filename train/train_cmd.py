@@ -130,6 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "needs a model with the depth copy")
     parser.add_argument("--copy-start-c", type=float, default=0.0,
                         help="grow: the start copy's c_start in [0, 1] (default 0: the output is unchanged)")
+    parser.add_argument("--start-interpolation", choices=("bilinear", "bicubic"), default=None,
+                        help="grow: how the start copy samples the start latent between latent pixels "
+                             "(ModelConfig.anchor_start_interpolation; model/anchor.py); needs the start copy")
     parser.add_argument("--anchor-background-eye-m", type=float, default=0.0,
                         help="grow: add the background copy (what no copy covers pulled towards the start frame's sky "
                              "and far ground at the ray's elevation, background told by the ground plane this many "
@@ -137,6 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "c_background = 0; needs a model with the start copy")
     parser.add_argument("--copy-background-c", type=float, default=0.0,
                         help="grow: the background copy's c_background in [0, 1] (default 0: the output is unchanged)")
+    parser.add_argument("--background-gate", action="store_true",
+                        help="grow: add the background copy's per-token gate read from the network's hidden state "
+                             "(zero: the output is unchanged; model/anchor.py); needs the background copy")
     parser.add_argument("--selfforce-loss-before-copy", action="store_true",
                         help="rolling self-forcing: the loss is on the network's velocity before the copy blends "
                              "(model/anchor.py), while the rollout commits the blended sampler's chunks")
@@ -466,7 +472,8 @@ def run_grow(args) -> Path:
     import torch
 
     from train.embedded import read_info, save_weights
-    from train.grow import add_anchor_background_copy, add_anchor_input, add_anchor_start_copy, append_blocks
+    from train.grow import (add_anchor_background_copy, add_anchor_input, add_anchor_start_copy, add_background_gate,
+                            append_blocks, with_start_interpolation)
 
     if args.init is None or args.out is None:
         raise ValueError("train grow needs --init (the weights to grow) and --out (where to write the grown ones)")
@@ -486,18 +493,25 @@ def run_grow(args) -> Path:
     background_c = float(getattr(args, "copy_background_c", 0.0))
     if background_c and not background_eye:
         raise ValueError(f"--copy-background-c {background_c} needs --anchor-background-eye-m")
+    interpolation = getattr(args, "start_interpolation", None)
+    background_gate = bool(getattr(args, "background_gate", False))
     window = None if getattr(args, "kv_window", None) is None else _kv_window(args)
-    if not kinds and not anchor and not start_fade and not background_eye and window is None:
+    if not (kinds or anchor or start_fade or background_eye or background_gate) and window is None and interpolation is None:
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input, "
-                         "--anchor-start-fade-m, --anchor-background-eye-m and/or --kv-window")
+                         "--anchor-start-fade-m, --anchor-background-eye-m, --background-gate, --start-interpolation "
+                         "and/or --kv-window")
     source = _load_init(init)
     grown = append_blocks(source, kinds) if kinds else source
     if anchor:
         grown = add_anchor_input(grown, copy_gate=copy, copy_still=still, ground_m=ground_m)
     if start_fade:
         grown = add_anchor_start_copy(grown, start_fade, start_c)
+    if interpolation is not None:
+        grown = with_start_interpolation(grown, interpolation)
     if background_eye:
         grown = add_anchor_background_copy(grown, background_eye, background_c)
+    if background_gate:
+        grown = add_background_gate(grown)
     still_c = float(getattr(args, "copy_still_c", 0.0))
     ground_c = float(getattr(args, "copy_ground_c", 0.0))
     for flag, value, added, needs, parameter in (("--copy-still-c", still_c, still, "--anchor-copy-still", "copy_still"),
@@ -516,6 +530,8 @@ def run_grow(args) -> Path:
             + (f" --anchor-start-fade-m {start_fade:g}" if start_fade else "") + (f" --copy-start-c {start_c:g}" if start_c else "")
             + (f" --anchor-background-eye-m {background_eye:g}" if background_eye else "")
             + (f" --copy-background-c {background_c:g}" if background_c else "")
+            + (" --background-gate" if background_gate else "")
+            + (f" --start-interpolation {interpolation}" if interpolation is not None else "")
             + (f" --kv-window {window}" if window is not None else "")}
     if anchor:
         grew["anchor_input"] = True
@@ -533,6 +549,10 @@ def run_grow(args) -> Path:
     if background_eye:
         grew["anchor_background_eye_m"] = background_eye
         grew["copy_background_c"] = background_c
+    if background_gate:
+        grew["anchor_background_gate"] = True
+    if interpolation is not None:
+        grew["anchor_start_interpolation"] = [source.config.anchor_start_interpolation, interpolation]
     if window is not None:
         # The weights stream with another window: the json the app, generate and eval read says so.
         if not isinstance(info.get("generator"), dict):

@@ -159,22 +159,27 @@ def test_the_anchor_input_has_no_official_key():
 
 
 def _with_copy_gate(seed: int = 0, still: bool = False, ground_m: float = 0.0, depth: bool = False,
-                    start_fade_m: float = 0.0, background_eye_m: float = 0.0) -> WorldModel:
+                    start_fade_m: float = 0.0, background_eye_m: float = 0.0, start_interpolation: str = "bilinear"
+                    ) -> WorldModel:
     model = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=still,
                                           anchor_ground_m=ground_m, anchor_depth_copy=depth,
-                                          anchor_start_fade_m=start_fade_m, anchor_background_eye_m=background_eye_m))
+                                          anchor_start_fade_m=start_fade_m, anchor_background_eye_m=background_eye_m,
+                                          anchor_start_interpolation=start_interpolation))
     randomise(model, seed)
     return model.eval()
 
 
-@pytest.mark.parametrize("still, ground_m, depth, start_fade_m, background_eye_m",
-                         [(False, 0.0, False, 0.0, 0.0), (True, 0.0, False, 0.0, 0.0), (True, 1.6, False, 0.0, 0.0),
-                          (True, 0.0, True, 0.0, 0.0), (True, 0.0, True, 5.0, 0.0), (True, 0.0, True, 5.0, 1.6)],
+@pytest.mark.parametrize("still, ground_m, depth, start_fade_m, background_eye_m, start_interpolation",
+                         [(False, 0.0, False, 0.0, 0.0, "bilinear"), (True, 0.0, False, 0.0, 0.0, "bilinear"),
+                          (True, 1.6, False, 0.0, 0.0, "bilinear"), (True, 0.0, True, 0.0, 0.0, "bilinear"),
+                          (True, 0.0, True, 5.0, 0.0, "bilinear"), (True, 0.0, True, 5.0, 0.0, "bicubic"),
+                          (True, 0.0, True, 5.0, 1.6, "bilinear")],
                          ids=["gate", "gate+still", "gate+still+ground", "gate+still+depth", "gate+still+depth+start",
-                              "gate+still+depth+start+background"])
-def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth, start_fade_m, background_eye_m):
+                              "gate+still+depth+start-bicubic", "gate+still+depth+start+background"])
+def test_streaming_equals_chunk_causal_with_the_copy_gate(still, ground_m, depth, start_fade_m, background_eye_m,
+                                                          start_interpolation):
     model = _with_copy_gate(still=still, ground_m=ground_m, depth=depth, start_fade_m=start_fade_m,
-                            background_eye_m=background_eye_m)
+                            background_eye_m=background_eye_m, start_interpolation=start_interpolation)
     if ground_m:
         model.copy_ground.data.fill_(0.8)
     if depth:

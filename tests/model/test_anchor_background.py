@@ -14,7 +14,8 @@ from model import ModelConfig
 from model.anchor import background_copy_target, depth_copy_target, ray_elevation, start_copy_target
 from tests.model.test_anchor import H, W, _camera, _with_copy_gate, full_copy_and_none
 from tests.train.test_grow import assert_computes_the_same
-from train.grow import add_anchor_background_copy
+from tests.model.helpers import inputs
+from train.grow import add_anchor_background_copy, add_background_gate
 
 EYE_M = 1.6
 
@@ -110,3 +111,61 @@ def test_growing_the_background_copy_changes_nothing_until_c_background_opens():
     with pytest.raises(ValueError, match="anchor_background_eye_m must be"):
         ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_depth_copy=True, anchor_start_fade_m=5.0,
                            anchor_background_eye_m=-1.0)
+
+
+def test_the_background_gate_is_open_when_grown_and_scales_the_blend_per_token():
+    """`add_background_gate`: zero, so the output is bit for bit the ungated model's; a gate set to 1 + g gives the
+    output of c_background·clamp(1 + g, 0, 1): closed (g = −1) that of c_background 0, half (g = −0.5) that of 0.5."""
+    model = _with_copy_gate(5, still=True, depth=True, start_fade_m=10.0, background_eye_m=EYE_M)
+    with torch.no_grad():
+        model.copy_depth.fill_(0.5)
+        model.copy_start.fill_(1.0)
+        model.copy_background.fill_(1.0)
+    gated = add_background_gate(model).eval()
+    assert gated.config.anchor_background_gate and float(gated.background_gate.weight.detach().abs().max()) == 0.0
+    assert_computes_the_same(gated, model)
+
+    def with_c(c: float):
+        other = add_background_gate(model).eval()  # the same weights; only c_background differs
+        other.copy_background.data.fill_(c)
+        return other
+
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 5, 4, 6)
+    for bias, c in ((-1.0, 0.0), (-0.5, 0.5), (3.0, 1.0)):  # clamp(1 + g, 0, 1): closed, half, open past 1
+        gated.background_gate.bias.data.fill_(bias)
+        with torch.no_grad():
+            torch.testing.assert_close(gated(x, t, text, mask, cam, plucker), with_c(c)(x, t, text, mask, cam, plucker),
+                                       rtol=1e-5, atol=1e-5)
+    # the gate reads each token's hidden state: a non-zero weight makes it differ from token to token
+    gated.background_gate.bias.data.fill_(-0.5)
+    gated.background_gate.weight.data.normal_(0.0, 0.3)
+    with torch.no_grad():
+        varied = gated(x, t, text, mask, cam, plucker)
+        half = with_c(0.5)(x, t, text, mask, cam, plucker)
+    assert float((varied - half).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="already has the background gate"):
+        add_background_gate(gated)
+    with pytest.raises(ValueError, match="no background copy"):
+        add_background_gate(_with_copy_gate(5, still=True, depth=True, start_fade_m=10.0))
+    with pytest.raises(ValueError, match="anchor_background_gate needs anchor_background_eye_m"):
+        ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_depth_copy=True, anchor_start_fade_m=5.0,
+                           anchor_background_gate=True)
+
+
+def test_streaming_equals_chunk_causal_with_a_trained_like_background_gate():
+    from tests.model.test_streaming import stream
+
+    model = add_background_gate(_with_copy_gate(6, still=True, depth=True, start_fade_m=5.0, background_eye_m=EYE_M)).eval()
+    with torch.no_grad():
+        model.copy_depth.fill_(0.7)
+        model.copy_start.fill_(0.9)
+        model.copy_background.fill_(0.8)
+        model.background_gate.weight.normal_(0.0, 0.3)
+        model.background_gate.bias.fill_(-0.3)
+    x, t, text, mask, cam, plucker = inputs(model.config, 2, 7, 4, 6)
+    t[:, :, 0] = 0.0
+    sizes = (3, 2, 2)
+    with torch.no_grad():
+        whole = model.forward_chunk_causal(x, t, text, mask, cam, plucker, chunk_sizes=sizes, kv_window_chunks=1, sink=True)
+        streamed, _ = stream(model, x, t, text, mask, cam, plucker, sizes, kv_window_chunks=1, sink=True)
+    torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)

@@ -203,6 +203,33 @@ def test_train_grow_adds_the_start_copy(tmp_path):
                                   str(tmp_path / "y.safetensors"), "--append-blocks", "", "--anchor-start-fade-m", "10"))
 
 
+def _saved_with_start_copy(tmp_path) -> tuple[WorldModel, object]:
+    """(the gated model without depth or start copy, the weights file of it with both at c 0.5 / 1)."""
+    from train.grow import add_anchor_depth_copy, add_anchor_start_copy
+
+    gated = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
+    started = add_anchor_start_copy(add_anchor_depth_copy(gated, 0.5), 10.0, 1.0)
+    return gated, save_weights(started, tmp_path / "m.safetensors", {"vae_tag": "abc"})
+
+
+def test_train_grow_sets_the_start_interpolation_and_leaves_the_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    gated, source = _saved_with_start_copy(tmp_path)
+    out = tmp_path / "bicubic.safetensors"
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
+                              "--start-interpolation", "bicubic"))
+    before, after = load_file(str(source)), load_file(str(out))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    grown, info = load_weights(out), read_info(out)
+    assert grown.config.anchor_start_interpolation == "bicubic"
+    assert info["grown"]["anchor_start_interpolation"] == ["bilinear", "bicubic"]
+    assert info["grown"]["command"].endswith("--start-interpolation bicubic")
+    with pytest.raises(ValueError, match="the model has no start copy"):
+        train_cmd.main(_grow_args("--init", str(save_weights(gated, tmp_path / "g.safetensors", {})), "--out",
+                                  str(tmp_path / "x.safetensors"), "--append-blocks", "", "--start-interpolation", "bicubic"))
+
+
 def test_train_grow_rewrites_the_kv_window_and_leaves_the_weights(tmp_path):
     """`train grow --kv-window 1`: the same tensors, the json's generator window changed (and recorded), so the app,
     generate and eval stream with it; a json without generator settings, or a window below 1, is refused."""
@@ -240,11 +267,7 @@ def test_training_stages_take_the_kv_window_from_the_flag():
 
 
 def test_train_grow_adds_the_background_copy(tmp_path):
-    from train.grow import add_anchor_depth_copy, add_anchor_start_copy
-
-    gated = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
-    started = add_anchor_start_copy(add_anchor_depth_copy(gated, 0.5), 10.0, 1.0)
-    source = save_weights(started, tmp_path / "m.safetensors", {"vae_tag": "abc"})
+    _, source = _saved_with_start_copy(tmp_path)
     out = tmp_path / "background.safetensors"
     train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
                               "--anchor-background-eye-m", "1.6", "--copy-background-c", "1"))
@@ -252,6 +275,14 @@ def test_train_grow_adds_the_background_copy(tmp_path):
     assert grown.config.anchor_background_eye_m == 1.6 and float(grown.copy_background.detach()) == 1.0
     assert info["grown"]["anchor_background_eye_m"] == 1.6 and info["grown"]["copy_background_c"] == 1.0
     assert "--anchor-background-eye-m 1.6 --copy-background-c 1" in info["grown"]["command"]
+    gated_out = tmp_path / "gated.safetensors"
+    train_cmd.main(_grow_args("--init", str(out), "--out", str(gated_out), "--append-blocks", "", "--background-gate"))
+    gated_bg, gated_info = load_weights(gated_out), read_info(gated_out)
+    assert gated_bg.config.anchor_background_gate and float(gated_bg.background_gate.weight.detach().abs().max()) == 0.0
+    assert gated_info["grown_2"]["anchor_background_gate"] and gated_info["grown_2"]["command"].endswith("--background-gate")
+    with pytest.raises(ValueError, match="no background copy"):
+        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "z.safetensors"), "--append-blocks", "",
+                                  "--background-gate"))
     with pytest.raises(ValueError, match="--copy-background-c 0.5 needs --anchor-background-eye-m"):
         train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
                                   "--copy-background-c", "0.5"))
