@@ -38,10 +38,12 @@ def model_and_vae():
 @pytest.fixture(scope="module")
 def anchored_model_and_vae():
     """The tiny model with the clean-anchor input, the copy gate, its still term, the ground-plane copy, the
-    depth copy, the start copy and the background copy (model.anchor, model.anchor_depth), random like the rest;
-    every term partly open, so each row's own parallax, ground, predicted depth and start frame shape its copy."""
+    depth copy, the start copy (sampled bicubically, as shipped) and the background copy with its gate (model.anchor,
+    model.anchor_depth), random like the rest; every term partly open, so each row's own parallax, ground, predicted
+    depth, start frame and hidden state shape its copy."""
     model, vae = _model_and_vae(anchor_input=True, anchor_copy=True, anchor_copy_still=True, anchor_ground_m=1.6,
-                                anchor_depth_copy=True, anchor_start_fade_m=2.0, anchor_background_eye_m=1.6)
+                                anchor_depth_copy=True, anchor_start_fade_m=2.0, anchor_start_interpolation="bicubic",
+                                anchor_background_eye_m=1.6, anchor_background_gate=True)
     with torch.no_grad():
         model.copy_still.fill_(0.7)
         model.copy_ground.fill_(0.8)
