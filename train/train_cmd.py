@@ -496,7 +496,8 @@ def run_grow(args) -> Path:
     interpolation = getattr(args, "start_interpolation", None)
     background_gate = bool(getattr(args, "background_gate", False))
     window = None if getattr(args, "kv_window", None) is None else _kv_window(args)
-    if not (kinds or anchor or start_fade or background_eye or background_gate) and window is None and interpolation is None:
+    if not (kinds or anchor or start_fade or background_eye or background_gate or window is not None
+            or interpolation is not None):
         raise ValueError("train grow has nothing to add: pass --append-blocks KINDS, --anchor-input, "
                          "--anchor-start-fade-m, --anchor-background-eye-m, --background-gate, --start-interpolation "
                          "and/or --kv-window")

@@ -138,6 +138,12 @@ def _grow_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["grow", *argv])
 
 
+def _grow(source, out, *flags: str) -> tuple[WorldModel, dict]:
+    """`train grow --init source --out out --append-blocks '' *flags`: the grown weights and their json."""
+    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "", *flags))
+    return load_weights(out), read_info(out)
+
+
 def test_train_grow_command(tmp_path):
     source = save_weights(_trained_like(), tmp_path / "m.safetensors", {"vae_tag": "abc", "generator": {"sigmas": [1.0, 0.0]}})
     out = tmp_path / "grown.safetensors"
@@ -188,19 +194,14 @@ def test_train_grow_adds_the_start_copy(tmp_path):
 
     gated = WorldModel(ModelConfig.preset("tiny", anchor_input=True, anchor_copy=True, anchor_copy_still=True))
     source = save_weights(add_anchor_depth_copy(gated, 0.5), tmp_path / "m.safetensors", {"vae_tag": "abc"})
-    out = tmp_path / "start.safetensors"
-    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
-                              "--anchor-start-fade-m", "10", "--copy-start-c", "1"))
-    grown, info = load_weights(out), read_info(out)
+    grown, info = _grow(source, tmp_path / "start.safetensors", "--anchor-start-fade-m", "10", "--copy-start-c", "1")
     assert grown.config.anchor_start_fade_m == 10.0 and float(grown.copy_start.detach()) == 1.0
     assert info["grown"]["anchor_start_fade_m"] == 10.0 and info["grown"]["copy_start_c"] == 1.0
     assert "--anchor-start-fade-m 10 --copy-start-c 1" in info["grown"]["command"]
     with pytest.raises(ValueError, match="--copy-start-c 0.5 needs --anchor-start-fade-m"):
-        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
-                                  "--copy-start-c", "0.5"))
+        _grow(source, tmp_path / "x.safetensors", "--copy-start-c", "0.5")
     with pytest.raises(ValueError, match="no depth copy"):
-        train_cmd.main(_grow_args("--init", str(save_weights(gated, tmp_path / "g.safetensors", {})), "--out",
-                                  str(tmp_path / "y.safetensors"), "--append-blocks", "", "--anchor-start-fade-m", "10"))
+        _grow(save_weights(gated, tmp_path / "g.safetensors", {}), tmp_path / "y.safetensors", "--anchor-start-fade-m", "10")
 
 
 def _saved_with_start_copy(tmp_path) -> tuple[WorldModel, object]:
@@ -217,17 +218,14 @@ def test_train_grow_sets_the_start_interpolation_and_leaves_the_weights(tmp_path
 
     gated, source = _saved_with_start_copy(tmp_path)
     out = tmp_path / "bicubic.safetensors"
-    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
-                              "--start-interpolation", "bicubic"))
+    grown, info = _grow(source, out, "--start-interpolation", "bicubic")
     before, after = load_file(str(source)), load_file(str(out))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    grown, info = load_weights(out), read_info(out)
     assert grown.config.anchor_start_interpolation == "bicubic"
     assert info["grown"]["anchor_start_interpolation"] == ["bilinear", "bicubic"]
     assert info["grown"]["command"].endswith("--start-interpolation bicubic")
     with pytest.raises(ValueError, match="the model has no start copy"):
-        train_cmd.main(_grow_args("--init", str(save_weights(gated, tmp_path / "g.safetensors", {})), "--out",
-                                  str(tmp_path / "x.safetensors"), "--append-blocks", "", "--start-interpolation", "bicubic"))
+        _grow(save_weights(gated, tmp_path / "g.safetensors", {}), tmp_path / "x.safetensors", "--start-interpolation", "bicubic")
 
 
 def test_train_grow_rewrites_the_kv_window_and_leaves_the_weights(tmp_path):
@@ -269,20 +267,14 @@ def test_training_stages_take_the_kv_window_from_the_flag():
 def test_train_grow_adds_the_background_copy(tmp_path):
     _, source = _saved_with_start_copy(tmp_path)
     out = tmp_path / "background.safetensors"
-    train_cmd.main(_grow_args("--init", str(source), "--out", str(out), "--append-blocks", "",
-                              "--anchor-background-eye-m", "1.6", "--copy-background-c", "1"))
-    grown, info = load_weights(out), read_info(out)
+    grown, info = _grow(source, out, "--anchor-background-eye-m", "1.6", "--copy-background-c", "1")
     assert grown.config.anchor_background_eye_m == 1.6 and float(grown.copy_background.detach()) == 1.0
     assert info["grown"]["anchor_background_eye_m"] == 1.6 and info["grown"]["copy_background_c"] == 1.0
     assert "--anchor-background-eye-m 1.6 --copy-background-c 1" in info["grown"]["command"]
-    gated_out = tmp_path / "gated.safetensors"
-    train_cmd.main(_grow_args("--init", str(out), "--out", str(gated_out), "--append-blocks", "", "--background-gate"))
-    gated_bg, gated_info = load_weights(gated_out), read_info(gated_out)
+    gated_bg, gated_info = _grow(out, tmp_path / "gated.safetensors", "--background-gate")
     assert gated_bg.config.anchor_background_gate and float(gated_bg.background_gate.weight.detach().abs().max()) == 0.0
     assert gated_info["grown_2"]["anchor_background_gate"] and gated_info["grown_2"]["command"].endswith("--background-gate")
     with pytest.raises(ValueError, match="no background copy"):
-        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "z.safetensors"), "--append-blocks", "",
-                                  "--background-gate"))
+        _grow(source, tmp_path / "z.safetensors", "--background-gate")
     with pytest.raises(ValueError, match="--copy-background-c 0.5 needs --anchor-background-eye-m"):
-        train_cmd.main(_grow_args("--init", str(source), "--out", str(tmp_path / "x.safetensors"), "--append-blocks", "",
-                                  "--copy-background-c", "0.5"))
+        _grow(source, tmp_path / "x.safetensors", "--copy-background-c", "0.5")
